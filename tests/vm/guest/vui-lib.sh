@@ -1,0 +1,45 @@
+# Guest-side helpers for the test scripts (busybox sh). Source with `. /vui-lib.sh`.
+VUI_FAILS=0
+
+# result NAME PASS|FAIL DETAIL...
+result() {
+    n=$1; v=$2; shift 2
+    echo "VUI-RESULT $n $v $*"
+    [ "$v" = PASS ] || VUI_FAILS=$((VUI_FAILS + 1))
+}
+
+# check NAME DETAIL CMD...: PASS when CMD succeeds.
+check() {
+    n=$1; d=$2; shift 2
+    if "$@"; then result "$n" PASS "$d"; else result "$n" FAIL "$d"; fi
+}
+
+# sync NAME [TIMEOUT]: let the host inspect the daemon now; wait for its ack (bounded).
+vui_sync() {
+    echo "VUI-SYNC $1"
+    i=0
+    while [ ! -e "/mnt/host/ack-$1" ]; do
+        i=$((i + 1))
+        if [ $i -gt $((${2:-60} * 10)) ]; then echo "VUI-NOTE no ack for $1"; return 1; fi
+        usleep 100000
+    done
+}
+
+# pci_find VENDOR DEVICE: the first PCI function with these ids (e.g. 0x1234 0x11e8).
+pci_find() {
+    for d in /sys/bus/pci/devices/*; do
+        if [ "$(cat "$d/vendor")" = "$1" ] && [ "$(cat "$d/device")" = "$2" ]; then
+            basename "$d"; return 0
+        fi
+    done
+    return 1
+}
+
+# group_of BDF: the IOMMU group number of a PCI function (fails if none).
+group_of() {
+    l=$(readlink "/sys/bus/pci/devices/$1/iommu_group") || return 1
+    basename "$l"
+}
+
+# finish: exit status = number of failed guest checks.
+finish() { exit "$VUI_FAILS"; }
