@@ -1,0 +1,182 @@
+//! `vhost-user-iommu-glue`: writes the VIOT table and prints the QEMU arguments that attach the
+//! vhost-user-iommu daemon to a VM.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use vhost_user_iommu_glue::pci::{PciAddress, PciRange};
+use vhost_user_iommu_glue::qemu::{self, QemuArgs, QemuError};
+use vhost_user_iommu_glue::viot::{Viot, ViotError};
+
+#[derive(Debug, Parser)]
+#[command(
+    version,
+    about = "VMM glue for vhost-user-iommu: ACPI VIOT table and QEMU arguments"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Write a VIOT table (for QEMU's `-acpitable file=`) placing the virtio-iommu at --iommu and
+    /// the given PCI ranges behind it.
+    Viot {
+        /// Segment:bus:device.function of the virtio-iommu PCI device.
+        #[arg(long, value_name = "SEG:BB:DD.F")]
+        iommu: PciAddress,
+        /// Functions translated by the IOMMU; endpoint ids count from ENDPOINT_START (default:
+        /// the BDF of the first function). Repeat for several ranges.
+        #[arg(
+            long = "pci-range",
+            value_name = "SEG:BB:DD.F-BB:DD.F[@ENDPOINT_START]",
+            required = true
+        )]
+        ranges: Vec<PciRange>,
+        /// Output file.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// Print the endpoint id the guest will use for a PCI function, per a VIOT file.
+    Endpoint {
+        /// The VIOT file.
+        #[arg(long, value_name = "FILE")]
+        viot: PathBuf,
+        /// The function.
+        #[arg(value_name = "SEG:BB:DD.F")]
+        device: PciAddress,
+    },
+    /// Print the QEMU arguments: shared guest memory, the vhost-user chardev, the generic
+    /// vhost-user device as a virtio-iommu at a pinned address, and the VIOT.
+    QemuArgs {
+        /// The daemon's vhost-user socket (as QEMU sees it).
+        #[arg(long, value_name = "PATH")]
+        socket: PathBuf,
+        /// The VIOT file from `viot` (as QEMU sees it).
+        #[arg(long, value_name = "FILE")]
+        viot: PathBuf,
+        /// Read the VIOT from here instead (when QEMU sees the file under another path, e.g. in a chroot).
+        #[arg(long, value_name = "FILE")]
+        viot_local: Option<PathBuf>,
+        /// Guest memory size (512M, 2G, ...).
+        #[arg(long, value_name = "SIZE", default_value = "512M")]
+        memory: String,
+        /// PCI slot of the device on --bus.
+        #[arg(long, value_name = "SLOT[.FN]", default_value = "0x3")]
+        iommu_addr: String,
+        /// PCI bus of the device (the VIOT address is checked only on pcie.0).
+        #[arg(long, default_value = "pcie.0")]
+        bus: String,
+        /// Output style.
+        #[arg(long, value_enum, default_value_t = Format::Shell)]
+        format: Format,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Format {
+    /// One line, words quoted for a POSIX shell.
+    Shell,
+    /// One argument per line (for `mapfile -t`).
+    Lines,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum Error {
+    #[error(transparent)]
+    Viot(#[from] ViotError),
+    #[error(transparent)]
+    Qemu(#[from] QemuError),
+    #[error("cannot write {path:?}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0} is not behind the IOMMU in this VIOT (or is the IOMMU itself)")]
+    NotCovered(PciAddress),
+}
+
+fn read_viot(path: &Path) -> Result<Viot, QemuError> {
+    let bytes = std::fs::read(path).map_err(|source| QemuError::ReadViot {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Viot::parse(&bytes).map_err(|source| QemuError::BadViot {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn run(cli: Cli) -> Result<(), Error> {
+    match cli.cmd {
+        Cmd::Viot { iommu, ranges, out } => {
+            let viot = Viot::new(iommu, ranges)?;
+            let bytes = viot.to_bytes();
+            std::fs::write(&out, &bytes).map_err(|source| Error::Write {
+                path: out.clone(),
+                source,
+            })?;
+            log::info!("wrote {} bytes to {}", bytes.len(), out.display());
+            for r in &viot.ranges {
+                log::info!(
+                    "endpoints {}-{} -> ids from {:#x}",
+                    r.first,
+                    r.last,
+                    r.endpoint_start
+                );
+            }
+        }
+        Cmd::Endpoint { viot, device } => {
+            let v = read_viot(&viot)?;
+            let id = v.endpoint_of(device).ok_or(Error::NotCovered(device))?;
+            println!("{id}");
+        }
+        Cmd::QemuArgs {
+            socket,
+            viot,
+            viot_local,
+            memory,
+            iommu_addr,
+            bus,
+            format,
+        } => {
+            let q = QemuArgs {
+                socket,
+                viot: viot.clone(),
+                memory: qemu::parse_size(&memory)?,
+                slot: qemu::parse_slot(&iommu_addr)?,
+                bus,
+            };
+            let table = read_viot(viot_local.as_ref().unwrap_or(&viot))?;
+            q.check_viot(&table)?;
+            if !q.socket.exists() {
+                log::warn!(
+                    "{} does not exist yet; start the daemon before QEMU",
+                    q.socket.display()
+                );
+            }
+            let args = q.args()?;
+            match format {
+                Format::Shell => {
+                    let words: Vec<String> = args.iter().map(|a| qemu::shell_quote(a)).collect();
+                    println!("{}", words.join(" "));
+                }
+                Format::Lines => args.iter().for_each(|a| println!("{a}")),
+            }
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("vhost-user-iommu-glue: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
