@@ -1,0 +1,617 @@
+//! The virtio-iommu device model: endpoints, domains, mappings, bypass and faults.
+//!
+//! This module knows nothing about virtqueues or sockets. It takes the bytes of one request (the
+//! device-readable part) and returns what to write back, applying every normative rule of the
+//! virtio-iommu specification. A request either applies completely or changes nothing.
+//!
+//! The software backend lives here too: `translate` answers "where does this endpoint's access
+//! to this IOVA go" from the same tables, and records a fault when the answer is "nowhere".
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use serde::Serialize;
+use zerocopy::FromBytes;
+
+use crate::config::DeviceConfig;
+use crate::mapping::{Mapping, MappingTable};
+use crate::protocol::*;
+
+/// Faults kept for inspection.
+const FAULT_LOG_LEN: usize = 256;
+/// Fault records waiting for delivery on the eventq (the deliverer drains this promptly).
+const PENDING_EVENTS_MAX: usize = 1024;
+
+/// What the transport must do with a request buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reply {
+    /// Leave the buffer unwritten and return it with used length 0.
+    Ignore,
+    /// Write this status in the tail. For PROBE, the properties area has been filled.
+    Status(Status),
+}
+
+/// Which kind of access a translation is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Access {
+    Read,
+    Write,
+    ReadWrite,
+}
+
+impl Access {
+    fn fault_flags(self) -> u32 {
+        match self {
+            Access::Read => FAULT_F_READ,
+            Access::Write => FAULT_F_WRITE,
+            Access::ReadWrite => FAULT_F_READ | FAULT_F_WRITE,
+        }
+    }
+    fn allowed_by(self, m: &Mapping) -> bool {
+        match self {
+            Access::Read => m.readable(),
+            Access::Write => m.writable(),
+            Access::ReadWrite => m.readable() && m.writable(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FaultReason {
+    /// The endpoint is not attached to a domain and does not bypass.
+    Domain,
+    /// No mapping covers the address, or the mapping lacks the permission.
+    Mapping,
+}
+
+/// The answer of the software backend to a translation request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Translation {
+    Translated { phys: u64, mapping: Mapping },
+    Bypass { phys: u64 },
+    Fault { reason: FaultReason },
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TranslateError {
+    #[error("endpoint {0} does not exist on this device")]
+    UnknownEndpoint(u32),
+}
+
+/// A fault as recorded for inspection.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct FaultInfo {
+    pub reason: FaultReason,
+    pub endpoint: u32,
+    pub address: u64,
+    pub read: bool,
+    pub write: bool,
+}
+
+#[derive(Debug, Default)]
+struct Domain {
+    bypass: bool,
+    endpoints: BTreeSet<u32>,
+    mappings: MappingTable,
+}
+
+/// Per request type and status counters, plus transport-level counters.
+#[derive(Clone, Debug, Default)]
+pub struct Stats {
+    /// Indexed by request type (1..=5) and status code.
+    pub requests: [[u64; 9]; 6],
+    /// Buffers returned unwritten: unknown types, no room for a tail, unreadable chains.
+    pub ignored: u64,
+    pub faults_delivered: u64,
+    pub faults_dropped: u64,
+}
+
+impl Stats {
+    fn count(&mut self, type_: u8, status: Status) {
+        if let Some(row) = self.requests.get_mut(usize::from(type_)) {
+            row[status as usize] += 1;
+        }
+    }
+}
+
+/// The device. One instance serves one frontend connection at a time; `reset` returns it to its
+/// power-on state.
+#[derive(Debug)]
+pub struct Device {
+    cfg: DeviceConfig,
+    /// Features acknowledged by the driver, once it has negotiated.
+    acked: Option<u64>,
+    /// The config-space `bypass` byte.
+    bypass: u8,
+    /// Endpoints the driver has used (probed or attached), with their domain.
+    endpoints: BTreeMap<u32, Option<u32>>,
+    domains: BTreeMap<u32, Domain>,
+    total_mappings: u64,
+    stats: Stats,
+    fault_log: VecDeque<(FaultInfo, bool)>,
+    pending_events: VecDeque<FaultRecord>,
+}
+
+impl Device {
+    pub fn new(cfg: DeviceConfig) -> Self {
+        let bypass = u8::from(cfg.boot_bypass);
+        Device {
+            cfg,
+            acked: None,
+            bypass,
+            endpoints: BTreeMap::new(),
+            domains: BTreeMap::new(),
+            total_mappings: 0,
+            stats: Stats::default(),
+            fault_log: VecDeque::new(),
+            pending_events: VecDeque::new(),
+        }
+    }
+
+    pub fn config(&self) -> &DeviceConfig {
+        &self.cfg
+    }
+
+    /// Device features offered to the driver.
+    pub fn features(&self) -> u64 {
+        let mut f = (1u64 << F_VERSION_1)
+            | (1 << F_INPUT_RANGE)
+            | (1 << F_DOMAIN_RANGE)
+            | (1 << F_MAP_UNMAP)
+            | (1 << F_PROBE)
+            | (1 << F_MMIO);
+        // The legacy BYPASS feature and BYPASS_CONFIG are never offered together.
+        f |= if self.cfg.legacy_bypass {
+            1 << F_BYPASS
+        } else {
+            1 << F_BYPASS_CONFIG
+        };
+        f
+    }
+
+    pub fn set_acked_features(&mut self, features: u64) {
+        self.acked = Some(features & self.features());
+    }
+
+    pub fn acked_features(&self) -> Option<u64> {
+        self.acked
+    }
+
+    fn acked(&self, bit: u32) -> bool {
+        self.acked.is_some_and(|f| f & (1u64 << bit) != 0)
+    }
+
+    /// Drop all guest-visible state: domains, endpoints, mappings, pending events. The config
+    /// `bypass` byte survives a device reset (`keep_bypass`) but not a new connection.
+    pub fn reset(&mut self, keep_bypass: bool) {
+        self.acked = None;
+        if !keep_bypass {
+            self.bypass = u8::from(self.cfg.boot_bypass);
+        }
+        self.endpoints.clear();
+        self.domains.clear();
+        self.total_mappings = 0;
+        self.pending_events.clear();
+    }
+
+    /// The 40-byte config space.
+    pub fn config_space(&self) -> ConfigSpace {
+        use zerocopy::little_endian::{U32, U64};
+        ConfigSpace {
+            page_size_mask: U64::new(self.cfg.page_size_mask),
+            input_start: U64::new(self.cfg.input_start),
+            input_end: U64::new(self.cfg.input_end),
+            domain_start: U32::new(self.cfg.domain_start),
+            domain_end: U32::new(self.cfg.domain_end),
+            probe_size: U32::new(self.cfg.probe_size),
+            bypass: self.bypass,
+            reserved: [0; 3],
+        }
+    }
+
+    /// A driver write to the config space. Only `bypass` is writable, and only when
+    /// BYPASS_CONFIG is offered; the value must be 0 or 1. Returns whether the write applied.
+    pub fn write_config(&mut self, offset: usize, data: &[u8]) -> bool {
+        let offered = self.features() & (1 << F_BYPASS_CONFIG) != 0;
+        match (offset, data) {
+            (CONFIG_BYPASS_OFFSET, [v @ (0 | 1)]) if offered => {
+                self.bypass = *v;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Do unattached endpoints bypass the IOMMU right now?
+    fn unattached_bypass(&self) -> bool {
+        match self.acked {
+            // Before the driver negotiates (firmware, early boot), the boot setting applies.
+            None => self.bypass == 1,
+            Some(_) => (self.acked(F_BYPASS_CONFIG) && self.bypass == 1) || self.acked(F_BYPASS),
+        }
+    }
+
+    /// Handle one request. `req` is the device-readable part of the buffer; `props` is the
+    /// device-writable area before the tail, already zeroed (PROBE writes properties into it).
+    pub fn handle_request(&mut self, req: &[u8], props: &mut [u8]) -> Reply {
+        let Some(&type_) = req.first() else {
+            self.stats.ignored += 1;
+            return Reply::Ignore;
+        };
+        let body = req.get(HEAD_SIZE..).unwrap_or(&[]);
+        let status = match type_ {
+            T_ATTACH => AttachBody::read_from_prefix(body)
+                .ok()
+                .map(|(b, _)| self.attach(&b)),
+            T_DETACH => DetachBody::read_from_prefix(body)
+                .ok()
+                .map(|(b, _)| self.detach(&b)),
+            T_MAP => MapBody::read_from_prefix(body)
+                .ok()
+                .map(|(b, _)| self.map(&b)),
+            T_UNMAP => UnmapBody::read_from_prefix(body)
+                .ok()
+                .map(|(b, _)| self.unmap(&b)),
+            T_PROBE => {
+                if !self.acked(F_PROBE) {
+                    // PROBE not negotiated: the request type is not recognised.
+                    self.stats.ignored += 1;
+                    return Reply::Ignore;
+                }
+                ProbeBody::read_from_prefix(body)
+                    .ok()
+                    .map(|(b, _)| self.probe(&b, props))
+            }
+            _ => {
+                self.stats.ignored += 1;
+                return Reply::Ignore;
+            }
+        };
+        // A known request whose body is truncated is malformed.
+        let status = status.unwrap_or(Status::Inval);
+        self.stats.count(type_, status);
+        Reply::Status(status)
+    }
+
+    fn domain_in_range(&self, domain: u32) -> bool {
+        (self.cfg.domain_start..=self.cfg.domain_end).contains(&domain)
+    }
+
+    fn attach(&mut self, b: &AttachBody) -> Status {
+        let (domain, endpoint, flags) = (b.domain.get(), b.endpoint.get(), b.flags.get());
+        if b.reserved != [0; 4] {
+            return Status::Inval;
+        }
+        let known_flags = if self.acked(F_BYPASS_CONFIG) {
+            ATTACH_F_BYPASS
+        } else {
+            0
+        };
+        if flags & !known_flags != 0 {
+            return Status::Inval;
+        }
+        if !self.cfg.endpoints.contains(endpoint) {
+            return Status::NoEnt;
+        }
+        if !self.domain_in_range(domain) {
+            return Status::Range;
+        }
+        let bypass = flags & ATTACH_F_BYPASS != 0;
+        if let Some(d) = self.domains.get(&domain) {
+            if d.bypass != bypass {
+                return Status::Inval;
+            }
+        }
+        // All checks passed: from here on the request applies completely.
+        match self.endpoints.get(&endpoint) {
+            Some(Some(cur)) if *cur == domain => return Status::Ok,
+            Some(Some(cur)) => {
+                let cur = *cur;
+                self.remove_from_domain(cur, endpoint);
+            }
+            _ => {}
+        }
+        let d = self.domains.entry(domain).or_insert_with(|| Domain {
+            bypass,
+            ..Domain::default()
+        });
+        d.endpoints.insert(endpoint);
+        self.endpoints.insert(endpoint, Some(domain));
+        Status::Ok
+    }
+
+    /// Take `endpoint` out of `domain`, destroying the domain (and its mappings) when it was the
+    /// last endpoint.
+    fn remove_from_domain(&mut self, domain: u32, endpoint: u32) {
+        let now_empty = match self.domains.get_mut(&domain) {
+            Some(d) => {
+                d.endpoints.remove(&endpoint);
+                d.endpoints.is_empty()
+            }
+            None => false,
+        };
+        if now_empty {
+            if let Some(d) = self.domains.remove(&domain) {
+                self.total_mappings = self.total_mappings.saturating_sub(d.mappings.len() as u64);
+            }
+        }
+        self.endpoints.insert(endpoint, None);
+    }
+
+    fn detach(&mut self, b: &DetachBody) -> Status {
+        let (domain, endpoint) = (b.domain.get(), b.endpoint.get());
+        if b.reserved != [0; 8] {
+            return Status::Inval;
+        }
+        if !self.cfg.endpoints.contains(endpoint) {
+            return Status::NoEnt;
+        }
+        if !self.domains.contains_key(&domain) {
+            return Status::NoEnt;
+        }
+        if self.endpoints.get(&endpoint) != Some(&Some(domain)) {
+            // The endpoint exists but is not attached to this domain.
+            return Status::Inval;
+        }
+        self.remove_from_domain(domain, endpoint);
+        Status::Ok
+    }
+
+    fn map(&mut self, b: &MapBody) -> Status {
+        let (domain, start, end, phys, flags) = (
+            b.domain.get(),
+            b.virt_start.get(),
+            b.virt_end.get(),
+            b.phys_start.get(),
+            b.flags.get(),
+        );
+        let mut known = MAP_F_READ | MAP_F_WRITE;
+        if self.acked(F_MMIO) {
+            known |= MAP_F_MMIO;
+        }
+        if flags & !known != 0 {
+            return Status::Inval;
+        }
+        if !self.domain_in_range(domain) {
+            return Status::Range;
+        }
+        let Some(d) = self.domains.get(&domain) else {
+            return Status::NoEnt;
+        };
+        if d.bypass {
+            return Status::Inval;
+        }
+        if start > end {
+            return Status::Inval;
+        }
+        let g = self.cfg.granule();
+        let end_aligned = end.checked_add(1).is_none_or(|e| e.is_multiple_of(g));
+        if !start.is_multiple_of(g) || !phys.is_multiple_of(g) || !end_aligned {
+            return Status::Range;
+        }
+        if start < self.cfg.input_start || end > self.cfg.input_end {
+            return Status::Range;
+        }
+        // The physical range must not wrap around the address space.
+        if phys.checked_add(end - start).is_none() {
+            return Status::Range;
+        }
+        if self.cfg.overlaps_reserved(start, end).is_some() {
+            return Status::Inval;
+        }
+        if self.total_mappings >= self.cfg.max_mappings {
+            return Status::NoMem;
+        }
+        let Some(d) = self.domains.get_mut(&domain) else {
+            return Status::NoEnt;
+        };
+        match d.mappings.insert(start, end, phys, flags) {
+            Ok(()) => {
+                self.total_mappings += 1;
+                Status::Ok
+            }
+            Err(_) => Status::Inval,
+        }
+    }
+
+    fn unmap(&mut self, b: &UnmapBody) -> Status {
+        let (domain, start, end) = (b.domain.get(), b.virt_start.get(), b.virt_end.get());
+        if b.reserved != [0; 4] {
+            return Status::Inval;
+        }
+        let Some(d) = self.domains.get_mut(&domain) else {
+            return Status::NoEnt;
+        };
+        if d.bypass || start > end {
+            return Status::Inval;
+        }
+        match d.mappings.remove_range(start, end, |_| {}) {
+            Ok(n) => {
+                self.total_mappings = self.total_mappings.saturating_sub(n as u64);
+                Status::Ok
+            }
+            Err(_) => Status::Range,
+        }
+    }
+
+    fn probe(&mut self, b: &ProbeBody, props: &mut [u8]) -> Status {
+        let endpoint = b.endpoint.get();
+        if b.reserved.iter().any(|&x| x != 0) {
+            return Status::Inval;
+        }
+        if !self.cfg.endpoints.contains(endpoint) {
+            return Status::NoEnt;
+        }
+        let probe_size = self.cfg.probe_size as usize;
+        if props.len() < probe_size {
+            return Status::Inval;
+        }
+        // Validation guarantees the properties fit in probe_size; the rest stays zero, which
+        // also terminates the list (type NONE).
+        let mut off = 0;
+        for r in &self.cfg.reserved {
+            let prop = ProbeResvMem {
+                head: ProbePropHead {
+                    type_: PROBE_T_RESV_MEM.into(),
+                    length: ((RESV_MEM_PROP_LEN) as u16).into(),
+                },
+                subtype: r.subtype,
+                reserved: [0; 3],
+                start: r.start.into(),
+                end: r.end.into(),
+            };
+            let Some(dst) = props.get_mut(off..off + std::mem::size_of::<ProbeResvMem>()) else {
+                return Status::DevErr;
+            };
+            dst.copy_from_slice(zerocopy::IntoBytes::as_bytes(&prop));
+            off += std::mem::size_of::<ProbeResvMem>();
+        }
+        self.endpoints.entry(endpoint).or_insert(None);
+        Status::Ok
+    }
+
+    /// Software backend: translate an access by `endpoint` to `iova`. A fault is logged and
+    /// queued for the eventq.
+    pub fn translate(
+        &mut self,
+        endpoint: u32,
+        iova: u64,
+        access: Access,
+    ) -> Result<Translation, TranslateError> {
+        if !self.cfg.endpoints.contains(endpoint) {
+            return Err(TranslateError::UnknownEndpoint(endpoint));
+        }
+        let result = match self.endpoints.get(&endpoint).copied().flatten() {
+            None if self.unattached_bypass() => Translation::Bypass { phys: iova },
+            None => Translation::Fault {
+                reason: FaultReason::Domain,
+            },
+            Some(domain) => match self.domains.get(&domain) {
+                Some(d) if d.bypass => Translation::Bypass { phys: iova },
+                Some(d) => match d.mappings.lookup(iova) {
+                    Some(m) if access.allowed_by(&m) => Translation::Translated {
+                        phys: m.phys_start + (iova - m.virt_start),
+                        mapping: m,
+                    },
+                    _ => Translation::Fault {
+                        reason: FaultReason::Mapping,
+                    },
+                },
+                // Unreachable by construction (an attached endpoint's domain exists); treat
+                // as no domain rather than panic.
+                None => Translation::Fault {
+                    reason: FaultReason::Domain,
+                },
+            },
+        };
+        if let Translation::Fault { reason } = result {
+            self.record_fault(endpoint, iova, access, reason);
+        }
+        Ok(result)
+    }
+
+    fn record_fault(&mut self, endpoint: u32, iova: u64, access: Access, reason: FaultReason) {
+        let flags = access.fault_flags() | FAULT_F_ADDRESS;
+        let rec = FaultRecord {
+            reason: match reason {
+                FaultReason::Domain => FAULT_R_DOMAIN,
+                FaultReason::Mapping => FAULT_R_MAPPING,
+            },
+            reserved: [0; 3],
+            flags: flags.into(),
+            endpoint: endpoint.into(),
+            reserved2: [0; 4],
+            address: iova.into(),
+        };
+        if self.pending_events.len() >= PENDING_EVENTS_MAX {
+            self.stats.faults_dropped += 1;
+        } else {
+            self.pending_events.push_back(rec);
+        }
+        let info = FaultInfo {
+            reason,
+            endpoint,
+            address: iova,
+            read: flags & FAULT_F_READ != 0,
+            write: flags & FAULT_F_WRITE != 0,
+        };
+        if self.fault_log.len() >= FAULT_LOG_LEN {
+            self.fault_log.pop_front();
+        }
+        self.fault_log.push_back((info, false));
+    }
+
+    /// Next fault record waiting for the eventq.
+    pub fn pop_event(&mut self) -> Option<FaultRecord> {
+        self.pending_events.pop_front()
+    }
+
+    pub fn has_pending_events(&self) -> bool {
+        !self.pending_events.is_empty()
+    }
+
+    /// The transport reports the fate of a record taken with `pop_event`.
+    pub fn event_outcome(&mut self, rec: &FaultRecord, delivered: bool) {
+        if delivered {
+            self.stats.faults_delivered += 1;
+        } else {
+            self.stats.faults_dropped += 1;
+        }
+        let (ep, addr) = (rec.endpoint.get(), rec.address.get());
+        if let Some(entry) = self
+            .fault_log
+            .iter_mut()
+            .rev()
+            .find(|(f, d)| !d && f.endpoint == ep && f.address == addr)
+        {
+            entry.1 = delivered;
+        }
+    }
+
+    /// A buffer was returned unwritten by the transport (unreadable chain, no tail).
+    pub fn count_ignored(&mut self) {
+        self.stats.ignored += 1;
+    }
+
+    // --- Inspection -------------------------------------------------------------------------
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    pub fn bypass(&self) -> u8 {
+        self.bypass
+    }
+
+    pub fn endpoint_list(&self) -> impl Iterator<Item = (u32, Option<u32>)> + '_ {
+        self.endpoints.iter().map(|(e, d)| (*e, *d))
+    }
+
+    /// (id, bypass, endpoints, mapping count)
+    pub fn domain_list(&self) -> impl Iterator<Item = (u32, bool, Vec<u32>, usize)> + '_ {
+        self.domains.iter().map(|(id, d)| {
+            (
+                *id,
+                d.bypass,
+                d.endpoints.iter().copied().collect(),
+                d.mappings.len(),
+            )
+        })
+    }
+
+    pub fn domain_mappings(&self, domain: u32) -> Option<&MappingTable> {
+        self.domains.get(&domain).map(|d| &d.mappings)
+    }
+
+    pub fn total_mappings(&self) -> u64 {
+        self.total_mappings
+    }
+
+    pub fn fault_log(&self) -> impl Iterator<Item = (FaultInfo, bool)> + '_ {
+        self.fault_log.iter().copied()
+    }
+}
+
+/// RESV_MEM property length field: the property size without its 4-byte header.
+const RESV_MEM_PROP_LEN: usize = std::mem::size_of::<ProbeResvMem>() - 4;

@@ -1,0 +1,16 @@
+//! vhost-user-iommu: a virtio-iommu device (virtio ID 23) served to one VM over vhost-user.
+//!
+//! - [`protocol`]: the wire format of requests, events and the config space;
+//! - [`device`]: the device model and the software backend (`translate`);
+//! - [`mapping`]: per-domain mapping storage;
+//! - [`vhost`]: virtqueue processing and the vhost-user backend;
+//! - [`control`]: the inspection socket;
+//! - [`server`]: sockets, connection lifecycle, signals.
+
+pub mod config;
+pub mod control;
+pub mod device;
+pub mod mapping;
+pub mod protocol;
+pub mod server;
+pub mod vhost;
