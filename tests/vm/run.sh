@@ -26,7 +26,74 @@ t_builtin_vfio() {
     GUEST_FILES=()
 }
 
-ALL_TESTS="builtin builtin_vfio"
+DAEMON=${VUI_DAEMON:-$VUI_REPO/target/debug/vhost-user-iommu}
+GLUE=${VUI_GLUE:-$VUI_REPO/target/debug/vhost-user-iommu-glue}
+IOMMU_BDF=0000:00:03.0
+EDU_ADDR=0x4
+
+# dcheck NAME CMD ARGS...: a daemon_check.py check (its output line is the detail).
+dcheck() {
+    local name=$1 out; shift
+    if out=$(python3 "$VUI_TESTS_DIR/daemon_check.py" "$@" 2>&1); then
+        report "$name" PASS "$out"
+    else
+        report "$name" FAIL "$out"
+    fi
+}
+
+# daemon_start NAME ARGS...: run the daemon on the host with its sockets in $RUN (visible to
+# QEMU); waits (bounded) for the socket. Sets DSOCK, DCTL, DAEMON_PID.
+daemon_start() {
+    local name=$1 i; shift
+    DSOCK=$RUN/$name.sock DCTL=$RUN/$name.ctl
+    rm -f "$DSOCK" "$DCTL"
+    RUST_LOG=${RUST_LOG:-info} "$DAEMON" --socket "$DSOCK" --control-socket "$DCTL" "$@" \
+        >"$RUN/$name.daemon.log" 2>&1 &
+    DAEMON_PID=$!
+    track_pid "$DAEMON_PID"
+    for i in $(seq 100); do
+        [ -S "$DSOCK" ] && [ -S "$DCTL" ] && return 0
+        kill -0 "$DAEMON_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    report "$name/daemon-start" FAIL "no sockets after 10 s; log: $(tail -n 3 "$RUN/$name.daemon.log" | tr '\n' '|')"
+    return 1
+}
+
+# viot_args NAME RANGE...: write $RUN/NAME.viot and set QARGS to the glue's QEMU arguments.
+viot_args() {
+    local name=$1; shift
+    local r ranges=()
+    for r in "$@"; do ranges+=(--pci-range "$r"); done
+    "$GLUE" viot --iommu "$IOMMU_BDF" "${ranges[@]}" --out "$RUN/$name.viot" 2>/dev/null ||
+        die "glue viot failed"
+    mapfile -t QARGS < <("$GLUE" qemu-args --socket "$(qpath "$DSOCK")" --viot "$(qpath "$RUN/$name.viot")" \
+        --viot-local "$RUN/$name.viot" --memory 512M --iommu-addr "${IOMMU_BDF#0000:00:}" --format lines 2>/dev/null)
+    [ "${#QARGS[@]}" -gt 0 ] || die "glue qemu-args failed"
+}
+
+# 1. binding, config pass-through, PROBE/ATTACH of the VIOT endpoints, IOMMU groups.
+MASK=0x40201000
+INPUT=0x0-0xffffffffff
+t_daemon() {
+    daemon_start daemon --page-size-mask "$MASK" --input-range "$INPUT" || return
+    viot_args daemon 0000:00:00.0-00:1f.7
+    sync_groups() {
+        dcheck daemon/host/config config "$DCTL" "$MASK" "${INPUT%-*}" "${INPUT#*-}"
+        dcheck daemon/host/endpoints endpoints "$DCTL" "$GLUE" "$RUN/daemon.viot" "$RUN/daemon.share/groups.txt"
+    }
+    boot_guest daemon "$G/daemon.sh" 90 "" -- "${QARGS[@]}" -device "edu,addr=$EDU_ADDR"
+    unset -f sync_groups
+    # The guest's view of the config, from its driver's probe messages.
+    local d=$RUN/daemon.share/viommu-dmesg.txt bits
+    bits=$(python3 -c "import sys; e=int(sys.argv[1],0); print((e).bit_length())" "${INPUT#*-}")
+    check daemon/host/guest-page-mask "guest driver: $(grep -o 'page mask: [0x0-9a-f]*' "$d")" \
+        grep -q "page mask: $MASK\$" "$d"
+    check daemon/host/guest-input-bits "guest driver: $(grep -o 'input address: [0-9]* bits' "$d"), configured end ${INPUT#*-}" \
+        grep -q "input address: $bits bits" "$d"
+}
+
+ALL_TESTS="builtin builtin_vfio daemon"
 vm_setup
 build_guest_programs
 for t in ${VUI_VM_TESTS:-$ALL_TESTS}; do

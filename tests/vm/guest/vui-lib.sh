@@ -43,3 +43,22 @@ group_of() {
 
 # finish: exit status = number of failed guest checks.
 finish() { exit "$VUI_FAILS"; }
+
+# viommu_pci: the PCI function of the (first) virtio-iommu whose virtio driver is virtio_iommu.
+viommu_pci() {
+    for v in /sys/bus/virtio/devices/*; do
+        [ "$(cat "$v/device" 2>/dev/null)" = 0x0017 ] || continue
+        [ "$(basename "$(readlink "$v/driver")")" = virtio_iommu ] || continue
+        basename "$(readlink -f "$v/..")"
+        return 0
+    done
+    return 1
+}
+
+# translated_functions IOMMU_BDF: PCI functions whose iommu is the one at IOMMU_BDF.
+translated_functions() {
+    for d in /sys/bus/pci/devices/*; do
+        l=$(readlink "$d/iommu" 2>/dev/null) || continue
+        case "$l" in */"$1"/*) basename "$d" ;; esac
+    done
+}

@@ -1,0 +1,184 @@
+#!/usr/bin/env python3
+"""Host-side checks of the vhost-user-iommu daemon state (control socket, docs/CONTROL.md)
+against what the guest reported. Each subcommand prints one detail line and exits 0 (pass) or
+1 (fail); 2 on usage/connection errors. Files written by the guest are untrusted: they are
+parsed strictly and anything malformed fails the check."""
+
+import json
+import re
+import socket
+import subprocess
+import sys
+
+TIMEOUT = 10
+
+
+def ask(sock_path, req):
+    """One request/response over a fresh connection."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(TIMEOUT)
+        s.connect(sock_path)
+        s.sendall((json.dumps(req) + "\n").encode())
+        buf = b""
+        while not buf.endswith(b"\n"):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+    resp = json.loads(buf)
+    if not resp.get("ok"):
+        raise RuntimeError(f"daemon refused {req}: {resp.get('error')}")
+    return resp["result"]
+
+
+def all_mappings(sock_path, domain):
+    out, start = [], 0
+    for _ in range(10000):
+        page = ask(sock_path, {"cmd": "mappings", "domain": domain, "start": start, "limit": 1000})
+        out += page["mappings"]
+        if page["next"] is None:
+            return out
+        start = page["next"]
+    raise RuntimeError("mappings paging did not end")
+
+
+BDF = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$")
+
+
+def read_bdfs(path):
+    bdfs = []
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            if not BDF.match(line):
+                raise ValueError(f"{path}: malformed line {line!r}")
+            bdfs.append(line)
+    return bdfs
+
+
+def endpoint_ids(glue, viot, bdfs):
+    ids = {}
+    for b in bdfs:
+        r = subprocess.run([glue, "endpoint", "--viot", viot, b], capture_output=True, text=True,
+                           timeout=TIMEOUT)
+        if r.returncode == 0:
+            ids[b] = int(r.stdout.strip())
+    return ids
+
+
+def cmd_endpoints(sock, glue, viot, groups_file):
+    """Every guest function in an IOMMU group of our device is an endpoint the daemon has
+    attached, and the daemon knows no other endpoint."""
+    bdfs = read_bdfs(groups_file)
+    ids = endpoint_ids(glue, viot, bdfs)
+    if not ids:
+        return False, f"no guest function of {bdfs} is covered by the VIOT"
+    eps = ask(sock, {"cmd": "endpoints"})
+    daemon = {e["id"]: e["domain"] for e in eps}
+    want = set(ids.values())
+    missing = want - set(daemon)
+    extra = set(daemon) - want
+    unattached = sorted(i for i in want & set(daemon) if daemon[i] is None)
+    detail = (f"guest endpoints {sorted(want)} ({', '.join(f'{b}={i}' for b, i in sorted(ids.items()))}); "
+              f"daemon endpoints {sorted(daemon)}")
+    if missing or extra or unattached:
+        return False, detail + f"; missing {sorted(missing)} extra {sorted(extra)} unattached {unattached}"
+    return True, detail + "; all attached"
+
+
+def cmd_config(sock, mask, start, end):
+    st = ask(sock, {"cmd": "status"})
+    c = st["config"]
+    ok = (c["page_size_mask"] == int(mask, 0) and c["input_start"] == int(start, 0)
+          and c["input_end"] == int(end, 0) and st["connected"])
+    return ok, (f"daemon config mask {c['page_size_mask']:#x} input {c['input_start']:#x}-{c['input_end']:#x}, "
+                f"connected={st['connected']}, features acked {st['features_acked']:#x}")
+
+
+def domain_of(sock, endpoint):
+    for e in ask(sock, {"cmd": "endpoints"}):
+        if e["id"] == endpoint:
+            return e["domain"]
+    return None
+
+
+def pages_of(mappings, limit=1 << 16):
+    pages = {}
+    for m in mappings:
+        n = (m["virt_end"] + 1 - m["virt_start"]) // 4096
+        if n > limit:
+            raise ValueError(f"mapping {m['virt_start']:#x}-{m['virt_end']:#x} too large to compare page by page")
+        for i in range(n):
+            pages[m["virt_start"] + 4096 * i] = (m["phys_start"] + 4096 * i, m["read"], m["write"])
+    return pages
+
+
+def read_expected(path):
+    exp = {}
+    with open(path) as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) != 4:
+                raise ValueError(f"{path}: malformed line {line!r}")
+            iova, phys, r, w = int(parts[0], 16), int(parts[1], 16), parts[2] == "1", parts[3] == "1"
+            exp[iova] = (phys, r, w)
+    return exp
+
+
+def cmd_save_domain(sock, endpoint, out):
+    """Record the endpoint's domain and its mappings (the baseline before the guest maps)."""
+    d = domain_of(sock, int(endpoint))
+    if d is None:
+        return False, f"endpoint {endpoint} is not attached to a domain"
+    maps = all_mappings(sock, d)
+    with open(out, "w") as f:
+        json.dump({"domain": d, "mappings": maps}, f)
+    return True, f"endpoint {endpoint} in domain {d} with {len(maps)} mapping(s) before the guest maps"
+
+
+def cmd_mappings(sock, endpoint, baseline_file, expected_file):
+    """The endpoint's domain holds exactly baseline + the guest's pages (iova -> phys, r/w)."""
+    with open(baseline_file) as f:
+        base = json.load(f)
+    d = domain_of(sock, int(endpoint))
+    if d != base["domain"]:
+        return False, f"endpoint {endpoint} moved from domain {base['domain']} to {d}"
+    want = pages_of(base["mappings"])
+    if expected_file != "-":
+        exp = read_expected(expected_file)
+        clash = set(exp) & set(want)
+        if clash:
+            return False, f"guest pages overlap the baseline at {sorted(clash)[:4]}"
+        want.update(exp)
+    maps = all_mappings(sock, d)
+    have = pages_of(maps)
+    if have == want:
+        return True, f"domain {d}: {len(maps)} mapping(s), {len(have)} page(s), identical to the guest's"
+    diff = sorted(set(have) ^ set(want)) or sorted(k for k in have if have[k] != want[k])
+    ex = [(hex(k), have.get(k), want.get(k)) for k in diff[:3]]
+    return False, f"domain {d}: {len(have)} page(s) vs {len(want)} expected; first differences (iova, daemon, guest): {ex}"
+
+
+def main():
+    if len(sys.argv) < 3:
+        print(__doc__)
+        return 2
+    cmd, args = sys.argv[1], sys.argv[2:]
+    fn = {"endpoints": cmd_endpoints, "config": cmd_config, "save-domain": cmd_save_domain,
+          "mappings": cmd_mappings}.get(cmd)
+    if fn is None:
+        print(f"unknown subcommand {cmd}")
+        return 2
+    try:
+        ok, detail = fn(*args)
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError, subprocess.SubprocessError) as e:
+        print(f"error: {e}")
+        return 1
+    print(detail)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
