@@ -615,3 +615,7 @@ impl Device {
 
 /// RESV_MEM property length field: the property size without its 4-byte header.
 const RESV_MEM_PROP_LEN: usize = std::mem::size_of::<ProbeResvMem>() - 4;
+
+#[cfg(test)]
+#[path = "device_tests.rs"]
+mod tests;
