@@ -93,7 +93,41 @@ t_daemon() {
         grep -q "input address: $bits bits" "$d"
 }
 
-ALL_TESTS="builtin builtin_vfio daemon"
+# 2. edu on vfio-pci in the guest, DMA buffers mapped through iommufd: the daemon's mapping table
+# equals the guest's pages (iova -> guest-physical, permissions) and is back to empty after.
+t_vfio() {
+    local input_start=0x1000 input_end=0x7fffffffff msi_start=0xfee00000 msi_end=0xfeefffff
+    daemon_start vfio --input-range "$input_start-$input_end" --reserved-region "$msi_start-$msi_end:msi" || return
+    viot_args vfio 0000:00:00.0-00:1f.7
+    local share=$RUN/vfio.share base=$RUN/vfio.baseline.json ep=""
+    sync_attached() {
+        local bdf want got
+        # The guest's usable IOVA space = the configured input range minus the PROBEd MSI window.
+        want=$(printf '%#x %#x\n%#x %#x' "$input_start" "$((msi_start - 1))" "$((msi_end + 1))" "$input_end")
+        got=$(head -c 1000 "$share/vfio-ranges.txt")
+        check vfio/host/guest-iova-ranges "guest IOAS ranges: $(echo "$got" | tr '\n' ' ')/ expected $(echo "$want" | tr '\n' ' ')" \
+            test "$got" = "$want"
+        bdf=$(head -c 64 "$share/edu-bdf" | tr -d '\n')
+        ep=$("$GLUE" endpoint --viot "$RUN/vfio.viot" "$bdf" 2>&1) || { report vfio/host/endpoint FAIL "$ep"; ep=""; return; }
+        dcheck vfio/host/attached save-domain "$DCTL" "$ep" "$base"
+    }
+    sync_mapped() {
+        [ -n "$ep" ] || return
+        dcheck vfio/host/mapped mappings "$DCTL" "$ep" "$base" "$share/vfio-expected.txt"
+    }
+    sync_unmapped() {
+        [ -n "$ep" ] || return
+        dcheck vfio/host/unmapped mappings "$DCTL" "$ep" "$base" -
+        check vfio/host/empty-after-unmap "baseline of edu's domain: $(head -c 200 "$base")" \
+            python3 -c 'import json,sys; sys.exit(len(json.load(open(sys.argv[1]))["mappings"]) != 0)' "$base"
+    }
+    GUEST_FILES=("$RUN/vfio-dma")
+    boot_guest vfio "$G/vfio.sh" 120 "$VFIO_APPEND" -- "${QARGS[@]}" -device "edu,addr=$EDU_ADDR"
+    GUEST_FILES=()
+    unset -f sync_attached sync_mapped sync_unmapped
+}
+
+ALL_TESTS="builtin builtin_vfio daemon vfio"
 vm_setup
 build_guest_programs
 for t in ${VUI_VM_TESTS:-$ALL_TESTS}; do
