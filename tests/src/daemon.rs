@@ -1,0 +1,293 @@
+//! Running the real `vhost-user-iommu` binary.
+
+use std::fs::File;
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::control::Control;
+use crate::device::{Device, Options};
+
+/// Name of the daemon binary.
+pub const BIN_NAME: &str = "vhost-user-iommu";
+
+static BUILD_LOCK: Mutex<()> = Mutex::new(());
+static DIR_COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// The target directory this test executable was built into
+/// (`<target>/<profile>/deps/<test>-<hash>` -> `<target>/<profile>`).
+fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let deps = exe.parent().expect("test executable has a parent");
+    if deps.file_name().is_some_and(|n| n == "deps") {
+        deps.parent().expect("deps has a parent").to_path_buf()
+    } else {
+        deps.to_path_buf()
+    }
+}
+
+/// Path of the daemon binary: `$VHOST_USER_IOMMU_BIN` if set, else `<target>/<profile>/vhost-user-iommu`,
+/// built with `cargo build -p vhost-user-iommu` if it is missing.
+pub fn binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("VHOST_USER_IOMMU_BIN") {
+        return PathBuf::from(p);
+    }
+    let dir = profile_dir();
+    let bin = dir.join(BIN_NAME);
+    let _guard = BUILD_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    if !bin.exists() {
+        // `<target>/<profile>` -> `<target>`.
+        let target = dir.parent().expect("profile dir has a parent");
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "-p", BIN_NAME])
+            .env("CARGO_TARGET_DIR", target)
+            .current_dir(env!("CARGO_MANIFEST_DIR"));
+        if dir.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        let st = cmd.status().expect("run cargo build for the daemon");
+        assert!(
+            st.success() && bin.exists(),
+            "could not build {} (run `cargo build -p {BIN_NAME}` first)",
+            bin.display()
+        );
+    }
+    bin
+}
+
+/// A fresh private directory under the system temp dir, removed on drop.
+#[derive(Debug)]
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    /// Create one.
+    pub fn new() -> TempDir {
+        let n = DIR_COUNTER.fetch_add(1, Ordering::Relaxed);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let p = std::env::temp_dir().join(format!("vuiommu-{}-{n}-{nanos:x}", std::process::id()));
+        std::fs::create_dir_all(&p).expect("create temp dir");
+        TempDir(p)
+    }
+
+    /// Its path.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Default for TempDir {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn is_socket(p: &Path) -> bool {
+    std::fs::metadata(p).is_ok_and(|m| m.file_type().is_socket())
+}
+
+/// A running daemon, killed and reaped on drop.
+#[derive(Debug)]
+pub struct Daemon {
+    child: Option<Child>,
+    /// The vhost-user socket.
+    pub socket: PathBuf,
+    /// The control socket.
+    pub control: PathBuf,
+    /// Where the daemon's stderr goes.
+    pub stderr_path: PathBuf,
+    dir: TempDir,
+}
+
+impl Daemon {
+    /// Start the daemon with `--socket <tmp>/sock --control-socket <tmp>/ctl` plus `extra`, and
+    /// wait (bounded) until both sockets exist. Panics (showing stderr) if it does not come up.
+    pub fn start(extra: &[&str]) -> Daemon {
+        let dir = TempDir::new();
+        let socket = dir.path().join("sock");
+        let control = dir.path().join("ctl");
+        let stderr_path = dir.path().join("stderr.log");
+        let stderr = File::create(&stderr_path).expect("create stderr log");
+        let mut cmd = Command::new(binary());
+        cmd.arg("--socket")
+            .arg(&socket)
+            .arg("--control-socket")
+            .arg(&control)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr);
+        if std::env::var_os("RUST_LOG").is_none() {
+            cmd.env("RUST_LOG", "info");
+        }
+        let child = cmd.spawn().expect("spawn daemon");
+        let mut d = Daemon {
+            child: Some(child),
+            socket,
+            control,
+            stderr_path,
+            dir,
+        };
+        d.wait_ready(Duration::from_secs(10));
+        d
+    }
+
+    fn wait_ready(&mut self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if is_socket(&self.socket) && is_socket(&self.control) {
+                return;
+            }
+            if let Some(st) = self.try_wait() {
+                panic!(
+                    "daemon exited during start-up ({st}); stderr:\n{}",
+                    self.stderr()
+                );
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "daemon sockets did not appear within {timeout:?}; stderr:\n{}",
+                    self.stderr()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The temp dir holding the sockets.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Everything the daemon wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> i32 {
+        let id = self.child.as_ref().expect("daemon running").id();
+        i32::try_from(id).expect("pid fits i32")
+    }
+
+    /// Send a signal to the daemon.
+    pub fn signal(&self, sig: libc::c_int) {
+        // SAFETY: kill(2) on the pid of our own, not yet reaped child.
+        let r = unsafe { libc::kill(self.pid(), sig) };
+        assert_eq!(r, 0, "kill({sig}) failed");
+    }
+
+    /// Non-blocking reap.
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().expect("try_wait"))
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.try_wait().is_none()
+    }
+
+    /// Wait (bounded) for the process to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(st) = self.try_wait() {
+                return Some(st);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Connect a frontend with default options.
+    pub fn connect(&self) -> Device {
+        self.connect_with(&Options::default())
+    }
+
+    /// Connect a frontend with the given options.
+    pub fn connect_with(&self, opts: &Options) -> Device {
+        Device::connect(&self.socket, opts).unwrap_or_else(|e| {
+            panic!(
+                "frontend setup failed: {e}\ndaemon stderr:\n{}",
+                self.stderr()
+            )
+        })
+    }
+
+    /// Open a control-socket connection.
+    pub fn ctl(&self) -> Control {
+        Control::connect(&self.control).expect("connect control socket")
+    }
+
+    /// Assert the daemon is still alive (a crash check after hostile input).
+    pub fn assert_alive(&mut self) {
+        if let Some(st) = self.try_wait() {
+            panic!("daemon died ({st}); stderr:\n{}", self.stderr());
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            if c.try_wait().ok().flatten().is_none() {
+                let _ = c.kill();
+            }
+            let _ = c.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!(
+                "---- daemon stderr ({}) ----\n{}",
+                self.stderr_path.display(),
+                self.stderr()
+            );
+        }
+    }
+}
+
+/// Run the daemon binary with exactly `args` and wait (bounded) for it to exit on its own.
+/// Returns the exit status (None if it had to be killed) and its stderr.
+pub fn run_to_exit(args: &[&str], timeout: Duration) -> (Option<ExitStatus>, String) {
+    let dir = TempDir::new();
+    let err_path = dir.path().join("stderr.log");
+    let stderr = File::create(&err_path).expect("create stderr log");
+    let mut child = Command::new(binary())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .expect("spawn daemon");
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("try_wait") {
+            break Some(st);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    (
+        status,
+        std::fs::read_to_string(&err_path).unwrap_or_default(),
+    )
+}

@@ -1,0 +1,469 @@
+//! A vhost-user frontend session: negotiation, memory table, both virtqueues, and helpers to
+//! send virtio-iommu requests and collect fault records.
+
+use std::path::Path;
+use std::time::Duration;
+
+use vhost::vhost_user::message::VhostUserConfigFlags;
+use vhost::vhost_user::{Frontend, VhostUserFrontend, VhostUserProtocolFeatures};
+use vhost::VhostBackend;
+
+use crate::mem::{GuestMemory, HIGH_REGION_GPA};
+use crate::proto::{self, feature, Config, FaultRecord, CONFIG_LEN, FAULT_RECORD_LEN, TAIL_LEN};
+use crate::virtq::{SplitQueue, Used, DEFAULT_TIMEOUT};
+
+/// Request queue index.
+pub const REQUESTQ: usize = 0;
+/// Event queue index.
+pub const EVENTQ: usize = 1;
+
+/// Byte used to pre-fill device-writable buffers, to detect what the device wrote.
+pub const SENTINEL: u8 = 0xa5;
+
+/// How to set the session up.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Virtio features to ack, intersected with what is offered. `None`: every standard
+    /// feature offered except legacy BYPASS (plus BYPASS if it is offered without BYPASS_CONFIG).
+    pub features: Option<u64>,
+    /// Low region size (guest-physical 0).
+    pub low_size: u64,
+    /// Also give a region at 4 GiB of this size (0 = none).
+    pub high_size: u64,
+    /// Request queue size.
+    pub requestq_size: u16,
+    /// Event queue size.
+    pub eventq_size: u16,
+    /// Enable the vrings with SET_VRING_ENABLE.
+    pub enable: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            features: None,
+            low_size: 16 << 20,
+            high_size: 2 << 20,
+            requestq_size: 256,
+            eventq_size: 64,
+            enable: true,
+        }
+    }
+}
+
+/// A request: the device-readable bytes, and how many device-writable bytes follow
+/// (the status tail included).
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// Device-readable part.
+    pub readable: Vec<u8>,
+    /// Device-writable length (>= 4 for a well-formed request).
+    pub writable_len: usize,
+}
+
+impl Request {
+    /// A request whose writable part is just the 4-byte tail.
+    pub fn new(readable: Vec<u8>) -> Request {
+        Request {
+            readable,
+            writable_len: TAIL_LEN,
+        }
+    }
+
+    /// ATTACH.
+    pub fn attach(domain: u32, endpoint: u32, flags: u32) -> Request {
+        Request::new(proto::attach(domain, endpoint, flags))
+    }
+
+    /// DETACH.
+    pub fn detach(domain: u32, endpoint: u32) -> Request {
+        Request::new(proto::detach(domain, endpoint))
+    }
+
+    /// MAP.
+    pub fn map(domain: u32, start: u64, end: u64, phys: u64, flags: u32) -> Request {
+        Request::new(proto::map(domain, start, end, phys, flags))
+    }
+
+    /// UNMAP.
+    pub fn unmap(domain: u32, start: u64, end: u64) -> Request {
+        Request::new(proto::unmap(domain, start, end))
+    }
+
+    /// PROBE with a properties buffer of `props_len` bytes.
+    pub fn probe(endpoint: u32, props_len: usize) -> Request {
+        Request {
+            readable: proto::probe(endpoint),
+            writable_len: props_len + TAIL_LEN,
+        }
+    }
+
+    /// Overwrite one byte of the readable part (reserved-field and flag tests).
+    pub fn with_byte(mut self, offset: usize, value: u8) -> Request {
+        self.readable[offset] = value;
+        self
+    }
+}
+
+/// What came back for one request.
+#[derive(Debug, Clone)]
+pub struct Response {
+    /// Head descriptor index.
+    pub head: u16,
+    /// Used length reported by the device.
+    pub used_len: u32,
+    /// The whole device-writable area after completion.
+    pub writable: Vec<u8>,
+}
+
+impl Response {
+    /// Status byte (first byte of the last 4 writable bytes).
+    pub fn status(&self) -> u8 {
+        assert!(self.writable.len() >= TAIL_LEN, "no tail in this request");
+        self.writable[self.writable.len() - TAIL_LEN]
+    }
+
+    /// Whether the device left the writable area untouched.
+    pub fn untouched(&self) -> bool {
+        self.writable.iter().all(|&b| b == SENTINEL)
+    }
+
+    /// The PROBE properties area (writable part minus the tail).
+    pub fn properties(&self) -> &[u8] {
+        &self.writable[..self.writable.len() - TAIL_LEN]
+    }
+
+    /// Assert a completed request with status `want` and a plausible used length.
+    pub fn expect(&self, want: u8, what: &str) {
+        assert!(
+            self.used_len > 0,
+            "{what}: used length 0 (device returned the buffer without a status)"
+        );
+        assert!(
+            self.used_len as usize <= self.writable.len(),
+            "{what}: used length {} exceeds the {}-byte writable area",
+            self.used_len,
+            self.writable.len()
+        );
+        let got = self.status();
+        assert_eq!(
+            got,
+            want,
+            "{what}: status {} ({got}), expected {} ({want})",
+            proto::status::name(got),
+            proto::status::name(want)
+        );
+    }
+}
+
+/// A connected, configured virtio-iommu device as the driver sees it.
+pub struct Device {
+    /// The vhost-user frontend.
+    pub fe: Frontend,
+    /// Guest memory shared with the daemon.
+    pub mem: GuestMemory,
+    /// Queue 0.
+    pub reqq: SplitQueue,
+    /// Queue 1.
+    pub evq: SplitQueue,
+    /// Features the device offered.
+    pub offered: u64,
+    /// Features we acked.
+    pub acked: u64,
+    /// Protocol features the device offered.
+    pub protocol_offered: VhostUserProtocolFeatures,
+    /// Writable area (gpa, len) of each in-flight request head.
+    pending: std::collections::HashMap<u16, (u64, usize)>,
+    /// Event buffers (gpa) of each in-flight eventq head.
+    event_bufs: std::collections::HashMap<u16, u64>,
+    /// Memory region (index) where request and event buffers are allocated.
+    pub buf_region: usize,
+}
+
+impl std::fmt::Debug for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Device")
+            .field("offered", &format_args!("{:#x}", self.offered))
+            .field("acked", &format_args!("{:#x}", self.acked))
+            .field("reqq", &self.reqq)
+            .field("evq", &self.evq)
+            .finish_non_exhaustive()
+    }
+}
+
+fn err<E: std::fmt::Debug>(what: &str) -> impl FnOnce(E) -> String + '_ {
+    move |e| format!("{what}: {e:?}")
+}
+
+impl Device {
+    /// Connect to `socket` and bring the device up as a driver would.
+    pub fn connect(socket: &Path, opts: &Options) -> Result<Device, String> {
+        let fe = Frontend::connect(socket, 2).map_err(err("connect"))?;
+        Self::setup(fe, opts)
+    }
+
+    /// Negotiate, hand over memory and set up both queues on an existing frontend.
+    pub fn setup(mut fe: Frontend, opts: &Options) -> Result<Device, String> {
+        fe.set_owner().map_err(err("SET_OWNER"))?;
+        let offered = fe.get_features().map_err(err("GET_FEATURES"))?;
+        let want = opts.features.unwrap_or({
+            let mut f = feature::MODERN;
+            if offered & feature::BYPASS_CONFIG == 0 {
+                f |= feature::BYPASS;
+            }
+            f
+        });
+        let acked = (want & offered) | (offered & feature::PROTOCOL_FEATURES);
+        fe.set_features(acked).map_err(err("SET_FEATURES"))?;
+        let mut protocol_offered = VhostUserProtocolFeatures::empty();
+        if acked & feature::PROTOCOL_FEATURES != 0 {
+            protocol_offered = fe
+                .get_protocol_features()
+                .map_err(err("GET_PROTOCOL_FEATURES"))?;
+            let wanted = VhostUserProtocolFeatures::CONFIG | VhostUserProtocolFeatures::REPLY_ACK;
+            fe.set_protocol_features(protocol_offered & wanted)
+                .map_err(err("SET_PROTOCOL_FEATURES"))?;
+        }
+
+        let mut layout = vec![(0u64, opts.low_size)];
+        if opts.high_size > 0 {
+            layout.push((HIGH_REGION_GPA, opts.high_size));
+        }
+        let mem = GuestMemory::new(&layout, 1 << 20).map_err(err("guest memory"))?;
+        fe.set_mem_table(&mem.region_infos())
+            .map_err(err("SET_MEM_TABLE"))?;
+
+        let reqq = SplitQueue::new(&mem, REQUESTQ, opts.requestq_size);
+        let evq = SplitQueue::new(&mem, EVENTQ, opts.eventq_size);
+        for q in [&reqq, &evq] {
+            fe.set_vring_num(q.index, q.size)
+                .map_err(err("SET_VRING_NUM"))?;
+            fe.set_vring_addr(q.index, &q.config(&mem))
+                .map_err(err("SET_VRING_ADDR"))?;
+            fe.set_vring_base(q.index, 0)
+                .map_err(err("SET_VRING_BASE"))?;
+            fe.set_vring_call(q.index, &q.call)
+                .map_err(err("SET_VRING_CALL"))?;
+            fe.set_vring_kick(q.index, &q.kick)
+                .map_err(err("SET_VRING_KICK"))?;
+        }
+        if opts.enable && acked & feature::PROTOCOL_FEATURES != 0 {
+            for q in [&reqq, &evq] {
+                fe.set_vring_enable(q.index, true)
+                    .map_err(err("SET_VRING_ENABLE"))?;
+            }
+        }
+        Ok(Device {
+            fe,
+            mem,
+            reqq,
+            evq,
+            offered,
+            acked,
+            protocol_offered,
+            pending: Default::default(),
+            event_bufs: Default::default(),
+            buf_region: 0,
+        })
+    }
+
+    /// GET_CONFIG of the whole 40-byte config space.
+    pub fn config_bytes(&mut self) -> Vec<u8> {
+        let (_, payload) = self
+            .fe
+            .get_config(
+                0,
+                CONFIG_LEN as u32,
+                VhostUserConfigFlags::WRITABLE,
+                &[0u8; CONFIG_LEN],
+            )
+            .expect("GET_CONFIG");
+        payload
+    }
+
+    /// GET_CONFIG, decoded.
+    pub fn config(&mut self) -> Config {
+        Config::parse(&self.config_bytes())
+    }
+
+    /// SET_CONFIG of `bypass` (offset 36).
+    pub fn set_bypass(&mut self, v: u8) {
+        self.fe
+            .set_config(
+                proto::CONFIG_BYPASS_OFFSET,
+                VhostUserConfigFlags::WRITABLE,
+                &[v],
+            )
+            .expect("SET_CONFIG bypass");
+    }
+
+    /// Allocate a buffer in `buf_region`.
+    pub fn alloc(&self, len: usize) -> u64 {
+        self.mem.alloc_in(self.buf_region, len as u64, 16)
+    }
+
+    /// Put a request on the request queue (not published). The readable part is split into
+    /// descriptors at `read_splits` (offsets), the writable part at `write_splits`.
+    pub fn submit_split(
+        &mut self,
+        r: &Request,
+        read_splits: &[usize],
+        write_splits: &[usize],
+    ) -> u16 {
+        let rgpa = self.alloc(r.readable.len().max(1));
+        self.mem.write(rgpa, &r.readable);
+        let wgpa = self.alloc(r.writable_len.max(1));
+        self.mem.fill(wgpa, r.writable_len, SENTINEL);
+        let mut bufs = Vec::new();
+        let mut cut = |gpa: u64, len: usize, splits: &[usize], w: bool| {
+            let mut prev = 0;
+            for &s in splits.iter().chain(std::iter::once(&len)) {
+                assert!(s >= prev && s <= len, "bad split {s}");
+                if s > prev || (len == 0 && s == 0) {
+                    bufs.push((gpa + prev as u64, (s - prev) as u32, w));
+                }
+                prev = s;
+            }
+        };
+        if !r.readable.is_empty() {
+            cut(rgpa, r.readable.len(), read_splits, false);
+        }
+        if r.writable_len > 0 {
+            cut(wgpa, r.writable_len, write_splits, true);
+        }
+        let head = self.reqq.add_chain(&self.mem, &bufs);
+        self.pending.insert(head, (wgpa, r.writable_len));
+        head
+    }
+
+    /// Put a request on the request queue as one readable and one writable descriptor.
+    pub fn submit(&mut self, r: &Request) -> u16 {
+        self.submit_split(r, &[], &[])
+    }
+
+    /// Register a hand-built chain whose writable area (for reporting) is `(gpa, len)`.
+    pub fn submit_raw(&mut self, head: u16, owned: Vec<u16>, writable: (u64, usize)) {
+        self.reqq.push_head(&self.mem, head, owned);
+        self.pending.insert(head, writable);
+    }
+
+    /// Publish and kick the request queue.
+    pub fn kick(&self) {
+        self.reqq.publish_and_kick(&self.mem);
+    }
+
+    fn response(&mut self, u: Used) -> Response {
+        let head = u16::try_from(u.id).expect("head fits u16");
+        let (gpa, len) = self
+            .pending
+            .remove(&head)
+            .unwrap_or_else(|| panic!("unknown head {head}"));
+        let writable = if len > 0 && self.mem.contains(gpa, len as u64) {
+            self.mem.read(gpa, len)
+        } else {
+            Vec::new()
+        };
+        Response {
+            head,
+            used_len: u.len,
+            writable,
+        }
+    }
+
+    /// Wait (bounded) for the next completed request.
+    pub fn wait_response(&mut self, timeout: Duration) -> Option<Response> {
+        let u = self.reqq.wait_used(&self.mem, timeout)?;
+        Some(self.response(u))
+    }
+
+    /// Wait for `n` completions, in used-ring order. Panics on timeout.
+    pub fn wait_responses(&mut self, n: usize) -> Vec<Response> {
+        let timeout = DEFAULT_TIMEOUT + Duration::from_millis(20 * n as u64);
+        let used = self.reqq.wait_used_n(&self.mem, n, timeout);
+        assert_eq!(
+            used.len(),
+            n,
+            "only {} of {n} requests completed within {timeout:?}",
+            used.len()
+        );
+        used.into_iter().map(|u| self.response(u)).collect()
+    }
+
+    /// Submit one request, kick, and wait for it.
+    pub fn run(&mut self, r: &Request) -> Response {
+        let head = self.submit(r);
+        self.kick();
+        let resp = self
+            .wait_response(DEFAULT_TIMEOUT)
+            .unwrap_or_else(|| panic!("request {:?} not completed in time", r.readable.first()));
+        assert_eq!(resp.head, head, "used id is not the head we submitted");
+        resp
+    }
+
+    /// Submit `reqs` in one kick; responses in submission order (checking every head came back
+    /// exactly once).
+    pub fn run_batch(&mut self, reqs: &[Request]) -> Vec<Response> {
+        let heads: Vec<u16> = reqs.iter().map(|r| self.submit(r)).collect();
+        self.kick();
+        let mut got = self.wait_responses(reqs.len());
+        let mut out = Vec::with_capacity(reqs.len());
+        for h in heads {
+            let i = got
+                .iter()
+                .position(|r| r.head == h)
+                .unwrap_or_else(|| panic!("head {h} never came back"));
+            out.push(got.swap_remove(i));
+        }
+        out
+    }
+
+    /// Run a request and return its status (asserting a non-zero used length).
+    pub fn status_of(&mut self, r: &Request) -> u8 {
+        let resp = self.run(r);
+        assert!(resp.used_len > 0, "used length 0 for a well-formed request");
+        resp.status()
+    }
+
+    /// ATTACH and return the status.
+    pub fn attach(&mut self, domain: u32, endpoint: u32) -> u8 {
+        self.status_of(&Request::attach(domain, endpoint, 0))
+    }
+
+    /// DETACH and return the status.
+    pub fn detach(&mut self, domain: u32, endpoint: u32) -> u8 {
+        self.status_of(&Request::detach(domain, endpoint))
+    }
+
+    /// MAP and return the status.
+    pub fn map(&mut self, domain: u32, start: u64, end: u64, phys: u64, flags: u32) -> u8 {
+        self.status_of(&Request::map(domain, start, end, phys, flags))
+    }
+
+    /// UNMAP and return the status.
+    pub fn unmap(&mut self, domain: u32, start: u64, end: u64) -> u8 {
+        self.status_of(&Request::unmap(domain, start, end))
+    }
+
+    /// Post `n` write-only event buffers of `len` bytes on the eventq (published and kicked).
+    pub fn post_event_buffers(&mut self, n: usize, len: usize) {
+        for _ in 0..n {
+            let gpa = self.alloc(len);
+            self.mem.fill(gpa, len, SENTINEL);
+            let head = self.evq.add_chain(&self.mem, &[(gpa, len as u32, true)]);
+            self.event_bufs.insert(head, gpa);
+        }
+        self.evq.publish_and_kick(&self.mem);
+    }
+
+    /// Wait (bounded) for the next fault record on the eventq; returns (used_len, record).
+    pub fn wait_fault(&mut self, timeout: Duration) -> Option<(u32, FaultRecord)> {
+        let u = self.evq.wait_used(&self.mem, timeout)?;
+        let head = u16::try_from(u.id).expect("head fits u16");
+        let gpa = self
+            .event_bufs
+            .remove(&head)
+            .unwrap_or_else(|| panic!("eventq returned unknown head {head}"));
+        let bytes = self.mem.read(gpa, FAULT_RECORD_LEN);
+        Some((u.len, FaultRecord::parse(&bytes)))
+    }
+}

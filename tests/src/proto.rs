@@ -1,0 +1,379 @@
+//! virtio-iommu wire formats (virtio spec, device type 23), written from the specification.
+//!
+//! All fields are little-endian. Every request starts with `{u8 type; u8 reserved[3]}` and ends
+//! with a device-writable `{u8 status; u8 reserved[3]}` tail.
+
+/// Feature bits.
+pub mod feature {
+    /// INPUT_RANGE.
+    pub const INPUT_RANGE: u64 = 1 << 0;
+    /// DOMAIN_RANGE.
+    pub const DOMAIN_RANGE: u64 = 1 << 1;
+    /// MAP_UNMAP.
+    pub const MAP_UNMAP: u64 = 1 << 2;
+    /// Legacy BYPASS.
+    pub const BYPASS: u64 = 1 << 3;
+    /// PROBE.
+    pub const PROBE: u64 = 1 << 4;
+    /// MMIO.
+    pub const MMIO: u64 = 1 << 5;
+    /// BYPASS_CONFIG.
+    pub const BYPASS_CONFIG: u64 = 1 << 6;
+    /// VIRTIO_F_VERSION_1.
+    pub const VERSION_1: u64 = 1 << 32;
+    /// VHOST_USER_F_PROTOCOL_FEATURES.
+    pub const PROTOCOL_FEATURES: u64 = 1 << 30;
+    /// The standard set a modern driver acks (everything but legacy BYPASS).
+    pub const MODERN: u64 =
+        VERSION_1 | INPUT_RANGE | DOMAIN_RANGE | MAP_UNMAP | PROBE | MMIO | BYPASS_CONFIG;
+}
+
+/// Request types.
+pub mod req {
+    /// ATTACH.
+    pub const ATTACH: u8 = 1;
+    /// DETACH.
+    pub const DETACH: u8 = 2;
+    /// MAP.
+    pub const MAP: u8 = 3;
+    /// UNMAP.
+    pub const UNMAP: u8 = 4;
+    /// PROBE.
+    pub const PROBE: u8 = 5;
+}
+
+/// Status codes.
+pub mod status {
+    /// OK.
+    pub const OK: u8 = 0;
+    /// IOERR.
+    pub const IOERR: u8 = 1;
+    /// UNSUPP.
+    pub const UNSUPP: u8 = 2;
+    /// DEVERR.
+    pub const DEVERR: u8 = 3;
+    /// INVAL.
+    pub const INVAL: u8 = 4;
+    /// RANGE.
+    pub const RANGE: u8 = 5;
+    /// NOENT.
+    pub const NOENT: u8 = 6;
+    /// FAULT.
+    pub const FAULT: u8 = 7;
+    /// NOMEM.
+    pub const NOMEM: u8 = 8;
+
+    /// Human-readable name of a status byte.
+    pub fn name(s: u8) -> &'static str {
+        match s {
+            OK => "OK",
+            IOERR => "IOERR",
+            UNSUPP => "UNSUPP",
+            DEVERR => "DEVERR",
+            INVAL => "INVAL",
+            RANGE => "RANGE",
+            NOENT => "NOENT",
+            FAULT => "FAULT",
+            NOMEM => "NOMEM",
+            _ => "unknown",
+        }
+    }
+}
+
+/// ATTACH flag: the domain is a bypass (identity) domain.
+pub const ATTACH_F_BYPASS: u32 = 1 << 0;
+/// MAP flag READ.
+pub const MAP_F_READ: u32 = 1 << 0;
+/// MAP flag WRITE.
+pub const MAP_F_WRITE: u32 = 1 << 1;
+/// MAP flag MMIO.
+pub const MAP_F_MMIO: u32 = 1 << 2;
+
+/// Size of the device-writable tail.
+pub const TAIL_LEN: usize = 4;
+
+fn put_u32(b: &mut [u8], at: usize, v: u32) {
+    b[at..at + 4].copy_from_slice(&v.to_le_bytes());
+}
+
+fn put_u64(b: &mut [u8], at: usize, v: u64) {
+    b[at..at + 8].copy_from_slice(&v.to_le_bytes());
+}
+
+fn get_u16(b: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([b[at], b[at + 1]])
+}
+
+fn get_u32(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+fn get_u64(b: &[u8], at: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(a)
+}
+
+fn head(ty: u8, len: usize) -> Vec<u8> {
+    let mut b = vec![0u8; len];
+    b[0] = ty;
+    b
+}
+
+/// Device-readable part of ATTACH (20 bytes).
+pub fn attach(domain: u32, endpoint: u32, flags: u32) -> Vec<u8> {
+    let mut b = head(req::ATTACH, 20);
+    put_u32(&mut b, 4, domain);
+    put_u32(&mut b, 8, endpoint);
+    put_u32(&mut b, 12, flags);
+    b
+}
+
+/// Device-readable part of DETACH (20 bytes).
+pub fn detach(domain: u32, endpoint: u32) -> Vec<u8> {
+    let mut b = head(req::DETACH, 20);
+    put_u32(&mut b, 4, domain);
+    put_u32(&mut b, 8, endpoint);
+    b
+}
+
+/// Device-readable part of MAP (36 bytes); `virt_end` is inclusive.
+pub fn map(domain: u32, virt_start: u64, virt_end: u64, phys_start: u64, flags: u32) -> Vec<u8> {
+    let mut b = head(req::MAP, 36);
+    put_u32(&mut b, 4, domain);
+    put_u64(&mut b, 8, virt_start);
+    put_u64(&mut b, 16, virt_end);
+    put_u64(&mut b, 24, phys_start);
+    put_u32(&mut b, 32, flags);
+    b
+}
+
+/// Device-readable part of UNMAP (28 bytes); `virt_end` is inclusive.
+pub fn unmap(domain: u32, virt_start: u64, virt_end: u64) -> Vec<u8> {
+    let mut b = head(req::UNMAP, 28);
+    put_u32(&mut b, 4, domain);
+    put_u64(&mut b, 8, virt_start);
+    put_u64(&mut b, 16, virt_end);
+    b
+}
+
+/// Device-readable part of PROBE (72 bytes); the writable part is `probe_size + 4`.
+pub fn probe(endpoint: u32) -> Vec<u8> {
+    let mut b = head(req::PROBE, 72);
+    put_u32(&mut b, 4, endpoint);
+    b
+}
+
+/// The 40-byte configuration space.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Config {
+    /// Supported page sizes.
+    pub page_size_mask: u64,
+    /// First valid IOVA.
+    pub input_start: u64,
+    /// Last valid IOVA (inclusive).
+    pub input_end: u64,
+    /// First valid domain id.
+    pub domain_start: u32,
+    /// Last valid domain id (inclusive).
+    pub domain_end: u32,
+    /// Size of the PROBE properties buffer.
+    pub probe_size: u32,
+    /// Bypass unattached endpoints.
+    pub bypass: u8,
+    /// The three reserved bytes.
+    pub reserved: [u8; 3],
+}
+
+/// Size of the config space.
+pub const CONFIG_LEN: usize = 40;
+/// Offset of `bypass` in the config space.
+pub const CONFIG_BYPASS_OFFSET: u32 = 36;
+
+impl Config {
+    /// Decode the 40-byte config space.
+    pub fn parse(b: &[u8]) -> Config {
+        assert_eq!(b.len(), CONFIG_LEN, "config space must be 40 bytes");
+        Config {
+            page_size_mask: get_u64(b, 0),
+            input_start: get_u64(b, 8),
+            input_end: get_u64(b, 16),
+            domain_start: get_u32(b, 24),
+            domain_end: get_u32(b, 28),
+            probe_size: get_u32(b, 32),
+            bypass: b[36],
+            reserved: [b[37], b[38], b[39]],
+        }
+    }
+}
+
+/// One PROBE property.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Property {
+    /// Property type (low 12 bits of the header's first field).
+    pub ty: u16,
+    /// The full 16-bit type field as written.
+    pub raw_type: u16,
+    /// Payload (header excluded), `length` bytes.
+    pub data: Vec<u8>,
+}
+
+/// PROBE property type RESV_MEM.
+pub const PROBE_T_RESV_MEM: u16 = 1;
+/// RESV_MEM subtype RESERVED.
+pub const RESV_MEM_T_RESERVED: u8 = 0;
+/// RESV_MEM subtype MSI.
+pub const RESV_MEM_T_MSI: u8 = 1;
+
+/// A decoded RESV_MEM property.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResvMem {
+    /// Subtype (RESERVED=0, MSI=1).
+    pub subtype: u8,
+    /// The three reserved bytes after the subtype.
+    pub reserved: [u8; 3],
+    /// First address.
+    pub start: u64,
+    /// Last address (inclusive).
+    pub end: u64,
+}
+
+impl Property {
+    /// Decode as RESV_MEM if it is one with the right length.
+    pub fn resv_mem(&self) -> Option<ResvMem> {
+        if self.ty != PROBE_T_RESV_MEM || self.data.len() != 20 {
+            return None;
+        }
+        let d = &self.data;
+        Some(ResvMem {
+            subtype: d[0],
+            reserved: [d[1], d[2], d[3]],
+            start: get_u64(d, 4),
+            end: get_u64(d, 12),
+        })
+    }
+}
+
+/// Walk a properties buffer. Returns the properties before the end marker (type 0) and the
+/// offset where the end marker (or the end of the buffer) was found.
+pub fn parse_properties(buf: &[u8]) -> (Vec<Property>, usize) {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at + 4 <= buf.len() {
+        let raw_type = get_u16(buf, at);
+        let ty = raw_type & 0xfff;
+        if ty == 0 {
+            return (out, at);
+        }
+        let len = usize::from(get_u16(buf, at + 2));
+        assert!(
+            at + 4 + len <= buf.len(),
+            "property at {at} (type {ty}, length {len}) overruns the {}-byte buffer",
+            buf.len()
+        );
+        out.push(Property {
+            ty,
+            raw_type,
+            data: buf[at + 4..at + 4 + len].to_vec(),
+        });
+        at += 4 + len;
+    }
+    (out, at)
+}
+
+/// Fault reasons.
+pub mod fault {
+    /// UNKNOWN.
+    pub const UNKNOWN: u8 = 0;
+    /// DOMAIN: the endpoint is not attached (and not in bypass).
+    pub const DOMAIN: u8 = 1;
+    /// MAPPING: no mapping, or a permission mismatch.
+    pub const MAPPING: u8 = 2;
+    /// Flag: read access.
+    pub const F_READ: u32 = 1 << 0;
+    /// Flag: write access.
+    pub const F_WRITE: u32 = 1 << 1;
+    /// Flag: `address` is valid.
+    pub const F_ADDRESS: u32 = 1 << 8;
+}
+
+/// Size of one event-queue fault record.
+pub const FAULT_RECORD_LEN: usize = 24;
+
+/// A decoded 24-byte fault record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FaultRecord {
+    /// Reason (`fault::*`).
+    pub reason: u8,
+    /// Reserved bytes 1..4.
+    pub reserved0: [u8; 3],
+    /// Flags (`fault::F_*`).
+    pub flags: u32,
+    /// Endpoint id.
+    pub endpoint: u32,
+    /// Reserved le32 at 12.
+    pub reserved1: u32,
+    /// Faulting address.
+    pub address: u64,
+}
+
+impl FaultRecord {
+    /// Decode a 24-byte record.
+    pub fn parse(b: &[u8]) -> FaultRecord {
+        assert!(b.len() >= FAULT_RECORD_LEN, "fault record must be 24 bytes");
+        FaultRecord {
+            reason: b[0],
+            reserved0: [b[1], b[2], b[3]],
+            flags: get_u32(b, 4),
+            endpoint: get_u32(b, 8),
+            reserved1: get_u32(b, 12),
+            address: get_u64(b, 16),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layouts_match_the_spec_table() {
+        let a = attach(0x0102_0304, 0x0a0b_0c0d, 1);
+        assert_eq!(a.len(), 20);
+        assert_eq!(&a[..8], &[1, 0, 0, 0, 4, 3, 2, 1]);
+        assert_eq!(&a[8..16], &[0x0d, 0x0c, 0x0b, 0x0a, 1, 0, 0, 0]);
+        assert_eq!(detach(1, 2).len(), 20);
+        let m = map(7, 0x1000, 0x1fff, 0xabc000, 3);
+        assert_eq!(m.len(), 36);
+        assert_eq!(m[0], 3);
+        assert_eq!(get_u64(&m, 16), 0x1fff);
+        assert_eq!(get_u64(&m, 24), 0xabc000);
+        assert_eq!(get_u32(&m, 32), 3);
+        assert_eq!(unmap(1, 0, 9).len(), 28);
+        assert_eq!(probe(9).len(), 72);
+    }
+
+    #[test]
+    fn properties_and_records_decode() {
+        let mut buf = vec![0u8; 64];
+        buf[0] = 1;
+        buf[2] = 20;
+        buf[4] = 1;
+        buf[12..20].copy_from_slice(&0xfee0_0000u64.to_le_bytes());
+        buf[20..28].copy_from_slice(&0xfeef_ffffu64.to_le_bytes());
+        let (props, end) = parse_properties(&buf);
+        assert_eq!(end, 24);
+        let r = props[0].resv_mem().unwrap();
+        assert_eq!((r.subtype, r.start, r.end), (1, 0xfee0_0000, 0xfeef_ffff));
+        let mut rec = [0u8; 24];
+        rec[0] = 2;
+        rec[4..8].copy_from_slice(&0x101u32.to_le_bytes());
+        rec[8..12].copy_from_slice(&5u32.to_le_bytes());
+        rec[16..24].copy_from_slice(&0xdead_0000u64.to_le_bytes());
+        let f = FaultRecord::parse(&rec);
+        assert_eq!(
+            (f.reason, f.flags, f.endpoint, f.address),
+            (2, 0x101, 5, 0xdead_0000)
+        );
+    }
+}

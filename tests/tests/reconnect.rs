@@ -1,0 +1,143 @@
+//! Disconnect then reconnect: every piece of device state is dropped.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant};
+
+use vhost_user_iommu_tests::proto::status::OK;
+use vhost_user_iommu_tests::proto::{FAULT_RECORD_LEN, MAP_F_READ, MAP_F_WRITE};
+use vhost_user_iommu_tests::{Control, Daemon};
+
+const RW: u32 = MAP_F_READ | MAP_F_WRITE;
+
+fn wait_disconnected(ctl: &mut Control) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while ctl.status()["connected"].as_bool() != Some(false) {
+        assert!(
+            Instant::now() < deadline,
+            "daemon still reports a connection"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn reconnect_starts_from_a_clean_device() {
+    let mut daemon = Daemon::start(&[]);
+    let mut ctl = daemon.ctl();
+    {
+        let mut d = daemon.connect();
+        assert_eq!(d.attach(1, 3), OK);
+        assert_eq!(d.attach(2, 4), OK);
+        assert_eq!(d.map(1, 0x10000, 0x1ffff, 0x100000, RW), OK);
+        assert_eq!(d.map(2, 0x10000, 0x1ffff, 0x200000, RW), OK);
+        d.set_bypass(1);
+        d.post_event_buffers(4, FAULT_RECORD_LEN);
+        let st = ctl.status();
+        assert_eq!(st["domains"].as_u64(), Some(2));
+        assert_eq!(st["mappings"].as_u64(), Some(2));
+        // The frontend (and its socket) goes away here.
+    }
+    wait_disconnected(&mut ctl);
+    daemon.assert_alive();
+
+    let mut d = daemon.connect();
+    let st = ctl.status();
+    assert_eq!(st["connected"].as_bool(), Some(true));
+    assert_eq!(st["domains"].as_u64(), Some(0), "{st}");
+    assert_eq!(st["mappings"].as_u64(), Some(0), "{st}");
+    assert!(ctl.domains().is_empty());
+    assert_eq!(ctl.endpoint_domain(3), None);
+    assert_eq!(ctl.endpoint_domain(4), None);
+    assert!(ctl.mappings(1).map(|m| m.is_empty()).unwrap_or(true));
+    assert_eq!(
+        d.config().bypass,
+        0,
+        "bypass is back to its boot value on a new connection"
+    );
+    // The old event buffers are gone with the old memory: a fault now is dropped, not written
+    // into the previous connection's memory.
+    let t = ctl.translate(3, 0x10000, "r");
+    assert_eq!(t["outcome"].as_str(), Some("fault"), "{t}");
+    assert_eq!(t["reason"].as_str(), Some("domain"), "{t}");
+    // A fresh ATTACH/MAP of the same ids and ranges works (no stale overlap).
+    assert_eq!(d.attach(1, 3), OK);
+    assert_eq!(d.map(1, 0x10000, 0x1ffff, 0x100000, RW), OK);
+    let t = ctl.translate(3, 0x10010, "r");
+    assert_eq!(t["outcome"].as_str(), Some("translated"), "{t}");
+    assert_eq!(t["phys"].as_u64(), Some(0x100010), "{t}");
+    assert!(ctl.status()["connections"].as_u64().unwrap() >= 2);
+}
+
+#[test]
+fn reconnect_many_times() {
+    let mut daemon = Daemon::start(&[]);
+    let mut ctl = daemon.ctl();
+    for i in 0..10u64 {
+        let mut d = daemon.connect();
+        assert_eq!(ctl.status()["mappings"].as_u64(), Some(0), "round {i}");
+        assert_eq!(d.attach(1, 3), OK, "round {i}");
+        assert_eq!(d.map(1, 0x10000, 0x10fff, i * 0x1000, RW), OK, "round {i}");
+        drop(d);
+        wait_disconnected(&mut ctl);
+    }
+    daemon.assert_alive();
+}
+
+#[test]
+fn disconnect_with_requests_in_flight() {
+    let mut daemon = Daemon::start(&[]);
+    let mut ctl = daemon.ctl();
+    {
+        let mut d = daemon.connect();
+        assert_eq!(d.attach(1, 3), OK);
+        // Made available but never kicked, plus a kicked batch we never wait for.
+        for i in 0..50u64 {
+            d.submit(&vhost_user_iommu_tests::Request::map(
+                1,
+                i * 0x1000,
+                i * 0x1000 + 0xfff,
+                0,
+                RW,
+            ));
+        }
+        d.kick();
+    }
+    wait_disconnected(&mut ctl);
+    daemon.assert_alive();
+    let mut d = daemon.connect();
+    assert_eq!(ctl.status()["mappings"].as_u64(), Some(0));
+    assert_eq!(d.attach(1, 3), OK);
+}
+
+#[test]
+fn a_second_frontend_waits_for_the_first() {
+    let mut daemon = Daemon::start(&[]);
+    let mut ctl = daemon.ctl();
+    let mut first = daemon.connect();
+    assert_eq!(first.attach(1, 3), OK);
+    // A second connection is not served while the first is up: its setup would block, so do it
+    // in a thread and check it has not completed before the first goes away.
+    let sock = daemon.socket.clone();
+    let second = std::thread::spawn(move || {
+        let d = vhost_user_iommu_tests::Device::connect(&sock, &Default::default());
+        d.map(|mut d| d.attach(7, 8)).map_err(|e| e.to_string())
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        ctl.endpoint_domain(8),
+        None,
+        "second frontend served concurrently"
+    );
+    assert_eq!(first.attach(2, 4), OK, "first frontend still served");
+    drop(first);
+    let r = second.join().expect("second frontend thread");
+    assert_eq!(r, Ok(OK), "second frontend after the first disconnected");
+    assert_eq!(
+        ctl.endpoint_domain(3),
+        None,
+        "state of the first connection leaked"
+    );
+    assert_eq!(ctl.endpoint_domain(8), Some(7));
+    daemon.assert_alive();
+}
