@@ -161,13 +161,39 @@ def cmd_mappings(sock, endpoint, baseline_file, expected_file):
     return False, f"domain {d}: {len(have)} page(s) vs {len(want)} expected; first differences (iova, daemon, guest): {ex}"
 
 
+def cmd_save_counters(sock, out):
+    c = ask(sock, {"cmd": "counters"})
+    with open(out, "w") as f:
+        json.dump(c, f)
+    return True, "requests so far: " + ", ".join(
+        f"{t} {sum(v.values())}" for t, v in sorted(c["requests"].items()))
+
+
+def cmd_counters_delta(sock, before_file, min_maps):
+    """Since the saved counters: at least MIN_MAPS successful MAPs, every MAP and UNMAP ok."""
+    with open(before_file) as f:
+        before = json.load(f)["requests"]
+    now = ask(sock, {"cmd": "counters"})["requests"]
+
+    def delta(kind):
+        b, n = before.get(kind, {}), now.get(kind, {})
+        return {k: n.get(k, 0) - b.get(k, 0) for k in set(b) | set(n) if n.get(k, 0) != b.get(k, 0)}
+
+    dm, du = delta("map"), delta("unmap")
+    bad = {f"map.{k}": v for k, v in dm.items() if k != "ok"}
+    bad.update({f"unmap.{k}": v for k, v in du.items() if k != "ok"})
+    ok = dm.get("ok", 0) >= int(min_maps) and du.get("ok", 0) > 0 and not bad
+    return ok, f"MAP ok +{dm.get('ok', 0)}, UNMAP ok +{du.get('ok', 0)}, failures {bad or 'none'}"
+
+
 def main():
     if len(sys.argv) < 3:
         print(__doc__)
         return 2
     cmd, args = sys.argv[1], sys.argv[2:]
     fn = {"endpoints": cmd_endpoints, "config": cmd_config, "save-domain": cmd_save_domain,
-          "mappings": cmd_mappings}.get(cmd)
+          "mappings": cmd_mappings,
+          "save-counters": cmd_save_counters, "counters-delta": cmd_counters_delta}.get(cmd)
     if fn is None:
         print(f"unknown subcommand {cmd}")
         return 2
