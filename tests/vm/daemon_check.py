@@ -186,6 +186,48 @@ def cmd_counters_delta(sock, before_file, min_maps):
     return ok, f"MAP ok +{dm.get('ok', 0)}, UNMAP ok +{du.get('ok', 0)}, failures {bad or 'none'}"
 
 
+def cmd_translate(sock, endpoint, iova, access, outcome, extra="-"):
+    """translate gives OUTCOME; EXTRA is the fault reason, or the expected phys for
+    translated/bypass ("-": not checked)."""
+    r = ask(sock, {"cmd": "translate", "endpoint": int(endpoint, 0), "iova": int(iova, 0), "access": access})
+    ok = r.get("outcome") == outcome
+    if ok and extra != "-":
+        ok = (r.get("reason") == extra) if outcome == "fault" else (r.get("phys") == int(extra, 0))
+    return ok, f"translate EP {endpoint} iova {iova} {access}: {json.dumps(r)} (want {outcome} {extra})"
+
+
+def cmd_fault_logged(sock, endpoint, iova, reason):
+    """The daemon's fault log has this fault, marked delivered to the guest."""
+    faults = ask(sock, {"cmd": "faults"})
+    hits = [f for f in faults if f["endpoint"] == int(endpoint, 0) and f["address"] == int(iova, 0)
+            and f["reason"] == reason]
+    ok = bool(hits) and all(f["delivered"] for f in hits)
+    return ok, f"faults log: {json.dumps(hits) if hits else 'no entry'} of {len(faults)}"
+
+
+def cmd_bypass_domains(sock, glue, viot, groups_file):
+    """Every guest endpoint behind our IOMMU sits in a bypass (ATTACH_F_BYPASS) domain."""
+    ids = endpoint_ids(glue, viot, read_bdfs(groups_file))
+    doms = ask(sock, {"cmd": "domains"})
+    where = {ep: d for d in doms for ep in d["endpoints"]}
+    bad = sorted(i for i in ids.values() if i not in where or not where[i]["bypass"])
+    desc = "; ".join(f"domain {d['id']} bypass={d['bypass']} eps={d['endpoints']} maps={d['mappings']}" for d in doms)
+    return (not bad and bool(ids)), f"guest endpoints {sorted(ids.values())}; daemon: {desc}" + (f"; not bypassed: {bad}" if bad else "")
+
+
+def cmd_status_bypass(sock, want):
+    st = ask(sock, {"cmd": "status"})
+    return st["config"]["bypass"] == int(want), f"config bypass = {st['config']['bypass']} (want {want})"
+
+
+def cmd_unknown_endpoint(sock, glue, viot, groups_file):
+    """Prints an endpoint id that no guest function has and the daemon has not seen."""
+    used = set(endpoint_ids(glue, viot, read_bdfs(groups_file)).values())
+    used |= {e["id"] for e in ask(sock, {"cmd": "endpoints"})}
+    ep = max(used | {0}) + 0x1000
+    return True, str(ep)
+
+
 def main():
     if len(sys.argv) < 3:
         print(__doc__)
@@ -193,7 +235,9 @@ def main():
     cmd, args = sys.argv[1], sys.argv[2:]
     fn = {"endpoints": cmd_endpoints, "config": cmd_config, "save-domain": cmd_save_domain,
           "mappings": cmd_mappings,
-          "save-counters": cmd_save_counters, "counters-delta": cmd_counters_delta}.get(cmd)
+          "save-counters": cmd_save_counters, "translate": cmd_translate,
+          "fault-logged": cmd_fault_logged, "bypass-domains": cmd_bypass_domains,
+          "status-bypass": cmd_status_bypass, "unknown-endpoint": cmd_unknown_endpoint, "counters-delta": cmd_counters_delta}.get(cmd)
     if fn is None:
         print(f"unknown subcommand {cmd}")
         return 2

@@ -80,12 +80,29 @@ INPUT=0x0-0xffffffffff
 t_daemon() {
     daemon_start daemon --page-size-mask "$MASK" --input-range "$INPUT" || return
     viot_args daemon 0000:00:00.0-00:1f.7
+    local share=$RUN/daemon.share ep="" unk=""
     sync_groups() {
+        local bdf
         dcheck daemon/host/config config "$DCTL" "$MASK" "${INPUT%-*}" "${INPUT#*-}"
-        dcheck daemon/host/endpoints endpoints "$DCTL" "$GLUE" "$RUN/daemon.viot" "$RUN/daemon.share/groups.txt"
+        dcheck daemon/host/bypass-bit-clear status-bypass "$DCTL" 0
+        dcheck daemon/host/endpoints endpoints "$DCTL" "$GLUE" "$RUN/daemon.viot" "$share/groups.txt"
+        # Faults on purpose: edu's DMA domain has nothing at 0xdead000; an endpoint the guest
+        # never attached has no domain and, with the bypass bit clear, must not reach memory.
+        bdf=$(head -c 64 "$share/edu-bdf" | tr -d '\n')
+        ep=$("$GLUE" endpoint --viot "$RUN/daemon.viot" "$bdf" 2>&1) || { report daemon/host/edu-endpoint FAIL "$ep"; ep=""; }
+        unk=$(python3 "$VUI_TESTS_DIR/daemon_check.py" unknown-endpoint "$DCTL" "$GLUE" "$RUN/daemon.viot" "$share/groups.txt")
+        : >"$share/fault-expect"
+        if [ -n "$ep" ]; then
+            dcheck daemon/host/translate-unmapped translate "$DCTL" "$ep" 0xdead000 rw fault mapping
+            echo "page fault from EP $ep at 0xdead000 [RW]" >>"$share/fault-expect"
+        fi
+        dcheck daemon/host/translate-unattached translate "$DCTL" "$unk" 0x1000 r fault domain
+        echo "domain fault from EP $unk at 0x1000 [R]" >>"$share/fault-expect"
     }
     boot_guest daemon "$G/daemon.sh" 90 "" -- "${QARGS[@]}" -device "edu,addr=$EDU_ADDR"
     unset -f sync_groups
+    [ -n "$ep" ] && dcheck daemon/host/fault-logged-page fault-logged "$DCTL" "$ep" 0xdead000 mapping
+    [ -n "$unk" ] && dcheck daemon/host/fault-logged-domain fault-logged "$DCTL" "$unk" 0x1000 domain
     # The guest's view of the config, from its driver's probe messages.
     local d=$RUN/daemon.share/viommu-dmesg.txt bits
     bits=$(python3 -c "import sys; e=int(sys.argv[1],0); print((e).bit_length())" "${INPUT#*-}")
@@ -199,7 +216,30 @@ numbers say little about KVM hosts; the ratio is what this run measures.
 DOC
 }
 
-ALL_TESTS="builtin builtin_vfio daemon vfio bench"
+# 4. iommu.passthrough=1 in the guest: ATTACH_F_BYPASS domains in the daemon; with the config
+# bypass bit set, an endpoint nobody attached bypasses too.
+t_bypass() {
+    daemon_start bypass --bypass || return
+    viot_args bypass 0000:00:00.0-00:1f.7
+    local share=$RUN/bypass.share
+    sync_bypass() {
+        local bdf ep unk
+        dcheck bypass/host/bypass-bit-set status-bypass "$DCTL" 1
+        dcheck bypass/host/bypass-domains bypass-domains "$DCTL" "$GLUE" "$RUN/bypass.viot" "$share/groups.txt"
+        bdf=$(head -c 64 "$share/edu-bdf" | tr -d '\n')
+        if ep=$("$GLUE" endpoint --viot "$RUN/bypass.viot" "$bdf" 2>&1); then
+            dcheck bypass/host/translate-attached translate "$DCTL" "$ep" 0x12345000 rw bypass 0x12345000
+        else
+            report bypass/host/edu-endpoint FAIL "$ep"
+        fi
+        unk=$(python3 "$VUI_TESTS_DIR/daemon_check.py" unknown-endpoint "$DCTL" "$GLUE" "$RUN/bypass.viot" "$share/groups.txt")
+        dcheck bypass/host/translate-unattached translate "$DCTL" "$unk" 0x2000 w bypass 0x2000
+    }
+    boot_guest bypass "$G/bypass.sh" 90 "iommu.passthrough=1" -- "${QARGS[@]}" -device "edu,addr=$EDU_ADDR"
+    unset -f sync_bypass
+}
+
+ALL_TESTS="builtin builtin_vfio daemon vfio bench bypass"
 vm_setup
 build_guest_programs
 for t in ${VUI_VM_TESTS:-$ALL_TESTS}; do

@@ -13,5 +13,15 @@ check edu-group "edu $edu in IOMMU group ${g:-none} ($(cat "/sys/kernel/iommu_gr
     test -e "/sys/kernel/iommu_groups/$g/devices/$edu"
 check edu-behind-our-iommu "edu iommu link: $(readlink "/sys/bus/pci/devices/$edu/iommu")" \
     grep -qx "$edu" /mnt/host/groups.txt
+echo "$edu" >/mnt/host/edu-bdf
 vui_sync groups
+# The host provoked faults through the daemon's translate; each must reach this driver's eventq.
+while IFS= read -r want; do
+    i=0
+    until dmesg | grep -qF "$want"; do
+        i=$((i + 1)); [ $i -gt 100 ] && break
+        usleep 100000
+    done
+    check fault-event "dmesg has '$want'" sh -c "dmesg | grep -qF '$want'"
+done </mnt/host/fault-expect
 finish
