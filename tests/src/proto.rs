@@ -359,8 +359,8 @@ mod tests {
         buf[0] = 1;
         buf[2] = 20;
         buf[4] = 1;
-        buf[12..20].copy_from_slice(&0xfee0_0000u64.to_le_bytes());
-        buf[20..28].copy_from_slice(&0xfeef_ffffu64.to_le_bytes());
+        buf[8..16].copy_from_slice(&0xfee0_0000u64.to_le_bytes());
+        buf[16..24].copy_from_slice(&0xfeef_ffffu64.to_le_bytes());
         let (props, end) = parse_properties(&buf);
         assert_eq!(end, 24);
         let r = props[0].resv_mem().unwrap();
