@@ -228,6 +228,28 @@ def cmd_unknown_endpoint(sock, glue, viot, groups_file):
     return True, str(ep)
 
 
+def cmd_connection(sock, connected, connections):
+    """status: connected is CONNECTED (0/1) and the daemon has accepted CONNECTIONS frontends."""
+    st = ask(sock, {"cmd": "status"})
+    ok = st["connected"] == bool(int(connected)) and st["connections"] == int(connections)
+    return ok, (f"connected={st['connected']} connections={st['connections']} endpoints={st['endpoints']} "
+                f"domains={st['domains']} mappings={st['mappings']} (want connected={bool(int(connected))}, "
+                f"connections={connections})")
+
+
+def cmd_wait_disconnect(sock, seconds):
+    """Bounded wait until the daemon reports no frontend connected."""
+    import time
+    deadline = time.monotonic() + float(seconds)
+    while True:
+        st = ask(sock, {"cmd": "status"})
+        if not st["connected"]:
+            return True, f"disconnected; endpoints={st['endpoints']} domains={st['domains']} mappings={st['mappings']}"
+        if time.monotonic() > deadline:
+            return False, f"still connected after {seconds} s"
+        time.sleep(0.2)
+
+
 def main():
     if len(sys.argv) < 3:
         print(__doc__)
@@ -235,7 +257,8 @@ def main():
     cmd, args = sys.argv[1], sys.argv[2:]
     fn = {"endpoints": cmd_endpoints, "config": cmd_config, "save-domain": cmd_save_domain,
           "mappings": cmd_mappings,
-          "save-counters": cmd_save_counters, "translate": cmd_translate,
+          "save-counters": cmd_save_counters, "connection": cmd_connection,
+          "wait-disconnect": cmd_wait_disconnect, "translate": cmd_translate,
           "fault-logged": cmd_fault_logged, "bypass-domains": cmd_bypass_domains,
           "status-bypass": cmd_status_bypass, "unknown-endpoint": cmd_unknown_endpoint, "counters-delta": cmd_counters_delta}.get(cmd)
     if fn is None:

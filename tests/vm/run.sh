@@ -239,7 +239,51 @@ t_bypass() {
     unset -f sync_bypass
 }
 
-ALL_TESTS="builtin builtin_vfio daemon vfio bench bypass"
+# 5. QEMU killed (SIGKILL) while the guest maps/unmaps at full speed: the daemon keeps serving
+# and a second boot against the same daemon works.
+t_reconnect() {
+    daemon_start reconnect || return
+    viot_args reconnect 0000:00:00.0-00:1f.7
+    local share=$RUN/reconnect1.share logf=$RUN/reconnect1.log initrd=$RUN/reconnect1.cpio.gz deadline
+    rm -rf "$share"; mkdir -p "$share"
+    GUEST_FILES=("$RUN/map-bench")
+    vm_initramfs "$initrd" "$G/busy.sh" "${GUEST_FILES[@]}"
+    GUEST_FILES=()
+    log "booting reconnect1 (killed mid-run; log $logf)"
+    qemu_start "$logf" -kernel "$(qpath "$KERNEL")" -initrd "$(qpath "$initrd")" \
+        -append "console=ttyS0 quiet panic=-1 vui.bench=60,1" \
+        -virtfs "local,path=$(qpath "$share"),mount_tag=host0,security_model=none" \
+        "${QARGS[@]}" -device "edu,addr=$EDU_ADDR"
+    deadline=$((SECONDS + 60))
+    until grep -aq '^VUI-SYNC busy' "$logf"; do
+        if [ $SECONDS -ge $deadline ] || ! kill -0 "$QEMU_PID" 2>/dev/null; then
+            report reconnect/first-boot FAIL "guest never started its DMA load; log $(tail -n 3 "$logf" | tr -d '\r' | tr '\n' '|')"
+            stop_pid "$QEMU_PID"
+            return
+        fi
+        sleep 0.2
+    done
+    dcheck reconnect/host/counters-before save-counters "$DCTL" "$RUN/reconnect.counters.json"
+    sleep 2
+    dcheck reconnect/host/busy-before-kill counters-delta "$DCTL" "$RUN/reconnect.counters.json" 10
+    dcheck reconnect/host/first-connected connection "$DCTL" 1 1
+    kill -KILL "$QEMU_PID" 2>/dev/null
+    wait "$QEMU_PID" 2>/dev/null
+    log "QEMU killed with SIGKILL"
+    dcheck reconnect/host/disconnect-seen wait-disconnect "$DCTL" 10
+    check reconnect/host/daemon-alive "daemon pid $DAEMON_PID still running after QEMU died" kill -0 "$DAEMON_PID"
+
+    sync_groups() {
+        dcheck reconnect/host/second-connected connection "$DCTL" 1 2
+        dcheck reconnect/host/endpoints endpoints "$DCTL" "$GLUE" "$RUN/reconnect.viot" "$RUN/reconnect2.share/groups.txt"
+    }
+    GUEST_FILES=("$RUN/map-bench")
+    boot_guest reconnect2 "$G/reconnect.sh" 90 "" -- "${QARGS[@]}" -device "edu,addr=$EDU_ADDR"
+    GUEST_FILES=()
+    unset -f sync_groups
+}
+
+ALL_TESTS="builtin builtin_vfio daemon vfio bench bypass reconnect"
 vm_setup
 build_guest_programs
 for t in ${VUI_VM_TESTS:-$ALL_TESTS}; do
