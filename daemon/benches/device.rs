@@ -1,0 +1,155 @@
+//! Device-model benchmark: cost of MAP/UNMAP requests and of software-backend translations as the
+//! number of live mappings grows, and daemon memory per live mapping.
+//!
+//! `cargo bench -p vhost-user-iommu --bench device` prints a table (docs/BENCHMARKS.md keeps the
+//! results). Timings are wall-clock on a shared machine: compare rows of one run, not runs.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::hint::black_box;
+use std::sync::atomic::{AtomicIsize, Ordering};
+use std::time::Instant;
+
+use vhost_user_iommu::config::{DeviceConfig, EndpointSet};
+use vhost_user_iommu::device::{Access, Device, Reply};
+use vhost_user_iommu::protocol::*;
+
+/// Counts live heap bytes so that memory per mapping is measured, not estimated.
+struct Counting;
+static LIVE: AtomicIsize = AtomicIsize::new(0);
+
+// SAFETY: delegates to the system allocator and only adds bookkeeping.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        LIVE.fetch_add(l.size() as isize, Ordering::Relaxed);
+        // SAFETY: same contract as the caller's.
+        unsafe { System.alloc(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        LIVE.fetch_sub(l.size() as isize, Ordering::Relaxed);
+        // SAFETY: same contract as the caller's.
+        unsafe { System.dealloc(p, l) }
+    }
+}
+
+#[global_allocator]
+static A: Counting = Counting;
+
+fn map_req(domain: u32, start: u64, len: u64, phys: u64) -> [u8; 36] {
+    let mut v = [0u8; 36];
+    v[0] = T_MAP;
+    v[4..8].copy_from_slice(&domain.to_le_bytes());
+    v[8..16].copy_from_slice(&start.to_le_bytes());
+    v[16..24].copy_from_slice(&(start + len - 1).to_le_bytes());
+    v[24..32].copy_from_slice(&phys.to_le_bytes());
+    v[32..36].copy_from_slice(&(MAP_F_READ | MAP_F_WRITE).to_le_bytes());
+    v
+}
+
+fn unmap_req(domain: u32, start: u64, len: u64) -> [u8; 28] {
+    let mut v = [0u8; 28];
+    v[0] = T_UNMAP;
+    v[4..8].copy_from_slice(&domain.to_le_bytes());
+    v[8..16].copy_from_slice(&start.to_le_bytes());
+    v[16..24].copy_from_slice(&(start + len - 1).to_le_bytes());
+    v
+}
+
+fn attach_req(domain: u32, ep: u32) -> [u8; 20] {
+    let mut v = [0u8; 20];
+    v[0] = T_ATTACH;
+    v[4..8].copy_from_slice(&domain.to_le_bytes());
+    v[8..12].copy_from_slice(&ep.to_le_bytes());
+    v
+}
+
+fn device() -> Device {
+    let mut d = Device::new(DeviceConfig {
+        endpoints: EndpointSet::Any,
+        reserved: vec![],
+        ..DeviceConfig::default()
+    });
+    d.set_acked_features(d.features());
+    let mut none = [];
+    assert_eq!(d.handle_request(&attach_req(1, 0), &mut none), Reply::Status(Status::Ok));
+    d
+}
+
+fn ok(d: &mut Device, req: &[u8]) {
+    let mut none = [];
+    let r = d.handle_request(req, &mut none);
+    debug_assert_eq!(r, Reply::Status(Status::Ok));
+    black_box(r);
+}
+
+/// Fill `live` 4 KiB mappings spread over the space (every other page), then time `ops`
+/// MAP+UNMAP pairs of 4 KiB (or `size`) pages placed among them.
+fn map_unmap(live: u64, ops: u64, size: u64) -> (f64, f64) {
+    let mut d = device();
+    for i in 0..live {
+        ok(&mut d, &map_req(1, i * 0x2000, 0x1000, i * 0x1000));
+    }
+    // Fresh IOVAs above the live ones, spread like an IOVA allocator would.
+    let base = live * 0x2000 + (1 << 32);
+    let t = Instant::now();
+    for i in 0..ops {
+        ok(&mut d, &map_req(1, base + i * size, size, 0));
+    }
+    let map_ns = t.elapsed().as_nanos() as f64 / ops as f64;
+    let t = Instant::now();
+    for i in 0..ops {
+        ok(&mut d, &unmap_req(1, base + i * size, size));
+    }
+    let unmap_ns = t.elapsed().as_nanos() as f64 / ops as f64;
+    (map_ns, unmap_ns)
+}
+
+fn memory_per_mapping(n: u64) -> f64 {
+    let mut d = device();
+    let before = LIVE.load(Ordering::Relaxed);
+    for i in 0..n {
+        ok(&mut d, &map_req(1, i * 0x1000, 0x1000, i * 0x1000));
+    }
+    let after = LIVE.load(Ordering::Relaxed);
+    black_box(&d);
+    (after - before) as f64 / n as f64
+}
+
+fn translate_rate(live: u64, lookups: u64) -> f64 {
+    let mut d = device();
+    for i in 0..live {
+        ok(&mut d, &map_req(1, i * 0x1000, 0x1000, i * 0x1000));
+    }
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let t = Instant::now();
+    for _ in 0..lookups {
+        // xorshift: random pages, so the tree walk is not cache-friendly by accident.
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let iova = (x % live) * 0x1000 + 0x10;
+        black_box(d.translate(0, iova, Access::Read).ok());
+    }
+    lookups as f64 / t.elapsed().as_secs_f64()
+}
+
+fn main() {
+    println!("| live mappings | MAP 4K ns | UNMAP 4K ns | MAP 2M ns | UNMAP 2M ns |");
+    println!("|---:|---:|---:|---:|---:|");
+    for live in [1u64, 10_000, 1_000_000] {
+        let (m4, u4) = map_unmap(live, 200_000, 0x1000);
+        let (m2, u2) = map_unmap(live, 200_000, 0x20_0000);
+        println!("| {live} | {m4:.0} | {u4:.0} | {m2:.0} | {u2:.0} |");
+    }
+    println!();
+    println!("| live mappings | heap bytes per 4 KiB mapping |");
+    println!("|---:|---:|");
+    for n in [10_000u64, 1_000_000] {
+        println!("| {n} | {:.1} |", memory_per_mapping(n));
+    }
+    println!();
+    println!("| live mappings | translate() lookups/s (random pages) |");
+    println!("|---:|---:|");
+    for live in [1u64, 10_000, 1_000_000] {
+        println!("| {live} | {:.2e} |", translate_rate(live, 2_000_000));
+    }
+}
