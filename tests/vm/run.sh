@@ -117,7 +117,8 @@ t_daemon() {
 t_vfio() {
     local input_start=0x1000 input_end=0x7fffffffff msi_start=0xfee00000 msi_end=0xfeefffff
     daemon_start vfio --input-range "$input_start-$input_end" --reserved-region "$msi_start-$msi_end:msi" || return
-    viot_args vfio 0000:00:00.0-00:1f.7
+    # Two VIOT ranges with their own endpoint numbering (edu at 00:04.0 becomes 0x2000).
+    viot_args vfio 0000:00:00.0-00:02.7@0x1000 0000:00:04.0-00:1f.7@0x2000
     local share=$RUN/vfio.share base=$RUN/vfio.baseline.json ep=""
     sync_attached() {
         local bdf want got
@@ -128,6 +129,7 @@ t_vfio() {
             test "$got" = "$want"
         bdf=$(head -c 64 "$share/edu-bdf" | tr -d '\n')
         ep=$("$GLUE" endpoint --viot "$RUN/vfio.viot" "$bdf" 2>&1) || { report vfio/host/endpoint FAIL "$ep"; ep=""; return; }
+        dcheck vfio/host/viot-endpoint-numbering endpoints "$DCTL" "$GLUE" "$RUN/vfio.viot" "$share/groups.txt"
         dcheck vfio/host/attached save-domain "$DCTL" "$ep" "$base"
     }
     sync_mapped() {
@@ -286,6 +288,9 @@ t_reconnect() {
 ALL_TESTS="builtin builtin_vfio daemon vfio bench bypass reconnect"
 vm_setup
 build_guest_programs
+for b in "$DAEMON" "$GLUE"; do
+    [ -x "$b" ] || die "$b not found; run 'cargo build -p vhost-user-iommu -p vhost-user-iommu-glue' first"
+done
 for t in ${VUI_VM_TESTS:-$ALL_TESTS}; do
     declare -F "t_$t" >/dev/null || die "unknown test '$t' (known: $ALL_TESTS)"
     "t_$t"

@@ -3,6 +3,7 @@
 edu=$(pci_find 0x1234 0x11e8)
 check edu-present "edu at ${edu:-none}" test -n "$edu" || finish
 echo "$edu" >/mnt/host/edu-bdf
+iommu=$(viommu_pci) && translated_functions "$iommu" >/mnt/host/groups.txt
 echo vfio-pci >"/sys/bus/pci/devices/$edu/driver_override"
 echo "$edu" >/sys/bus/pci/drivers_probe
 drv=$(basename "$(readlink "/sys/bus/pci/devices/$edu/driver")")
