@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use vhost::vhost_user::message::VhostUserConfigFlags;
+use vhost::vhost_user::message::{VhostUserConfigFlags, VhostUserHeaderFlag};
 use vhost::vhost_user::{Frontend, VhostUserFrontend, VhostUserProtocolFeatures};
 use vhost::VhostBackend;
 
@@ -220,9 +220,16 @@ impl Device {
             protocol_offered = fe
                 .get_protocol_features()
                 .map_err(err("GET_PROTOCOL_FEATURES"))?;
-            let wanted = VhostUserProtocolFeatures::CONFIG | VhostUserProtocolFeatures::REPLY_ACK;
+            let wanted = VhostUserProtocolFeatures::CONFIG
+                | VhostUserProtocolFeatures::REPLY_ACK
+                | VhostUserProtocolFeatures::RESET_DEVICE;
             fe.set_protocol_features(protocol_offered & wanted)
                 .map_err(err("SET_PROTOCOL_FEATURES"))?;
+            if protocol_offered.contains(VhostUserProtocolFeatures::REPLY_ACK) {
+                // Every later message without a reply of its own gets an ack, so a rejected
+                // SET_* shows up as an error here instead of passing silently.
+                fe.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
+            }
         }
 
         let mut layout = vec![(0u64, opts.low_size)];
@@ -233,8 +240,10 @@ impl Device {
         fe.set_mem_table(&mem.region_infos())
             .map_err(err("SET_MEM_TABLE"))?;
 
-        let reqq = SplitQueue::new(&mem, REQUESTQ, opts.requestq_size);
-        let evq = SplitQueue::new(&mem, EVENTQ, opts.eventq_size);
+        let mut reqq = SplitQueue::new(&mem, REQUESTQ, opts.requestq_size);
+        let mut evq = SplitQueue::new(&mem, EVENTQ, opts.eventq_size);
+        reqq.event_idx = acked & feature::RING_EVENT_IDX != 0;
+        evq.event_idx = reqq.event_idx;
         for q in [&reqq, &evq] {
             fe.set_vring_num(q.index, q.size)
                 .map_err(err("SET_VRING_NUM"))?;
@@ -253,6 +262,10 @@ impl Device {
                     .map_err(err("SET_VRING_ENABLE"))?;
             }
         }
+        // Without REPLY_ACK the SET_* messages above are fire-and-forget. A request with a reply
+        // is a barrier: the daemon handles messages in order, so once it answers, the rings are
+        // set up (the control socket, served by another thread, then sees a ready device).
+        fe.get_features().map_err(err("GET_FEATURES (barrier)"))?;
         Ok(Device {
             fe,
             mem,
@@ -348,7 +361,7 @@ impl Device {
     }
 
     /// Publish and kick the request queue.
-    pub fn kick(&self) {
+    pub fn kick(&mut self) {
         self.reqq.publish_and_kick(&self.mem);
     }
 

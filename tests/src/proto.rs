@@ -19,6 +19,10 @@ pub mod feature {
     pub const MMIO: u64 = 1 << 5;
     /// BYPASS_CONFIG.
     pub const BYPASS_CONFIG: u64 = 1 << 6;
+    /// VIRTIO_F_RING_INDIRECT_DESC.
+    pub const RING_INDIRECT_DESC: u64 = 1 << 28;
+    /// VIRTIO_F_RING_EVENT_IDX.
+    pub const RING_EVENT_IDX: u64 = 1 << 29;
     /// VIRTIO_F_VERSION_1.
     pub const VERSION_1: u64 = 1 << 32;
     /// VHOST_USER_F_PROTOCOL_FEATURES.

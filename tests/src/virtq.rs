@@ -73,6 +73,12 @@ pub struct SplitQueue {
     last_used: u16,
     /// Descriptors owned by each in-flight head.
     chains: HashMap<u16, Vec<u16>>,
+    /// avail->idx as last published.
+    published: u16,
+    /// VIRTIO_RING_F_EVENT_IDX negotiated: kick only when the device asked for it.
+    pub event_idx: bool,
+    /// Kicks actually sent (for tests of notification suppression).
+    pub kicks: u64,
     /// The kick eventfd given to the daemon (we write it).
     pub kick: EventFd,
     /// The call eventfd given to the daemon (it writes it).
@@ -100,6 +106,9 @@ impl SplitQueue {
             avail_idx: 0,
             last_used: 0,
             chains: HashMap::new(),
+            published: 0,
+            event_idx: false,
+            kicks: 0,
             kick: EventFd::new(EFD_NONBLOCK).expect("kick eventfd"),
             call: EventFd::new(EFD_NONBLOCK).expect("call eventfd"),
         }
@@ -185,19 +194,38 @@ impl SplitQueue {
     }
 
     /// Publish every pushed head (write avail->idx).
-    pub fn publish(&self, mem: &GuestMemory) {
+    pub fn publish(&mut self, mem: &GuestMemory) {
+        // used_event: ask for a notification as soon as anything new is used.
+        mem.write_u16(self.avail + 4 + 2 * u64::from(self.size), self.last_used);
         mem.write_u16(self.avail + 2, self.avail_idx);
     }
 
-    /// Notify the device.
-    pub fn kick(&self) {
+    /// Notify the device unconditionally.
+    pub fn kick(&mut self) {
+        self.kicks += 1;
         self.kick.write(1).expect("kick");
     }
 
-    /// Publish and notify.
-    pub fn publish_and_kick(&self, mem: &GuestMemory) {
+    /// The device's avail_event (meaningful with EVENT_IDX).
+    pub fn avail_event(&self, mem: &GuestMemory) -> u16 {
+        mem.read_u16(self.used + 4 + 8 * u64::from(self.size))
+    }
+
+    /// Publish, then notify the way a driver does: always without EVENT_IDX; with it only when
+    /// the device's avail_event lies in the newly published range (virtio 1.x §2.7.10).
+    pub fn publish_and_kick(&mut self, mem: &GuestMemory) {
+        let old = self.published;
         self.publish(mem);
-        self.kick();
+        let new = self.avail_idx;
+        self.published = new;
+        if !self.event_idx {
+            self.kick();
+            return;
+        }
+        let event = self.avail_event(mem);
+        if new.wrapping_sub(event).wrapping_sub(1) < new.wrapping_sub(old) {
+            self.kick();
+        }
     }
 
     /// The device's used->idx.

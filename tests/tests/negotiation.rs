@@ -221,3 +221,55 @@ fn legacy_bypass_offered_but_not_acked_does_not_bypass() {
     let t = daemon.ctl().translate(3, 0x5000, "r");
     assert_eq!(outcome(&t), ("fault", Some("domain"), None), "{t}");
 }
+
+#[test]
+fn driver_writes_to_read_only_config_fields_change_nothing() {
+    let daemon = Daemon::start(&["--page-size-mask", "0x1000", "--domain-range", "1-10"]);
+    let mut d = daemon.connect();
+    let before = d.config_bytes();
+    // The driver may only write `bypass`; anything else must leave the config as it was
+    // (the write may be rejected or ignored).
+    let _ =
+        d.fe.set_config(0, VhostUserConfigFlags::WRITABLE, &[0xff; 8]);
+    let _ = d.fe.set_config(24, VhostUserConfigFlags::WRITABLE, &[0; 8]);
+    let _ =
+        d.fe.set_config(32, VhostUserConfigFlags::WRITABLE, &[1, 0, 0, 0]);
+    let _ =
+        d.fe.set_config(37, VhostUserConfigFlags::WRITABLE, &[7, 7, 7]);
+    assert_eq!(d.config_bytes(), before, "read-only config fields changed");
+    // The device still works and the config's rules still apply.
+    assert_eq!(d.attach(1, 3), 0);
+    assert_eq!(d.map(1, 0x1000, 0x1fff, 0, 3), 0);
+}
+
+#[test]
+fn bypass_survives_a_device_reset() {
+    let daemon = Daemon::start(&[]);
+    let mut d = daemon.connect();
+    if !d
+        .protocol_offered
+        .contains(VhostUserProtocolFeatures::RESET_DEVICE)
+    {
+        eprintln!("RESET_DEVICE not offered; nothing to check");
+        return;
+    }
+    assert_eq!(d.attach(1, 3), 0);
+    assert_eq!(d.map(1, 0x1000, 0x1fff, 0, 3), 0);
+    d.set_bypass(1);
+    d.fe.reset_device().expect("RESET_DEVICE");
+    assert_eq!(d.config().bypass, 1, "`bypass` SHOULD survive device reset");
+    let mut ctl = daemon.ctl();
+    let st = ctl.status();
+    assert_eq!(
+        st["domains"].as_u64(),
+        Some(0),
+        "a reset device has no domains: {st}"
+    );
+    assert_eq!(
+        st["mappings"].as_u64(),
+        Some(0),
+        "a reset device has no mappings: {st}"
+    );
+    let t = ctl.translate(3, 0x1000, "r");
+    assert_eq!(outcome(&t), ("bypass", None, Some(0x1000)), "{t}");
+}

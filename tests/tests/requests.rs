@@ -604,3 +604,55 @@ fn requests_in_the_high_memory_region() {
         .expect(OK, "PROBE in the high region");
     assert_eq!(daemon.ctl().mappings(1).unwrap().len(), 1);
 }
+
+#[test]
+fn map_beyond_the_mapping_limit_is_nomem() {
+    let (daemon, mut d) = setup(&["--max-mappings", "3"]);
+    assert_eq!(d.attach(1, 3), OK);
+    for i in 0..3u64 {
+        assert_eq!(d.map(1, i * PAGE, i * PAGE + 0xfff, 0, RW), OK);
+    }
+    d.run(&Request::map(1, 3 * PAGE, 3 * PAGE + 0xfff, 0, RW))
+        .expect(
+            vhost_user_iommu_tests::proto::status::NOMEM,
+            "MAP past --max-mappings",
+        );
+    assert_eq!(daemon.ctl().mappings(1).unwrap().len(), 3);
+    // Room again after an UNMAP.
+    assert_eq!(d.unmap(1, 0, 0xfff), OK);
+    assert_eq!(d.map(1, 3 * PAGE, 3 * PAGE + 0xfff, 0, RW), OK);
+}
+
+#[test]
+fn probe_size_flag_and_no_reserved_regions() {
+    let (_daemon, mut d) = setup(&["--probe-size", "64", "--reserved-region", "none"]);
+    assert_eq!(d.config().probe_size, 64);
+    let r = d.run(&Request::probe(3, 64));
+    r.expect(OK, "PROBE");
+    assert_eq!(
+        r.properties(),
+        &[0u8; 64][..],
+        "no regions: an all-zero properties buffer"
+    );
+    d.run(&Request::probe(3, 60))
+        .expect(INVAL, "PROBE with 60 < probe_size 64");
+}
+
+#[test]
+fn probe_size_too_small_for_the_regions_is_refused_at_start() {
+    let (st, err) = vhost_user_iommu_tests::daemon::run_to_exit(
+        &[
+            "--socket",
+            "/tmp/vuiommu-never-created.sock",
+            "--probe-size",
+            "20",
+        ],
+        std::time::Duration::from_secs(10),
+    );
+    let st = st.expect("daemon did not exit");
+    assert!(
+        !st.success(),
+        "probe_size 20 cannot hold the 24-byte MSI property: {st}"
+    );
+    assert!(err.contains("probe-size"), "{err}");
+}
