@@ -203,3 +203,41 @@ fn event_idx_notification_suppression() {
     assert_eq!(daemon.ctl().mappings(1).unwrap().len(), 300 + 200);
     eprintln!("kicks sent: {}", d.reqq.kicks);
 }
+
+#[test]
+fn ten_thousand_mappings_then_one_unmap() {
+    let daemon = Daemon::start(&[]);
+    let mut d = daemon.connect_with(&big_queue());
+    assert_eq!(d.attach(1, 3), OK);
+    let n = 10_000u64;
+    let t0 = std::time::Instant::now();
+    for chunk in (0..n).collect::<Vec<_>>().chunks(500) {
+        let reqs: Vec<Request> = chunk
+            .iter()
+            .map(|&i| Request::map(1, i * 0x2000, i * 0x2000 + 0xfff, i * 0x1000, RW))
+            .collect();
+        for r in d.run_batch(&reqs) {
+            r.expect(OK, "MAP");
+        }
+    }
+    let mapped = t0.elapsed();
+    let mut ctl = daemon.ctl();
+    assert_eq!(ctl.status()["mappings"].as_u64(), Some(n));
+    // Splitting one of them in the middle of a large UNMAP removes nothing.
+    d.run(&Request::unmap(1, 0, (n - 1) * 0x2000 + 0x7ff))
+        .expect(
+            vhost_user_iommu_tests::proto::status::RANGE,
+            "UNMAP ending inside the last mapping",
+        );
+    assert_eq!(ctl.status()["mappings"].as_u64(), Some(n));
+    let t1 = std::time::Instant::now();
+    d.run(&Request::unmap(1, 0, u64::MAX))
+        .expect(OK, "UNMAP of everything");
+    let unmapped = t1.elapsed();
+    assert_eq!(ctl.status()["mappings"].as_u64(), Some(0));
+    eprintln!("{n} MAPs in {mapped:?}; one UNMAP of all in {unmapped:?}");
+    assert!(
+        unmapped < std::time::Duration::from_secs(2),
+        "UNMAP of {n} mappings took {unmapped:?}"
+    );
+}

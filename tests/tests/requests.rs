@@ -656,3 +656,128 @@ fn probe_size_too_small_for_the_regions_is_refused_at_start() {
     );
     assert!(err.contains("probe-size"), "{err}");
 }
+
+// ---------------------------------------------------------------- edges of the number ranges
+
+#[test]
+fn map_at_the_top_of_the_address_space() {
+    let (daemon, mut d) = setup(&[]);
+    let mut ctl = daemon.ctl();
+    assert_eq!(
+        d.attach(u32::MAX, u32::MAX),
+        OK,
+        "largest domain and endpoint ids"
+    );
+    // virt_end + 1 wraps to 0, which is aligned.
+    d.run(&Request::map(
+        u32::MAX,
+        0xffff_ffff_ffff_f000,
+        u64::MAX,
+        0x1000,
+        RW,
+    ))
+    .expect(OK, "MAP of the last page");
+    assert_eq!(
+        outcome(&ctl.translate(u32::MAX, u64::MAX - 0xf, "r")),
+        translated(0x1ff0)
+    );
+    d.run(&Request::unmap(u32::MAX, 0xffff_ffff_ffff_f000, u64::MAX))
+        .expect(OK, "UNMAP of the last page");
+    assert_eq!(ctl.mappings(u32::MAX).unwrap(), vec![]);
+}
+
+#[test]
+fn one_mapping_covering_the_whole_address_space() {
+    let (daemon, mut d) = setup(&["--reserved-region", "none"]);
+    let mut ctl = daemon.ctl();
+    assert_eq!(d.attach(1, 3), OK);
+    d.run(&Request::map(1, 0, u64::MAX, 0, RW))
+        .expect(OK, "MAP [0, 2^64-1]");
+    assert_eq!(
+        outcome(&ctl.translate(3, 0x1234_5678, "rw")),
+        translated(0x1234_5678)
+    );
+    assert_eq!(
+        outcome(&ctl.translate(3, u64::MAX, "r")),
+        translated(u64::MAX)
+    );
+    d.run(&Request::map(1, 0x1000, 0x1fff, 0, RW))
+        .expect(INVAL, "MAP inside the whole-space mapping");
+    d.run(&Request::unmap(1, 0, 0xfff))
+        .expect(RANGE, "UNMAP of one page of the whole-space mapping");
+    d.run(&Request::unmap(1, 0x1000, u64::MAX))
+        .expect(RANGE, "UNMAP of all but the first page");
+    assert_eq!(ctl.mappings(1).unwrap().len(), 1);
+    d.run(&Request::unmap(1, 0, u64::MAX))
+        .expect(OK, "UNMAP [0, 2^64-1]");
+    assert_eq!(ctl.mappings(1).unwrap(), vec![]);
+}
+
+#[test]
+fn inverted_ranges_change_nothing() {
+    let (mut daemon, mut d) = setup(&[]);
+    let mut ctl = daemon.ctl();
+    assert_eq!(d.attach(1, 3), OK);
+    assert_eq!(d.map(1, 0x1000, 0x1fff, 0, RW), OK);
+    let st = d.map(1, 0x4000, 0x2fff, 0, RW);
+    assert_ne!(st, OK, "MAP with virt_end < virt_start");
+    let _ = d.unmap(1, 0x2000, 0xfff);
+    let m = ctl.mappings(1).unwrap();
+    assert_eq!(
+        m.len(),
+        1,
+        "an inverted UNMAP must not remove anything: {m:?}"
+    );
+    daemon.assert_alive();
+}
+
+#[test]
+fn physical_address_wrap_does_not_crash_the_daemon() {
+    let (mut daemon, mut d) = setup(&[]);
+    let mut ctl = daemon.ctl();
+    assert_eq!(d.attach(1, 3), OK);
+    // phys_start + size wraps past 2^64. Whether the MAP is refused is not specified, but a
+    // translation through it must neither crash the daemon nor produce an address outside
+    // the mapping's own arithmetic.
+    let st = d.map(1, 0x10000, 0x1ffff, 0xffff_ffff_ffff_8000, RW);
+    let t = ctl.request(
+        serde_json::json!({"cmd": "translate", "endpoint": 3, "iova": 0x1f000u64, "access": "r"}),
+    );
+    daemon.assert_alive();
+    if st == OK {
+        let t = t.expect("translate after a wrapping MAP");
+        assert_ne!(t["outcome"].as_str(), Some("bypass"), "{t}");
+    }
+    assert_eq!(d.attach(2, 4), OK);
+    ctl.status();
+}
+
+#[test]
+fn endpoint_lists() {
+    let (_daemon, mut d) = setup(&["--endpoints", "0-3,7,0x100-0x101"]);
+    for ep in [0, 3, 7, 0x100, 0x101] {
+        assert_eq!(d.attach(1, ep), OK, "endpoint {ep} exists");
+    }
+    for ep in [4, 6, 8, 0xff, 0x102, u32::MAX] {
+        assert_eq!(d.attach(1, ep), NOENT, "endpoint {ep} does not exist");
+    }
+}
+
+#[test]
+fn counters_follow_request_statuses() {
+    let (daemon, mut d) = setup(&[]);
+    assert_eq!(d.attach(1, 3), OK);
+    assert_eq!(d.attach(1, 4), OK);
+    d.run(&Request::attach(1, 5, 1 << 9))
+        .expect(INVAL, "bad flags");
+    assert_eq!(d.map(1, 0x1000, 0x1fff, 0, RW), OK);
+    assert_eq!(d.map(1, 0x1800, 0x2fff, 0, RW), RANGE);
+    assert_eq!(d.unmap(9, 0, 0xfff), NOENT);
+    let c = daemon.ctl().counters();
+    let r = &c["requests"];
+    assert_eq!(r["attach"]["ok"].as_u64(), Some(2), "{c}");
+    assert_eq!(r["attach"]["inval"].as_u64(), Some(1), "{c}");
+    assert_eq!(r["map"]["ok"].as_u64(), Some(1), "{c}");
+    assert_eq!(r["map"]["range"].as_u64(), Some(1), "{c}");
+    assert_eq!(r["unmap"]["noent"].as_u64(), Some(1), "{c}");
+}
