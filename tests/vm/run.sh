@@ -184,6 +184,12 @@ bench_doc() {
     local bm bu bms bus om ou oms ous
     read -r bm bu bms bus <<<"$1"
     read -r om ou oms ous <<<"$2"
+    local profile=debug cargo_flag="" env_prefix=""
+    case "$DAEMON" in
+        */target/release/*) profile=release cargo_flag="--release " env_prefix="VUI_DAEMON=target/release/vhost-user-iommu " ;;
+        */target/debug/*) ;;
+        *) profile="custom ($DAEMON)" env_prefix="VUI_DAEMON=$DAEMON " ;;
+    esac
     us() { awk -v v="$1" 'BEGIN { printf "%.1f", v / 10 }'; }
     ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
     cat <<DOC
@@ -203,13 +209,14 @@ are mostly deferred and batched.
 
 Machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), $(nproc) cores, no KVM (TCG),
 $(awk '/MemTotal/ {printf "%d GiB RAM", $2/1048576}' /proc/meminfo); host $(. /etc/os-release && echo "$PRETTY_NAME"), kernel $(uname -r);
-${QEMU_VERSION}; guest Linux ${VUI_KERNEL_NAME#bzImage-}, -smp 1, -m 512; daemon: debug build ($(basename "$DAEMON")).
+${QEMU_VERSION}; guest Linux ${VUI_KERNEL_NAME#bzImage-}, -smp 1, -m 512; daemon: ${profile} build of
+commit $(git -C "$VUI_REPO" rev-parse --short HEAD 2>/dev/null || echo unknown), software backend, default options.
 
 Reproduce (as root, from the repository root):
 
 \`\`\`
-cargo build -p vhost-user-iommu -p vhost-user-iommu-glue
-VUI_VM_TESTS=bench VUI_BENCH_DOC=docs/BENCHMARKS.md tests/vm/run.sh
+cargo build ${cargo_flag}-p vhost-user-iommu -p vhost-user-iommu-glue
+${env_prefix}VUI_VM_TESTS=bench VUI_BENCH_DOC=docs/BENCHMARKS.md tests/vm/run.sh
 \`\`\`
 
 Under TCG every guest instruction is emulated and each request crosses QEMU's vhost-user path
