@@ -84,7 +84,7 @@ pub fn parse_size(text: &str) -> Result<u64, QemuError> {
 /// A size as QEMU reads it, in the largest exact unit.
 pub fn format_size(bytes: u64) -> String {
     for (shift, unit) in [(40, "T"), (30, "G"), (20, "M"), (10, "K")] {
-        if bytes % (1u64 << shift) == 0 {
+        if bytes.trailing_zeros() >= shift {
             return format!("{}{unit}", bytes >> shift);
         }
     }

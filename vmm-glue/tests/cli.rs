@@ -1,0 +1,195 @@
+//! The `vhost-user-iommu-glue` binary as a user runs it.
+// Test helpers outside #[test] functions: a failed setup step should abort the test.
+#![allow(clippy::unwrap_used)]
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn glue(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_vhost-user-iommu-glue"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap()
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("vui-glue-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+#[test]
+fn viot_endpoint_and_qemu_args() {
+    let viot = tmp("ok.viot");
+    let v = viot.to_str().unwrap();
+    let out = glue(&[
+        "viot",
+        "--iommu",
+        "0000:00:03.0",
+        "--pci-range",
+        "0000:00:00.0-00:02.7@0x1000",
+        "--pci-range",
+        "0000:00:04.0-00:1f.7@0x2000",
+        "--out",
+        v,
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let bytes = std::fs::read(&viot).unwrap();
+    assert_eq!(&bytes[..4], b"VIOT");
+    assert_eq!(bytes.len(), 48 + 16 + 2 * 24);
+
+    let out = glue(&["endpoint", "--viot", v, "0000:00:05.1"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        (0x2000 + 9).to_string()
+    );
+
+    let out = glue(&[
+        "qemu-args",
+        "--socket",
+        "/tmp/x y.sock",
+        "--viot",
+        v,
+        "--memory",
+        "1G",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let line = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        line.contains("memory-backend-memfd,id=mem,size=1G,share=on -m 1G"),
+        "{line}"
+    );
+    assert!(
+        line.contains("'socket,id=vuiommu,path=/tmp/x y.sock'"),
+        "{line}"
+    );
+    assert!(
+        line.contains("virtio-id=23,num_vqs=2,config_size=40,bus=pcie.0,addr=0x3"),
+        "{line}"
+    );
+
+    let out = glue(&[
+        "qemu-args",
+        "--socket",
+        "/s",
+        "--viot",
+        v,
+        "--format",
+        "lines",
+    ]);
+    let lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(lines.len(), 12, "{lines:?}");
+    assert_eq!(lines[10], "-acpitable");
+}
+
+#[test]
+fn user_errors_say_what_to_fix() {
+    let viot = tmp("bad.viot");
+    let v = viot.to_str().unwrap();
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["viot", "--iommu", "0000:00:03.0", "--out", v],
+            "--pci-range",
+        ),
+        (
+            &[
+                "viot",
+                "--iommu",
+                "0000:00:03.0",
+                "--pci-range",
+                "0000:00:05.0-00:04.0",
+                "--out",
+                v,
+            ],
+            "ends before it starts",
+        ),
+        (
+            &[
+                "viot",
+                "--iommu",
+                "0000:00:03.0",
+                "--pci-range",
+                "0000:00:00.0-00:04.0",
+                "--pci-range",
+                "0000:00:04.0-00:05.0@0x100",
+                "--out",
+                v,
+            ],
+            "overlap",
+        ),
+        (
+            &[
+                "qemu-args",
+                "--socket",
+                "/s",
+                "--viot",
+                "/nonexistent/viot.bin",
+            ],
+            "create it with",
+        ),
+        (
+            &[
+                "endpoint",
+                "--viot",
+                "/nonexistent/viot.bin",
+                "0000:00:04.0",
+            ],
+            "create it with",
+        ),
+    ];
+    for (args, want) in cases {
+        let out = glue(args);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+
+    // A table whose IOMMU sits elsewhere than the device address is refused.
+    let ok = tmp("at4.viot");
+    let o = ok.to_str().unwrap();
+    assert!(glue(&[
+        "viot",
+        "--iommu",
+        "0000:00:04.0",
+        "--pci-range",
+        "0000:00:00.0-00:1f.7",
+        "--out",
+        o
+    ])
+    .status
+    .success());
+    let out = glue(&[
+        "qemu-args",
+        "--socket",
+        "/s",
+        "--viot",
+        o,
+        "--iommu-addr",
+        "0x3",
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("use the same address"));
+
+    // A corrupted table is refused.
+    let mut bytes = std::fs::read(&ok).unwrap();
+    bytes[60] ^= 0xff;
+    std::fs::write(&viot, &bytes).unwrap();
+    let out = glue(&[
+        "qemu-args",
+        "--socket",
+        "/s",
+        "--viot",
+        v,
+        "--iommu-addr",
+        "0x4",
+    ]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("checksum"),
+        "{out:?}"
+    );
+}
