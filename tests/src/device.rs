@@ -280,6 +280,61 @@ impl Device {
         })
     }
 
+    /// Add a guest memory region at `gpa` and send the new table (SET_MEM_TABLE) to the daemon.
+    /// Returns the region index (usable as `buf_region`).
+    pub fn hotplug_region(&mut self, gpa: u64, size: u64) -> Result<usize, String> {
+        let i = self
+            .mem
+            .add_region(gpa, size)
+            .map_err(err("guest memory"))?;
+        self.fe
+            .set_mem_table(&self.mem.region_infos())
+            .map_err(err("SET_MEM_TABLE"))?;
+        Ok(i)
+    }
+
+    /// Stop both rings with GET_VRING_BASE (what a VMM does when the VM pauses or the device
+    /// stops) and return the bases the daemon reported.
+    pub fn stop_rings(&mut self) -> Result<[u32; 2], String> {
+        let r = self
+            .fe
+            .get_vring_base(REQUESTQ)
+            .map_err(err("GET_VRING_BASE 0"))?;
+        let e = self
+            .fe
+            .get_vring_base(EVENTQ)
+            .map_err(err("GET_VRING_BASE 1"))?;
+        Ok([r, e])
+    }
+
+    /// Start both rings again where they stopped (SET_VRING_NUM/ADDR/BASE/CALL/KICK/ENABLE).
+    pub fn start_rings(&mut self, bases: [u32; 2]) -> Result<(), String> {
+        for (q, base) in [(&self.reqq, bases[0]), (&self.evq, bases[1])] {
+            let base = u16::try_from(base).map_err(err("vring base"))?;
+            self.fe
+                .set_vring_num(q.index, q.size)
+                .map_err(err("SET_VRING_NUM"))?;
+            self.fe
+                .set_vring_addr(q.index, &q.config(&self.mem))
+                .map_err(err("SET_VRING_ADDR"))?;
+            self.fe
+                .set_vring_base(q.index, base)
+                .map_err(err("SET_VRING_BASE"))?;
+            self.fe
+                .set_vring_call(q.index, &q.call)
+                .map_err(err("SET_VRING_CALL"))?;
+            self.fe
+                .set_vring_kick(q.index, &q.kick)
+                .map_err(err("SET_VRING_KICK"))?;
+            if self.acked & feature::PROTOCOL_FEATURES != 0 {
+                self.fe
+                    .set_vring_enable(q.index, true)
+                    .map_err(err("SET_VRING_ENABLE"))?;
+            }
+        }
+        Ok(())
+    }
+
     /// GET_CONFIG of the whole 40-byte config space.
     pub fn config_bytes(&mut self) -> Vec<u8> {
         let (_, payload) = self

@@ -95,6 +95,19 @@ impl GuestMemory {
         Ok(GuestMemory { regions })
     }
 
+    /// Add a region (memory hot-plug); returns its index. Hand the new table to the daemon with
+    /// SET_MEM_TABLE afterwards.
+    pub fn add_region(&mut self, gpa: u64, size: u64) -> io::Result<usize> {
+        assert!(
+            self.regions
+                .iter()
+                .all(|r| gpa + size <= r.gpa || r.gpa + r.size <= gpa),
+            "new region overlaps an existing one"
+        );
+        self.regions.push(Region::new(gpa, size, 0)?);
+        Ok(self.regions.len() - 1)
+    }
+
     /// The region table handed to the daemon with SET_MEM_TABLE.
     pub fn region_infos(&self) -> Vec<VhostUserMemoryRegionInfo> {
         self.regions

@@ -228,6 +228,11 @@ impl SplitQueue {
         }
     }
 
+    /// avail->idx as last published.
+    pub fn published_idx(&self) -> u16 {
+        self.published
+    }
+
     /// The device's used->idx.
     pub fn used_idx(&self, mem: &GuestMemory) -> u16 {
         mem.read_u16(self.used + 2)

@@ -250,3 +250,17 @@ fn hostile_event_buffers_do_not_break_fault_delivery() {
         (MAPPING, 3, 0xabc_d000)
     );
 }
+
+#[test]
+fn event_buffers_longer_than_a_record_report_24_bytes() {
+    // Linux rejects an event whose used length is not exactly the record size.
+    let (daemon, mut d) = setup();
+    d.post_event_buffers(1, 64);
+    daemon.ctl().translate(5, 0x6000, "r");
+    let (len, rec) = d.wait_fault(WAIT).expect("fault in a 64-byte buffer");
+    assert_eq!(
+        len as usize, FAULT_RECORD_LEN,
+        "used length must be the record size"
+    );
+    assert_eq!((rec.reason, rec.endpoint), (DOMAIN, 5));
+}

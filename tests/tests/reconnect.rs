@@ -144,3 +144,65 @@ fn a_second_frontend_waits_for_the_first() {
     );
     daemon.assert_alive();
 }
+
+#[test]
+fn stopping_and_restarting_the_rings_keeps_the_device_state() {
+    // A VMM stops the rings (GET_VRING_BASE) when the VM pauses and starts them again on
+    // resume; that is not a device reset: domains and mappings stay.
+    let daemon = Daemon::start(&[]);
+    let mut ctl = daemon.ctl();
+    let mut d = daemon.connect();
+    assert_eq!(d.attach(1, 3), OK);
+    assert_eq!(d.map(1, 0x10000, 0x1ffff, 0x100000, RW), OK);
+    d.post_event_buffers(2, FAULT_RECORD_LEN);
+    let bases = d.stop_rings().expect("stop rings");
+    assert_eq!(
+        bases[0],
+        u32::from(d.reqq.published_idx()),
+        "requestq base = every request made available so far"
+    );
+    // A request made available while stopped is not processed until the ring restarts.
+    let head = d.submit(&vhost_user_iommu_tests::Request::map(
+        1, 0x40000, 0x40fff, 0, RW,
+    ));
+    d.kick();
+    assert!(
+        d.wait_response(Duration::from_millis(300)).is_none(),
+        "a stopped ring was processed"
+    );
+    d.start_rings(bases).expect("restart rings");
+    let r = d
+        .wait_response(Duration::from_secs(5))
+        .expect("request made available while stopped, after restart");
+    assert_eq!(r.head, head);
+    r.expect(OK, "MAP after restart");
+    assert_eq!(
+        ctl.mappings(1).unwrap().len(),
+        2,
+        "mappings survive a ring stop/start"
+    );
+    assert_eq!(ctl.endpoint_domain(3), Some(1));
+    assert_eq!(d.attach(2, 4), OK);
+}
+
+#[test]
+fn disabled_ring_is_not_processed_until_enabled() {
+    use vhost::vhost_user::VhostUserFrontend;
+    let daemon = Daemon::start(&[]);
+    let mut d = daemon.connect();
+    assert_eq!(d.attach(1, 3), OK);
+    d.fe.set_vring_enable(0, false).expect("disable requestq");
+    let head = d.submit(&vhost_user_iommu_tests::Request::attach(2, 4, 0));
+    d.kick();
+    assert!(
+        d.wait_response(Duration::from_millis(300)).is_none(),
+        "a disabled ring was processed"
+    );
+    d.fe.set_vring_enable(0, true).expect("enable requestq");
+    let r = d
+        .wait_response(Duration::from_secs(5))
+        .expect("request pending while disabled, after enable (no new kick)");
+    assert_eq!(r.head, head);
+    r.expect(OK, "ATTACH after re-enable");
+    assert_eq!(daemon.ctl().endpoint_domain(4), Some(2));
+}

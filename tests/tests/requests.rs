@@ -781,3 +781,48 @@ fn counters_follow_request_statuses() {
     assert_eq!(r["map"]["range"].as_u64(), Some(1), "{c}");
     assert_eq!(r["unmap"]["noent"].as_u64(), Some(1), "{c}");
 }
+
+#[test]
+fn memory_table_replaced_mid_session() {
+    let daemon = Daemon::start(&[]);
+    let mut d = daemon.connect_with(&Options {
+        high_size: 0,
+        ..Options::default()
+    });
+    assert_eq!(d.attach(1, 3), OK);
+    let i = d
+        .hotplug_region(0x2_0000_0000, 1 << 20)
+        .expect("SET_MEM_TABLE with a new region");
+    d.buf_region = i;
+    assert_eq!(d.map(1, 0x10000, 0x10fff, 0x2_0000_0000, RW), OK);
+    d.post_event_buffers(1, vhost_user_iommu_tests::proto::FAULT_RECORD_LEN);
+    daemon.ctl().translate(3, 0x50000, "r");
+    let (_, rec) = d
+        .wait_fault(std::time::Duration::from_secs(5))
+        .expect("fault record in the hot-plugged region");
+    assert_eq!(rec.address, 0x50000);
+    d.buf_region = 0;
+    assert_eq!(d.attach(2, 4), OK);
+}
+
+#[test]
+fn probe_buffer_used_length_and_a_domain_recreated_as_bypass() {
+    let (daemon, mut d) = setup(&[]);
+    let size = d.config().probe_size as usize;
+    let r = d.run(&Request::probe(3, size));
+    r.expect(OK, "PROBE");
+    assert_eq!(
+        r.used_len as usize,
+        size + 4,
+        "PROBE writes the whole properties buffer (zero fill) and the tail"
+    );
+    // A destroyed domain's id can come back as a bypass domain.
+    assert_eq!(d.attach(1, 3), OK);
+    assert_eq!(d.detach(1, 3), OK);
+    d.run(&Request::attach(1, 3, ATTACH_F_BYPASS))
+        .expect(OK, "re-create domain 1 as a bypass domain");
+    assert_eq!(
+        daemon.ctl().domain(1).unwrap()["bypass"].as_bool(),
+        Some(true)
+    );
+}
