@@ -146,6 +146,12 @@ impl Response {
             self.writable.len()
         );
         let got = self.status();
+        let n = self.writable.len();
+        assert_eq!(
+            self.writable[n - 3..],
+            [0, 0, 0],
+            "{what}: the tail's reserved bytes SHOULD be zero"
+        );
         assert_eq!(
             got,
             want,

@@ -273,3 +273,32 @@ fn bypass_survives_a_device_reset() {
     let t = ctl.translate(3, 0x1000, "r");
     assert_eq!(outcome(&t), ("bypass", None, Some(0x1000)), "{t}");
 }
+
+#[test]
+fn bypass_never_reads_back_other_than_0_or_1() {
+    // "The device MUST NOT present a value different than 0 or 1 in bypass."
+    let daemon = Daemon::start(&[]);
+    let mut d = daemon.connect();
+    for v in [2u8, 0x80, 0xff, 0xfe] {
+        let _ = d.fe.set_config(36, VhostUserConfigFlags::WRITABLE, &[v]);
+        let b = d.config().bypass;
+        assert!(b <= 1, "bypass reads back as {b} after a driver wrote {v}");
+    }
+    d.set_bypass(0);
+    assert_eq!(d.config().bypass, 0);
+}
+
+#[test]
+fn boot_bypass_applies_even_if_the_driver_does_not_accept_bypass_config() {
+    // "This applies even if the driver does not accept the VIRTIO_IOMMU_F_BYPASS_CONFIG
+    // feature and the device initializes field bypass to 1."
+    let daemon = Daemon::start(&["--bypass"]);
+    let mut d = daemon.connect_with(&Options {
+        features: Some(feature::MODERN & !feature::BYPASS_CONFIG),
+        ..Options::default()
+    });
+    assert_eq!(d.acked & feature::BYPASS_CONFIG, 0);
+    assert_eq!(d.config().bypass, 1);
+    let t = daemon.ctl().translate(3, 0x7000, "r");
+    assert_eq!(outcome(&t), ("bypass", None, Some(0x7000)), "{t}");
+}

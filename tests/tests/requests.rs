@@ -826,3 +826,53 @@ fn probe_buffer_used_length_and_a_domain_recreated_as_bypass() {
         Some(true)
     );
 }
+
+// ---------------------------------------------------------------- reserved fields the device MUST ignore
+
+#[test]
+fn head_reserved_bytes_are_ignored() {
+    // struct virtio_iommu_req_head: "The device MUST ignore field reserved".
+    let (daemon, mut d) = setup(&[]);
+    let mut ctl = daemon.ctl();
+    d.run(&Request::attach(1, 3, 0).with_byte(1, 0xff).with_byte(3, 1))
+        .expect(OK, "ATTACH with non-zero head reserved bytes");
+    assert_eq!(ctl.endpoint_domain(3), Some(1));
+    d.run(&Request::map(1, 0x1000, 0x1fff, 0, RW).with_byte(2, 7))
+        .expect(OK, "MAP with non-zero head reserved bytes");
+    d.run(&Request::unmap(1, 0x1000, 0x1fff).with_byte(1, 1))
+        .expect(OK, "UNMAP with non-zero head reserved bytes");
+    d.run(&Request::detach(1, 3).with_byte(3, 0x80))
+        .expect(OK, "DETACH with non-zero head reserved bytes");
+}
+
+#[test]
+fn probe_reserved_bytes_are_ignored() {
+    // "The device MUST ignore field reserved of a PROBE request."
+    let (_daemon, mut d) = setup(&[]);
+    let size = d.config().probe_size as usize;
+    let mut probe = Request::probe(3, size);
+    for b in &mut probe.readable[8..72] {
+        *b = 0x5a;
+    }
+    let r = d.run(&probe);
+    r.expect(OK, "PROBE with non-zero reserved[64]");
+    assert!(!parse_properties(r.properties()).0.is_empty());
+}
+
+#[test]
+fn detach_reserved_bytes_are_ignored() {
+    // DETACH: "The device MUST ignore reserved."
+    let (daemon, mut d) = setup(&[]);
+    assert_eq!(d.attach(1, 3), OK);
+    let mut detach = Request::detach(1, 3);
+    for b in &mut detach.readable[12..20] {
+        *b = 0xee;
+    }
+    d.run(&detach)
+        .expect(OK, "DETACH with non-zero reserved[8]");
+    assert_eq!(
+        daemon.ctl().endpoint_domain(3),
+        None,
+        "the DETACH must have been performed"
+    );
+}
