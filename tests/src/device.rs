@@ -162,6 +162,22 @@ impl Response {
     }
 }
 
+/// Bytes of guard pattern placed after every writable area (to catch writes past it).
+pub const GUARD_LEN: usize = 16;
+/// The guard pattern byte.
+pub const GUARD: u8 = 0x3c;
+
+/// What the harness remembers about an in-flight request.
+#[derive(Debug, Clone)]
+struct Pending {
+    /// Writable area (gpa, len).
+    writable: (u64, usize),
+    /// Readable area and its original bytes, checked unchanged on completion.
+    readable: Option<(u64, Vec<u8>)>,
+    /// A guard after the writable area, checked untouched on completion.
+    guard: Option<u64>,
+}
+
 /// A connected, configured virtio-iommu device as the driver sees it.
 pub struct Device {
     /// The vhost-user frontend.
@@ -179,7 +195,7 @@ pub struct Device {
     /// Protocol features the device offered.
     pub protocol_offered: VhostUserProtocolFeatures,
     /// Writable area (gpa, len) of each in-flight request head.
-    pending: std::collections::HashMap<u16, (u64, usize)>,
+    pending: std::collections::HashMap<u16, Pending>,
     /// Event buffers (gpa) of each in-flight eventq head.
     event_bufs: std::collections::HashMap<u16, u64>,
     /// Memory region (index) where request and event buffers are allocated.
@@ -386,8 +402,10 @@ impl Device {
     ) -> u16 {
         let rgpa = self.alloc(r.readable.len().max(1));
         self.mem.write(rgpa, &r.readable);
-        let wgpa = self.alloc(r.writable_len.max(1));
+        let wgpa = self.alloc(r.writable_len + GUARD_LEN);
         self.mem.fill(wgpa, r.writable_len, SENTINEL);
+        let guard = wgpa + r.writable_len as u64;
+        self.mem.fill(guard, GUARD_LEN, GUARD);
         let mut bufs = Vec::new();
         let mut cut = |gpa: u64, len: usize, splits: &[usize], w: bool| {
             let mut prev = 0;
@@ -406,7 +424,14 @@ impl Device {
             cut(wgpa, r.writable_len, write_splits, true);
         }
         let head = self.reqq.add_chain(&self.mem, &bufs);
-        self.pending.insert(head, (wgpa, r.writable_len));
+        self.pending.insert(
+            head,
+            Pending {
+                writable: (wgpa, r.writable_len),
+                readable: Some((rgpa, r.readable.clone())),
+                guard: Some(guard),
+            },
+        );
         head
     }
 
@@ -418,7 +443,14 @@ impl Device {
     /// Register a hand-built chain whose writable area (for reporting) is `(gpa, len)`.
     pub fn submit_raw(&mut self, head: u16, owned: Vec<u16>, writable: (u64, usize)) {
         self.reqq.push_head(&self.mem, head, owned);
-        self.pending.insert(head, writable);
+        self.pending.insert(
+            head,
+            Pending {
+                writable,
+                readable: None,
+                guard: None,
+            },
+        );
     }
 
     /// Publish and kick the request queue.
@@ -428,10 +460,25 @@ impl Device {
 
     fn response(&mut self, u: Used) -> Response {
         let head = u16::try_from(u.id).expect("head fits u16");
-        let (gpa, len) = self
+        let p = self
             .pending
             .remove(&head)
             .unwrap_or_else(|| panic!("unknown head {head}"));
+        let (gpa, len) = p.writable;
+        // virtio 1.x §2.7.4: a device MUST NOT write to a device-readable buffer.
+        if let Some((rgpa, orig)) = &p.readable {
+            assert_eq!(
+                &self.mem.read(*rgpa, orig.len()),
+                orig,
+                "the device wrote into the device-readable part of request {head}"
+            );
+        }
+        if let Some(g) = p.guard {
+            assert!(
+                self.mem.read(g, GUARD_LEN).iter().all(|&b| b == GUARD),
+                "the device wrote past the end of request {head}'s writable buffer"
+            );
+        }
         let writable = if len > 0 && self.mem.contains(gpa, len as u64) {
             self.mem.read(gpa, len)
         } else {
