@@ -250,6 +250,14 @@ def cmd_wait_disconnect(sock, seconds):
         time.sleep(0.2)
 
 
+def cmd_counter(sock, kind, status, expected):
+    """requests.KIND.STATUS equals EXPECTED ("N+": at least N)."""
+    c = ask(sock, {"cmd": "counters"})["requests"].get(kind, {})
+    n = c.get(status, 0)
+    ok = n >= int(expected[:-1]) if expected.endswith("+") else n == int(expected)
+    return ok, f"{kind} counters {json.dumps(c)} (want {status}={expected})"
+
+
 def main():
     if len(sys.argv) < 3:
         print(__doc__)
@@ -257,7 +265,7 @@ def main():
     cmd, args = sys.argv[1], sys.argv[2:]
     fn = {"endpoints": cmd_endpoints, "config": cmd_config, "save-domain": cmd_save_domain,
           "mappings": cmd_mappings,
-          "save-counters": cmd_save_counters, "connection": cmd_connection,
+          "save-counters": cmd_save_counters, "counter": cmd_counter, "connection": cmd_connection,
           "wait-disconnect": cmd_wait_disconnect, "translate": cmd_translate,
           "fault-logged": cmd_fault_logged, "bypass-domains": cmd_bypass_domains,
           "status-bypass": cmd_status_bypass, "unknown-endpoint": cmd_unknown_endpoint, "counters-delta": cmd_counters_delta}.get(cmd)

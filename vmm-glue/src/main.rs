@@ -48,6 +48,14 @@ enum Cmd {
         #[arg(value_name = "SEG:BB:DD.F")]
         device: PciAddress,
     },
+    /// Print the endpoint ids a VIOT hands out, in the daemon's `--endpoints` syntax (A-B,C,...).
+    /// Give the daemon exactly these: Linux stops probing a bus at the first endpoint the
+    /// device does not know.
+    Endpoints {
+        /// The VIOT file.
+        #[arg(long, value_name = "FILE")]
+        viot: PathBuf,
+    },
     /// Print the QEMU arguments: shared guest memory, the vhost-user chardev, the generic
     /// vhost-user device as a virtio-iommu at a pinned address, and the VIOT.
     QemuArgs {
@@ -132,6 +140,21 @@ fn run(cli: Cli) -> Result<(), Error> {
             let v = read_viot(&viot)?;
             let id = v.endpoint_of(device).ok_or(Error::NotCovered(device))?;
             println!("{id}");
+        }
+        Cmd::Endpoints { viot } => {
+            let v = read_viot(&viot)?;
+            let list: Vec<String> = v
+                .endpoint_ranges()
+                .iter()
+                .map(|&(a, b)| {
+                    if a == b {
+                        a.to_string()
+                    } else {
+                        format!("{a}-{b}")
+                    }
+                })
+                .collect();
+            println!("{}", list.join(","));
         }
         Cmd::QemuArgs {
             socket,

@@ -113,6 +113,30 @@ impl Viot {
         self.ranges.iter().find_map(|r| r.endpoint_of(addr))
     }
 
+    /// The endpoint ids the table hands out, as inclusive ranges sorted by start (the IOMMU's
+    /// own function is left out). Written as `A-B,C-D`, this is the daemon's `--endpoints`.
+    pub fn endpoint_ranges(&self) -> Vec<(u32, u32)> {
+        let mut out = Vec::new();
+        for r in &self.ranges {
+            let (start, end) = endpoint_span(r);
+            // `PciRange::new` keeps the span within u32.
+            let (start, end) = (start as u32, end as u32);
+            match r.endpoint_of(self.iommu) {
+                Some(own) => {
+                    if own > start {
+                        out.push((start, own - 1));
+                    }
+                    if own < end {
+                        out.push((own + 1, end));
+                    }
+                }
+                None => out.push((start, end)),
+            }
+        }
+        out.sort_unstable();
+        out
+    }
+
     /// The table bytes, checksum included.
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut sdt = Sdt::new(
@@ -325,6 +349,23 @@ mod tests {
             Some(0x10008)
         );
         assert_eq!(v.endpoint_of("0000:01:00.0".parse().unwrap()), None);
+    }
+
+    #[test]
+    fn endpoint_ranges_skip_the_iommu() {
+        assert_eq!(
+            sample().endpoint_ranges(),
+            vec![(0, 0x17), (0x19, 0xff), (0x10000, 0x100ff)]
+        );
+        let v = Viot::new(
+            "0000:00:03.0".parse().unwrap(),
+            vec![
+                "0000:00:03.0-00:03.0@5".parse().unwrap(),
+                "0000:00:04.0-00:04.7@9".parse().unwrap(),
+            ],
+        )
+        .unwrap();
+        assert_eq!(v.endpoint_ranges(), vec![(9, 16)]);
     }
 
     #[test]
