@@ -14,6 +14,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::device::{Access, Translation};
+use crate::invalidation::Subscribers;
 use crate::protocol::Status;
 use crate::vhost::Shared;
 
@@ -42,6 +43,8 @@ pub enum ControlError {
 pub struct ConnectionInfo {
     pub connected: AtomicBool,
     pub connections: AtomicU64,
+    /// Clients of `subscribe` (the server makes this the device's invalidation sink).
+    pub subscribers: Arc<Subscribers>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -63,32 +66,36 @@ enum Request {
         iova: u64,
         access: String,
     },
+    /// Turn this connection into a stream of invalidation lines (docs/CONTROL.md).
+    Subscribe,
 }
 
-/// Serve the control socket on a background thread.
-pub fn spawn(
-    path: &Path,
-    shared: Arc<Shared>,
-    conn: Arc<ConnectionInfo>,
-) -> Result<(), ControlError> {
-    let listener = crate::server::bind_unix(path).map_err(|err| ControlError::Bind {
+/// Bind the control socket (mode 0600: inspection can provoke faults, so only the daemon's
+/// user may connect).
+pub fn bind(path: &Path) -> Result<UnixListener, ControlError> {
+    let bind_err = |err| ControlError::Bind {
         path: path.to_owned(),
         err,
-    })?;
-    // Inspection can provoke faults: only the daemon's user may connect.
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|err| {
-        ControlError::Bind {
-            path: path.to_owned(),
-            err,
-        }
-    })?;
+    };
+    let listener = crate::server::bind_unix(path).map_err(bind_err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(bind_err)?;
     info!("control socket listening on {}", path.display());
+    Ok(listener)
+}
+
+/// Serve a bound control socket on a background thread. `on_start` runs first on that thread
+/// (the server installs the thread's seccomp filter there); an error from it stops the thread.
+pub fn spawn(
+    listener: UnixListener,
+    shared: Arc<Shared>,
+    conn: Arc<ConnectionInfo>,
+    on_start: impl FnOnce() -> Result<(), String> + Send + 'static,
+) -> io::Result<()> {
     std::thread::Builder::new()
         .name("control".into())
-        .spawn(move || accept_loop(listener, shared, conn))
-        .map_err(|err| ControlError::Bind {
-            path: path.to_owned(),
-            err,
+        .spawn(move || match on_start() {
+            Ok(()) => accept_loop(listener, shared, conn),
+            Err(e) => log::error!("control socket thread not started: {e}"),
         })?;
     Ok(())
 }
@@ -132,6 +139,17 @@ fn serve_client(stream: UnixStream, shared: &Shared, conn: &ConnectionInfo) -> i
             return Ok(());
         }
         let reply = match serde_json::from_str::<Request>(line.trim()) {
+            Ok(Request::Subscribe) => {
+                // The reply is written by `add`, under the subscribers' lock, so it precedes
+                // every invalidation line. Nothing is read from this connection any more.
+                return match conn.subscribers.add(out) {
+                    Ok(_) => Ok(()),
+                    Err(e) => {
+                        let mut s = reader.into_inner();
+                        writeln!(s, "{}", json!({"ok": false, "error": e.to_string()}))
+                    }
+                };
+            }
             Ok(req) => match execute(req, shared, conn) {
                 Ok(v) => json!({"ok": true, "result": v}),
                 Err(e) => json!({"ok": false, "error": e}),
@@ -153,6 +171,7 @@ fn parse_access(s: &str) -> Result<Access, String> {
 
 fn execute(req: Request, shared: &Shared, conn: &ConnectionInfo) -> Result<Value, String> {
     match req {
+        Request::Subscribe => Err("subscribe is handled by the connection".into()),
         Request::Status => {
             let dev = shared.device();
             let c = dev.config();
@@ -269,7 +288,11 @@ fn execute(req: Request, shared: &Shared, conn: &ConnectionInfo) -> Result<Value
             Ok(match t {
                 Translation::Translated { phys, mapping } => json!({
                     "outcome": "translated", "phys": phys,
-                    "mapping": {"virt_start": mapping.virt_start, "virt_end": mapping.virt_end},
+                    "mapping": {
+                        "virt_start": mapping.virt_start, "virt_end": mapping.virt_end,
+                        "phys_start": mapping.phys_start,
+                        "read": mapping.readable(), "write": mapping.writable(),
+                    },
                 }),
                 Translation::Bypass { phys } => json!({"outcome": "bypass", "phys": phys}),
                 Translation::Fault { reason } => {

@@ -79,6 +79,30 @@ pub enum TranslateError {
     UnknownEndpoint(u32),
 }
 
+/// What a translation cache outside the daemon (a VMM's emulated devices, through the control
+/// socket's `subscribe`) must forget. Reported before the request that caused it completes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "scope", rename_all = "lowercase")]
+pub enum Invalidation {
+    /// UNMAP: translations of these endpoints (the domain's) for IOVAs in `[start, end]`.
+    Range {
+        domain: u32,
+        endpoints: Vec<u32>,
+        start: u64,
+        end: u64,
+    },
+    /// Every translation of this endpoint: it joined or left a domain (ATTACH, DETACH, implicit
+    /// detach; a domain ends, with its mappings, when its last endpoint leaves).
+    Endpoint { endpoint: u32 },
+    /// Every translation: device reset, new connection, bypass or feature change.
+    All,
+}
+
+/// Receives invalidations, synchronously, with the device lock held.
+pub trait InvalidationSink: Send + Sync + std::fmt::Debug {
+    fn invalidate(&self, inv: &Invalidation);
+}
+
 /// A fault as recorded for inspection.
 #[derive(Clone, Copy, Debug, Serialize)]
 pub struct FaultInfo {
@@ -131,6 +155,7 @@ pub struct Device {
     stats: Stats,
     fault_log: VecDeque<(FaultInfo, bool)>,
     pending_events: VecDeque<FaultRecord>,
+    invalidation_sink: Option<std::sync::Arc<dyn InvalidationSink>>,
 }
 
 impl Device {
@@ -146,6 +171,19 @@ impl Device {
             stats: Stats::default(),
             fault_log: VecDeque::new(),
             pending_events: VecDeque::new(),
+            invalidation_sink: None,
+        }
+    }
+
+    /// Report invalidations (UNMAP, domain changes, resets) to `sink` from now on.
+    pub fn set_invalidation_sink(&mut self, sink: std::sync::Arc<dyn InvalidationSink>) {
+        self.invalidation_sink = Some(sink);
+    }
+
+    /// Tell the sink, if any; `inv` is only built when someone listens.
+    fn invalidate(&self, inv: impl FnOnce() -> Invalidation) {
+        if let Some(sink) = &self.invalidation_sink {
+            sink.invalidate(&inv());
         }
     }
 
@@ -172,6 +210,8 @@ impl Device {
 
     pub fn set_acked_features(&mut self, features: u64) {
         self.acked = Some(features & self.features());
+        // Whether unattached endpoints bypass depends on the negotiated features.
+        self.invalidate(|| Invalidation::All);
     }
 
     pub fn acked_features(&self) -> Option<u64> {
@@ -193,6 +233,7 @@ impl Device {
         self.domains.clear();
         self.total_mappings = 0;
         self.pending_events.clear();
+        self.invalidate(|| Invalidation::All);
     }
 
     /// The 40-byte config space.
@@ -216,7 +257,10 @@ impl Device {
         let offered = self.features() & (1 << F_BYPASS_CONFIG) != 0;
         match (offset, data) {
             (CONFIG_BYPASS_OFFSET, [v @ (0 | 1)]) if offered => {
-                self.bypass = *v;
+                if self.bypass != *v {
+                    self.bypass = *v;
+                    self.invalidate(|| Invalidation::All);
+                }
                 true
             }
             _ => false,
@@ -318,6 +362,7 @@ impl Device {
         });
         d.endpoints.insert(endpoint);
         self.endpoints.insert(endpoint, Some(domain));
+        self.invalidate(|| Invalidation::Endpoint { endpoint });
         Status::Ok
     }
 
@@ -355,6 +400,7 @@ impl Device {
             return Status::Inval;
         }
         self.remove_from_domain(domain, endpoint);
+        self.invalidate(|| Invalidation::Endpoint { endpoint });
         Status::Ok
     }
 
@@ -429,6 +475,16 @@ impl Device {
         match d.mappings.remove_range(start, end, |_| {}) {
             Ok(n) => {
                 self.total_mappings = self.total_mappings.saturating_sub(n as u64);
+                if n > 0 {
+                    if let Some(sink) = &self.invalidation_sink {
+                        sink.invalidate(&Invalidation::Range {
+                            domain,
+                            endpoints: d.endpoints.iter().copied().collect(),
+                            start,
+                            end,
+                        });
+                    }
+                }
                 Status::Ok
             }
             Err(_) => Status::Range,

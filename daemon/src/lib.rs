@@ -5,12 +5,20 @@
 //! - [`mapping`]: per-domain mapping storage;
 //! - [`vhost`]: virtqueue processing and the vhost-user backend;
 //! - [`control`]: the inspection socket;
-//! - [`server`]: sockets, connection lifecycle, signals.
+//! - [`server`]: sockets, connection lifecycle, signals;
+//! - [`config_file`]: the TOML configuration file;
+//! - [`activation`]: systemd socket activation, readiness, watchdog;
+//! - [`privilege`], [`sandbox`]: dropping privileges and per-thread seccomp filters.
 
+pub mod activation;
 pub mod config;
+pub mod config_file;
 pub mod control;
 pub mod device;
+pub mod invalidation;
 pub mod mapping;
+pub mod privilege;
 pub mod protocol;
+pub mod sandbox;
 pub mod server;
 pub mod vhost;

@@ -6,9 +6,9 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 
-use vhost_user_iommu::config::{
-    parse_u32, parse_u64, DeviceConfig, EndpointSet, Range32, Range64, ReservedRegion,
-};
+use vhost_user_iommu::config::{parse_u32, parse_u64, EndpointSet, Range32, Range64};
+use vhost_user_iommu::config_file::{self, Layer, Settings};
+use vhost_user_iommu::protocol::RESV_MEM_T_MSI;
 use vhost_user_iommu::{control, server};
 
 #[derive(Debug, Parser)]
@@ -33,44 +33,65 @@ struct Cli {
 enum Command {
     /// Query a running daemon through its control socket and print JSON.
     Ctl(CtlArgs),
+    /// Print the manual page (roff) generated from this command line to stdout.
+    #[command(hide = true)]
+    Man,
 }
 
 #[derive(Debug, Args)]
 struct RunArgs {
-    /// Path of the vhost-user unix socket to listen on.
-    #[arg(long, value_name = "PATH", required = true)]
+    /// Read settings from this TOML file (keys are the option names without dashes; options
+    /// given on the command line override it).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Validate the configuration (file and options), print it and exit: 0 if valid, 1 if not.
+    #[arg(long)]
+    check_config: bool,
+    /// Path of the vhost-user unix socket to listen on. Not needed under systemd socket
+    /// activation (LISTEN_FDS), where the listener is inherited.
+    #[arg(long, value_name = "PATH")]
     socket: Option<PathBuf>,
     /// Path of the control (inspection) socket [default: SOCKET.ctl].
     #[arg(long, value_name = "PATH")]
     control_socket: Option<PathBuf>,
-    /// Page sizes the device supports; the lowest set bit is the granule (at least 4 KiB).
-    #[arg(long, value_name = "MASK", value_parser = parse_u64, default_value = "0xfffffffffffff000")]
-    page_size_mask: u64,
+    /// Page sizes the device supports; the lowest set bit is the granule (at least 4 KiB)
+    /// [default: 0xfffffffffffff000].
+    #[arg(long, value_name = "MASK", value_parser = parse_u64)]
+    page_size_mask: Option<u64>,
     /// IOVA range the guest may map, inclusive [default: 0-0xffffffffffffffff].
     #[arg(long, value_name = "START-END")]
     input_range: Option<Range64>,
     /// Domain ids the guest may use, inclusive [default: 0-4294967295].
     #[arg(long, value_name = "START-END")]
     domain_range: Option<Range32>,
-    /// Endpoint ids that exist: `any`, or a list like 0-255,1024 (the VMM's topology decides).
-    #[arg(long, value_name = "LIST", default_value = "any")]
-    endpoints: EndpointSet,
+    /// Endpoint ids that exist: `any`, or a list like 0-255,1024 (the VMM's topology decides)
+    /// [default: any].
+    #[arg(long, value_name = "LIST")]
+    endpoints: Option<EndpointSet>,
     /// Region reported by PROBE as START-END:msi or START-END:reserved (repeatable; replaces the
     /// default x86 MSI window 0xfee00000-0xfeefffff:msi). `none` reports no region.
     #[arg(long = "reserved-region", value_name = "REGION")]
     reserved_regions: Vec<String>,
-    /// Size of the PROBE properties buffer advertised in the config space.
-    #[arg(long, value_name = "BYTES", value_parser = parse_u32, default_value = "512")]
-    probe_size: u32,
-    /// Boot with the config `bypass` bit set: unattached endpoints bypass the IOMMU.
-    #[arg(long)]
-    bypass: bool,
+    /// Size of the PROBE properties buffer advertised in the config space [default: 512].
+    #[arg(long, value_name = "BYTES", value_parser = parse_u32)]
+    probe_size: Option<u32>,
+    /// Boot with the config `bypass` bit set: unattached endpoints bypass the IOMMU
+    /// (`--bypass=false` overrides a config file).
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    bypass: Option<bool>,
     /// Offer the legacy BYPASS feature (bit 3) instead of BYPASS_CONFIG.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    legacy_bypass: Option<bool>,
+    /// Maximum number of live mappings; a MAP beyond it fails with NOMEM [default: 16777216].
+    #[arg(long, value_name = "N", value_parser = parse_u64)]
+    max_mappings: Option<u64>,
+    /// Once the sockets are open, switch to this user (name or uid) and its primary group.
+    /// Needs root (or CAP_SETUID/CAP_SETGID).
+    #[arg(long, value_name = "USER")]
+    user: Option<String>,
+    /// Do not install the seccomp system-call filters (for debugging only).
     #[arg(long)]
-    legacy_bypass: bool,
-    /// Maximum number of live mappings; a MAP beyond it fails with NOMEM.
-    #[arg(long, value_name = "N", value_parser = parse_u64, default_value = "16777216")]
-    max_mappings: u64,
+    no_seccomp: bool,
 }
 
 #[derive(Debug, Args)]
@@ -115,36 +136,69 @@ enum Query {
     },
 }
 
-fn device_config(a: &RunArgs) -> Result<DeviceConfig, String> {
-    let mut cfg = DeviceConfig {
+/// The options given on the command line, as a settings layer over the config file.
+fn flag_layer(a: &RunArgs) -> Layer {
+    Layer {
+        socket: a.socket.clone(),
+        control_socket: a.control_socket.clone(),
         page_size_mask: a.page_size_mask,
+        input_range: a.input_range,
+        domain_range: a.domain_range,
         endpoints: a.endpoints.clone(),
+        reserved_regions: (!a.reserved_regions.is_empty()).then(|| a.reserved_regions.clone()),
         probe_size: a.probe_size,
-        boot_bypass: a.bypass,
+        bypass: a.bypass,
         legacy_bypass: a.legacy_bypass,
         max_mappings: a.max_mappings,
-        ..DeviceConfig::default()
+        user: a.user.clone(),
+        seccomp: a.no_seccomp.then_some(false),
+    }
+}
+
+fn settings(a: &RunArgs) -> Result<Settings, String> {
+    let file = match &a.config {
+        Some(path) => Some((
+            path.as_path(),
+            config_file::load(path).map_err(|e| e.to_string())?,
+        )),
+        None => None,
     };
-    if let Some(r) = a.input_range {
-        (cfg.input_start, cfg.input_end) = (r.start, r.end);
-    }
-    if let Some(r) = a.domain_range {
-        (cfg.domain_start, cfg.domain_end) = (r.start, r.end);
-    }
-    if !a.reserved_regions.is_empty() {
-        cfg.reserved.clear();
-        for s in &a.reserved_regions {
-            if s == "none" {
-                continue;
-            }
-            let r: ReservedRegion = s
-                .parse()
-                .map_err(|e| format!("--reserved-region {s:?}: {e}"))?;
-            cfg.reserved.push(r);
-        }
-    }
-    cfg.validate().map_err(|e| e.to_string())?;
-    Ok(cfg)
+    config_file::resolve(flag_layer(a), file).map_err(|e| e.to_string())
+}
+
+fn print_settings(s: &Settings) {
+    let d = &s.device;
+    let regions: Vec<String> = d
+        .reserved
+        .iter()
+        .map(|r| {
+            let kind = if r.subtype == RESV_MEM_T_MSI {
+                "msi"
+            } else {
+                "reserved"
+            };
+            format!("{:#x}-{:#x}:{kind}", r.start, r.end)
+        })
+        .collect();
+    let v = json!({
+        "socket": s.socket.as_ref().map(|p| p.display().to_string()),
+        "control-socket": s.control_socket.as_ref().map(|p| p.display().to_string()),
+        "page-size-mask": format!("{:#x}", d.page_size_mask),
+        "input-range": format!("{:#x}-{:#x}", d.input_start, d.input_end),
+        "domain-range": format!("{}-{}", d.domain_start, d.domain_end),
+        "endpoints": d.endpoints.to_string(),
+        "reserved-regions": regions,
+        "probe-size": d.probe_size,
+        "bypass": d.boot_bypass,
+        "legacy-bypass": d.legacy_bypass,
+        "max-mappings": d.max_mappings,
+        "user": s.user,
+        "seccomp": s.seccomp,
+    });
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&v).unwrap_or_else(|_| v.to_string())
+    );
 }
 
 fn run_ctl(a: CtlArgs) -> Result<(), String> {
@@ -171,31 +225,79 @@ fn run_ctl(a: CtlArgs) -> Result<(), String> {
     Ok(())
 }
 
-fn main() -> ExitCode {
+/// The manual page, generated from the command-line definition.
+fn man_page() -> Result<Vec<u8>, String> {
+    use clap::CommandFactory;
+    let cmd = Cli::command();
+    let mut out = Vec::new();
+    clap_mangen::Man::new(cmd)
+        .render(&mut out)
+        .map_err(|e| e.to_string())?;
+    Ok(out)
+}
+
+/// Log to the journal (with structured fields) when stderr is connected to it, else to stderr.
+/// The level comes from RUST_LOG (default info).
+fn init_logging() {
+    let level = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|v| v.parse::<log::LevelFilter>().ok())
+        .unwrap_or(log::LevelFilter::Info);
+    if systemd_journal_logger::connected_to_journal() {
+        let logger = systemd_journal_logger::JournalLog::new().map(|l| {
+            l.with_syslog_identifier("vhost-user-iommu".to_string())
+                .with_extra_fields(vec![("VUI_VERSION", env!("CARGO_PKG_VERSION"))])
+        });
+        if let Ok(l) = logger {
+            if l.install().is_ok() {
+                log::set_max_level(level);
+                return;
+            }
+        }
+    }
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+}
+
+fn run_daemon(a: &RunArgs) -> Result<(), String> {
+    let s = settings(a)?;
+    if a.check_config {
+        print_settings(&s);
+        return Ok(());
+    }
+    server::run(server::ServerConfig {
+        socket: s.socket,
+        control_socket: s.control_socket,
+        device: s.device,
+        user: s.user,
+        seccomp: s.seccomp,
+    })
+    .map_err(|e| e.to_string())
+}
+
+fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Some(Command::Man) => man_page().and_then(|page| {
+            use std::io::Write;
+            std::io::stdout()
+                .write_all(&page)
+                .map_err(|e| e.to_string())
+        }),
         Some(Command::Ctl(a)) => run_ctl(a),
-        None => (|| {
-            let device = device_config(&cli.run)?;
-            let socket = cli.run.socket.clone().ok_or("--socket PATH is required")?;
-            let control_socket = cli.run.control_socket.clone().unwrap_or_else(|| {
-                let mut p = socket.clone().into_os_string();
-                p.push(".ctl");
-                PathBuf::from(p)
-            });
-            server::run(server::ServerConfig {
-                socket,
-                control_socket,
-                device,
-            })
-            .map_err(|e| e.to_string())
-        })(),
+        None => {
+            init_logging();
+            run_daemon(&cli.run)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("vhost-user-iommu: {e}");
+            let what = if cli.run.check_config {
+                "configuration invalid: "
+            } else {
+                ""
+            };
+            eprintln!("vhost-user-iommu: {what}{e}");
             ExitCode::FAILURE
         }
     }

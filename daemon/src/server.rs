@@ -14,15 +14,30 @@ use vhost_user_backend::VhostUserDaemon;
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 
+use crate::activation::{self, ActivationError};
 use crate::config::DeviceConfig;
 use crate::control::{self, ConnectionInfo, ControlError};
 use crate::device::Device;
+use crate::privilege::{self, PrivilegeError};
+use crate::sandbox::{self, Role, SandboxError};
 use crate::vhost::{IommuBackend, Shared, VhostError, FAULT_EVENT_ID};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     #[error("vhost-user socket {path}: {err}")]
     Socket { path: PathBuf, err: io::Error },
+    #[error(transparent)]
+    Activation(#[from] ActivationError),
+    #[error("no vhost-user socket: pass --socket (or `socket` in the config file), or start the daemon through systemd socket activation")]
+    NoSocket,
+    #[error("the inherited vhost-user listener has no path; pass --control-socket")]
+    NoControlPath,
+    #[error(transparent)]
+    Privilege(#[from] PrivilegeError),
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
+    #[error("cannot start the {0} thread: {1}")]
+    Thread(&'static str, io::Error),
     #[error(transparent)]
     Control(#[from] ControlError),
     #[error(transparent)]
@@ -36,9 +51,15 @@ pub enum ServerError {
 /// What `run` needs, validated by the caller.
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
-    pub socket: PathBuf,
-    pub control_socket: PathBuf,
+    /// Where to bind the vhost-user socket; `None` when it comes from socket activation.
+    pub socket: Option<PathBuf>,
+    /// The control socket [default: the vhost-user socket path + `.ctl`].
+    pub control_socket: Option<PathBuf>,
     pub device: DeviceConfig,
+    /// Switch to this user once the sockets are open.
+    pub user: Option<String>,
+    /// Install the per-thread seccomp filters.
+    pub seccomp: bool,
 }
 
 /// Bind a unix socket at `path`. A stale socket left by a dead process is replaced; a live one
@@ -78,13 +99,19 @@ fn remove_sockets(paths: &[PathBuf]) {
     }
 }
 
-fn install_signal_handler(paths: Vec<PathBuf>) -> Result<(), ServerError> {
+fn install_signal_handler(paths: Vec<PathBuf>, seccomp: bool) -> Result<(), ServerError> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let mut signals =
         signal_hook::iterator::Signals::new([SIGINT, SIGTERM]).map_err(ServerError::Signals)?;
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
+            if seccomp {
+                if let Err(e) = sandbox::install(Role::Signals) {
+                    error!("{e}");
+                    std::process::exit(1);
+                }
+            }
             if let Some(sig) = signals.forever().next() {
                 info!("signal {sig} received: removing sockets and exiting");
                 remove_sockets(&paths);
@@ -95,26 +122,109 @@ fn install_signal_handler(paths: Vec<PathBuf>) -> Result<(), ServerError> {
     Ok(())
 }
 
-/// Serve frontends on `cfg.socket` until a signal stops the process.
+/// `path` + `.ctl`.
+fn default_control_path(socket: &Path) -> PathBuf {
+    let mut p = socket.to_owned().into_os_string();
+    p.push(".ctl");
+    PathBuf::from(p)
+}
+
+/// Serve frontends until a signal stops the process.
+///
+/// Order matters for least privilege: every socket is bound (or inherited) first, then the
+/// process switches to `cfg.user`, then each thread installs its seccomp filter before it
+/// serves anything: the signal thread, the control thread, the watchdog thread, and finally
+/// this thread, whose filter the vhost-user worker threads it starts inherit.
 pub fn run(cfg: ServerConfig) -> Result<(), ServerError> {
-    let listener = bind_unix(&cfg.socket).map_err(|err| ServerError::Socket {
-        path: cfg.socket.clone(),
-        err,
-    })?;
+    let (listener, socket_path, activated) = match activation::inherited_listener()? {
+        Some(l) => {
+            let path = activation::listener_path(&l);
+            info!(
+                "using the vhost-user listener passed by the service manager ({})",
+                path.as_ref()
+                    .map_or("no path".to_string(), |p| p.display().to_string())
+            );
+            (l, path, true)
+        }
+        None => {
+            let path = cfg.socket.clone().ok_or(ServerError::NoSocket)?;
+            let l = bind_unix(&path).map_err(|err| ServerError::Socket {
+                path: path.clone(),
+                err,
+            })?;
+            (l, Some(path), false)
+        }
+    };
+    let control_path = match (&cfg.control_socket, &socket_path) {
+        (Some(p), _) => p.clone(),
+        (None, Some(s)) => default_control_path(s),
+        (None, None) => return Err(ServerError::NoControlPath),
+    };
+    // The files we created and remove on exit; an inherited socket belongs to systemd.
+    let mut ours = vec![control_path.clone()];
+    if !activated {
+        ours.extend(socket_path.clone());
+    }
+    let control_listener = match control::bind(&control_path) {
+        Ok(l) => l,
+        Err(e) => {
+            remove_sockets(&ours[1..]);
+            return Err(e.into());
+        }
+    };
     let mut listener = Listener::from(listener);
+    if let Some(user) = &cfg.user {
+        if let Err(e) = privilege::drop_to(user) {
+            remove_sockets(&ours);
+            return Err(e.into());
+        }
+    }
+
     // From here on, our socket files exist; the signal handler removes them.
-    install_signal_handler(vec![cfg.socket.clone(), cfg.control_socket.clone()])?;
+    install_signal_handler(ours, cfg.seccomp)?;
 
     let shared = Arc::new(Shared::new(Device::new(cfg.device.clone()))?);
     let conn = Arc::new(ConnectionInfo::default());
-    if let Err(e) = control::spawn(&cfg.control_socket, shared.clone(), conn.clone()) {
-        remove_sockets(std::slice::from_ref(&cfg.socket));
-        return Err(e.into());
+    shared
+        .device()
+        .set_invalidation_sink(conn.subscribers.clone());
+    let seccomp = cfg.seccomp;
+    control::spawn(control_listener, shared.clone(), conn.clone(), move || {
+        if seccomp {
+            sandbox::install(Role::Control).map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    })
+    .map_err(|e| ServerError::Thread("control", e))?;
+    if let Some(interval) = activation::watchdog_interval() {
+        let shared = shared.clone();
+        std::thread::Builder::new()
+            .name("watchdog".into())
+            .spawn(move || {
+                if seccomp {
+                    if let Err(e) = sandbox::install(Role::Watchdog) {
+                        // No pings: systemd will restart the service and the log says why.
+                        error!("{e}");
+                        return;
+                    }
+                }
+                activation::watchdog_loop(interval, shared)
+            })
+            .map_err(|e| ServerError::Thread("watchdog", e))?;
     }
-    info!(
-        "serving virtio-iommu (software backend) on {}",
-        cfg.socket.display()
-    );
+    if seccomp {
+        sandbox::install(Role::Main)?;
+        info!("seccomp filters installed");
+    } else {
+        warn!("running without seccomp filters (--no-seccomp)");
+    }
+    let where_ = socket_path
+        .as_ref()
+        .map_or("the inherited socket".to_string(), |p| {
+            p.display().to_string()
+        });
+    info!("serving virtio-iommu (software backend) on {where_}");
+    activation::notify_ready(&format!("waiting for a frontend on {where_}"));
 
     loop {
         shared.device().reset(false);
@@ -139,6 +249,7 @@ pub fn run(cfg: ServerConfig) -> Result<(), ServerError> {
         let n = conn.connections.fetch_add(1, Ordering::Relaxed) + 1;
         conn.connected.store(true, Ordering::Relaxed);
         info!("frontend connected (connection {n})");
+        activation::notify_status(&format!("serving a frontend (connection {n})"));
 
         match daemon.wait() {
             Ok(())
@@ -148,6 +259,7 @@ pub fn run(cfg: ServerConfig) -> Result<(), ServerError> {
             Err(e) => error!("connection {n} ended with an error: {e}"),
         }
         conn.connected.store(false, Ordering::Relaxed);
+        activation::notify_status(&format!("waiting for a frontend on {where_}"));
         for h in daemon.get_epoll_handlers() {
             h.send_exit_event();
         }

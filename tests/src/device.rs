@@ -512,10 +512,15 @@ impl Device {
 
     /// Submit one request, kick, and wait for it.
     pub fn run(&mut self, r: &Request) -> Response {
+        self.run_timeout(r, DEFAULT_TIMEOUT)
+    }
+
+    /// Submit one request, kick, and wait up to `timeout` for it.
+    pub fn run_timeout(&mut self, r: &Request, timeout: Duration) -> Response {
         let head = self.submit(r);
         self.kick();
         let resp = self
-            .wait_response(DEFAULT_TIMEOUT)
+            .wait_response(timeout)
             .unwrap_or_else(|| panic!("request {:?} not completed in time", r.readable.first()));
         assert_eq!(resp.head, head, "used id is not the head we submitted");
         resp

@@ -206,7 +206,7 @@ fn event_idx_notification_suppression() {
 
 #[test]
 fn ten_thousand_mappings_then_one_unmap() {
-    let daemon = Daemon::start(&[]);
+    let daemon = Daemon::start(&["--no-seccomp"]);
     let mut d = daemon.connect_with(&big_queue());
     assert_eq!(d.attach(1, 3), OK);
     let n = 10_000u64;
@@ -240,4 +240,47 @@ fn ten_thousand_mappings_then_one_unmap() {
         unmapped < std::time::Duration::from_secs(2),
         "UNMAP of {n} mappings took {unmapped:?}"
     );
+}
+
+/// One million mappings in one domain through the real ring (slow in debug builds: run with
+/// `cargo test -p vhost-user-iommu-tests --test batch -- --ignored`).
+#[test]
+#[ignore]
+fn one_million_mappings_in_one_domain() {
+    let daemon = Daemon::start(&["--reserved-region", "none"]);
+    let mut d = daemon.connect_with(&Options {
+        requestq_size: 1024,
+        low_size: 512 << 20,
+        ..Options::default()
+    });
+    assert_eq!(d.attach(1, 3), OK);
+    let n = 1_000_000u64;
+    let t0 = std::time::Instant::now();
+    let mut i = 0u64;
+    while i < n {
+        let reqs: Vec<Request> = (i..(i + 500).min(n))
+            .map(|i| Request::map(1, i * 0x2000, i * 0x2000 + 0xfff, 0, RW))
+            .collect();
+        i += reqs.len() as u64;
+        for r in d.run_batch(&reqs) {
+            r.expect(OK, "MAP");
+        }
+    }
+    let mapped = t0.elapsed();
+    let mut ctl = daemon.ctl();
+    assert_eq!(ctl.status()["mappings"].as_u64(), Some(n));
+    // Single requests against a full domain stay cheap.
+    let t1 = std::time::Instant::now();
+    for k in 0..1000u64 {
+        let v = (n + k) * 0x2000;
+        assert_eq!(d.map(1, v, v + 0xfff, 0, RW), OK);
+        assert_eq!(d.unmap(1, v, v + 0xfff), OK);
+    }
+    let per_pair = t1.elapsed() / 1000;
+    let t2 = std::time::Instant::now();
+    d.run(&Request::unmap(1, 0, u64::MAX))
+        .expect(OK, "UNMAP of everything");
+    let all = t2.elapsed();
+    eprintln!("UNMAP of all {n}: {all:?}");
+    assert_eq!(ctl.status()["mappings"].as_u64(), Some(0));
 }

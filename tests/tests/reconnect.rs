@@ -206,3 +206,44 @@ fn disabled_ring_is_not_processed_until_enabled() {
     r.expect(OK, "ATTACH after re-enable");
     assert_eq!(daemon.ctl().endpoint_domain(4), Some(2));
 }
+
+#[test]
+fn garbage_and_half_finished_setups_do_not_kill_the_daemon() {
+    use std::io::Write;
+    use std::os::unix::net::UnixStream;
+    use vhost::VhostBackend;
+    let mut daemon = Daemon::start(&[]);
+    let mut ctl = daemon.ctl();
+    // Connect and leave without a word.
+    drop(UnixStream::connect(&daemon.socket).expect("connect"));
+    wait_disconnected(&mut ctl);
+    // Bytes that are not vhost-user messages.
+    {
+        let mut s = UnixStream::connect(&daemon.socket).expect("connect");
+        let _ = s.write_all(&[0xff; 64]);
+        let _ = s.write_all(b"GET / HTTP/1.0\r\n\r\n");
+    }
+    wait_disconnected(&mut ctl);
+    // A header announcing a huge payload, then hang up.
+    {
+        let mut s = UnixStream::connect(&daemon.socket).expect("connect");
+        let mut hdr = Vec::new();
+        hdr.extend_from_slice(&5u32.to_le_bytes()); // SET_MEM_TABLE
+        hdr.extend_from_slice(&1u32.to_le_bytes()); // version 1
+        hdr.extend_from_slice(&0xffff_fff0u32.to_le_bytes());
+        let _ = s.write_all(&hdr);
+    }
+    wait_disconnected(&mut ctl);
+    // Owner set, features read, then gone.
+    {
+        let fe = vhost::vhost_user::Frontend::connect(&daemon.socket, 2).expect("connect");
+        fe.set_owner().expect("SET_OWNER");
+        fe.get_features().expect("GET_FEATURES");
+    }
+    wait_disconnected(&mut ctl);
+    daemon.assert_alive();
+    let mut d = daemon.connect();
+    assert_eq!(d.attach(1, 3), OK);
+    assert_eq!(d.map(1, 0x1000, 0x1fff, 0, RW), OK);
+    daemon.assert_alive();
+}

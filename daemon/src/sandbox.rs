@@ -1,0 +1,329 @@
+//! Per-thread seccomp filters.
+//!
+//! Each thread installs the filter of its role before it handles any input. A system call
+//! outside the allow list kills the whole process (SIGSYS, core dump), so a compromised thread
+//! cannot carry on. Filters stack: threads started after a filter is installed inherit it, which
+//! is how the vhost-user worker threads (started by the main thread) get the main filter.
+//!
+//! Every role allows the calls any thread makes: memory allocation, futexes, signal delivery
+//! (the SIGINT/SIGTERM handler writes to a pipe on whichever thread the signal lands), logging
+//! (stderr or the journal socket) and thread exit. The lists are x86_64 and aarch64 names from
+//! `libc::SYS_*`; a call the C library makes on one architecture only is listed under `cfg`.
+
+use std::collections::BTreeMap;
+
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule, TargetArch,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("seccomp: unsupported architecture {0}")]
+    Arch(String),
+    #[error("seccomp: cannot build the {role:?} filter: {err}")]
+    Build {
+        role: Role,
+        err: seccompiler::BackendError,
+    },
+    #[error("seccomp: cannot install the {role:?} filter: {err}")]
+    Install { role: Role, err: seccompiler::Error },
+}
+
+/// What a thread does, and so which system calls it may make.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// The connection loop and, inherited, the vhost-user threads: accept a frontend, receive
+    /// messages with file descriptors, map guest memory, epoll on kick/call eventfds, start
+    /// threads.
+    Main,
+    /// The control socket: accept clients, start a thread per client, read and write lines.
+    Control,
+    /// Wait for SIGINT/SIGTERM, remove the socket files, exit.
+    Signals,
+    /// Ping systemd's watchdog (a datagram socket per ping).
+    Watchdog,
+}
+
+/// Calls every thread may make.
+fn common() -> Vec<i64> {
+    let mut v = vec![
+        libc::SYS_read,
+        libc::SYS_write,
+        libc::SYS_writev,
+        libc::SYS_close,
+        libc::SYS_futex,
+        libc::SYS_mmap,
+        libc::SYS_munmap,
+        libc::SYS_mremap,
+        libc::SYS_mprotect,
+        libc::SYS_madvise,
+        libc::SYS_brk,
+        libc::SYS_rt_sigreturn,
+        libc::SYS_rt_sigprocmask,
+        libc::SYS_sigaltstack,
+        libc::SYS_exit,
+        libc::SYS_exit_group,
+        libc::SYS_getpid,
+        libc::SYS_gettid,
+        libc::SYS_clock_gettime,
+        libc::SYS_clock_nanosleep,
+        libc::SYS_nanosleep,
+        libc::SYS_sched_yield,
+        libc::SYS_getrandom,
+        // Logging to the journal: datagrams on an already open socket; big entries travel in
+        // a sealed memfd.
+        libc::SYS_sendmsg,
+        libc::SYS_sendto,
+        libc::SYS_memfd_create,
+        libc::SYS_ftruncate,
+        libc::SYS_fcntl,
+        libc::SYS_statx,
+        libc::SYS_newfstatat,
+        libc::SYS_fstat,
+    ];
+    #[cfg(target_arch = "x86_64")]
+    v.extend([libc::SYS_rseq]);
+    v
+}
+
+/// Starting threads (std::thread::spawn).
+fn thread_start() -> Vec<i64> {
+    vec![
+        libc::SYS_clone,
+        libc::SYS_clone3,
+        libc::SYS_set_robust_list,
+        libc::SYS_rseq,
+        libc::SYS_prctl,
+        libc::SYS_sched_getaffinity,
+        libc::SYS_getrlimit,
+        libc::SYS_prlimit64,
+    ]
+}
+
+fn role_calls(role: Role) -> Vec<i64> {
+    let mut v = common();
+    match role {
+        Role::Main => {
+            v.extend(thread_start());
+            v.extend([
+                // vhost-user connection: accept, messages carrying fds, replies.
+                libc::SYS_accept4,
+                libc::SYS_recvmsg,
+                libc::SYS_recvfrom,
+                libc::SYS_shutdown,
+                libc::SYS_getsockopt,
+                libc::SYS_setsockopt,
+                // Guest memory regions and vring eventfds.
+                libc::SYS_lseek,
+                libc::SYS_dup,
+                libc::SYS_dup3,
+                libc::SYS_eventfd2,
+                libc::SYS_epoll_create1,
+                libc::SYS_epoll_ctl,
+                libc::SYS_epoll_pwait,
+                libc::SYS_ppoll,
+                libc::SYS_ioctl,
+                // sd_notify status updates: a datagram socket per message.
+                libc::SYS_socket,
+                libc::SYS_connect,
+            ]);
+            #[cfg(target_arch = "x86_64")]
+            v.extend([libc::SYS_epoll_wait, libc::SYS_poll]);
+        }
+        Role::Control => {
+            v.extend(thread_start());
+            v.extend([
+                libc::SYS_accept4,
+                libc::SYS_recvfrom,
+                libc::SYS_shutdown,
+                libc::SYS_setsockopt,
+                libc::SYS_getsockopt,
+            ]);
+        }
+        Role::Signals => {
+            v.extend([libc::SYS_recvfrom, libc::SYS_ppoll, libc::SYS_unlinkat]);
+            #[cfg(target_arch = "x86_64")]
+            v.extend([libc::SYS_poll, libc::SYS_unlink]);
+        }
+        Role::Watchdog => {
+            v.extend([libc::SYS_socket, libc::SYS_connect]);
+        }
+    }
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+fn arch() -> Result<TargetArch, SandboxError> {
+    std::env::consts::ARCH
+        .try_into()
+        .map_err(|_| SandboxError::Arch(std::env::consts::ARCH.to_string()))
+}
+
+/// The compiled filter of a role: allow the role's calls, kill the process on anything else.
+pub fn filter(role: Role) -> Result<BpfProgram, SandboxError> {
+    let build = |err| SandboxError::Build { role, err };
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
+    for nr in role_calls(role) {
+        let chain = if nr == libc::SYS_socket {
+            // Unix sockets only (sd_notify); never a network socket.
+            let unix = SeccompCondition::new(
+                0,
+                SeccompCmpArgLen::Dword,
+                SeccompCmpOp::Eq,
+                libc::AF_UNIX as u64,
+            )
+            .map_err(build)?;
+            vec![SeccompRule::new(vec![unix]).map_err(build)?]
+        } else {
+            Vec::new()
+        };
+        rules.insert(nr, chain);
+    }
+    let f = SeccompFilter::new(
+        rules,
+        SeccompAction::KillProcess,
+        SeccompAction::Allow,
+        arch()?,
+    )
+    .map_err(build)?;
+    BpfProgram::try_from(f).map_err(build)
+}
+
+/// Install the filter of `role` on the calling thread (and the threads it starts later).
+pub fn install(role: Role) -> Result<(), SandboxError> {
+    let prog = filter(role)?;
+    seccompiler::apply_filter(&prog).map_err(|err| SandboxError::Install { role, err })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Run `body` in a forked child with `role`'s filter installed; return how the child ended
+    /// (the raw wait status).
+    fn in_child(role: Role, body: fn() -> i32) -> libc::c_int {
+        let prog = filter(role).unwrap();
+        // SAFETY: the child only calls async-signal-safe functions (prctl/seccomp through
+        // apply_filter, raw system calls, _exit) before it exits.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork failed");
+        if pid == 0 {
+            let code = match seccompiler::apply_filter(&prog) {
+                Ok(()) => body(),
+                Err(_) => 99,
+            };
+            // SAFETY: leaving the forked child without running the parent's destructors.
+            unsafe { libc::_exit(code) }
+        }
+        let mut status = 0;
+        // SAFETY: waiting for our own child, `status` is a valid out-pointer.
+        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+        assert_eq!(r, pid);
+        status
+    }
+
+    fn exited_with(status: libc::c_int, code: i32) -> bool {
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == code
+    }
+
+    fn killed_by_sigsys(status: libc::c_int) -> bool {
+        libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGSYS
+    }
+
+    #[test]
+    fn allowed_calls_run_and_forbidden_calls_kill() {
+        // Allowed: getpid, an eventfd-free write to a pipe that does not exist (EBADF is an
+        // answer, not a kill).
+        fn allowed() -> i32 {
+            // SAFETY: raw system calls with no memory arguments (write gets a null buffer of
+            // length 0 on an invalid fd, which fails with EBADF).
+            unsafe {
+                libc::syscall(libc::SYS_getpid);
+                libc::syscall(libc::SYS_write, -1, std::ptr::null::<u8>(), 0);
+            }
+            0
+        }
+        // Forbidden everywhere: opening files, ptrace, mount.
+        fn open_file() -> i32 {
+            // SAFETY: openat with a valid NUL-terminated path.
+            unsafe {
+                libc::syscall(libc::SYS_openat, libc::AT_FDCWD, c"/etc/passwd".as_ptr(), 0);
+            }
+            0
+        }
+        fn ptrace() -> i32 {
+            // SAFETY: PTRACE_TRACEME has no memory arguments.
+            unsafe {
+                libc::syscall(libc::SYS_ptrace, libc::PTRACE_TRACEME, 0, 0, 0);
+            }
+            0
+        }
+        fn new_socket() -> i32 {
+            // SAFETY: socket() has no memory arguments.
+            unsafe {
+                libc::syscall(libc::SYS_socket, libc::AF_INET, libc::SOCK_STREAM, 0);
+            }
+            0
+        }
+        fn execve() -> i32 {
+            let argv = [c"/bin/true".as_ptr(), std::ptr::null()];
+            // SAFETY: valid NUL-terminated path and NULL-terminated argv; envp NULL.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_execve,
+                    c"/bin/true".as_ptr(),
+                    argv.as_ptr(),
+                    std::ptr::null::<*const libc::c_char>(),
+                );
+            }
+            0
+        }
+        for role in [Role::Main, Role::Control, Role::Signals, Role::Watchdog] {
+            let st = in_child(role, allowed);
+            assert!(exited_with(st, 0), "{role:?}: allowed path, status {st:#x}");
+            for (name, f) in [
+                ("openat", open_file as fn() -> i32),
+                ("ptrace", ptrace),
+                ("execve", execve),
+            ] {
+                let st = in_child(role, f);
+                assert!(killed_by_sigsys(st), "{role:?}: {name} not killed: {st:#x}");
+            }
+        }
+        // No role may open a network socket.
+        for role in [Role::Main, Role::Control, Role::Signals, Role::Watchdog] {
+            assert!(killed_by_sigsys(in_child(role, new_socket)), "{role:?}");
+        }
+        // The roles that talk to systemd may open unix sockets, the others not.
+        fn unix_socket() -> i32 {
+            // SAFETY: socket() has no memory arguments.
+            let fd = unsafe { libc::syscall(libc::SYS_socket, libc::AF_UNIX, libc::SOCK_DGRAM, 0) };
+            i32::from(fd < 0)
+        }
+        for role in [Role::Main, Role::Watchdog] {
+            assert!(exited_with(in_child(role, unix_socket), 0), "{role:?}");
+        }
+        for role in [Role::Control, Role::Signals] {
+            assert!(killed_by_sigsys(in_child(role, unix_socket)), "{role:?}");
+        }
+        // Only the signal thread may remove files.
+        fn unlink() -> i32 {
+            // SAFETY: valid NUL-terminated path.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_unlinkat,
+                    libc::AT_FDCWD,
+                    c"/nonexistent-vui".as_ptr(),
+                    0,
+                );
+            }
+            0
+        }
+        assert!(exited_with(in_child(Role::Signals, unlink), 0));
+        for role in [Role::Main, Role::Control, Role::Watchdog] {
+            assert!(killed_by_sigsys(in_child(role, unlink)), "{role:?}");
+        }
+    }
+}

@@ -1,0 +1,156 @@
+//! The configuration file, `--check-config` and the generated man page, through the binary.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+const BIN: &str = env!("CARGO_BIN_EXE_vhost-user-iommu");
+
+fn run(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run the daemon binary")
+}
+
+fn temp_file(name: &str, text: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("vui-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let p = dir.join(name);
+    std::fs::write(&p, text).expect("write config");
+    p
+}
+
+fn check(path: &Path, extra: &[&str]) -> (i32, serde_json::Value, String) {
+    let mut args = vec![
+        "--config",
+        path.to_str().expect("utf-8 path"),
+        "--check-config",
+    ];
+    args.extend_from_slice(extra);
+    let out = run(&args);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let v = serde_json::from_str(&stdout).unwrap_or(serde_json::Value::Null);
+    (
+        out.status.code().unwrap_or(-1),
+        v,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_config_accepts_a_valid_file_and_flags_override_it() {
+    let p = temp_file(
+        "good.toml",
+        r#"
+socket = "/run/vui/vm1.sock"
+page-size-mask = "0xfffffffffffff000"
+input-range = "0-0xffffffffff"
+endpoints = "0-255"
+reserved-regions = ["0xfee00000-0xfeefffff:msi"]
+probe-size = 512
+bypass = true
+max-mappings = 1000
+"#,
+    );
+    let (code, v, err) = check(&p, &[]);
+    assert_eq!(code, 0, "stderr: {err}");
+    assert_eq!(v["socket"], "/run/vui/vm1.sock");
+    assert_eq!(v["input-range"], "0x0-0xffffffffff");
+    assert_eq!(v["endpoints"], "0-255");
+    assert_eq!(v["bypass"], true);
+    assert_eq!(v["max-mappings"], 1000);
+    assert_eq!(v["seccomp"], true);
+
+    let (code, v, err) = check(
+        &p,
+        &[
+            "--max-mappings",
+            "5",
+            "--bypass=false",
+            "--socket",
+            "/tmp/other.sock",
+            "--no-seccomp",
+        ],
+    );
+    assert_eq!(code, 0, "stderr: {err}");
+    assert_eq!(v["max-mappings"], 5);
+    assert_eq!(v["bypass"], false);
+    assert_eq!(v["socket"], "/tmp/other.sock");
+    assert_eq!(v["seccomp"], false);
+    // Untouched keys still come from the file.
+    assert_eq!(v["endpoints"], "0-255");
+}
+
+#[test]
+fn check_config_rejects_bad_files_naming_the_key() {
+    for (name, text, needle) in [
+        (
+            "unknown.toml",
+            "socket = \"/a\"\nmax-mapings = 5\n",
+            "max-mapings",
+        ),
+        ("type.toml", "probe-size = \"lots\"\n", "key `probe-size`"),
+        ("syntax.toml", "socket = \n", "config file"),
+        (
+            "invalid.toml",
+            "input-range = \"0x1000-0x1fff\"\npage-size-mask = 0x10000\n",
+            "key `input-range`",
+        ),
+    ] {
+        let p = temp_file(name, text);
+        let (code, _, err) = check(&p, &[]);
+        assert_eq!(code, 1, "{name}: {err}");
+        assert!(err.contains(needle), "{name}: {err}");
+        assert!(err.contains("configuration invalid"), "{name}: {err}");
+    }
+    // A missing file.
+    let out = run(&["--config", "/nonexistent/vui.toml", "--check-config"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/vui.toml"));
+    // A bad flag on top of a good file is reported as the flag's.
+    let p = temp_file("ok.toml", "probe-size = 512\n");
+    let (code, _, err) = check(&p, &["--max-mappings", "0"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("--max-mappings"), "{err}");
+}
+
+#[test]
+fn running_without_any_socket_is_an_error() {
+    let p = temp_file("nosock.toml", "probe-size = 512\n");
+    let out = run(&["--config", p.to_str().expect("utf-8 path")]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no vhost-user socket"), "{err}");
+}
+
+#[test]
+fn the_committed_man_page_is_up_to_date() {
+    let out = run(&["man"]);
+    assert!(out.status.success());
+    let page = String::from_utf8(out.stdout).expect("utf-8 man page");
+    assert!(page.contains(".TH vhost-user-iommu"));
+    for opt in [
+        "config",
+        "check\\-config",
+        "socket",
+        "user",
+        "no\\-seccomp",
+        "max\\-mappings",
+    ] {
+        assert!(
+            page.contains(&format!("\\-\\-{opt}")),
+            "man page lacks --{opt}"
+        );
+    }
+    let committed_path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../docs/man/vhost-user-iommu.1"
+    );
+    let committed = std::fs::read_to_string(committed_path).unwrap_or_default();
+    assert!(
+        committed == page,
+        "docs/man/vhost-user-iommu.1 is stale: regenerate it with \
+         `cargo run -p vhost-user-iommu -- man > docs/man/vhost-user-iommu.1`"
+    );
+}

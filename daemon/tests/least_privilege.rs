@@ -1,0 +1,176 @@
+//! Least privilege in the running daemon: every thread runs under a seccomp filter while the
+//! vhost-user worker, the control socket and the signal thread do their normal work; `--user`
+//! switches the process to another user after the sockets are open (root only).
+
+use std::time::Duration;
+
+use serde_json::json;
+use vhost_user_iommu_tests::proto::{MAP_F_READ, MAP_F_WRITE};
+use vhost_user_iommu_tests::Daemon;
+
+/// (thread name, `Seccomp:` mode, `Seccomp_filters:` count) of every thread of `pid`.
+fn thread_seccomp(pid: i32) -> Vec<(String, u32, u32)> {
+    let mut out = Vec::new();
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("read /proc/PID/task");
+    for t in tasks {
+        let t = t.expect("task entry").path();
+        let Ok(status) = std::fs::read_to_string(t.join("status")) else {
+            continue; // the thread ended meanwhile
+        };
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(|v| v.trim().to_string())
+                .unwrap_or_default()
+        };
+        out.push((
+            field("Name:"),
+            field("Seccomp:").parse().unwrap_or(u32::MAX),
+            field("Seccomp_filters:").parse().unwrap_or(0),
+        ));
+    }
+    out
+}
+
+fn status_field(pid: i32, name: &str) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(name))
+        .map(|v| v.split_whitespace().collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+/// The normal path through every thread: a frontend doing requests (vhost-user handler and
+/// worker threads), control-socket queries including a translation fault delivered on the
+/// eventq, a reconnect, then SIGTERM (signal thread removes the sockets, exit 0).
+fn exercise(d: &mut Daemon) {
+    let mut dev = d.connect();
+    assert_eq!(dev.attach(1, 0), 0);
+    assert_eq!(
+        dev.map(1, 0x10_0000, 0x10_ffff, 0x20_0000, MAP_F_READ | MAP_F_WRITE),
+        0
+    );
+    dev.post_event_buffers(4, 24);
+    let mut c = d.ctl();
+    assert_eq!(c.status()["mappings"], 1);
+    let t = c.translate(0, 0x10_0010, "r");
+    assert_eq!(t["outcome"], "translated");
+    assert_eq!(t["phys"], 0x20_0010);
+    let t = c.translate(0, 0x50_0000, "w");
+    assert_eq!(t["outcome"], "fault");
+    assert!(
+        dev.wait_fault(Duration::from_secs(5)).is_some(),
+        "fault record on the eventq"
+    );
+    assert_eq!(dev.unmap(1, 0x10_0000, 0x10_ffff), 0);
+    let m = c
+        .request(json!({"cmd": "mappings", "domain": 1}))
+        .expect("mappings");
+    assert_eq!(m["mappings"].as_array().map(Vec::len), Some(0));
+    drop(dev);
+    // A second frontend after the first left.
+    let mut dev = d.connect();
+    assert_eq!(dev.attach(2, 1), 0);
+    d.assert_alive();
+}
+
+#[test]
+fn every_thread_is_filtered_and_the_normal_path_works() {
+    let mut d = Daemon::start(&[]);
+    exercise(&mut d);
+    let threads = thread_seccomp(d.pid());
+    assert!(threads.len() >= 4, "expected several threads: {threads:?}");
+    for (name, mode, filters) in &threads {
+        // Mode 2 = filter. Every thread has its role's filter; worker threads also carry the
+        // main thread's, which they inherit.
+        assert_eq!(
+            *mode, 2,
+            "thread {name} runs without a seccomp filter: {threads:?}"
+        );
+        assert!(*filters >= 1, "thread {name}: {threads:?}");
+    }
+    for role in ["signals", "control"] {
+        assert!(
+            threads.iter().any(|(n, _, _)| n == role),
+            "no {role} thread: {threads:?}"
+        );
+    }
+    assert_eq!(status_field(d.pid(), "NoNewPrivs:"), "1");
+
+    d.signal(libc::SIGTERM);
+    let st = d
+        .wait_exit(Duration::from_secs(10))
+        .expect("exit on SIGTERM");
+    assert!(st.success(), "exit status {st}: {}", d.stderr());
+    assert!(
+        !d.socket.exists() && !d.control.exists(),
+        "sockets not removed"
+    );
+    assert!(d.stderr().contains("seccomp filters installed"));
+}
+
+#[test]
+fn no_seccomp_leaves_threads_unfiltered() {
+    let mut d = Daemon::start(&["--no-seccomp"]);
+    let _dev = d.connect();
+    let threads = thread_seccomp(d.pid());
+    assert!(threads.iter().all(|(_, mode, _)| *mode == 0), "{threads:?}");
+    d.assert_alive();
+}
+
+#[test]
+fn user_switch_when_root() {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: the privilege drop needs root (CI runs as root)");
+        return;
+    }
+    let mut d = Daemon::start(&["--user", "nobody"]);
+    let pid = d.pid();
+    // Real, effective, saved and filesystem ids all switched; no supplementary groups.
+    let nobody = "65534 65534 65534 65534";
+    assert_eq!(status_field(pid, "Uid:"), nobody);
+    assert_eq!(status_field(pid, "Gid:"), nobody);
+    assert_eq!(status_field(pid, "Groups:"), "65534");
+    assert_eq!(status_field(pid, "CapEff:"), "0000000000000000");
+    exercise(&mut d);
+    // Every thread switched, not just the main one.
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).expect("tasks") {
+        let status =
+            std::fs::read_to_string(t.expect("task").path().join("status")).unwrap_or_default();
+        let uid = status.lines().find(|l| l.starts_with("Uid:")).unwrap_or("");
+        assert!(
+            uid.ends_with("65534\t65534\t65534\t65534") || uid.is_empty(),
+            "{uid}"
+        );
+    }
+    d.signal(libc::SIGTERM);
+    let st = d
+        .wait_exit(Duration::from_secs(10))
+        .expect("exit on SIGTERM");
+    assert!(st.success(), "exit status {st}: {}", d.stderr());
+}
+
+#[test]
+fn unknown_user_is_refused_before_serving() {
+    let (st, err) = vhost_user_iommu_tests::daemon::run_to_exit(
+        &[
+            "--socket",
+            "/tmp/vui-nouser.sock",
+            "--user",
+            "no-such-user-vui",
+        ],
+        Duration::from_secs(10),
+    );
+    assert_eq!(st.and_then(|s| s.code()), Some(1), "{err}");
+    assert!(
+        err.contains("no-such-user-vui") && err.contains("no such user"),
+        "{err}"
+    );
+    assert!(
+        !std::path::Path::new("/tmp/vui-nouser.sock").exists(),
+        "socket left behind"
+    );
+}

@@ -1,0 +1,202 @@
+//! The systemd units and the daemon's systemd integration: `systemd-analyze verify`, socket
+//! activation through `systemd-socket-activate`, readiness and watchdog notifications.
+
+use std::io::ErrorKind;
+use std::os::unix::fs::FileTypeExt;
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use vhost_user_iommu_tests::daemon::TempDir;
+use vhost_user_iommu_tests::{Control, Device, Options};
+
+const BIN: &str = env!("CARGO_BIN_EXE_vhost-user-iommu");
+const UNITS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../systemd");
+
+fn tool(name: &str) -> PathBuf {
+    for dir in ["/usr/bin", "/bin", "/usr/sbin"] {
+        let p = Path::new(dir).join(name);
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!("{name} is not installed (apt-get install systemd)");
+}
+
+#[test]
+fn units_pass_systemd_analyze_verify() {
+    let dir = TempDir::new();
+    for unit in ["vhost-user-iommu@.service", "vhost-user-iommu@.socket"] {
+        let text = std::fs::read_to_string(Path::new(UNITS).join(unit)).expect("read unit");
+        // verify checks that ExecStart= exists: point it at the binary under test.
+        let text = text.replace("/usr/bin/vhost-user-iommu", BIN);
+        std::fs::write(dir.path().join(unit), text).expect("write unit");
+    }
+    let out = Command::new(tool("systemd-analyze"))
+        .arg("verify")
+        .arg("--man=no")
+        .arg(dir.path().join("vhost-user-iommu@vm1.service"))
+        .arg(dir.path().join("vhost-user-iommu@vm1.socket"))
+        .output()
+        .expect("run systemd-analyze");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "verify failed:\n{stderr}");
+    // Unknown keys and bad values are warnings, not failures: accept none.
+    assert!(stderr.trim().is_empty(), "verify warned:\n{stderr}");
+
+    // The check is not blind: a misspelt key is reported.
+    let bad = std::fs::read_to_string(dir.path().join("vhost-user-iommu@.service"))
+        .expect("read")
+        .replace(
+            "ProtectSystem=strict",
+            "ProtectSystem=strict\nProtectSystm=yes",
+        );
+    std::fs::write(dir.path().join("vhost-user-iommu@.service"), bad).expect("write");
+    let out = Command::new(tool("systemd-analyze"))
+        .args(["verify", "--man=no"])
+        .arg(dir.path().join("vhost-user-iommu@vm1.service"))
+        .output()
+        .expect("run systemd-analyze");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ProtectSystm"));
+}
+
+fn is_socket(p: &Path) -> bool {
+    std::fs::metadata(p).is_ok_and(|m| m.file_type().is_socket())
+}
+
+fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Notification datagrams received within `timeout`, until `stop` says enough.
+fn notifications(
+    sock: &UnixDatagram,
+    timeout: Duration,
+    mut stop: impl FnMut(&[String]) -> bool,
+) -> Vec<String> {
+    let deadline = Instant::now() + timeout;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !stop(&got) && Instant::now() < deadline {
+        match sock.recv(&mut buf) {
+            Ok(n) => got.push(String::from_utf8_lossy(&buf[..n]).into_owned()),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(e) => panic!("notify socket: {e}"),
+        }
+    }
+    got
+}
+
+struct Activated {
+    child: Child,
+    stderr: PathBuf,
+}
+
+impl Drop for Activated {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!(
+                "---- daemon stderr ----\n{}",
+                std::fs::read_to_string(&self.stderr).unwrap_or_default()
+            );
+        }
+    }
+}
+
+#[test]
+fn socket_activation_readiness_and_watchdog() {
+    let dir = TempDir::new();
+    let sock = dir.path().join("vm1.sock");
+    let ctl = dir.path().join("vm1.sock.ctl");
+    let notify_path = dir.path().join("notify");
+    let notify = UnixDatagram::bind(&notify_path).expect("bind notify socket");
+    notify
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .expect("timeout");
+    // The config names no socket: the listener must come from LISTEN_FDS, and the control
+    // socket defaults to the inherited socket's path + ".ctl".
+    let config = dir.path().join("vm1.toml");
+    std::fs::write(&config, "endpoints = \"0-15\"\nmax-mappings = 100\n").expect("config");
+    let stderr = dir.path().join("stderr.log");
+    // `exec` keeps the shell's pid through systemd-socket-activate into the daemon, so
+    // WATCHDOG_PID can name it.
+    let script = format!(
+        "exec {} -l {} -E NOTIFY_SOCKET={} -E WATCHDOG_USEC=200000 -E WATCHDOG_PID=$$ \
+         -E RUST_LOG=info {BIN} --config {}",
+        tool("systemd-socket-activate").display(),
+        sock.display(),
+        notify_path.display(),
+        config.display()
+    );
+    let child = Command::new("sh")
+        .args(["-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&stderr).expect("stderr file"))
+        .spawn()
+        .expect("start systemd-socket-activate");
+    let mut act = Activated { child, stderr };
+    wait_for("the activation socket", Duration::from_secs(10), || {
+        is_socket(&sock)
+    });
+
+    // The first connection makes systemd-socket-activate exec the daemon with the listener.
+    let mut dev =
+        Device::connect(&sock, &Options::default()).expect("frontend through the passed fd");
+    assert_eq!(dev.attach(1, 3), 0, "ATTACH through the activated daemon");
+    assert_eq!(
+        dev.attach(1, 99),
+        6,
+        "endpoints from the config file apply (NOENT)"
+    );
+
+    let got = notifications(&notify, Duration::from_secs(10), |g| {
+        g.iter().any(|m| m.lines().any(|l| l == "READY=1"))
+    });
+    assert!(
+        got.iter().any(|m| m.lines().any(|l| l == "READY=1")),
+        "no READY=1: {got:?}"
+    );
+    // Watchdog pings every WATCHDOG_USEC/2 = 100 ms.
+    let got = notifications(&notify, Duration::from_secs(5), |g| {
+        g.iter().filter(|m| m.contains("WATCHDOG=1")).count() >= 3
+    });
+    assert!(
+        got.iter().filter(|m| m.contains("WATCHDOG=1")).count() >= 3,
+        "watchdog pings missing: {got:?}"
+    );
+
+    let mut c = Control::connect(&ctl).expect("control socket at SOCKET.ctl");
+    let st = c.status();
+    assert_eq!(st["connected"], true);
+    assert_eq!(st["domains"], 1);
+    drop(dev);
+
+    // SIGTERM: exit 0, remove our control socket, leave the inherited one to its owner.
+    let pid = i32::try_from(act.child.id()).expect("pid");
+    // SAFETY: kill(2) on our own, not yet reaped child.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(st) = act.child.try_wait().expect("try_wait") {
+            break st;
+        }
+        assert!(Instant::now() < deadline, "daemon did not exit on SIGTERM");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(status.success(), "exit status {status}");
+    assert!(!ctl.exists(), "control socket left behind");
+    assert!(
+        is_socket(&sock),
+        "the inherited socket is systemd's to remove"
+    );
+    let log = std::fs::read_to_string(&act.stderr).unwrap_or_default();
+    assert!(log.contains("passed by the service manager"), "{log}");
+}
