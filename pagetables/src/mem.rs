@@ -135,14 +135,14 @@ impl GuestMemoryRead for TestMemory {
     }
 }
 
-/// Adapter from any `vm_memory::GuestMemory` (e.g. the daemon's `GuestMemoryMmap` behind a
-/// `GuestMemoryAtomic` load guard).
+/// Adapter from any `vm_memory::GuestMemoryBackend` (guest physical memory, e.g. the daemon's
+/// `GuestMemoryMmap` behind a `GuestMemoryAtomic` load guard).
 #[cfg(feature = "vm-memory")]
 #[derive(Debug)]
-pub struct VmMemory<'a, M>(pub &'a M);
+pub struct VmMemory<'a, M: ?Sized>(pub &'a M);
 
 #[cfg(feature = "vm-memory")]
-impl<M: vm_memory::GuestMemory> GuestMemoryRead for VmMemory<'_, M> {
+impl<M: vm_memory::GuestMemoryBackend + ?Sized> GuestMemoryRead for VmMemory<'_, M> {
     fn read_u64(&self, gpa: u64) -> Result<u64, MemoryError> {
         use vm_memory::{Bytes, GuestAddress};
         if !gpa.is_multiple_of(8) {
@@ -159,20 +159,18 @@ impl<M: vm_memory::GuestMemory> GuestMemoryRead for VmMemory<'_, M> {
     fn check_range(&self, gpa: u64, len: u64) -> Result<(), MemoryError> {
         use vm_memory::GuestAddress;
         let err = MemoryError::OutOfRange { gpa, len };
-        if len == 0 {
-            return if self.0.address_in_range(GuestAddress(gpa)) {
-                Ok(())
-            } else {
-                Err(err)
-            };
-        }
-        let Some(len_usize) = usize::try_from(len).ok() else {
+        let Ok(len_usize) = usize::try_from(len) else {
             return Err(err);
         };
         if gpa.checked_add(len).is_none() {
             return Err(err);
         }
-        if self.0.check_range(GuestAddress(gpa), len_usize) {
+        let ok = if len == 0 {
+            vm_memory::GuestMemoryBackend::address_in_range(self.0, GuestAddress(gpa))
+        } else {
+            vm_memory::GuestMemoryBackend::check_range(self.0, GuestAddress(gpa), len_usize)
+        };
+        if ok {
             Ok(())
         } else {
             Err(err)
@@ -218,6 +216,39 @@ mod tests {
         assert!(m.write_u64(0x2ff8, 1).is_err());
         assert!(m.check_range(0x1000, 0x1000).is_ok());
         // Spans the hole between the two ranges.
+        assert!(m.check_range(0x1800, 0x2000).is_err());
+        assert!(m.check_range(u64::MAX, 2).is_err());
+    }
+}
+
+#[cfg(all(test, feature = "vm-memory"))]
+mod vm_memory_tests {
+    use super::*;
+    use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+    #[test]
+    fn adapter_reads_and_bounds() {
+        let gm = GuestMemoryMmap::<()>::from_ranges(&[
+            (GuestAddress(0x1000), 0x1000),
+            (GuestAddress(0x3000), 0x1000),
+        ])
+        .unwrap();
+        gm.write_obj(0x1122_3344_5566_7788u64.to_le(), GuestAddress(0x1ff8))
+            .unwrap();
+        let m = VmMemory(&gm);
+        assert_eq!(m.read_u64(0x1ff8), Ok(0x1122_3344_5566_7788));
+        assert_eq!(
+            m.read_u64(0x1ffc),
+            Err(MemoryError::Unaligned { gpa: 0x1ffc })
+        );
+        assert_eq!(
+            m.read_u64(0x2000),
+            Err(MemoryError::OutOfRange {
+                gpa: 0x2000,
+                len: 8
+            })
+        );
+        assert!(m.check_range(0x3000, 0x1000).is_ok());
         assert!(m.check_range(0x1800, 0x2000).is_err());
         assert!(m.check_range(u64::MAX, 2).is_err());
     }
