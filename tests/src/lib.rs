@@ -5,6 +5,28 @@
 //! vhost-user frontend session built on `vhost::vhost_user::Frontend`, encoders and decoders
 //! for every virtio-iommu request and the fault record, a control-socket client, and a
 //! spawner that runs the real daemon binary.
+//!
+//! ```no_run
+//! use vhost_user_iommu_tests::{proto::status, Daemon, Request};
+//! let daemon = Daemon::start(&["--endpoints", "0-15"]); // real binary, temp sockets
+//! let mut dev = daemon.connect(); // negotiate, memfd memory, requestq + eventq
+//! dev.run(&Request::attach(1, 3, 0)).expect(status::OK, "ATTACH");
+//! assert_eq!(daemon.ctl().endpoint_domain(3), Some(1)); // control socket
+//! ```
+//!
+//! Modules:
+//! - [`mem`]: memfd-backed guest memory (one or more regions, hot-plug), volatile accessors.
+//! - [`virtq`]: the driver side of a split virtqueue, including raw (hostile) descriptors and
+//!   EVENT_IDX kick suppression.
+//! - [`device`]: the vhost-user frontend session (`vhost::vhost_user::Frontend`) and request
+//!   helpers; every completion is checked for writes into readable parts or past the end.
+//! - [`proto`]: virtio-iommu requests, config space, PROBE properties and fault records.
+//! - [`control`]: the control-socket client (docs/CONTROL.md).
+//! - [`daemon`]: finds, starts, signals, kills and reaps the daemon binary
+//!   (`$VHOST_USER_IOMMU_BIN`, else `<target>/<profile>/vhost-user-iommu`, built on demand).
+//!
+//! Integration tests live in `tests/tests/`: `negotiation`, `requests`, `batch`, `faults`,
+//! `hostile`, `reconnect` and `process`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
