@@ -42,10 +42,10 @@ check() {
 # Processes we started are killed on exit: TERM, then KILL after a grace period.
 track_pid() { VUI_PIDS+=("$1"); }
 stop_pid() {
-    local pid=$1 i
+    local pid=$1
     kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null; return 0; }
     kill -TERM "$pid" 2>/dev/null
-    for i in 1 2 3 4 5 6 7 8 9 10; do
+    for _ in 1 2 3 4 5 6 7 8 9 10; do
         kill -0 "$pid" 2>/dev/null || break
         sleep 0.3
     done
@@ -128,20 +128,25 @@ vm_initramfs() {
 # Sets QEMU_PID. QEMU runs inside the chroot when setup-qemu.sh made one.
 qemu_start() {
     local logf=$1; shift
-    local base=(-machine q35,accel=tcg -cpu max -m 512 -smp 1 -nographic -no-reboot -net none)
-    # A -machine given by the caller (e.g. with memory-backend=) replaces ours.
-    local a; for a in "$@"; do
-        if [ "$a" = -machine ]; then base=(-cpu max -m 512 -smp 1 -nographic -no-reboot -net none); fi
+    # A -machine or -m given by the caller (the glue's memory-backend= and size) replaces ours.
+    local machine=(-machine q35,accel=tcg) mem=(-m 512) a
+    for a in "$@"; do
+        case "$a" in
+            -machine) machine=(-accel tcg) ;;
+            -m) mem=() ;;
+        esac
     done
+    local qbase=("${machine[@]}" -cpu max "${mem[@]}" -smp 1 -nographic -no-reboot -net none)
+    echo "qemu-system-x86_64 ${qbase[*]} $*" >"$logf.cmdline"
     if [ -n "$QEMU_ROOT" ]; then
         # A private mount namespace: /dev and /proc in the chroot vanish with QEMU.
         unshare --mount --propagation private -- sh -c '
             r=$1; shift
             mount --rbind /dev "$r/dev" && mount -t proc proc "$r/proc" || exit 125
-            exec chroot "$r" qemu-system-x86_64 "$@"' vui-qemu "$QEMU_ROOT" "${base[@]}" "$@" \
+            exec chroot "$r" qemu-system-x86_64 "$@"' vui-qemu "$QEMU_ROOT" "${qbase[@]}" "$@" \
             </dev/null >"$logf" 2>&1 &
     else
-        qemu-system-x86_64 "${base[@]}" "$@" </dev/null >"$logf" 2>&1 &
+        qemu-system-x86_64 "${qbase[@]}" "$@" </dev/null >"$logf" 2>&1 &
     fi
     QEMU_PID=$!
     track_pid "$QEMU_PID"

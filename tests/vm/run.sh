@@ -46,14 +46,14 @@ dcheck() {
 # daemon_start NAME ARGS...: run the daemon on the host with its sockets in $RUN (visible to
 # QEMU); waits (bounded) for the socket. Sets DSOCK, DCTL, DAEMON_PID.
 daemon_start() {
-    local name=$1 i; shift
+    local name=$1; shift
     DSOCK=$RUN/$name.sock DCTL=$RUN/$name.ctl
     rm -f "$DSOCK" "$DCTL"
     RUST_LOG=${RUST_LOG:-info} "$DAEMON" --socket "$DSOCK" --control-socket "$DCTL" "$@" \
         >"$RUN/$name.daemon.log" 2>&1 &
     DAEMON_PID=$!
     track_pid "$DAEMON_PID"
-    for i in $(seq 100); do
+    for _ in $(seq 100); do
         [ -S "$DSOCK" ] && [ -S "$DCTL" ] && return 0
         kill -0 "$DAEMON_PID" 2>/dev/null || break
         sleep 0.1
