@@ -258,6 +258,18 @@ def cmd_counter(sock, kind, status, expected):
     return ok, f"{kind} counters {json.dumps(c)} (want {status}={expected})"
 
 
+def cmd_same_as_socket(sock, what, cli_output):
+    """The daemon's `ctl WHAT` printed the same JSON the socket answers."""
+    with open(cli_output) as f:
+        text = f.read()
+    try:
+        printed = json.loads(text)
+    except ValueError:
+        return False, f"ctl {what} did not print JSON: {text[:200]!r}"
+    direct = ask(sock, {"cmd": what})
+    return printed == direct, f"ctl {what}: {json.dumps(printed)[:200]}"
+
+
 def main():
     if len(sys.argv) < 3:
         print(__doc__)
@@ -265,7 +277,7 @@ def main():
     cmd, args = sys.argv[1], sys.argv[2:]
     fn = {"endpoints": cmd_endpoints, "config": cmd_config, "save-domain": cmd_save_domain,
           "mappings": cmd_mappings,
-          "save-counters": cmd_save_counters, "counter": cmd_counter, "connection": cmd_connection,
+          "save-counters": cmd_save_counters, "same-as-socket": cmd_same_as_socket, "counter": cmd_counter, "connection": cmd_connection,
           "wait-disconnect": cmd_wait_disconnect, "translate": cmd_translate,
           "fault-logged": cmd_fault_logged, "bypass-domains": cmd_bypass_domains,
           "status-bypass": cmd_status_bypass, "unknown-endpoint": cmd_unknown_endpoint, "counters-delta": cmd_counters_delta}.get(cmd)

@@ -62,6 +62,16 @@ daemon_start() {
     return 1
 }
 
+# daemon_snapshot NAME: save the daemon's final state (through its own `ctl` CLI) in the run dir.
+daemon_snapshot() {
+    [ -n "${DCTL:-}" ] && [ -S "$DCTL" ] || return 0
+    local c
+    for c in status endpoints domains counters faults; do
+        echo "== $c"
+        timeout 10 "$DAEMON" ctl --control-socket "$DCTL" "$c" 2>&1
+    done >"$RUN/$1.daemon-state.txt"
+}
+
 # viot_args NAME RANGE...: write $RUN/NAME.viot and set QARGS to the glue's QEMU arguments.
 viot_args() {
     local name=$1; shift
@@ -86,6 +96,8 @@ t_daemon() {
         dcheck daemon/host/config config "$DCTL" "$MASK" "${INPUT%-*}" "${INPUT#*-}"
         dcheck daemon/host/bypass-bit-clear status-bypass "$DCTL" 0
         dcheck daemon/host/endpoints endpoints "$DCTL" "$GLUE" "$RUN/daemon.viot" "$share/groups.txt"
+        timeout 10 "$DAEMON" ctl --control-socket "$DCTL" endpoints >"$RUN/daemon.ctl-endpoints.json" 2>&1
+        dcheck daemon/host/ctl-cli same-as-socket "$DCTL" endpoints "$RUN/daemon.ctl-endpoints.json"
         # Faults on purpose: edu's DMA domain has nothing at 0xdead000; an endpoint the guest
         # never attached has no domain and, with the bypass bit clear, must not reach memory.
         bdf=$(head -c 64 "$share/edu-bdf" | tr -d '\n')
@@ -319,7 +331,9 @@ for b in "$DAEMON" "$GLUE"; do
 done
 for t in ${VUI_VM_TESTS:-$ALL_TESTS}; do
     declare -F "t_$t" >/dev/null || die "unknown test '$t' (known: $ALL_TESTS)"
+    DCTL=""
     "t_$t"
+    daemon_snapshot "$t"
     vm_cleanup
 done
 echo "$PASSED passed, $FAILED failed"
