@@ -70,7 +70,10 @@ fn device() -> Device {
     });
     d.set_acked_features(d.features());
     let mut none = [];
-    assert_eq!(d.handle_request(&attach_req(1, 0), &mut none), Reply::Status(Status::Ok));
+    assert_eq!(
+        d.handle_request(&attach_req(1, 0), &mut none),
+        Reply::Status(Status::Ok)
+    );
     d
 }
 

@@ -296,7 +296,7 @@ fn execute(req: Request, shared: &Shared, conn: &ConnectionInfo) -> Result<Value
                 }),
                 Translation::Bypass { phys } => json!({"outcome": "bypass", "phys": phys}),
                 Translation::Fault { reason } => {
-                    shared.kick_faults();
+                    shared.wake();
                     json!({"outcome": "fault", "reason": reason})
                 }
             })

@@ -267,12 +267,14 @@ impl Device {
         }
     }
 
-    /// Do unattached endpoints bypass the IOMMU right now?
+    /// Do unattached endpoints bypass the IOMMU right now? With BYPASS_CONFIG offered, the
+    /// config byte decides, whether or not the driver accepted the feature (firmware runs before
+    /// any driver); with legacy BYPASS, the feature must be negotiated.
     fn unattached_bypass(&self) -> bool {
-        match self.acked {
-            // Before the driver negotiates (firmware, early boot), the boot setting applies.
-            None => self.bypass == 1,
-            Some(_) => (self.acked(F_BYPASS_CONFIG) && self.bypass == 1) || self.acked(F_BYPASS),
+        if self.features() & (1 << F_BYPASS_CONFIG) != 0 {
+            self.bypass == 1
+        } else {
+            self.acked(F_BYPASS)
         }
     }
 
@@ -312,8 +314,12 @@ impl Device {
                 return Reply::Ignore;
             }
         };
-        // A known request whose body is truncated is malformed.
-        let status = status.unwrap_or(Status::Inval);
+        // A request too small for its type cannot be parsed: the specification has the device
+        // return it without writing.
+        let Some(status) = status else {
+            self.stats.ignored += 1;
+            return Reply::Ignore;
+        };
         self.stats.count(type_, status);
         Reply::Status(status)
     }
@@ -385,18 +391,13 @@ impl Device {
     }
 
     fn detach(&mut self, b: &DetachBody) -> Status {
+        // The specification says the device MUST ignore DETACH's reserved bytes.
         let (domain, endpoint) = (b.domain.get(), b.endpoint.get());
-        if b.reserved != [0; 8] {
-            return Status::Inval;
-        }
         if !self.cfg.endpoints.contains(endpoint) {
             return Status::NoEnt;
         }
-        if !self.domains.contains_key(&domain) {
-            return Status::NoEnt;
-        }
         if self.endpoints.get(&endpoint) != Some(&Some(domain)) {
-            // The endpoint exists but is not attached to this domain.
+            // No such domain, or the endpoint is not attached to it (MAY INVAL).
             return Status::Inval;
         }
         self.remove_from_domain(domain, endpoint);
@@ -492,10 +493,8 @@ impl Device {
     }
 
     fn probe(&mut self, b: &ProbeBody, props: &mut [u8]) -> Status {
+        // The specification says the device MUST ignore PROBE's reserved bytes.
         let endpoint = b.endpoint.get();
-        if b.reserved.iter().any(|&x| x != 0) {
-            return Status::Inval;
-        }
         if !self.cfg.endpoints.contains(endpoint) {
             return Status::NoEnt;
         }

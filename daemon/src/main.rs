@@ -270,11 +270,20 @@ fn run_daemon(a: &RunArgs) -> Result<(), String> {
         device: s.device,
         user: s.user,
         seccomp: s.seccomp,
+        poll: None,
     })
     .map_err(|e| e.to_string())
 }
 
 fn main() -> ExitCode {
+    // One malloc arena for every thread. glibc reads /proc/sys/vm/overcommit_memory the first
+    // time a per-thread arena shrinks, an openat the seccomp filters rightly refuse (it killed
+    // the vring worker after a large UNMAP). The daemon has a handful of threads, so sharing the
+    // main arena costs nothing measurable.
+    // SAFETY: mallopt only changes allocator tuning; called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::Man) => man_page().and_then(|page| {

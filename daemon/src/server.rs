@@ -20,7 +20,7 @@ use crate::control::{self, ConnectionInfo, ControlError};
 use crate::device::Device;
 use crate::privilege::{self, PrivilegeError};
 use crate::sandbox::{self, Role, SandboxError};
-use crate::vhost::{IommuBackend, Shared, VhostError, FAULT_EVENT_ID};
+use crate::vhost::{IommuBackend, Shared, VhostError, WAKE_EVENT_ID};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -60,6 +60,8 @@ pub struct ServerConfig {
     pub user: Option<String>,
     /// Install the per-thread seccomp filters.
     pub seccomp: bool,
+    /// Request-queue polling window (None: sleep on the kick eventfd).
+    pub poll: Option<std::time::Duration>,
 }
 
 /// Bind a unix socket at `path`. A stale socket left by a dead process is replaced; a live one
@@ -228,7 +230,7 @@ pub fn run(cfg: ServerConfig) -> Result<(), ServerError> {
 
     loop {
         shared.device().reset(false);
-        let backend = Arc::new(RwLock::new(IommuBackend::new(shared.clone())));
+        let backend = Arc::new(RwLock::new(IommuBackend::new(shared.clone(), cfg.poll)));
         let mut daemon = VhostUserDaemon::new(
             "vhost-user-iommu".to_string(),
             backend,
@@ -236,10 +238,8 @@ pub fn run(cfg: ServerConfig) -> Result<(), ServerError> {
         )
         .map_err(|e| ServerError::Daemon(e.to_string()))?;
         for h in daemon.get_epoll_handlers() {
-            h.register_listener(shared.fault_fd(), EventSet::IN, u64::from(FAULT_EVENT_ID))
-                .map_err(|e| {
-                    ServerError::Daemon(format!("cannot watch the fault notifier: {e}"))
-                })?;
+            h.register_listener(shared.wake_fd(), EventSet::IN, u64::from(WAKE_EVENT_ID))
+                .map_err(|e| ServerError::Daemon(format!("cannot watch the wake notifier: {e}")))?;
         }
 
         if let Err(e) = daemon.start(&mut listener) {

@@ -5,15 +5,19 @@
 //! this module bounds how much it reads and writes, and returns a buffer unwritten (used length
 //! 0) when it cannot hold a request head and a status tail.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use log::{debug, warn};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost_user_backend::{VhostUserBackendMut, VringRwLock, VringT};
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use virtio_queue::{DescriptorChain, QueueT};
-use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryLoadGuard, GuestMemoryMmap};
+use vm_memory::{
+    Address, Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend,
+    GuestMemoryMmap,
+};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
@@ -23,14 +27,16 @@ use zerocopy::IntoBytes;
 use crate::device::{Device, Reply};
 use crate::protocol::*;
 
-/// Epoll id of the "fault records are waiting" notifier (ids 0..=NUM_QUEUES are taken by the
-/// queues and the exit event).
-pub const FAULT_EVENT_ID: u16 = NUM_QUEUES as u16 + 1;
+/// Epoll id of the wake notifier: fault records are waiting, or a polling burst yielded (ids
+/// 0..=NUM_QUEUES are taken by the queues and the exit event).
+pub const WAKE_EVENT_ID: u16 = NUM_QUEUES as u16 + 1;
 /// Largest device-readable part read from a request: the longest request head + body (PROBE).
 const MAX_READ: usize = HEAD_SIZE + std::mem::size_of::<ProbeBody>();
 /// Largest device-writable area accepted (PROBE properties up to the maximum probe size, plus
 /// the tail). A larger area is refused rather than zero-filled.
 const MAX_WRITABLE: usize = crate::config::MAX_PROBE_SIZE as usize + TAIL_SIZE;
+/// Longest a polling burst keeps the worker thread before yielding to its other events.
+const MAX_POLL_BURST: Duration = Duration::from_millis(2);
 /// Queue size offered to the frontend.
 pub const MAX_QUEUE_SIZE: usize = 1024;
 
@@ -62,20 +68,21 @@ impl From<VhostError> for io::Error {
 #[derive(Debug)]
 pub struct Shared {
     device: Mutex<Device>,
-    /// Written when a fault record is queued from outside the worker thread.
-    fault_notifier: EventNotifier,
-    fault_consumer: EventConsumer,
+    /// Wakes the worker: fault records queued from another thread, or a polling burst that
+    /// yielded with requests possibly pending.
+    wake_notifier: EventNotifier,
+    wake_consumer: EventConsumer,
 }
 
 impl Shared {
     pub fn new(device: Device) -> Result<Self, VhostError> {
-        let (fault_consumer, fault_notifier) =
+        let (wake_consumer, wake_notifier) =
             new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC)
                 .map_err(VhostError::Event)?;
         Ok(Shared {
             device: Mutex::new(device),
-            fault_notifier,
-            fault_consumer,
+            wake_notifier,
+            wake_consumer,
         })
     }
 
@@ -85,16 +92,16 @@ impl Shared {
         self.device.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Ask the worker to deliver queued fault records.
-    pub fn kick_faults(&self) {
-        if let Err(e) = self.fault_notifier.notify() {
+    /// Wake the worker: it delivers queued fault records and looks at the request queue.
+    pub fn wake(&self) {
+        if let Err(e) = self.wake_notifier.notify() {
             warn!("cannot wake the event queue worker: {e}");
         }
     }
 
-    pub fn fault_fd(&self) -> std::os::fd::RawFd {
+    pub fn wake_fd(&self) -> std::os::fd::RawFd {
         use std::os::fd::AsRawFd;
-        self.fault_consumer.as_raw_fd()
+        self.wake_consumer.as_raw_fd()
     }
 }
 
@@ -104,54 +111,94 @@ pub struct IommuBackend {
     shared: Arc<Shared>,
     mem: Mem,
     event_idx: bool,
+    /// Request-queue polling window, if enabled.
+    poll: Option<Duration>,
 }
 
 impl IommuBackend {
-    pub fn new(shared: Arc<Shared>) -> Self {
+    pub fn new(shared: Arc<Shared>, poll: Option<Duration>) -> Self {
         IommuBackend {
             shared,
             mem: GuestMemoryAtomic::new(GuestMemoryMmap::new()),
             event_idx: false,
+            poll: poll.filter(|d| !d.is_zero()),
         }
     }
 
+    /// Drain the request queue. With polling configured, keep looking for new requests (with
+    /// driver notifications suppressed, so the guest need not kick) until the queue has been
+    /// idle for the poll window, then re-enable notifications and go back to sleep on the kick
+    /// eventfd. A busy queue yields after `MAX_POLL_BURST` so the event queue is served too.
     fn process_requests(&self, vring: &VringRwLock) -> Result<(), VhostError> {
         let qerr = |err| VhostError::Queue {
             queue: REQUEST_QUEUE,
             err,
         };
-        let mem = self.mem.memory();
-        let mut dev = self.shared.device();
-        let mut any = false;
+        let guard = self.mem.memory();
+        let mem: &GuestMemoryMmap = &guard;
+        let suppress = self.event_idx || self.poll.is_some();
+        let started = Instant::now();
+        let mut last_work = started;
         loop {
-            if self.event_idx {
-                vring.disable_notification().map_err(qerr)?;
-            }
-            loop {
-                let chain = vring
-                    .get_mut()
+            let mut state = vring.get_mut();
+            if suppress {
+                state
                     .get_queue_mut()
-                    .pop_descriptor_chain(mem.clone());
-                let Some(chain) = chain else { break };
-                let head = chain.head_index();
-                let used = handle_chain(&mut dev, &mem, chain);
-                vring.add_used(head, used).map_err(qerr)?;
-                any = true;
+                    .disable_notification(mem)
+                    .map_err(qerr)?;
             }
-            if !self.event_idx || !vring.enable_notification().map_err(qerr)? {
-                break;
+            let mut n = 0usize;
+            {
+                let mut dev = self.shared.device();
+                while let Some(chain) = state.get_queue_mut().pop_descriptor_chain(mem) {
+                    let head = chain.head_index();
+                    let used = handle_chain(&mut dev, mem, chain);
+                    state
+                        .get_queue_mut()
+                        .add_used(mem, head, used)
+                        .map_err(qerr)?;
+                    n += 1;
+                }
+            }
+            if n > 0 {
+                last_work = Instant::now();
+                if state
+                    .get_queue_mut()
+                    .needs_notification(mem)
+                    .map_err(qerr)?
+                {
+                    state
+                        .signal_used_queue()
+                        .map_err(|err| VhostError::Signal {
+                            queue: REQUEST_QUEUE,
+                            err,
+                        })?;
+                }
+            }
+            if let Some(window) = self.poll {
+                let now = Instant::now();
+                if now.duration_since(started) >= MAX_POLL_BURST {
+                    // Yield to the other events of this thread; come back through the wake
+                    // notifier (re-enabling notifications here could lose a kick already
+                    // skipped by the driver).
+                    self.shared.wake();
+                    return Ok(());
+                }
+                if now.duration_since(last_work) < window {
+                    drop(state);
+                    std::hint::spin_loop();
+                    continue;
+                }
+            }
+            if !suppress
+                || !state
+                    .get_queue_mut()
+                    .enable_notification(mem)
+                    .map_err(qerr)?
+            {
+                return Ok(());
             }
         }
-        drop(dev);
-        if any && vring.needs_notification().map_err(qerr)? {
-            vring
-                .signal_used_queue()
-                .map_err(|err| VhostError::Signal {
-                    queue: REQUEST_QUEUE,
-                    err,
-                })?;
-        }
-        Ok(())
     }
 
     /// Move queued fault records into the driver's event buffers. With no buffer posted a
@@ -206,56 +253,164 @@ impl IommuBackend {
     }
 }
 
+/// Most device-writable descriptors accepted in one request chain (a driver needs one or two).
+const MAX_WRITABLE_SEGMENTS: usize = 16;
+
+/// The device-writable descriptors of a chain, without allocating.
+struct WritableArea {
+    segs: [(GuestAddress, usize); MAX_WRITABLE_SEGMENTS],
+    n: usize,
+    len: usize,
+}
+
+impl WritableArea {
+    fn new() -> Self {
+        WritableArea {
+            segs: [(GuestAddress(0), 0); MAX_WRITABLE_SEGMENTS],
+            n: 0,
+            len: 0,
+        }
+    }
+
+    fn push(&mut self, addr: GuestAddress, len: usize) -> bool {
+        let Some(slot) = self.segs.get_mut(self.n) else {
+            return false;
+        };
+        let Some(total) = self.len.checked_add(len) else {
+            return false;
+        };
+        *slot = (addr, len);
+        self.n += 1;
+        self.len = total;
+        true
+    }
+
+    /// Write `data` at byte `offset` of the area (the caller keeps it inside `len`).
+    fn write_at(&self, mem: &GuestMemoryMmap, mut offset: usize, mut data: &[u8]) -> bool {
+        for &(addr, len) in &self.segs[..self.n] {
+            if data.is_empty() {
+                break;
+            }
+            if offset >= len {
+                offset -= len;
+                continue;
+            }
+            let take = (len - offset).min(data.len());
+            // offset < len <= u32::MAX: the address stays inside the checked descriptor.
+            let Some(at) = addr.checked_add(offset as u64) else {
+                return false;
+            };
+            if mem.write_slice(&data[..take], at).is_err() {
+                return false;
+            }
+            data = &data[take..];
+            offset = 0;
+        }
+        data.is_empty()
+    }
+}
+
+/// Why a chain is returned unwritten. Only logged (at debug level) and counted.
+#[derive(Debug, thiserror::Error)]
+enum BadChain {
+    #[error("descriptor {0:#x}+{1:#x} is outside guest memory")]
+    OutsideMemory(u64, usize),
+    #[error("a device-readable descriptor follows a device-writable one")]
+    ReadableAfterWritable,
+    #[error("more than {MAX_WRITABLE_SEGMENTS} device-writable descriptors")]
+    TooManyWritable,
+    #[error("device-writable area of {0} bytes (needs 4 to {MAX_WRITABLE})")]
+    WritableSize(usize),
+    #[error("device-readable part of {0} bytes cannot hold a request head")]
+    ShortHead(usize),
+    #[error("guest memory read failed")]
+    Unreadable,
+}
+
 /// Parse, execute and answer one request chain. Returns the used length.
+///
+/// The walk copies at most `MAX_READ` readable bytes and remembers at most
+/// `MAX_WRITABLE_SEGMENTS` writable descriptors, all on the stack: nothing is allocated for a
+/// MAP or UNMAP. Every descriptor is checked against the guest memory map before use.
 fn handle_chain(
     dev: &mut Device,
-    mem: &GuestMemoryLoadGuard<GuestMemoryMmap>,
-    chain: DescriptorChain<GuestMemoryLoadGuard<GuestMemoryMmap>>,
+    mem: &GuestMemoryMmap,
+    chain: DescriptorChain<&GuestMemoryMmap>,
 ) -> u32 {
     let head = chain.head_index();
-    let reader = chain.clone().reader(&**mem);
-    let writer = chain.writer(&**mem);
-    let (mut reader, mut writer) = match (reader, writer) {
-        (Ok(r), Ok(w)) => (r, w),
-        (Err(e), _) | (_, Err(e)) => {
-            debug!("request {head}: unusable descriptor chain: {e}");
+    match parse_chain(mem, chain) {
+        Ok((req, have, area)) => answer(dev, mem, head, &req[..have], &area),
+        Err(why) => {
+            debug!("request {head}: returned unwritten: {why}");
             dev.count_ignored();
-            return 0;
+            0
         }
-    };
-    let wlen = writer.available_bytes();
-    if !(TAIL_SIZE..=MAX_WRITABLE).contains(&wlen) {
-        debug!("request {head}: device-writable area of {wlen} bytes cannot hold a tail");
-        dev.count_ignored();
-        return 0;
     }
+}
+
+fn parse_chain(
+    mem: &GuestMemoryMmap,
+    chain: DescriptorChain<&GuestMemoryMmap>,
+) -> Result<([u8; MAX_READ], usize, WritableArea), BadChain> {
     let mut req = [0u8; MAX_READ];
-    let want = reader.available_bytes().min(MAX_READ);
-    if want < HEAD_SIZE || reader.read_exact(&mut req[..want]).is_err() {
-        debug!("request {head}: device-readable part too short for a head");
-        dev.count_ignored();
-        return 0;
+    let mut have = 0usize;
+    let mut area = WritableArea::new();
+    // The iterator stops at the queue's chain-length limit (no endless loops) and at a chain
+    // longer than 4 GiB in total.
+    for desc in chain {
+        let (addr, len) = (desc.addr(), desc.len() as usize);
+        if !mem.check_range(addr, len) {
+            return Err(BadChain::OutsideMemory(addr.raw_value(), len));
+        }
+        if desc.is_write_only() {
+            if !area.push(addr, len) {
+                return Err(BadChain::TooManyWritable);
+            }
+        } else {
+            // virtio: device-readable descriptors come first.
+            if area.n > 0 {
+                return Err(BadChain::ReadableAfterWritable);
+            }
+            let take = (MAX_READ - have).min(len);
+            if take > 0 {
+                mem.read_slice(&mut req[have..have + take], addr)
+                    .map_err(|_| BadChain::Unreadable)?;
+                have += take;
+            }
+        }
     }
+    if !(TAIL_SIZE..=MAX_WRITABLE).contains(&area.len) {
+        return Err(BadChain::WritableSize(area.len));
+    }
+    if have < HEAD_SIZE {
+        return Err(BadChain::ShortHead(have));
+    }
+    Ok((req, have, area))
+}
+
+fn answer(
+    dev: &mut Device,
+    mem: &GuestMemoryMmap,
+    head: u16,
+    req: &[u8],
+    area: &WritableArea,
+) -> u32 {
     // The tail is the last 4 bytes; whatever comes before it in the writable area belongs to
     // the request (PROBE properties) and is zero-filled. `vec![0; 0]` does not allocate.
-    let mut props = vec![0u8; wlen - TAIL_SIZE];
-    match dev.handle_request(&req[..want], &mut props) {
+    let mut props = vec![0u8; area.len - TAIL_SIZE];
+    match dev.handle_request(req, &mut props) {
         Reply::Ignore => 0,
         Reply::Status(status) => {
             let tail = ReqTail {
                 status: status as u8,
                 reserved: [0; 3],
             };
-            match writer
-                .write_all(&props)
-                .and_then(|()| writer.write_all(tail.as_bytes()))
-            {
-                // Bounded by MAX_WRITABLE above.
-                Ok(()) => u32::try_from(wlen).unwrap_or(0),
-                Err(e) => {
-                    warn!("request {head}: cannot write the status: {e}");
-                    0
-                }
+            if area.write_at(mem, 0, &props) && area.write_at(mem, props.len(), tail.as_bytes()) {
+                // Bounded by MAX_WRITABLE.
+                u32::try_from(area.len).unwrap_or(0)
+            } else {
+                warn!("request {head}: cannot write the status");
+                0
             }
         }
     }
@@ -349,10 +504,11 @@ impl VhostUserBackendMut for IommuBackend {
         match device_event {
             REQUEST_QUEUE => self.process_requests(vring(REQUEST_QUEUE)?)?,
             EVENT_QUEUE => self.deliver_events(vring(EVENT_QUEUE)?)?,
-            FAULT_EVENT_ID => {
+            WAKE_EVENT_ID => {
                 // Non-blocking: a spurious wake-up just finds nothing.
-                let _ = self.shared.fault_consumer.consume();
-                self.deliver_events(vring(EVENT_QUEUE)?)?
+                let _ = self.shared.wake_consumer.consume();
+                self.deliver_events(vring(EVENT_QUEUE)?)?;
+                self.process_requests(vring(REQUEST_QUEUE)?)?
             }
             other => return Err(VhostError::UnknownEvent(other).into()),
         }
