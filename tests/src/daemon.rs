@@ -115,17 +115,31 @@ impl Daemon {
     /// Start the daemon with `--socket <tmp>/sock --control-socket <tmp>/ctl` plus `extra`, and
     /// wait (bounded) until both sockets exist. Panics (showing stderr) if it does not come up.
     pub fn start(extra: &[&str]) -> Daemon {
+        Self::spawn(extra, true)
+    }
+
+    /// Start the daemon with only `--socket <tmp>/sock` plus `extra`: the control socket is
+    /// expected at its default place, `<tmp>/sock.ctl`.
+    pub fn start_default_control(extra: &[&str]) -> Daemon {
+        Self::spawn(extra, false)
+    }
+
+    fn spawn(extra: &[&str], explicit_control: bool) -> Daemon {
         let dir = TempDir::new();
         let socket = dir.path().join("sock");
-        let control = dir.path().join("ctl");
+        let control = if explicit_control {
+            dir.path().join("ctl")
+        } else {
+            dir.path().join("sock.ctl")
+        };
         let stderr_path = dir.path().join("stderr.log");
         let stderr = File::create(&stderr_path).expect("create stderr log");
         let mut cmd = Command::new(binary());
-        cmd.arg("--socket")
-            .arg(&socket)
-            .arg("--control-socket")
-            .arg(&control)
-            .args(extra)
+        cmd.arg("--socket").arg(&socket);
+        if explicit_control {
+            cmd.arg("--control-socket").arg(&control);
+        }
+        cmd.args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr);

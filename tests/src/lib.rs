@@ -26,7 +26,7 @@
 //!   (`$VHOST_USER_IOMMU_BIN`, else `<target>/<profile>/vhost-user-iommu`, built on demand).
 //!
 //! Integration tests live in `tests/tests/`: `negotiation`, `requests`, `batch`, `faults`,
-//! `hostile`, `reconnect` and `process`.
+//! `hostile`, `reconnect`, `process` and `control`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
