@@ -25,9 +25,14 @@ pub enum QemuError {
     /// Bad PCI slot.
     #[error("--iommu-addr `{0}`: write a PCI slot (0x0-0x1f), optionally .FUNCTION (0-7), e.g. 0x3 or 0x3.0")]
     Slot(String),
-    /// A path QEMU cannot take in a -chardev / -acpitable option.
-    #[error("path {0:?} contains a comma; QEMU options cannot carry it, move the file")]
-    Comma(PathBuf),
+    /// A path QEMU cannot take in an option.
+    #[error("path {path:?} {why}; use another path")]
+    Path {
+        /// The path.
+        path: PathBuf,
+        /// What is wrong with it.
+        why: &'static str,
+    },
     /// The VIOT file could not be read.
     #[error(
         "cannot read the VIOT file {path:?}: {source}; create it with `vhost-user-iommu-glue viot`"
@@ -129,12 +134,23 @@ pub struct QemuArgs {
     pub bus: String,
 }
 
-fn no_comma(p: &Path) -> Result<String, QemuError> {
-    let s = p.to_string_lossy().into_owned();
-    if s.contains(',') {
-        return Err(QemuError::Comma(p.to_path_buf()));
+/// A path as a QEMU option value: commas doubled (QEMU's escape); a colon is refused where
+/// QEMU splits lists on it (`-acpitable file=a:b`).
+fn option_path(p: &Path, colon_splits: bool) -> Result<String, QemuError> {
+    let bad = |why| QemuError::Path {
+        path: p.to_path_buf(),
+        why,
+    };
+    let s = p.to_str().ok_or_else(|| bad("is not valid UTF-8"))?;
+    if s.is_empty() {
+        return Err(bad("is empty"));
     }
-    Ok(s)
+    if colon_splits && s.contains(':') {
+        return Err(bad(
+            "contains ':', which -acpitable file= reads as a list separator",
+        ));
+    }
+    Ok(s.replace(',', ",,"))
 }
 
 impl QemuArgs {
@@ -174,14 +190,14 @@ impl QemuArgs {
             "-machine".into(),
             "q35,memory-backend=mem".into(),
             "-chardev".into(),
-            format!("socket,id=vuiommu,path={}", no_comma(&self.socket)?),
+            format!("socket,id=vuiommu,path={}", option_path(&self.socket, false)?),
             "-device".into(),
             format!(
                 "vhost-user-test-device-pci,chardev=vuiommu,virtio-id={VIRTIO_ID_IOMMU},num_vqs={NUM_QUEUES},config_size={CONFIG_SIZE},bus={},addr={addr}",
                 self.bus
             ),
             "-acpitable".into(),
-            format!("file={}", no_comma(&self.viot)?),
+            format!("file={}", option_path(&self.viot, true)?),
         ])
     }
 }
@@ -267,12 +283,26 @@ mod tests {
     }
 
     #[test]
-    fn commas_rejected() {
+    fn paths_escaped_or_rejected() {
         let q = QemuArgs {
             socket: "/tmp/a,b".into(),
             ..sample()
         };
-        assert!(matches!(q.args(), Err(QemuError::Comma(_))));
+        assert!(q
+            .args()
+            .unwrap()
+            .contains(&"socket,id=vuiommu,path=/tmp/a,,b".to_string()));
+        let q = QemuArgs {
+            viot: "/tmp/a:b".into(),
+            ..sample()
+        };
+        let err = q.args().unwrap_err().to_string();
+        assert!(err.contains("list separator"), "{err}");
+        let q = QemuArgs {
+            socket: "".into(),
+            ..sample()
+        };
+        assert!(q.args().is_err());
     }
 
     #[test]
