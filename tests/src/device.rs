@@ -36,6 +36,9 @@ pub struct Options {
     pub eventq_size: u16,
     /// Enable the vrings with SET_VRING_ENABLE.
     pub enable: bool,
+    /// Ack VHOST_USER_F_PROTOCOL_FEATURES when offered (without it: no GET_CONFIG, and the
+    /// rings start enabled).
+    pub protocol_features: bool,
 }
 
 impl Default for Options {
@@ -47,6 +50,7 @@ impl Default for Options {
             requestq_size: 256,
             eventq_size: 64,
             enable: true,
+            protocol_features: true,
         }
     }
 }
@@ -235,7 +239,10 @@ impl Device {
             }
             f
         });
-        let acked = (want & offered) | (offered & feature::PROTOCOL_FEATURES);
+        let mut acked = want & offered;
+        if opts.protocol_features {
+            acked |= offered & feature::PROTOCOL_FEATURES;
+        }
         fe.set_features(acked).map_err(err("SET_FEATURES"))?;
         let mut protocol_offered = VhostUserProtocolFeatures::empty();
         if acked & feature::PROTOCOL_FEATURES != 0 {

@@ -302,3 +302,19 @@ fn boot_bypass_applies_even_if_the_driver_does_not_accept_bypass_config() {
     let t = daemon.ctl().translate(3, 0x7000, "r");
     assert_eq!(outcome(&t), ("bypass", None, Some(0x7000)), "{t}");
 }
+
+#[test]
+fn a_frontend_without_protocol_features_is_served() {
+    // Without VHOST_USER_F_PROTOCOL_FEATURES the rings are enabled by SET_FEATURES and there is
+    // no config access; requests must still work.
+    let daemon = Daemon::start(&[]);
+    let mut d = daemon.connect_with(&Options {
+        protocol_features: false,
+        ..Options::default()
+    });
+    assert_eq!(d.acked & feature::PROTOCOL_FEATURES, 0);
+    assert_eq!(d.attach(1, 3), 0);
+    assert_eq!(d.map(1, 0x1000, 0x1fff, 0x5000, 3), 0);
+    let t = daemon.ctl().translate(3, 0x1010, "r");
+    assert_eq!(outcome(&t), ("translated", None, Some(0x5010)), "{t}");
+}
