@@ -173,7 +173,8 @@ t_bench() {
     boot_guest bench-builtin "$G/bench.sh" "$t" "$append" -- -device virtio-iommu-pci -device "edu,addr=$EDU_ADDR"
     base=$(bench_parse "$RUN/bench-builtin.log")
 
-    if daemon_start bench; then
+    # shellcheck disable=SC2086 # VUI_BENCH_DAEMON_ARGS: extra daemon options, split on spaces
+    if daemon_start bench ${VUI_BENCH_DAEMON_ARGS:-}; then
         viot_args bench 0000:00:00.0-00:1f.7
         sync_before-bench() { dcheck bench/host/counters-before save-counters "$DCTL" "$RUN/bench.counters.json"; }
         sync_after-bench() { dcheck bench/host/daemon-served-all counters-delta "$DCTL" "$RUN/bench.counters.json" 1000; }
@@ -222,13 +223,13 @@ are mostly deferred and batched.
 Machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), $(nproc) cores, no KVM (TCG),
 $(awk '/MemTotal/ {printf "%d GiB RAM", $2/1048576}' /proc/meminfo); host $(. /etc/os-release && echo "$PRETTY_NAME"), kernel $(uname -r);
 ${QEMU_VERSION}; guest Linux ${VUI_KERNEL_NAME#bzImage-}, -smp 1, -m 512; daemon: ${profile} build of
-commit $(git -C "$VUI_REPO" rev-parse --short HEAD 2>/dev/null || echo unknown), software backend, default options.
+commit $(git -C "$VUI_REPO" rev-parse --short HEAD 2>/dev/null || echo unknown), software backend, options: ${VUI_BENCH_DAEMON_ARGS:-defaults}.
 
 Reproduce (as root, from the repository root):
 
 \`\`\`
 cargo build ${cargo_flag}-p vhost-user-iommu -p vhost-user-iommu-glue
-${env_prefix}VUI_VM_TESTS=bench VUI_BENCH_DOC=docs/BENCHMARKS.md tests/vm/run.sh
+${env_prefix}${VUI_BENCH_DAEMON_ARGS:+VUI_BENCH_DAEMON_ARGS='$VUI_BENCH_DAEMON_ARGS' }VUI_VM_TESTS=bench VUI_BENCH_DOC=docs/BENCHMARKS.md tests/vm/run.sh
 \`\`\`
 
 Under TCG every guest instruction is emulated and each request crosses QEMU's vhost-user path
