@@ -73,6 +73,7 @@ struct RawFile {
     bypass: Option<bool>,
     legacy_bypass: Option<bool>,
     max_mappings: Option<Number>,
+    poll_us: Option<Number>,
     user: Option<String>,
     seccomp: Option<bool>,
 }
@@ -92,6 +93,8 @@ pub struct Layer {
     pub bypass: Option<bool>,
     pub legacy_bypass: Option<bool>,
     pub max_mappings: Option<u64>,
+    /// Request-queue polling window in microseconds (0: no polling).
+    pub poll_us: Option<u64>,
     pub user: Option<String>,
     pub seccomp: Option<bool>,
 }
@@ -106,6 +109,8 @@ pub struct Settings {
     /// Switch to this user (name or numeric uid) once the sockets are open.
     pub user: Option<String>,
     pub seccomp: bool,
+    /// Request-queue polling window (None: sleep on the kick eventfd).
+    pub poll: Option<std::time::Duration>,
 }
 
 /// Read and parse a config file.
@@ -167,6 +172,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Layer, FileError> {
         bypass: raw.bypass,
         legacy_bypass: raw.legacy_bypass,
         max_mappings: num64(raw.max_mappings, "max-mappings")?,
+        poll_us: num64(raw.poll_us, "poll-us")?,
         user: raw.user,
         seccomp: raw.seccomp,
     })
@@ -216,6 +222,7 @@ impl Layer {
             bypass: self.bypass.or(base.bypass),
             legacy_bypass: self.legacy_bypass.or(base.legacy_bypass),
             max_mappings: self.max_mappings.or(base.max_mappings),
+            poll_us: self.poll_us.or(base.poll_us),
             user: self.user.or(base.user),
             seccomp: self.seccomp.or(base.seccomp),
         }
@@ -285,6 +292,10 @@ pub fn resolve(flags: Layer, file: Option<(&Path, Layer)>) -> Result<Settings, F
         device,
         user: merged.user,
         seccomp: merged.seccomp.unwrap_or(true),
+        poll: merged
+            .poll_us
+            .filter(|&us| us > 0)
+            .map(std::time::Duration::from_micros),
     })
 }
 

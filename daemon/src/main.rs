@@ -85,6 +85,11 @@ struct RunArgs {
     /// Maximum number of live mappings; a MAP beyond it fails with NOMEM [default: 16777216].
     #[arg(long, value_name = "N", value_parser = parse_u64)]
     max_mappings: Option<u64>,
+    /// Poll the request queue for this many microseconds after the last request before going
+    /// back to sleep on the kick eventfd (0: no polling) [default: 0]. Trades a busy core for
+    /// fewer guest kicks and lower latency.
+    #[arg(long, value_name = "US", value_parser = parse_u64)]
+    poll_us: Option<u64>,
     /// Once the sockets are open, switch to this user (name or uid) and its primary group.
     /// Needs root (or CAP_SETUID/CAP_SETGID).
     #[arg(long, value_name = "USER")]
@@ -150,6 +155,7 @@ fn flag_layer(a: &RunArgs) -> Layer {
         bypass: a.bypass,
         legacy_bypass: a.legacy_bypass,
         max_mappings: a.max_mappings,
+        poll_us: a.poll_us,
         user: a.user.clone(),
         seccomp: a.no_seccomp.then_some(false),
     }
@@ -192,6 +198,7 @@ fn print_settings(s: &Settings) {
         "bypass": d.boot_bypass,
         "legacy-bypass": d.legacy_bypass,
         "max-mappings": d.max_mappings,
+        "poll-us": s.poll.map_or(0, |p| p.as_micros()),
         "user": s.user,
         "seccomp": s.seccomp,
     });
@@ -270,7 +277,7 @@ fn run_daemon(a: &RunArgs) -> Result<(), String> {
         device: s.device,
         user: s.user,
         seccomp: s.seccomp,
-        poll: None,
+        poll: s.poll,
     })
     .map_err(|e| e.to_string())
 }

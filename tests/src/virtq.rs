@@ -79,6 +79,12 @@ pub struct SplitQueue {
     pub event_idx: bool,
     /// Kicks actually sent (for tests of notification suppression).
     pub kicks: u64,
+    /// Kick even when the device suppresses notifications (VRING_USED_F_NO_NOTIFY).
+    pub always_kick: bool,
+    /// Ask the device for no used-buffer notifications, as the Linux driver does for its
+    /// request queue (it spins on the used ring): VRING_AVAIL_F_NO_INTERRUPT without EVENT_IDX,
+    /// used_event half the ring index space away with it.
+    pub quiet: bool,
     /// The kick eventfd given to the daemon (we write it).
     pub kick: EventFd,
     /// The call eventfd given to the daemon (it writes it).
@@ -109,6 +115,8 @@ impl SplitQueue {
             published: 0,
             event_idx: false,
             kicks: 0,
+            always_kick: false,
+            quiet: false,
             kick: EventFd::new(EFD_NONBLOCK).expect("kick eventfd"),
             call: EventFd::new(EFD_NONBLOCK).expect("call eventfd"),
         }
@@ -195,8 +203,15 @@ impl SplitQueue {
 
     /// Publish every pushed head (write avail->idx).
     pub fn publish(&mut self, mem: &GuestMemory) {
-        // used_event: ask for a notification as soon as anything new is used.
-        mem.write_u16(self.avail + 4 + 2 * u64::from(self.size), self.last_used);
+        // used_event: ask for a notification as soon as anything new is used (unless quiet).
+        let used_event = if self.quiet {
+            self.last_used.wrapping_add(0x8000)
+        } else {
+            self.last_used
+        };
+        mem.write_u16(self.avail + 4 + 2 * u64::from(self.size), used_event);
+        // avail->flags: VRING_AVAIL_F_NO_INTERRUPT (1) when quiet.
+        mem.write_u16(self.avail, u16::from(self.quiet));
         mem.write_u16(self.avail + 2, self.avail_idx);
     }
 
@@ -211,15 +226,19 @@ impl SplitQueue {
         mem.read_u16(self.used + 4 + 8 * u64::from(self.size))
     }
 
-    /// Publish, then notify the way a driver does: always without EVENT_IDX; with it only when
-    /// the device's avail_event lies in the newly published range (virtio 1.x §2.7.10).
+    /// Publish, then notify the way a driver does (virtio 1.x §2.7.10): without EVENT_IDX unless
+    /// the device set VRING_USED_F_NO_NOTIFY; with it only when the device's avail_event lies in
+    /// the newly published range.
     pub fn publish_and_kick(&mut self, mem: &GuestMemory) {
         let old = self.published;
         self.publish(mem);
         let new = self.avail_idx;
         self.published = new;
         if !self.event_idx {
-            self.kick();
+            // VRING_USED_F_NO_NOTIFY (1): the device asked not to be kicked (it is polling).
+            if mem.read_u16(self.used) & 1 == 0 || self.always_kick {
+                self.kick();
+            }
             return;
         }
         let event = self.avail_event(mem);
