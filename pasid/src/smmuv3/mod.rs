@@ -1,0 +1,9 @@
+//! Arm SMMUv3 PASID tables: stage-1 STE fields, context-descriptor tables and CDs.
+
+pub mod cd;
+pub mod ste;
+
+pub use cd::{CdCaps, CdError, ContextDescriptor};
+pub use ste::{
+    iommufd_ste_bytes, GuestSte, S1Dss, S1Fmt, SsidResolution, SteError, SteHostPolicy, SteS1,
+};
