@@ -270,6 +270,13 @@ def cmd_same_as_socket(sock, what, cli_output):
     return printed == direct, f"ctl {what}: {json.dumps(printed)[:200]}"
 
 
+def cmd_counter_failures(sock, *kinds):
+    """No request of these kinds has completed with a status other than ok."""
+    req = ask(sock, {"cmd": "counters"})["requests"]
+    bad = {f"{k}.{st}": n for k in kinds for st, n in req.get(k, {}).items() if st != "ok" and n}
+    return not bad, ", ".join(f"{k} {json.dumps(req.get(k, {}))}" for k in kinds)
+
+
 def main():
     if len(sys.argv) < 3:
         print(__doc__)
@@ -277,7 +284,7 @@ def main():
     cmd, args = sys.argv[1], sys.argv[2:]
     fn = {"endpoints": cmd_endpoints, "config": cmd_config, "save-domain": cmd_save_domain,
           "mappings": cmd_mappings,
-          "save-counters": cmd_save_counters, "same-as-socket": cmd_same_as_socket, "counter": cmd_counter, "connection": cmd_connection,
+          "save-counters": cmd_save_counters, "counter-failures": cmd_counter_failures, "same-as-socket": cmd_same_as_socket, "counter": cmd_counter, "connection": cmd_connection,
           "wait-disconnect": cmd_wait_disconnect, "translate": cmd_translate,
           "fault-logged": cmd_fault_logged, "bypass-domains": cmd_bypass_domains,
           "status-bypass": cmd_status_bypass, "unknown-endpoint": cmd_unknown_endpoint, "counters-delta": cmd_counters_delta}.get(cmd)

@@ -96,6 +96,9 @@ t_daemon() {
         dcheck daemon/host/config config "$DCTL" "$MASK" "${INPUT%-*}" "${INPUT#*-}"
         dcheck daemon/host/bypass-bit-clear status-bypass "$DCTL" 0
         dcheck daemon/host/endpoints endpoints "$DCTL" "$GLUE" "$RUN/daemon.viot" "$share/groups.txt"
+        # One successful PROBE per translated function, and no PROBE/ATTACH failure.
+        dcheck daemon/host/probe-per-endpoint counter "$DCTL" probe ok "$(grep -c . "$share/groups.txt")"
+        dcheck daemon/host/no-probe-attach-failure counter-failures "$DCTL" attach probe
         timeout 10 "$DAEMON" ctl --control-socket "$DCTL" endpoints >"$RUN/daemon.ctl-endpoints.json" 2>&1
         dcheck daemon/host/ctl-cli same-as-socket "$DCTL" endpoints "$RUN/daemon.ctl-endpoints.json"
         # Faults on purpose: edu's DMA domain has nothing at 0xdead000; an endpoint the guest
