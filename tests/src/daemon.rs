@@ -161,7 +161,15 @@ impl Daemon {
     fn wait_ready(&mut self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         loop {
-            if is_socket(&self.socket) && is_socket(&self.control) {
+            // Ready = both sockets exist and the control socket answers (by then the daemon
+            // has finished starting up: signal handling, sandbox, serving threads).
+            if is_socket(&self.socket)
+                && is_socket(&self.control)
+                && Control::connect(&self.control)
+                    .ok()
+                    .and_then(|mut c| c.request(serde_json::json!({"cmd": "status"})).ok())
+                    .is_some()
+            {
                 return;
             }
             if let Some(st) = self.try_wait() {

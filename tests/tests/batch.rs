@@ -285,3 +285,46 @@ fn one_million_mappings_in_one_domain() {
     eprintln!("UNMAP of all {n}: {all:?}");
     assert_eq!(ctl.status()["mappings"].as_u64(), Some(0));
 }
+
+/// Sequential requests with pauses around the end of the daemon's polling window: a request
+/// made available just as the poll ends must still be seen (notifications re-enabled, then the
+/// ring checked again).
+fn requests_around_the_poll_window(extra: &[&str], event_idx: bool) {
+    use vhost_user_iommu_tests::proto::feature;
+    let daemon = Daemon::start(extra);
+    let mut d = daemon.connect_with(&Options {
+        features: Some(if event_idx {
+            feature::MODERN | feature::RING_EVENT_IDX
+        } else {
+            feature::MODERN
+        }),
+        requestq_size: 64,
+        ..Options::default()
+    });
+    assert_eq!(d.attach(1, 3), OK);
+    let pauses_us = [
+        0u64, 10, 40, 50, 60, 90, 100, 110, 150, 200, 300, 1000, 3000,
+    ];
+    for i in 0..400u64 {
+        std::thread::sleep(std::time::Duration::from_micros(
+            pauses_us[(i as usize * 7) % pauses_us.len()],
+        ));
+        let s = 0x100_0000 + i * 0x1000;
+        assert_eq!(d.map(1, s, s + 0xfff, 0, RW), OK, "MAP {i}");
+    }
+    assert_eq!(daemon.ctl().mappings(1).unwrap().len(), 400);
+    eprintln!(
+        "{extra:?} event_idx={event_idx}: {} kicks for 401 requests",
+        d.reqq.kicks
+    );
+}
+
+#[test]
+fn polling_mode_never_strands_requests() {
+    requests_around_the_poll_window(&["--poll-us", "100"], false);
+}
+
+#[test]
+fn polling_mode_with_event_idx_never_strands_requests() {
+    requests_around_the_poll_window(&["--poll-us", "100"], true);
+}

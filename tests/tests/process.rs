@@ -134,3 +134,55 @@ fn sigint_exits_zero_and_removes_the_socket() {
     );
     assert!(!sock.exists(), "socket file {} left behind", sock.display());
 }
+
+#[test]
+fn sigterm_right_after_the_socket_appears_still_cleans_up() {
+    // Once the socket file exists, SIGTERM must end in a clean exit that removes it: a signal
+    // arriving during the rest of the start-up must not kill the daemon with the default
+    // action and leave the socket behind.
+    use std::os::unix::fs::FileTypeExt;
+    use std::process::{Command, Stdio};
+    use std::time::Instant;
+    let bin = vhost_user_iommu_tests::daemon::binary();
+    for round in 0..30 {
+        let dir = TempDir::new();
+        let sock = dir.path().join("sock");
+        let ctl = dir.path().join("ctl");
+        let mut child = Command::new(&bin)
+            .arg("--socket")
+            .arg(&sock)
+            .arg("--control-socket")
+            .arg(&ctl)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn daemon");
+        let deadline = Instant::now() + T;
+        while !std::fs::metadata(&sock).is_ok_and(|m| m.file_type().is_socket()) {
+            assert!(Instant::now() < deadline, "round {round}: no socket");
+            std::thread::yield_now();
+        }
+        let pid = i32::try_from(child.id()).unwrap();
+        // SAFETY: kill(2) on our own child, which has not been reaped yet.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let st = loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                break st;
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("round {round}: no exit after SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        };
+        assert_eq!(
+            st.code(),
+            Some(0),
+            "round {round}: SIGTERM right after the socket appeared: {st}"
+        );
+        assert!(!sock.exists(), "round {round}: socket left behind");
+        assert!(!ctl.exists(), "round {round}: control socket left behind");
+    }
+}
