@@ -51,12 +51,10 @@ impl Subscribers {
             return Err(SubscribeError::TooMany);
         }
         let seq = self.seq.load(Ordering::Relaxed);
-        writeln!(
-            stream,
-            "{}",
-            json!({"ok": true, "result": {"subscribed": true, "seq": seq}})
-        )
-        .map_err(SubscribeError::Io)?;
+        let reply = json!({"ok": true, "result": {"subscribed": true, "seq": seq}});
+        stream
+            .write_all(format!("{reply}\n").as_bytes())
+            .map_err(SubscribeError::Io)?;
         stream.set_nonblocking(true).map_err(SubscribeError::Io)?;
         clients.push(stream);
         info!("invalidation subscriber added ({} now)", clients.len());

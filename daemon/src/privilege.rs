@@ -120,26 +120,14 @@ pub fn drop_to(user: &str) -> Result<Identity, PrivilegeError> {
     }
     let groups = [id.gid];
     // SAFETY: `groups` is a live array of one gid_t.
-    check(
-        unsafe { libc::setgroups(1, groups.as_ptr()) },
-        user,
-        id,
-        "setgroups",
-    )?;
-    // SAFETY: plain system calls with integer arguments.
-    check(
-        unsafe { libc::setresgid(id.gid, id.gid, id.gid) },
-        user,
-        id,
-        "setresgid",
-    )?;
-    // SAFETY: as above.
-    check(
-        unsafe { libc::setresuid(id.uid, id.uid, id.uid) },
-        user,
-        id,
-        "setresuid",
-    )?;
+    let r = unsafe { libc::setgroups(1, groups.as_ptr()) };
+    check(r, user, id, "setgroups")?;
+    // SAFETY: plain system call with integer arguments.
+    let r = unsafe { libc::setresgid(id.gid, id.gid, id.gid) };
+    check(r, user, id, "setresgid")?;
+    // SAFETY: plain system call with integer arguments.
+    let r = unsafe { libc::setresuid(id.uid, id.uid, id.uid) };
+    check(r, user, id, "setresuid")?;
     // With every uid changed away from 0, going back must fail.
     // SAFETY: as above; success here is the failure we check for.
     if id.uid != 0 && unsafe { libc::setuid(0) } == 0 {

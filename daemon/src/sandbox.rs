@@ -123,6 +123,7 @@ fn role_calls(role: Role) -> Vec<i64> {
                 libc::SYS_epoll_ctl,
                 libc::SYS_epoll_pwait,
                 libc::SYS_ppoll,
+                // FIONBIO only (set_nonblocking).
                 libc::SYS_ioctl,
                 // sd_notify status updates: a datagram socket per message.
                 libc::SYS_socket,
@@ -134,6 +135,8 @@ fn role_calls(role: Role) -> Vec<i64> {
         Role::Control => {
             v.extend(thread_start());
             v.extend([
+                // FIONBIO only: a `subscribe` connection becomes non-blocking.
+                libc::SYS_ioctl,
                 libc::SYS_accept4,
                 libc::SYS_recvfrom,
                 libc::SYS_shutdown,
@@ -166,7 +169,12 @@ pub fn filter(role: Role) -> Result<BpfProgram, SandboxError> {
     let build = |err| SandboxError::Build { role, err };
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
     for nr in role_calls(role) {
-        let chain = if nr == libc::SYS_socket {
+        let chain = if nr == libc::SYS_ioctl {
+            let fionbio =
+                SeccompCondition::new(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, libc::FIONBIO)
+                    .map_err(build)?;
+            vec![SeccompRule::new(vec![fionbio]).map_err(build)?]
+        } else if nr == libc::SYS_socket {
             // Unix sockets only (sd_notify); never a network socket.
             let unix = SeccompCondition::new(
                 0,
@@ -307,6 +315,29 @@ mod tests {
         }
         for role in [Role::Control, Role::Signals] {
             assert!(killed_by_sigsys(in_child(role, unix_socket)), "{role:?}");
+        }
+        // ioctl: FIONBIO (set_nonblocking) where used, nothing else anywhere.
+        fn fionbio() -> i32 {
+            let mut on: libc::c_int = 1;
+            // SAFETY: FIONBIO on stdin with a valid int pointer.
+            unsafe { libc::ioctl(0, libc::FIONBIO, &mut on) };
+            0
+        }
+        fn tcgets() -> i32 {
+            // SAFETY: TCGETS on stdin with a valid termios buffer.
+            let mut t: libc::termios = unsafe { std::mem::zeroed() };
+            // SAFETY: as above.
+            unsafe { libc::ioctl(0, libc::TCGETS, &mut t) };
+            0
+        }
+        for role in [Role::Main, Role::Control] {
+            assert!(exited_with(in_child(role, fionbio), 0), "{role:?}");
+        }
+        for role in [Role::Main, Role::Control, Role::Signals, Role::Watchdog] {
+            assert!(killed_by_sigsys(in_child(role, tcgets)), "{role:?}");
+        }
+        for role in [Role::Signals, Role::Watchdog] {
+            assert!(killed_by_sigsys(in_child(role, fionbio)), "{role:?}");
         }
         // Only the signal thread may remove files.
         fn unlink() -> i32 {

@@ -1,5 +1,7 @@
 //! The configuration file, `--check-config` and the generated man page, through the binary.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::Path;
 use std::process::{Command, Output};
 

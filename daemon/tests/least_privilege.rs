@@ -2,6 +2,8 @@
 //! vhost-user worker, the control socket and the signal thread do their normal work; `--user`
 //! switches the process to another user after the sockets are open (root only).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::time::Duration;
 
 use serde_json::json;

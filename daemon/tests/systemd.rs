@@ -1,6 +1,8 @@
 //! The systemd units and the daemon's systemd integration: `systemd-analyze verify`, socket
 //! activation through `systemd-socket-activate`, readiness and watchdog notifications.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::io::ErrorKind;
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::UnixDatagram;
