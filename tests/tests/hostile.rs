@@ -664,3 +664,27 @@ fn a_batch_of_hostile_chains_followed_by_a_good_one() {
     d.run(&Request::attach(2, 6, 0).with_byte(17, 9))
         .expect(INVAL, "reserved ATTACH");
 }
+
+#[test]
+fn oversized_writable_areas() {
+    // The properties buffer MUST be probe_size bytes (a driver rule); a device facing a much
+    // larger one may refuse it, but must not crash, write past it, or claim more than it has.
+    let (mut daemon, mut d) = setup();
+    for len in [1 << 16, 1 << 20] {
+        let r = d.run(&Request::probe(3, len));
+        assert!(
+            r.used_len as usize <= len + 4,
+            "PROBE with {len} bytes: {}",
+            r.used_len
+        );
+        if r.used_len == 0 {
+            assert!(r.untouched(), "PROBE with {len} bytes: used 0 but written");
+        }
+        daemon.assert_alive();
+    }
+    let mut big = Request::attach(1, 3, 0);
+    big.writable_len = 1 << 20;
+    let r = d.run(&big);
+    assert!(r.used_len as usize <= 1 << 20);
+    still_serving(&mut daemon, &mut d, 14);
+}
