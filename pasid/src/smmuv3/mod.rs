@@ -1,5 +1,6 @@
 //! Arm SMMUv3 PASID tables: stage-1 STE fields, context-descriptor tables and CDs.
 
+pub mod build;
 pub mod cd;
 pub mod ste;
 
