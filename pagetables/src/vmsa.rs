@@ -300,7 +300,10 @@ impl Stage1 {
             });
         }
         let entries_bits = ia_bits - s.level_shift(start_level);
-        let align = (8u64 << entries_bits).max(16);
+        // Tables are aligned to their size; the CD's TTB0 field starts at bit 4, and 52-bit
+        // output needs at least 64-byte alignment.
+        let min_align = if s.lpa64 { 64 } else { 16 };
+        let align = (8u64 << entries_bits).max(min_align);
         if p.ttb0 & (align - 1) != 0 {
             return Err(ConfigError::TtbMisaligned {
                 ttb0: p.ttb0,
@@ -700,6 +703,25 @@ mod tests {
                 align: 8192
             })
         );
+    }
+
+    #[test]
+    fn small_root_table_alignment() {
+        // 64K granule, 43-bit input: the level-1 table has 2 entries (16 bytes).
+        let mut p = Stage1Params::new(Granule::K64, 21, L0 + 0x10);
+        assert_eq!(Stage1::new(p).unwrap().start_level(), 1);
+        // With 52-bit output the minimum alignment is 64 bytes.
+        p.ips = 6;
+        p.caps.max_oas = 52;
+        assert_eq!(
+            Stage1::new(p),
+            Err(ConfigError::TtbMisaligned {
+                ttb0: L0 + 0x10,
+                align: 64
+            })
+        );
+        p.ttb0 = L0 + 0x40;
+        assert!(Stage1::new(p).is_ok());
     }
 
     #[test]
