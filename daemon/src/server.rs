@@ -101,16 +101,26 @@ fn remove_sockets(paths: &[PathBuf]) {
     }
 }
 
-fn install_signal_handler(paths: Vec<PathBuf>, seccomp: bool) -> Result<(), ServerError> {
+/// Catch SIGINT/SIGTERM from now on (they wait in signal-hook's pipe until the thread that
+/// handles them starts).
+fn catch_signals() -> Result<signal_hook::iterator::Signals, ServerError> {
     use signal_hook::consts::{SIGINT, SIGTERM};
-    let mut signals =
-        signal_hook::iterator::Signals::new([SIGINT, SIGTERM]).map_err(ServerError::Signals)?;
+    signal_hook::iterator::Signals::new([SIGINT, SIGTERM]).map_err(ServerError::Signals)
+}
+
+/// Handle the caught signals on their own thread: remove our socket files and exit 0.
+fn spawn_signal_thread(
+    mut signals: signal_hook::iterator::Signals,
+    paths: Vec<PathBuf>,
+    seccomp: bool,
+) -> Result<(), ServerError> {
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
             if seccomp {
                 if let Err(e) = sandbox::install(Role::Signals) {
                     error!("{e}");
+                    remove_sockets(&paths);
                     std::process::exit(1);
                 }
             }
@@ -138,6 +148,10 @@ fn default_control_path(socket: &Path) -> PathBuf {
 /// serves anything: the signal thread, the control thread, the watchdog thread, and finally
 /// this thread, whose filter the vhost-user worker threads it starts inherit.
 pub fn run(cfg: ServerConfig) -> Result<(), ServerError> {
+    // Signals are caught before any socket file exists, so none can be left behind; the thread
+    // that handles them starts after the privilege drop (glibc changes the ids of every thread
+    // by running the set*id calls on each of them, which a thread's seccomp filter would forbid).
+    let signals = catch_signals()?;
     let (listener, socket_path, activated) = match activation::inherited_listener()? {
         Some(l) => {
             let path = activation::listener_path(&l);
@@ -157,6 +171,7 @@ pub fn run(cfg: ServerConfig) -> Result<(), ServerError> {
             (l, Some(path), false)
         }
     };
+
     let control_path = match (&cfg.control_socket, &socket_path) {
         (Some(p), _) => p.clone(),
         (None, Some(s)) => default_control_path(s),
@@ -182,8 +197,8 @@ pub fn run(cfg: ServerConfig) -> Result<(), ServerError> {
         }
     }
 
-    // From here on, our socket files exist; the signal handler removes them.
-    install_signal_handler(ours, cfg.seccomp)?;
+    // The signal thread removes our socket files on SIGINT/SIGTERM.
+    spawn_signal_thread(signals, ours, cfg.seccomp)?;
 
     let shared = Arc::new(Shared::new(Device::new(cfg.device.clone()))?);
     let conn = Arc::new(ConnectionInfo::default());
