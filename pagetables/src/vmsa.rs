@@ -739,7 +739,7 @@ mod tests {
     #[test]
     fn page_descriptor_output_address_and_attrs() {
         let va = 0x0000_1234_5678_9abc;
-        let leaf = 0x0000_00ab_cdef_0000 | PAGE | RW_PRIV | (5 << 2) | (3 << 8) | NG | NS;
+        let leaf = 0x0000_00ab_cdef_0000 | PAGE | RW_PRIV | (5 << 2) | (2 << 8) | NG | NS;
         let (m, mut s) = setup4k(va, 3, leaf);
         s.p.mair = 0x4400_0000_0000_0000 | (0xff << 40);
         let t = s.walk(&m, va).unwrap();
@@ -750,9 +750,18 @@ mod tests {
         assert_eq!(t.leaf_address, L3 + idx(va, 3) * 8);
         assert_eq!(t.attrs.attr_index, 5);
         assert_eq!(t.attrs.mair_attr, 0xff);
-        assert_eq!(t.attrs.shareability, 3);
+        assert_eq!(t.attrs.shareability, 2);
         assert!(t.attrs.non_global && t.attrs.ns && t.attrs.access_flag);
+        assert!(!t.attrs.dbm && !t.attrs.contiguous);
         assert_eq!(m.reads(), 4);
+        // Each remaining single-bit attribute alone.
+        for (bit, name) in [(NG, "nG"), (NS, "NS"), (DBM, "DBM"), (CONTIG, "Contiguous")] {
+            let (m, s) = setup4k(va, 3, 0x8000 | PAGE | RW_PRIV | bit);
+            let a = s.walk(&m, va).unwrap().attrs;
+            let got = [a.non_global, a.ns, a.dbm, a.contiguous];
+            let want = [bit == NG, bit == NS, bit == DBM, bit == CONTIG];
+            assert_eq!(got, want, "{name}");
+        }
     }
 
     #[test]

@@ -421,80 +421,101 @@ mod tests {
         [w0, ttb0, 0, 0x0000_0000_0044_ff04, 0, 0, 0, 0]
     }
 
-    #[test]
-    fn decodes_every_word0_field() {
-        let caps = CdCaps {
+    fn all_caps() -> CdCaps {
+        CdCaps {
             hw_access_flag: true,
             hw_dirty: true,
             stall: true,
             big_endian: true,
             ..CdCaps::default()
-        };
+        }
+    }
+
+    #[test]
+    fn decodes_every_multi_bit_field() {
+        let caps = all_caps();
         let w0 = 25 // T0SZ
             | (2 << 6) // TG0 16K
             | (2 << 8) // IR0
-            | (3 << 10) // OR0
-            | (2 << 12) // SH0
-            | W0_EPD0
-            | W0_ENDI
+            | (1 << 10) // OR0
+            | (3 << 12) // SH0
             | W0_EPD1
             | W0_V
             | (4u64 << 32) // IPS 44
-            | W0_AFFD
-            | W0_WXN
-            | W0_TBI0
-            | W0_PAN
             | W0_AA64
-            | W0_HD
-            | W0_HA
-            | W0_S
-            | W0_R
-            | W0_A
-            | W0_ASET
             | (0xbeefu64 << 48);
-        let raw = [
-            w0,
-            0x1234_5000 | W1_HAD0,
-            0,
-            0x1122_3344_5566_7788,
-            0xaabb,
-            0,
-            0,
-            0,
-        ];
+        let raw = [w0, 0x1234_5000, 0, 0x1122_3344_5566_7788, 0xaabb, 0, 0, 0];
         let cd = ContextDescriptor::decode(raw, &caps).unwrap();
         assert_eq!(cd.t0sz, 25);
         assert_eq!(cd.granule, Granule::K16);
-        assert_eq!((cd.ir0, cd.or0, cd.sh0), (2, 3, 2));
-        assert!(cd.epd0 && cd.endi && cd.affd && cd.wxn && cd.tbi0 && cd.pan);
+        assert_eq!((cd.ir0, cd.or0, cd.sh0), (2, 1, 3));
         assert_eq!(cd.ips, 4);
-        assert!(cd.hd && cd.ha && cd.stall && cd.record && cd.abort && cd.aset);
         assert_eq!(cd.asid, 0xbeef);
-        assert!(cd.had0);
         assert_eq!(cd.ttb0, 0x1234_5000);
         assert_eq!(cd.mair, 0x1122_3344_5566_7788);
         assert_eq!(cd.amair, 0xaabb);
         let p = cd.stage1_params(&caps);
-        assert_eq!(p.granule, Granule::K16);
-        assert!(p.big_endian && p.hd && p.ha && p.had0 && p.epd0);
-        // Clearing each single-bit flag clears exactly that field.
-        for (bit, get) in [
-            (
-                W0_EPD0,
-                (|c: &ContextDescriptor| c.epd0) as fn(&ContextDescriptor) -> bool,
-            ),
-            (W0_AFFD, |c| c.affd),
-            (W0_WXN, |c| c.wxn),
-            (W0_TBI0, |c| c.tbi0),
-            (W0_PAN, |c| c.pan),
-            (W0_R, |c| c.record),
-            (W0_A, |c| c.abort),
-            (W0_ASET, |c| c.aset),
-        ] {
-            let mut r = raw;
-            r[0] &= !bit;
-            assert!(!get(&ContextDescriptor::decode(r, &caps).unwrap()));
+        assert_eq!(
+            (p.granule, p.t0sz, p.ips, p.ttb0),
+            (Granule::K16, 25, 4, 0x1234_5000)
+        );
+        assert_eq!(p.mair, 0x1122_3344_5566_7788);
+    }
+
+    #[test]
+    fn each_single_bit_field_decodes_alone() {
+        type Get = fn(&ContextDescriptor) -> bool;
+        // (word, bit, accessor), CD bit positions from the SMMUv3 CD format.
+        let fields: [(usize, u32, Get); 13] = [
+            (0, 14, |c| c.epd0),
+            (0, 15, |c| c.endi),
+            (0, 35, |c| c.affd),
+            (0, 36, |c| c.wxn),
+            (0, 38, |c| c.tbi0),
+            (0, 40, |c| c.pan),
+            (0, 42, |c| c.hd),
+            (0, 43, |c| c.ha),
+            (0, 44, |c| c.stall),
+            (0, 45, |c| c.record),
+            (0, 46, |c| c.abort),
+            (0, 47, |c| c.aset),
+            (1, 1, |c| c.had0),
+        ];
+        let caps = all_caps();
+        let base = [
+            16 | W0_EPD1 | W0_V | (5u64 << 32) | W0_AA64,
+            0x8010_0000,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+        ];
+        let none = ContextDescriptor::decode(base, &caps).unwrap();
+        assert!(fields.iter().all(|(_, _, get)| !get(&none)));
+        for (i, (word, bit, _)) in fields.iter().enumerate() {
+            let mut raw = base;
+            raw[*word] |= 1 << bit;
+            let cd = ContextDescriptor::decode(raw, &caps).unwrap();
+            let set: Vec<bool> = fields.iter().map(|(_, _, get)| get(&cd)).collect();
+            let mut want = vec![false; fields.len()];
+            want[i] = true;
+            assert_eq!(set, want, "word {word} bit {bit}");
         }
+        // Walker parameters follow the flags (HD only with HA).
+        let mut raw = base;
+        raw[0] |= W0_HD | W0_ENDI | W0_TBI0 | W0_PAN | W0_WXN | W0_AFFD | W0_EPD0;
+        raw[1] |= W1_HAD0;
+        let p = ContextDescriptor::decode(raw, &caps)
+            .unwrap()
+            .stage1_params(&caps);
+        assert!(!p.hd && p.big_endian && p.tbi0 && p.pan && p.wxn && p.affd && p.epd0 && p.had0);
+        raw[0] |= W0_HA;
+        let p = ContextDescriptor::decode(raw, &caps)
+            .unwrap()
+            .stage1_params(&caps);
+        assert!(p.hd && p.ha);
     }
 
     #[test]
