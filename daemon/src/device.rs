@@ -229,6 +229,13 @@ impl Device {
         if !keep_bypass {
             self.bypass = u8::from(self.cfg.boot_bypass);
         }
+        self.reset_guest_state();
+    }
+
+    /// Drop what the driver built (endpoints, domains, mappings, pending events) but keep the
+    /// negotiated features and the config `bypass` byte: the transport saw the driver start
+    /// over (a guest reset) without the frontend saying so.
+    pub fn reset_guest_state(&mut self) {
         self.endpoints.clear();
         self.domains.clear();
         self.total_mappings = 0;

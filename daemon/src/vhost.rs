@@ -113,6 +113,11 @@ pub struct IommuBackend {
     event_idx: bool,
     /// Request-queue polling window, if enabled.
     poll: Option<Duration>,
+    /// The request queue's next available index after the last processing pass.
+    last_avail: u16,
+    /// Where the request queue stood when the frontend stopped it (GET_VRING_BASE), until the
+    /// first event after it is restarted.
+    stopped_at: Option<u16>,
 }
 
 impl IommuBackend {
@@ -122,6 +127,29 @@ impl IommuBackend {
             mem: GuestMemoryAtomic::new(GuestMemoryMmap::new()),
             event_idx: false,
             poll: poll.filter(|d| !d.is_zero()),
+            last_avail: 0,
+            stopped_at: None,
+        }
+    }
+
+    /// QEMU's generic vhost-user device stops the rings for a guest reset exactly as for a VM
+    /// pause; the difference shows when they restart: after a pause the frontend restores the
+    /// index we reported, after a reset the driver starts its new ring at 0. A restart anywhere
+    /// but where we stopped means the driver lost its state, so the guest's domains and
+    /// mappings must go too (a rebooted guest must not find its previous life's mappings).
+    /// Only a reset that happens to stop at a multiple of 65536 requests goes unnoticed.
+    fn check_restart(&mut self, vring: &VringRwLock) {
+        let Some(at) = self.stopped_at.take() else {
+            return;
+        };
+        let now = vring.queue_next_avail();
+        if now != at {
+            log::info!(
+                "request queue restarted at {now} after stopping at {at}: the driver started \
+                 over; dropping domains, endpoints and mappings"
+            );
+            self.shared.device().reset_guest_state();
+            self.last_avail = now;
         }
     }
 
@@ -129,7 +157,13 @@ impl IommuBackend {
     /// driver notifications suppressed, so the guest need not kick) until the queue has been
     /// idle for the poll window, then re-enable notifications and go back to sleep on the kick
     /// eventfd. A busy queue yields after `MAX_POLL_BURST` so the event queue is served too.
-    fn process_requests(&self, vring: &VringRwLock) -> Result<(), VhostError> {
+    fn process_requests(&mut self, vring: &VringRwLock) -> Result<(), VhostError> {
+        let r = self.drain_requests(vring);
+        self.last_avail = vring.queue_next_avail();
+        r
+    }
+
+    fn drain_requests(&self, vring: &VringRwLock) -> Result<(), VhostError> {
         let qerr = |err| VhostError::Queue {
             queue: REQUEST_QUEUE,
             err,
@@ -452,6 +486,13 @@ impl VhostUserBackendMut for IommuBackend {
         self.shared.device().reset(true);
     }
 
+    fn stop_vring(&mut self, queue_index: u32) -> io::Result<()> {
+        if queue_index == u32::from(REQUEST_QUEUE) {
+            self.stopped_at = Some(self.last_avail);
+        }
+        Ok(())
+    }
+
     fn set_event_idx(&mut self, enabled: bool) {
         self.event_idx = enabled;
     }
@@ -501,6 +542,7 @@ impl VhostUserBackendMut for IommuBackend {
                 .get(usize::from(q))
                 .ok_or(VhostError::UnknownEvent(q))
         };
+        self.check_restart(vring(REQUEST_QUEUE)?);
         match device_event {
             REQUEST_QUEUE => self.process_requests(vring(REQUEST_QUEUE)?)?,
             EVENT_QUEUE => self.deliver_events(vring(EVENT_QUEUE)?)?,

@@ -186,6 +186,42 @@ fn stopping_and_restarting_the_rings_keeps_the_device_state() {
 }
 
 #[test]
+fn a_ring_restarted_at_zero_is_a_guest_reset_and_drops_guest_state() {
+    // QEMU's generic vhost-user device stops the rings the same way for a VM pause and for a
+    // guest reset; after a reset the new driver's rings start at index 0 and its first ATTACH
+    // and MAPs must not meet the previous boot's domains.
+    let daemon = Daemon::start(&[]);
+    let mut ctl = daemon.ctl();
+    let mut d = daemon.connect();
+    assert_eq!(d.attach(1, 3), OK);
+    assert_eq!(d.attach(1, 4), OK);
+    assert_eq!(d.map(1, 0x10000, 0x1ffff, 0x100000, RW), OK);
+    d.set_bypass(1);
+    let bases = d.stop_rings().expect("stop rings");
+    assert_ne!(bases[0], 0);
+    // The rebooted guest's driver lays out new rings.
+    let (rsize, esize, eidx) = (d.reqq.size, d.evq.size, d.reqq.event_idx);
+    d.reqq = vhost_user_iommu_tests::SplitQueue::new(&d.mem, 0, rsize);
+    d.evq = vhost_user_iommu_tests::SplitQueue::new(&d.mem, 1, esize);
+    d.reqq.event_idx = eidx;
+    d.evq.event_idx = eidx;
+    d.start_rings([0, 0]).expect("restart rings at 0");
+    // Same domain id, same range: OK only if the old mapping is gone.
+    assert_eq!(d.attach(1, 3), OK);
+    assert_eq!(d.map(1, 0x10000, 0x1ffff, 0x200000, RW), OK);
+    let maps = ctl.mappings(1).unwrap();
+    assert_eq!(maps.len(), 1);
+    assert_eq!(maps[0].phys_start, 0x200000);
+    assert_eq!(
+        ctl.endpoint_domain(4),
+        None,
+        "endpoint 4 belonged to the previous boot"
+    );
+    // The config bypass byte survives a device reset.
+    assert_eq!(d.config().bypass, 1);
+}
+
+#[test]
 fn disabled_ring_is_not_processed_until_enabled() {
     use vhost::vhost_user::VhostUserFrontend;
     let daemon = Daemon::start(&[]);
