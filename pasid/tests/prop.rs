@@ -6,7 +6,9 @@ use pagetables::build::TableAllocator;
 use pagetables::vmsa::Granule;
 use pagetables::TestMemory;
 use pasid::smmuv3::build::{CdFields, CdTableBuilder};
-use pasid::smmuv3::{CdCaps, ContextDescriptor, GuestSte, S1Dss, S1Fmt, SteHostPolicy, SteS1};
+use pasid::smmuv3::{
+    CdCaps, ContextDescriptor, GranuleSupport, GuestSte, S1Dss, S1Fmt, SteHostPolicy, SteS1,
+};
 use pasid::{PasidError, PasidSpace};
 use proptest::prelude::*;
 
@@ -146,7 +148,7 @@ proptest! {
         asid in any::<u16>(),
         (mair, amair) in (any::<u64>(), any::<u64>()),
     ) {
-        let caps = CdCaps { max_oas: 52, lva: true, asid16: true, hw_access_flag: true, hw_dirty: true, stall: true, big_endian: true };
+        let caps = CdCaps { max_oas: 52, lva: true, asid16: true, hw_access_flag: true, hw_dirty: true, stall: true, big_endian: true, granules: GranuleSupport::ALL };
         let granule = [Granule::K4, Granule::K16, Granule::K64][g];
         let min = if granule == Granule::K64 { 12 } else { 16 };
         let t0sz = min + t0sz_seed % (40 - min);
@@ -206,7 +208,7 @@ proptest! {
             raw[6] = 0;
             raw[7] = 0;
         }
-        let caps = CdCaps { max_oas: 52, lva: true, asid16: true, hw_access_flag: true, hw_dirty: true, stall: true, big_endian: true };
+        let caps = CdCaps { max_oas: 52, lva: true, asid16: true, hw_access_flag: true, hw_dirty: true, stall: true, big_endian: true, granules: GranuleSupport::ALL };
         if let Ok(cd) = ContextDescriptor::decode(raw, &caps) {
             prop_assert!(cd.stage1(&caps).is_ok());
             prop_assert_eq!(cd.raw, raw);

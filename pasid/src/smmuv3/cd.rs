@@ -50,6 +50,100 @@ pub struct CdCaps {
     pub stall: bool,
     /// Big-endian translation tables (SMMU_IDR0.TTENDIAN mixed or big).
     pub big_endian: bool,
+    /// Translation granules supported (SMMU_IDR5.GRAN4K / GRAN16K / GRAN64K).
+    pub granules: GranuleSupport,
+}
+
+/// Which stage-1 granules the SMMU supports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct GranuleSupport {
+    /// 4KB.
+    pub k4: bool,
+    /// 16KB.
+    pub k16: bool,
+    /// 64KB.
+    pub k64: bool,
+}
+
+impl GranuleSupport {
+    /// All three granules.
+    pub const ALL: GranuleSupport = GranuleSupport {
+        k4: true,
+        k16: true,
+        k64: true,
+    };
+
+    /// Whether `g` is supported.
+    pub fn supports(&self, g: Granule) -> bool {
+        match g {
+            Granule::K4 => self.k4,
+            Granule::K16 => self.k16,
+            Granule::K64 => self.k64,
+        }
+    }
+}
+
+/// Host SMMU properties from the `iommu_hw_info_arm_smmuv3.idr[6]` registers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SmmuIdrInfo {
+    /// What CDs may use.
+    pub cd_caps: CdCaps,
+    /// SMMU_IDR1.SSIDSIZE (clamped to 20): the SMMU's PASID width.
+    pub ssid_bits: u8,
+    /// SMMU_IDR0.CD2L: 2-level CD tables.
+    pub cd2l: bool,
+    /// SMMU_IDR0.S1P and S2P: both stages, needed for nesting.
+    pub nesting: bool,
+    /// SMMU_IDR0.PRI.
+    pub pri: bool,
+    /// SMMU_IDR0.ATS.
+    pub ats: bool,
+}
+
+impl SmmuIdrInfo {
+    /// Decodes IDR0 (TTENDIAN \[22:21\], CD2L \[19\], PRI \[16\], ASID16 \[12\],
+    /// ATS \[10\], HTTU \[7:6\], S1P \[1\], S2P \[0\], STALL_MODEL \[25:24\]), IDR1
+    /// (SSIDSIZE \[10:6\]) and IDR5 (OAS \[2:0\], GRAN4K \[4\], GRAN16K \[5\],
+    /// GRAN64K \[6\], VAX \[11:10\]).
+    pub fn from_idr(idr: &[u32; 6]) -> Self {
+        let (idr0, idr1, idr5) = (idr[0], idr[1], idr[5]);
+        let httu = (idr0 >> 6) & 3;
+        let ttendian = (idr0 >> 21) & 3;
+        let stall_model = (idr0 >> 24) & 3;
+        let oas = match idr5 & 7 {
+            0 => 32,
+            1 => 36,
+            2 => 40,
+            3 => 42,
+            4 => 44,
+            5 => 48,
+            _ => 52,
+        };
+        let ssid = ((idr1 >> 6) & 0x1f) as u8;
+        SmmuIdrInfo {
+            cd_caps: CdCaps {
+                max_oas: oas,
+                lva: (idr5 >> 10) & 3 == 1,
+                asid16: idr0 & (1 << 12) != 0,
+                hw_access_flag: httu >= 1,
+                hw_dirty: httu == 2,
+                // 0b00: stall and terminate; 0b10: stall forced. 0b01: terminate only.
+                stall: stall_model == 0 || stall_model == 2,
+                // 0b00 mixed, 0b11 big-endian only.
+                big_endian: ttendian == 0 || ttendian == 3,
+                granules: GranuleSupport {
+                    k4: idr5 & (1 << 4) != 0,
+                    k16: idr5 & (1 << 5) != 0,
+                    k64: idr5 & (1 << 6) != 0,
+                },
+            },
+            ssid_bits: ssid.min(crate::MAX_PASID_BITS),
+            cd2l: idr0 & (1 << 19) != 0,
+            nesting: idr0 & 3 == 3,
+            pri: idr0 & (1 << 16) != 0,
+            ats: idr0 & (1 << 10) != 0,
+        }
+    }
 }
 
 impl Default for CdCaps {
@@ -63,6 +157,7 @@ impl Default for CdCaps {
             hw_dirty: false,
             stall: false,
             big_endian: false,
+            granules: GranuleSupport::ALL,
         }
     }
 }
@@ -226,6 +321,9 @@ impl ContextDescriptor {
         }
         let tg0 = ((w0 >> W0_TG0_SHIFT) & 3) as u8;
         let granule = Granule::from_tg0(tg0).ok_or(CdError::ReservedTg0(tg0))?;
+        if !caps.granules.supports(granule) {
+            return Err(CdError::Unsupported("this translation granule (TG0)"));
+        }
         let sh0 = ((w0 >> W0_SH0_SHIFT) & 3) as u8;
         if sh0 == 1 {
             return Err(CdError::ReservedSh0);
@@ -429,6 +527,62 @@ mod tests {
             big_endian: true,
             ..CdCaps::default()
         }
+    }
+
+    #[test]
+    fn caps_from_idr_registers() {
+        // IDR0: S1P, S2P, HTTU = 2, ATS, ASID16, PRI, CD2L, TTENDIAN LE (0b10), STALL_MODEL 1.
+        let idr0 =
+            3 | (2 << 6) | (1 << 10) | (1 << 12) | (1 << 16) | (1 << 19) | (2 << 21) | (1 << 24);
+        // IDR1: SSIDSIZE 20. IDR5: OAS 48 (5), GRAN4K, GRAN64K, VAX 1.
+        let idr1 = 20 << 6;
+        let idr5 = 5 | (1 << 4) | (1 << 6) | (1 << 10);
+        let i = SmmuIdrInfo::from_idr(&[idr0, idr1, 0, 0, 0, idr5]);
+        assert_eq!(
+            i,
+            SmmuIdrInfo {
+                cd_caps: CdCaps {
+                    max_oas: 48,
+                    lva: true,
+                    asid16: true,
+                    hw_access_flag: true,
+                    hw_dirty: true,
+                    stall: false,
+                    big_endian: false,
+                    granules: GranuleSupport {
+                        k4: true,
+                        k16: false,
+                        k64: true
+                    },
+                },
+                ssid_bits: 20,
+                cd2l: true,
+                nesting: true,
+                pri: true,
+                ats: true,
+            }
+        );
+        let i = SmmuIdrInfo::from_idr(&[(1 << 6) | (3 << 21) | (2 << 24), 31 << 6, 0, 0, 0, 6]);
+        assert_eq!(i.ssid_bits, 20);
+        assert_eq!(i.cd_caps.max_oas, 52);
+        assert!(i.cd_caps.hw_access_flag && !i.cd_caps.hw_dirty);
+        assert!(i.cd_caps.big_endian && i.cd_caps.stall && !i.cd_caps.asid16);
+        assert!(!i.cd2l && !i.nesting && !i.pri && !i.ats);
+        // A CD with a granule the SMMU lacks is rejected.
+        let no16 = CdCaps {
+            granules: GranuleSupport {
+                k16: false,
+                ..GranuleSupport::ALL
+            },
+            ..CdCaps::default()
+        };
+        let mut raw = linux_cd(0x8010_0000);
+        raw[0] |= 2 << 6;
+        assert!(matches!(
+            ContextDescriptor::decode(raw, &no16),
+            Err(CdError::Unsupported(_))
+        ));
+        assert!(ContextDescriptor::decode(raw, &CdCaps::default()).is_ok());
     }
 
     #[test]

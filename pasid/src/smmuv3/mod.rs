@@ -4,7 +4,7 @@ pub mod build;
 pub mod cd;
 pub mod ste;
 
-pub use cd::{CdCaps, CdError, ContextDescriptor};
+pub use cd::{CdCaps, CdError, ContextDescriptor, GranuleSupport, SmmuIdrInfo};
 pub use ste::{
     iommufd_ste_bytes, GuestSte, S1Dss, S1Fmt, SsidResolution, SteError, SteHostPolicy, SteS1,
 };
