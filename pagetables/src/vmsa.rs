@@ -166,9 +166,68 @@ impl Stage1Params {
     }
 }
 
+impl Stage1Params {
+    /// The TTB0 half of a CPU `TCR_EL1` / `TTBR0_EL1` / `MAIR_EL1` (what a guest shares for
+    /// SVA, or a single-page-table binding): returns the parameters and TTBR0's ASID.
+    ///
+    /// TCR_EL1 fields used: T0SZ \[5:0\], EPD0 \[7\], TG0 \[15:14\], IPS \[34:32\],
+    /// TBI0 \[37\], HA \[39\], HD \[40\], HPD0 \[41\] (as HAD0). DS \[59\] (LPA2) is
+    /// rejected, as are the RES0 bits 6 and 35; the TTBR1 half is ignored. TTBR0_EL1: BADDR
+    /// \[47:1\] (CnP, bit 0, ignored), BADDR\[51:48\] in bits \[5:2\] with a 64K granule and
+    /// 52-bit IPS, ASID \[63:48\].
+    pub fn from_tcr_el1(
+        tcr: u64,
+        ttbr0: u64,
+        mair: u64,
+        caps: Stage1Caps,
+    ) -> Result<(Stage1Params, u16), ConfigError> {
+        let res0 = tcr & ((1 << 6) | (1 << 35));
+        if res0 != 0 {
+            return Err(ConfigError::TcrReserved(res0));
+        }
+        if tcr & (1 << 59) != 0 {
+            return Err(ConfigError::Lpa2Unsupported);
+        }
+        let tg0 = ((tcr >> 14) & 3) as u8;
+        let granule = Granule::from_tg0(tg0).ok_or(ConfigError::ReservedTg0(tg0))?;
+        let ips = ((tcr >> 32) & 7) as u8;
+        let mut ttb0 = ttbr0 & bits(47, 1);
+        if granule == Granule::K64 && ips == 6 {
+            ttb0 = (ttb0 & !bits(5, 2)) | (((ttbr0 >> 2) & 0xf) << 48);
+        }
+        let p = Stage1Params {
+            granule,
+            t0sz: (tcr & 0x3f) as u8,
+            ips,
+            ttb0,
+            mair,
+            epd0: tcr & (1 << 7) != 0,
+            tbi0: tcr & (1 << 37) != 0,
+            affd: false,
+            ha: tcr & (1 << 39) != 0,
+            hd: tcr & (1 << 40) != 0 && tcr & (1 << 39) != 0,
+            wxn: false,
+            pan: false,
+            had0: tcr & (1 << 41) != 0,
+            big_endian: false,
+            caps,
+        };
+        Ok((p, (ttbr0 >> 48) as u16))
+    }
+}
+
 /// Invalid stage-1 configurations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
+    /// TG0 = 0b11.
+    #[error("reserved TG0 encoding {0}")]
+    ReservedTg0(u8),
+    /// TCR_EL1.DS = 1 (52-bit with 4K/16K, FEAT_LPA2).
+    #[error("LPA2 (TCR.DS = 1) is not supported")]
+    Lpa2Unsupported,
+    /// RES0 bits of TCR_EL1 set.
+    #[error("reserved TCR_EL1 bits {0:#x} set")]
+    TcrReserved(u64),
     /// T0SZ outside the range the granule and capabilities permit.
     #[error("T0SZ {t0sz} outside {min}..={max} for this granule")]
     T0szOutOfRange {
@@ -702,6 +761,79 @@ mod tests {
                 ttb0: L0 + 0x1000,
                 align: 8192
             })
+        );
+    }
+
+    #[test]
+    fn from_tcr_el1_fields() {
+        // T0SZ 25, EPD0 0, TG0 16K (0b10 at [15:14]), T1SZ/EPD1/TG1 set (ignored), IPS 40-bit,
+        // TBI0, HA, HD, HPD0.
+        let tcr = 25
+            | (2 << 14)
+            | (16 << 16)
+            | (1 << 23)
+            | (2 << 30)
+            | (2u64 << 32)
+            | (1 << 37)
+            | (1 << 39)
+            | (1 << 40)
+            | (1 << 41);
+        let ttbr0 = (0x1234u64 << 48) | 0x4000_1000 | 1; // ASID, BADDR, CnP
+        let (p, asid) =
+            Stage1Params::from_tcr_el1(tcr, ttbr0, 0xff, Stage1Caps::default()).unwrap();
+        assert_eq!(asid, 0x1234);
+        assert_eq!(
+            (p.granule, p.t0sz, p.ips, p.ttb0, p.mair),
+            (Granule::K16, 25, 2, 0x4000_1000, 0xff)
+        );
+        assert!(!p.epd0 && p.tbi0 && p.ha && p.hd && p.had0);
+        assert!(Stage1::new(p).is_ok());
+        // Each flag alone.
+        let base = 16u64 | (5u64 << 32);
+        for (bit, f) in [
+            (
+                7u32,
+                (|p: &Stage1Params| p.epd0) as fn(&Stage1Params) -> bool,
+            ),
+            (37, |p| p.tbi0),
+            (39, |p| p.ha),
+            (41, |p| p.had0),
+        ] {
+            let (p, _) =
+                Stage1Params::from_tcr_el1(base | (1 << bit), 0, 0, Stage1Caps::default()).unwrap();
+            assert!(f(&p), "bit {bit}");
+            let flags = [p.epd0, p.tbi0, p.ha, p.had0, p.hd];
+            assert_eq!(flags.iter().filter(|&&b| b).count(), 1, "bit {bit}");
+        }
+        // HD alone has no effect without HA.
+        let (p, _) =
+            Stage1Params::from_tcr_el1(base | (1 << 40), 0, 0, Stage1Caps::default()).unwrap();
+        assert!(!p.hd);
+        // 64K granule with 52-bit IPS: BADDR[51:48] from TTBR0[5:2].
+        let tcr = 12 | (1 << 14) | (6u64 << 32);
+        let (p, _) = Stage1Params::from_tcr_el1(
+            tcr,
+            0x0000_8000_0001_0000 | (0xa << 2),
+            0,
+            Stage1Caps {
+                max_oas: 52,
+                lva: true,
+            },
+        )
+        .unwrap();
+        assert_eq!(p.ttb0, 0x000a_8000_0001_0000);
+        assert!(Stage1::new(p).is_ok());
+        assert_eq!(
+            Stage1Params::from_tcr_el1(base | (3 << 14), 0, 0, Stage1Caps::default()),
+            Err(ConfigError::ReservedTg0(3))
+        );
+        assert_eq!(
+            Stage1Params::from_tcr_el1(base | (1 << 59), 0, 0, Stage1Caps::default()),
+            Err(ConfigError::Lpa2Unsupported)
+        );
+        assert_eq!(
+            Stage1Params::from_tcr_el1(base | (1 << 35), 0, 0, Stage1Caps::default()),
+            Err(ConfigError::TcrReserved(1 << 35))
         );
     }
 
