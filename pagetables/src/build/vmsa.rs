@@ -35,7 +35,8 @@ impl VmsaBuilder {
             Granule::K16 => 14,
             Granule::K64 => 16,
         };
-        if !(12..=39).contains(&t0sz) || (oa52 && page_shift != 16) {
+        let min_t0sz = if page_shift == 16 { 12 } else { 16 };
+        if !(min_t0sz..=39).contains(&t0sz) || (oa52 && page_shift != 16) {
             return Err(BuildError::Config);
         }
         let input_bits = 64 - u32::from(t0sz);
@@ -44,7 +45,7 @@ impl VmsaBuilder {
         let mut level = 3u32;
         let mut covered = page_shift + per_level;
         while covered < input_bits {
-            level -= 1;
+            level = level.checked_sub(1).ok_or(BuildError::Config)?;
             covered += per_level;
         }
         let below_root = covered - per_level;
@@ -243,6 +244,9 @@ mod tests {
         assert_eq!(b.first_level(), 2);
         assert_eq!(b.leaf_sizes(), [1 << 16, 1 << 29]);
         assert!(VmsaBuilder::new(Granule::K4, 16, true, false, alloc()).is_err());
+        assert!(VmsaBuilder::new(Granule::K4, 12, false, false, alloc()).is_err());
+        assert!(VmsaBuilder::new(Granule::K16, 15, false, false, alloc()).is_err());
+        assert!(VmsaBuilder::new(Granule::K64, 40, false, false, alloc()).is_err());
     }
 
     #[test]
