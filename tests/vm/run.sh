@@ -190,6 +190,7 @@ bench_daemon() {
 BENCH_POLL_US=50
 t_bench() {
     local base ours poll=""
+    BENCH_LOAD=$(cut -d' ' -f1-3 /proc/loadavg)
     GUEST_FILES=("$RUN/map-bench")
     boot_guest bench-builtin "$G/bench.sh" "$((BENCH_SECONDS + 90))" "vui.bench=$BENCH_SECONDS,$BENCH_GRANULE" -- \
         -device virtio-iommu-pci -device "edu,addr=$EDU_ADDR"
@@ -245,10 +246,11 @@ $(row "QEMU built-in virtio-iommu-pci" "$1")
 $(row "vhost-user-iommu (kick per request)" "$2")
 $([ -n "${3:-}" ] && row "vhost-user-iommu --poll-us $BENCH_POLL_US" "$3")
 
-Machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), $(nproc) cores, no KVM (TCG),
+Machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), $(nproc) cores (load average ${BENCH_LOAD} when the runs
+started; polling needs a core of its own, so other load skews its row most), no KVM (TCG),
 $(awk '/MemTotal/ {printf "%d GiB RAM", $2/1048576}' /proc/meminfo); host $(. /etc/os-release && echo "$PRETTY_NAME"), kernel $(uname -r);
 ${QEMU_VERSION}; guest Linux ${VUI_KERNEL_NAME#bzImage-}, -smp 1, -m 512; daemon: ${profile} build of
-commit $(git -C "$VUI_REPO" rev-parse --short HEAD 2>/dev/null || echo unknown), software backend${VUI_BENCH_DAEMON_ARGS:+, extra options: $VUI_BENCH_DAEMON_ARGS}.
+commit ${VUI_BENCH_COMMIT:-$(git -C "$VUI_REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)}, software backend${VUI_BENCH_DAEMON_ARGS:+, extra options: $VUI_BENCH_DAEMON_ARGS}.
 
 Reproduce (as root, from the repository root):
 
