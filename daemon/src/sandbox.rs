@@ -10,7 +10,9 @@
 //! (stderr or the journal socket) and thread exit. The lists are x86_64 and aarch64 names from
 //! `libc::SYS_*`; a call the C library makes on one architecture only is listed under `cfg`.
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
@@ -43,11 +45,50 @@ pub enum Role {
     Signals,
     /// Ping systemd's watchdog (a datagram socket per ping).
     Watchdog,
+    /// A vhost-user worker thread, which reads guest-controlled rings: on top of the main
+    /// filter it inherits, only epoll, eventfd reads/writes and writes to invalidation
+    /// subscribers. Installed by the thread itself on its first event ([`enter_worker`]).
+    Worker,
+}
+
+impl Role {
+    pub const ALL: [Role; 5] = [
+        Role::Main,
+        Role::Control,
+        Role::Signals,
+        Role::Watchdog,
+        Role::Worker,
+    ];
+}
+
+/// A system call: its name (as systemd and strace spell it) and its number.
+pub type Call = (&'static str, i64);
+
+/// `sys![libc::SYS_read, ...]`: the calls with their names taken from the constants.
+macro_rules! sys {
+    ($($c:path),* $(,)?) => {
+        vec![$((sys_name(stringify!($c)), $c)),*]
+    };
+}
+
+const fn sys_name(path: &'static str) -> &'static str {
+    // "libc :: SYS_set_robust_list" -> "set_robust_list": what follows the first "SYS_".
+    let b = path.as_bytes();
+    let mut j = 0;
+    while j + 4 <= b.len() {
+        if b[j] == b'S' && b[j + 1] == b'Y' && b[j + 2] == b'S' && b[j + 3] == b'_' {
+            if let Some((_, name)) = path.split_at_checked(j + 4) {
+                return name;
+            }
+        }
+        j += 1;
+    }
+    path
 }
 
 /// Calls every thread may make.
-fn common() -> Vec<i64> {
-    let mut v = vec![
+fn common() -> Vec<Call> {
+    let mut v = sys![
         libc::SYS_read,
         libc::SYS_write,
         libc::SYS_writev,
@@ -83,13 +124,13 @@ fn common() -> Vec<i64> {
         libc::SYS_fstat,
     ];
     #[cfg(target_arch = "x86_64")]
-    v.extend([libc::SYS_rseq]);
+    v.extend(sys![libc::SYS_rseq]);
     v
 }
 
 /// Starting threads (std::thread::spawn).
-fn thread_start() -> Vec<i64> {
-    vec![
+fn thread_start() -> Vec<Call> {
+    sys![
         libc::SYS_clone,
         libc::SYS_clone3,
         libc::SYS_set_robust_list,
@@ -101,12 +142,13 @@ fn thread_start() -> Vec<i64> {
     ]
 }
 
-fn role_calls(role: Role) -> Vec<i64> {
+/// The system calls `role` may make, by name and number.
+pub fn role_calls(role: Role) -> Vec<Call> {
     let mut v = common();
     match role {
         Role::Main => {
             v.extend(thread_start());
-            v.extend([
+            v.extend(sys![
                 // vhost-user connection: accept, messages carrying fds, replies.
                 libc::SYS_accept4,
                 libc::SYS_recvmsg,
@@ -128,13 +170,15 @@ fn role_calls(role: Role) -> Vec<i64> {
                 // sd_notify status updates: a datagram socket per message.
                 libc::SYS_socket,
                 libc::SYS_connect,
+                // Worker threads add their own, narrower filter (filters only ever restrict).
+                libc::SYS_seccomp,
             ]);
             #[cfg(target_arch = "x86_64")]
-            v.extend([libc::SYS_epoll_wait, libc::SYS_poll]);
+            v.extend(sys![libc::SYS_epoll_wait, libc::SYS_poll]);
         }
         Role::Control => {
             v.extend(thread_start());
-            v.extend([
+            v.extend(sys![
                 // FIONBIO only: a `subscribe` connection becomes non-blocking.
                 libc::SYS_ioctl,
                 libc::SYS_accept4,
@@ -145,16 +189,26 @@ fn role_calls(role: Role) -> Vec<i64> {
             ]);
         }
         Role::Signals => {
-            v.extend([libc::SYS_recvfrom, libc::SYS_ppoll, libc::SYS_unlinkat]);
+            v.extend(sys![
+                libc::SYS_recvfrom,
+                libc::SYS_ppoll,
+                libc::SYS_unlinkat
+            ]);
             #[cfg(target_arch = "x86_64")]
-            v.extend([libc::SYS_poll, libc::SYS_unlink]);
+            v.extend(sys![libc::SYS_poll, libc::SYS_unlink]);
         }
         Role::Watchdog => {
-            v.extend([libc::SYS_socket, libc::SYS_connect]);
+            v.extend(sys![libc::SYS_socket, libc::SYS_connect]);
+        }
+        Role::Worker => {
+            // shutdown: an invalidation subscriber that cannot keep up is cut off.
+            v.extend(sys![libc::SYS_epoll_pwait, libc::SYS_shutdown]);
+            #[cfg(target_arch = "x86_64")]
+            v.extend(sys![libc::SYS_epoll_wait]);
         }
     }
-    v.sort_unstable();
-    v.dedup();
+    v.sort_unstable_by_key(|c| c.1);
+    v.dedup_by_key(|c| c.1);
     v
 }
 
@@ -168,7 +222,7 @@ fn arch() -> Result<TargetArch, SandboxError> {
 pub fn filter(role: Role) -> Result<BpfProgram, SandboxError> {
     let build = |err| SandboxError::Build { role, err };
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
-    for nr in role_calls(role) {
+    for (_, nr) in role_calls(role) {
         let chain = if nr == libc::SYS_ioctl {
             let fionbio =
                 SeccompCondition::new(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, libc::FIONBIO)
@@ -205,6 +259,35 @@ pub fn install(role: Role) -> Result<(), SandboxError> {
     seccompiler::apply_filter(&prog).map_err(|err| SandboxError::Install { role, err })
 }
 
+/// Whether worker threads install their filter (set once by the server when seccomp is on).
+static WORKER_FILTERS: AtomicBool = AtomicBool::new(false);
+
+thread_local! {
+    static WORKER_FILTERED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Make [`enter_worker`] install the worker filter from now on.
+pub fn enable_worker_filters() {
+    WORKER_FILTERS.store(true, Ordering::Relaxed);
+}
+
+/// Called by a vhost-user worker thread on each event: the first call installs the worker
+/// filter on that thread (when enabled), later calls cost a thread-local read.
+pub fn enter_worker() -> Result<(), SandboxError> {
+    if !WORKER_FILTERS.load(Ordering::Relaxed) || WORKER_FILTERED.with(Cell::get) {
+        return Ok(());
+    }
+    install(Role::Worker)?;
+    WORKER_FILTERED.with(|f| f.set(true));
+    Ok(())
+}
+
+impl From<SandboxError> for std::io::Error {
+    fn from(e: SandboxError) -> Self {
+        std::io::Error::other(e)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -238,6 +321,22 @@ mod tests {
 
     fn killed_by_sigsys(status: libc::c_int) -> bool {
         libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGSYS
+    }
+
+    #[test]
+    fn calls_carry_their_names() {
+        let main = role_calls(Role::Main);
+        for (name, nr) in [
+            ("read", libc::SYS_read),
+            ("set_robust_list", libc::SYS_set_robust_list),
+            ("epoll_pwait", libc::SYS_epoll_pwait),
+            ("accept4", libc::SYS_accept4),
+        ] {
+            assert!(main.contains(&(name, nr)), "{name}");
+        }
+        assert!(!main
+            .iter()
+            .any(|(n, _)| n.contains("SYS") || n.contains(':')));
     }
 
     #[test]
@@ -288,7 +387,13 @@ mod tests {
             }
             0
         }
-        for role in [Role::Main, Role::Control, Role::Signals, Role::Watchdog] {
+        for role in [
+            Role::Main,
+            Role::Control,
+            Role::Signals,
+            Role::Watchdog,
+            Role::Worker,
+        ] {
             let st = in_child(role, allowed);
             assert!(exited_with(st, 0), "{role:?}: allowed path, status {st:#x}");
             for (name, f) in [
@@ -301,7 +406,13 @@ mod tests {
             }
         }
         // No role may open a network socket.
-        for role in [Role::Main, Role::Control, Role::Signals, Role::Watchdog] {
+        for role in [
+            Role::Main,
+            Role::Control,
+            Role::Signals,
+            Role::Watchdog,
+            Role::Worker,
+        ] {
             assert!(killed_by_sigsys(in_child(role, new_socket)), "{role:?}");
         }
         // The roles that talk to systemd may open unix sockets, the others not.
@@ -313,9 +424,28 @@ mod tests {
         for role in [Role::Main, Role::Watchdog] {
             assert!(exited_with(in_child(role, unix_socket), 0), "{role:?}");
         }
-        for role in [Role::Control, Role::Signals] {
+        for role in [Role::Control, Role::Signals, Role::Worker] {
             assert!(killed_by_sigsys(in_child(role, unix_socket)), "{role:?}");
         }
+        // The worker cannot start threads, accept connections or receive file descriptors.
+        fn start_thread() -> i32 {
+            // SAFETY: clone with flags only and no stack: fails or forks; the child exits.
+            let r = unsafe { libc::syscall(libc::SYS_clone, libc::SIGCHLD, 0, 0, 0, 0) };
+            if r == 0 {
+                // SAFETY: leaving the child at once.
+                unsafe { libc::_exit(0) };
+            }
+            0
+        }
+        fn recvmsg() -> i32 {
+            // SAFETY: recvmsg on an invalid fd with a null message fails with EBADF (if allowed).
+            unsafe { libc::syscall(libc::SYS_recvmsg, -1, std::ptr::null::<u8>(), 0) };
+            0
+        }
+        assert!(exited_with(in_child(Role::Main, start_thread), 0));
+        assert!(exited_with(in_child(Role::Main, recvmsg), 0));
+        assert!(killed_by_sigsys(in_child(Role::Worker, start_thread)));
+        assert!(killed_by_sigsys(in_child(Role::Worker, recvmsg)));
         // ioctl: FIONBIO (set_nonblocking) where used, nothing else anywhere.
         fn fionbio() -> i32 {
             let mut on: libc::c_int = 1;
@@ -336,7 +466,7 @@ mod tests {
         for role in [Role::Main, Role::Control, Role::Signals, Role::Watchdog] {
             assert!(killed_by_sigsys(in_child(role, tcgets)), "{role:?}");
         }
-        for role in [Role::Signals, Role::Watchdog] {
+        for role in [Role::Signals, Role::Watchdog, Role::Worker] {
             assert!(killed_by_sigsys(in_child(role, fionbio)), "{role:?}");
         }
         // Only the signal thread may remove files.
@@ -353,7 +483,7 @@ mod tests {
             0
         }
         assert!(exited_with(in_child(Role::Signals, unlink), 0));
-        for role in [Role::Main, Role::Control, Role::Watchdog] {
+        for role in [Role::Main, Role::Control, Role::Watchdog, Role::Worker] {
             assert!(killed_by_sigsys(in_child(role, unlink)), "{role:?}");
         }
     }

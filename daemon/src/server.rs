@@ -231,6 +231,7 @@ pub fn run(cfg: ServerConfig) -> Result<(), ServerError> {
     }
     if seccomp {
         sandbox::install(Role::Main)?;
+        sandbox::enable_worker_filters();
         info!("seccomp filters installed");
     } else {
         warn!("running without seccomp filters (--no-seccomp)");

@@ -537,6 +537,8 @@ impl VhostUserBackendMut for IommuBackend {
         vrings: &[VringRwLock],
         _thread_id: usize,
     ) -> io::Result<()> {
+        // The first event on a worker thread narrows its seccomp filter (a no-op afterwards).
+        crate::sandbox::enter_worker()?;
         let vring = |q: u16| {
             vrings
                 .get(usize::from(q))

@@ -93,6 +93,15 @@ fn every_thread_is_filtered_and_the_normal_path_works() {
         );
         assert!(*filters >= 1, "thread {name}: {threads:?}");
     }
+    // vhost-user worker threads narrow the main filter they inherit with their own.
+    let workers: Vec<_> = threads
+        .iter()
+        .filter(|(n, _, _)| n == "vring_worker")
+        .collect();
+    assert!(!workers.is_empty(), "no vring_worker thread: {threads:?}");
+    for (n, _, filters) in workers {
+        assert!(*filters >= 2, "{n}: {filters} filter(s): {threads:?}");
+    }
     for role in ["signals", "control"] {
         assert!(
             threads.iter().any(|(n, _, _)| n == role),

@@ -10,6 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use std::collections::HashSet;
+
+use vhost_user_iommu::sandbox::{role_calls, Role};
 use vhost_user_iommu_tests::daemon::TempDir;
 use vhost_user_iommu_tests::{Control, Device, Options};
 
@@ -61,6 +64,66 @@ fn units_pass_systemd_analyze_verify() {
         .output()
         .expect("run systemd-analyze");
     assert!(String::from_utf8_lossy(&out.stderr).contains("ProtectSystm"));
+}
+
+/// The system calls of a systemd syscall group, nested groups expanded.
+fn expand_group(group: &str, seen: &mut HashSet<String>, out: &mut HashSet<String>) {
+    if !seen.insert(group.to_string()) {
+        return;
+    }
+    let listing = Command::new(tool("systemd-analyze"))
+        .args(["syscall-filter", group])
+        .output()
+        .expect("systemd-analyze syscall-filter");
+    assert!(listing.status.success(), "unknown group {group}");
+    for line in String::from_utf8_lossy(&listing.stdout).lines().skip(1) {
+        let item = line.trim();
+        if item.is_empty() || item.starts_with('#') {
+            continue;
+        }
+        if item.starts_with('@') {
+            expand_group(item, seen, out);
+        } else {
+            out.insert(item.to_string());
+        }
+    }
+}
+
+/// The service's own filter must let through every call the daemon's seccomp filters allow:
+/// otherwise a thread doing its normal work gets EPERM under systemd only.
+#[test]
+fn unit_syscall_filter_allows_what_the_daemon_uses() {
+    let unit = std::fs::read_to_string(Path::new(UNITS).join("vhost-user-iommu@.service"))
+        .expect("read unit");
+    let (mut allow, mut deny) = (HashSet::new(), HashSet::new());
+    let mut seen = HashSet::new();
+    for value in unit
+        .lines()
+        .filter_map(|l| l.strip_prefix("SystemCallFilter="))
+    {
+        let (set, list) = match value.strip_prefix('~') {
+            Some(rest) => (&mut deny, rest),
+            None => (&mut allow, value),
+        };
+        for item in list.split_whitespace() {
+            if item.starts_with('@') {
+                seen.clear();
+                expand_group(item, &mut seen, set);
+            } else {
+                set.insert(item.to_string());
+            }
+        }
+    }
+    assert!(allow.len() > 100, "the unit has an allow list");
+    let mut missing = Vec::new();
+    for role in Role::ALL {
+        for (name, _) in role_calls(role) {
+            if !allow.contains(name) || deny.contains(name) {
+                missing.push(format!("{role:?}: {name}"));
+            }
+        }
+    }
+    assert!(missing.is_empty(), "the unit forbids: {missing:?}");
 }
 
 fn is_socket(p: &Path) -> bool {
