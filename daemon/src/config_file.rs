@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::backend::iommufd::{DeviceSource, IommufdConfig};
+use crate::backend::{BackendConfig, BackendKind};
 use crate::config::{
     parse_u32, parse_u64, ConfigError, DeviceConfig, EndpointSet, Range32, Range64, ReservedRegion,
 };
@@ -76,6 +78,60 @@ struct RawFile {
     poll_us: Option<Number>,
     user: Option<String>,
     seccomp: Option<bool>,
+    backend: Option<String>,
+    iommufd: Option<RawIommufd>,
+}
+
+/// The `[iommufd]` table (docs/IOMMUFD.md).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawIommufd {
+    iommufd: Option<PathBuf>,
+    fd_socket: Option<PathBuf>,
+    #[serde(default)]
+    devices: Vec<RawHostDevice>,
+}
+
+/// One `[[iommufd.devices]]` entry: an endpoint id and exactly one source.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawHostDevice {
+    endpoint: u32,
+    vfio: Option<PathBuf>,
+    pci: Option<String>,
+    fd: Option<bool>,
+    mock: Option<bool>,
+}
+
+impl RawIommufd {
+    fn into_config(self) -> Result<IommufdConfig, String> {
+        let mut devices = std::collections::BTreeMap::new();
+        for d in self.devices {
+            let src = match (d.vfio, d.pci, d.fd, d.mock) {
+                (Some(p), None, None, None) => DeviceSource::Vfio(p),
+                (None, Some(bdf), None, None) => DeviceSource::Pci(bdf),
+                (None, None, Some(true), None) => DeviceSource::Passed,
+                (None, None, None, Some(true)) => DeviceSource::Mock,
+                _ => {
+                    return Err(format!(
+                        "endpoint {}: give exactly one of vfio = PATH, pci = BDF, fd = true, mock = true",
+                        d.endpoint
+                    ))
+                }
+            };
+            if devices.insert(d.endpoint, src).is_some() {
+                return Err(format!("endpoint {} listed twice", d.endpoint));
+            }
+        }
+        if devices.values().any(|s| *s == DeviceSource::Passed) && self.fd_socket.is_none() {
+            return Err("devices with `fd = true` need `fd-socket`".into());
+        }
+        Ok(IommufdConfig {
+            iommufd: self.iommufd,
+            fd_socket: self.fd_socket,
+            devices,
+        })
+    }
 }
 
 /// One source of settings (the file or the command line); `None` means "not set here".
@@ -97,6 +153,9 @@ pub struct Layer {
     pub poll_us: Option<u64>,
     pub user: Option<String>,
     pub seccomp: Option<bool>,
+    pub backend: Option<BackendKind>,
+    /// The `[iommufd]` table (config file only).
+    pub iommufd: Option<IommufdConfig>,
 }
 
 /// Everything the daemon runs with, resolved from defaults, the file and the command line.
@@ -111,6 +170,7 @@ pub struct Settings {
     pub seccomp: bool,
     /// Request-queue polling window (None: sleep on the kick eventfd).
     pub poll: Option<std::time::Duration>,
+    pub backend: BackendConfig,
 }
 
 /// Read and parse a config file.
@@ -175,6 +235,14 @@ pub fn parse(path: &Path, text: &str) -> Result<Layer, FileError> {
         poll_us: num64(raw.poll_us, "poll-us")?,
         user: raw.user,
         seccomp: raw.seccomp,
+        backend: raw
+            .backend
+            .map(|s| s.parse::<BackendKind>().map_err(bad("backend")))
+            .transpose()?,
+        iommufd: raw
+            .iommufd
+            .map(|t| t.into_config().map_err(bad("iommufd")))
+            .transpose()?,
     })
 }
 
@@ -225,6 +293,8 @@ impl Layer {
             poll_us: self.poll_us.or(base.poll_us),
             user: self.user.or(base.user),
             seccomp: self.seccomp.or(base.seccomp),
+            backend: self.backend.or(base.backend),
+            iommufd: self.iommufd.or(base.iommufd),
         }
     }
 
@@ -286,6 +356,16 @@ pub fn resolve(flags: Layer, file: Option<(&Path, Layer)>) -> Result<Settings, F
         };
         return Err(FileError::Invalid { origin, err });
     }
+    let backend = match (merged.backend.unwrap_or_default(), merged.iommufd) {
+        (BackendKind::Software, None) => BackendConfig::Software,
+        (BackendKind::Software, Some(_)) => {
+            return Err(FileError::Flag {
+                key: "backend",
+                why: "an [iommufd] table is configured but the backend is `software`; set `backend = \"iommufd\"` or pass --backend iommufd".into(),
+            })
+        }
+        (BackendKind::Iommufd, c) => BackendConfig::Iommufd(c.unwrap_or_default()),
+    };
     Ok(Settings {
         socket: merged.socket,
         control_socket: merged.control_socket,
@@ -296,6 +376,7 @@ pub fn resolve(flags: Layer, file: Option<(&Path, Layer)>) -> Result<Settings, F
             .poll_us
             .filter(|&us| us > 0)
             .map(std::time::Duration::from_micros),
+        backend,
     })
 }
 

@@ -68,6 +68,8 @@ enum Request {
     },
     /// Turn this connection into a stream of invalidation lines (docs/CONTROL.md).
     Subscribe,
+    /// The host backend's objects (docs/IOMMUFD.md).
+    Backend,
 }
 
 /// Bind the control socket (mode 0600: inspection can provoke faults, so only the daemon's
@@ -172,6 +174,7 @@ fn parse_access(s: &str) -> Result<Access, String> {
 fn execute(req: Request, shared: &Shared, conn: &ConnectionInfo) -> Result<Value, String> {
     match req {
         Request::Subscribe => Err("subscribe is handled by the connection".into()),
+        Request::Backend => Ok(shared.device().backend_info()),
         Request::Status => {
             let dev = shared.device();
             let c = dev.config();

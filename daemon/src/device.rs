@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use serde::Serialize;
 use zerocopy::FromBytes;
 
+use crate::backend::{BackendError, GuestRegion, HostBackend, ResetKind, Software};
 use crate::config::DeviceConfig;
 use crate::mapping::{Mapping, MappingTable};
 use crate::protocol::*;
@@ -156,10 +157,18 @@ pub struct Device {
     fault_log: VecDeque<(FaultInfo, bool)>,
     pending_events: VecDeque<FaultRecord>,
     invalidation_sink: Option<std::sync::Arc<dyn InvalidationSink>>,
+    /// Where validated requests take effect outside the model (backend/mod.rs).
+    backend: Box<dyn HostBackend>,
 }
 
 impl Device {
+    /// A device with the software backend.
     pub fn new(cfg: DeviceConfig) -> Self {
+        Self::with_backend(cfg, Box::new(Software))
+    }
+
+    /// A device whose requests also take effect on `backend`.
+    pub fn with_backend(cfg: DeviceConfig, backend: Box<dyn HostBackend>) -> Self {
         let bypass = u8::from(cfg.boot_bypass);
         Device {
             cfg,
@@ -172,7 +181,35 @@ impl Device {
             fault_log: VecDeque::new(),
             pending_events: VecDeque::new(),
             invalidation_sink: None,
+            backend,
         }
+    }
+
+    /// A backend refused a validated request: nothing changed, the guest gets its status.
+    fn backend_failed(&self, what: &str, e: BackendError) -> Status {
+        log::warn!("{what}: {} backend: {e}", self.backend.name());
+        e.status()
+    }
+
+    /// Tell the backend whether unattached endpoints bypass now.
+    fn sync_unattached_bypass(&mut self) {
+        let bypass = self.unattached_bypass();
+        if let Err(e) = self.backend.set_unattached_bypass(bypass) {
+            log::warn!(
+                "{} backend: unattached bypass = {bypass}: {e}",
+                self.backend.name()
+            );
+        }
+    }
+
+    /// The vhost-user memory table changed (guest RAM as the daemon has it mapped).
+    pub fn set_guest_memory(&mut self, regions: &[GuestRegion]) -> Result<(), BackendError> {
+        self.backend.set_guest_memory(regions)
+    }
+
+    /// The backend's host objects, for the control socket.
+    pub fn backend_info(&self) -> serde_json::Value {
+        self.backend.describe()
     }
 
     /// Report invalidations (UNMAP, domain changes, resets) to `sink` from now on.
@@ -212,6 +249,7 @@ impl Device {
         self.acked = Some(features & self.features());
         // Whether unattached endpoints bypass depends on the negotiated features.
         self.invalidate(|| Invalidation::All);
+        self.sync_unattached_bypass();
     }
 
     pub fn acked_features(&self) -> Option<u64> {
@@ -230,6 +268,10 @@ impl Device {
             self.bypass = u8::from(self.cfg.boot_bypass);
         }
         self.reset_guest_state();
+        if !keep_bypass {
+            self.backend.reset(ResetKind::Connection);
+        }
+        self.sync_unattached_bypass();
     }
 
     /// Drop what the driver built (endpoints, domains, mappings, pending events) but keep the
@@ -240,6 +282,7 @@ impl Device {
         self.domains.clear();
         self.total_mappings = 0;
         self.pending_events.clear();
+        self.backend.reset(ResetKind::Device);
         self.invalidate(|| Invalidation::All);
     }
 
@@ -267,6 +310,7 @@ impl Device {
                 if self.bypass != *v {
                     self.bypass = *v;
                     self.invalidate(|| Invalidation::All);
+                    self.sync_unattached_bypass();
                 }
                 true
             }
@@ -361,13 +405,17 @@ impl Device {
             }
         }
         // All checks passed: from here on the request applies completely.
-        match self.endpoints.get(&endpoint) {
-            Some(Some(cur)) if *cur == domain => return Status::Ok,
-            Some(Some(cur)) => {
-                let cur = *cur;
-                self.remove_from_domain(cur, endpoint);
-            }
-            _ => {}
+        let current = self.endpoints.get(&endpoint).copied().flatten();
+        if current == Some(domain) {
+            return Status::Ok;
+        }
+        // The host moves the endpoint atomically (implicit detach included).
+        let new_domain = !self.domains.contains_key(&domain);
+        if let Err(e) = self.backend.attach(endpoint, domain, bypass, new_domain) {
+            return self.backend_failed("ATTACH", e);
+        }
+        if let Some(cur) = current {
+            self.remove_from_domain(cur, endpoint);
         }
         let d = self.domains.entry(domain).or_insert_with(|| Domain {
             bypass,
@@ -392,6 +440,7 @@ impl Device {
         if now_empty {
             if let Some(d) = self.domains.remove(&domain) {
                 self.total_mappings = self.total_mappings.saturating_sub(d.mappings.len() as u64);
+                self.backend.destroy_domain(domain);
             }
         }
         self.endpoints.insert(endpoint, None);
@@ -406,6 +455,9 @@ impl Device {
         if self.endpoints.get(&endpoint) != Some(&Some(domain)) {
             // No such domain, or the endpoint is not attached to it (MAY INVAL).
             return Status::Inval;
+        }
+        if let Err(e) = self.backend.detach(endpoint) {
+            return self.backend_failed("DETACH", e);
         }
         self.remove_from_domain(domain, endpoint);
         self.invalidate(|| Invalidation::Endpoint { endpoint });
@@ -462,6 +514,12 @@ impl Device {
         };
         match d.mappings.insert(start, end, phys, flags) {
             Ok(()) => {
+                // The insert was the overlap check; a backend failure takes it back before
+                // anything is visible (the device lock is held throughout).
+                if let Err(e) = self.backend.map(domain, start, end, phys, flags) {
+                    let _ = d.mappings.remove_range(start, end, |_| {});
+                    return self.backend_failed("MAP", e);
+                }
                 self.total_mappings += 1;
                 Status::Ok
             }
@@ -480,6 +538,15 @@ impl Device {
         if d.bypass || start > end {
             return Status::Inval;
         }
+        if d.mappings.check_remove(start, end).is_err() {
+            return Status::Range;
+        }
+        if let Err(e) = self.backend.unmap(domain, start, end) {
+            return self.backend_failed("UNMAP", e);
+        }
+        let Some(d) = self.domains.get_mut(&domain) else {
+            return Status::NoEnt;
+        };
         match d.mappings.remove_range(start, end, |_| {}) {
             Ok(n) => {
                 self.total_mappings = self.total_mappings.saturating_sub(n as u64);

@@ -3,6 +3,7 @@
 //! - [`protocol`]: the wire format of requests, events and the config space;
 //! - [`device`]: the device model and the software backend (`translate`);
 //! - [`mapping`]: per-domain mapping storage;
+//! - [`backend`]: host backends (software, iommufd) and the fd hand-over protocol;
 //! - [`vhost`]: virtqueue processing and the vhost-user backend;
 //! - [`control`]: the inspection socket;
 //! - [`server`]: sockets, connection lifecycle, signals;
@@ -11,6 +12,7 @@
 //! - [`privilege`], [`sandbox`]: dropping privileges and per-thread seccomp filters.
 
 pub mod activation;
+pub mod backend;
 pub mod config;
 pub mod config_file;
 pub mod control;
@@ -21,4 +23,5 @@ pub mod privilege;
 pub mod protocol;
 pub mod sandbox;
 pub mod server;
+pub mod tables;
 pub mod vhost;

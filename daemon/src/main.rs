@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 
+use vhost_user_iommu::backend::{BackendConfig, BackendKind};
 use vhost_user_iommu::config::{parse_u32, parse_u64, EndpointSet, Range32, Range64};
 use vhost_user_iommu::config_file::{self, Layer, Settings};
 use vhost_user_iommu::protocol::RESV_MEM_T_MSI;
@@ -97,6 +98,11 @@ struct RunArgs {
     /// Do not install the seccomp system-call filters (for debugging only).
     #[arg(long)]
     no_seccomp: bool,
+    /// Host backend: `software` (the daemon's own tables) or `iommufd` (guest domains become
+    /// host iommufd objects for the devices of the config file's [iommufd] table;
+    /// docs/IOMMUFD.md) [default: software].
+    #[arg(long, value_name = "KIND")]
+    backend: Option<BackendKind>,
 }
 
 #[derive(Debug, Args)]
@@ -158,6 +164,8 @@ fn flag_layer(a: &RunArgs) -> Layer {
         poll_us: a.poll_us,
         user: a.user.clone(),
         seccomp: a.no_seccomp.then_some(false),
+        backend: a.backend,
+        iommufd: None,
     }
 }
 
@@ -201,11 +209,40 @@ fn print_settings(s: &Settings) {
         "poll-us": s.poll.map_or(0, |p| p.as_micros()),
         "user": s.user,
         "seccomp": s.seccomp,
+        "backend": backend_json(&s.backend),
     });
     println!(
         "{}",
         serde_json::to_string_pretty(&v).unwrap_or_else(|_| v.to_string())
     );
+}
+
+fn backend_json(b: &BackendConfig) -> serde_json::Value {
+    use vhost_user_iommu::backend::iommufd::DeviceSource;
+    match b {
+        BackendConfig::Software => json!("software"),
+        BackendConfig::Iommufd(c) => {
+            let devices: Vec<_> = c
+                .devices
+                .iter()
+                .map(|(ep, src)| match src {
+                    DeviceSource::Vfio(p) => {
+                        json!({"endpoint": ep, "vfio": p.display().to_string()})
+                    }
+                    DeviceSource::Pci(bdf) => json!({"endpoint": ep, "pci": bdf}),
+                    DeviceSource::Passed => json!({"endpoint": ep, "fd": true}),
+                    DeviceSource::Mock => json!({"endpoint": ep, "mock": true}),
+                })
+                .collect();
+            json!({
+                "iommufd": {
+                    "iommufd": c.iommufd.as_ref().map(|p| p.display().to_string()),
+                    "fd-socket": c.fd_socket.as_ref().map(|p| p.display().to_string()),
+                    "devices": devices,
+                }
+            })
+        }
+    }
 }
 
 fn run_ctl(a: CtlArgs) -> Result<(), String> {
@@ -278,6 +315,7 @@ fn run_daemon(a: &RunArgs) -> Result<(), String> {
         user: s.user,
         seccomp: s.seccomp,
         poll: s.poll,
+        backend: s.backend,
     })
     .map_err(|e| e.to_string())
 }

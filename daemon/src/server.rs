@@ -35,6 +35,8 @@ pub enum ServerError {
     #[error(transparent)]
     Privilege(#[from] PrivilegeError),
     #[error(transparent)]
+    Backend(#[from] crate::backend::BackendSetupError),
+    #[error(transparent)]
     Sandbox(#[from] SandboxError),
     #[error("cannot start the {0} thread: {1}")]
     Thread(&'static str, io::Error),
@@ -62,6 +64,8 @@ pub struct ServerConfig {
     pub seccomp: bool,
     /// Request-queue polling window (None: sleep on the kick eventfd).
     pub poll: Option<std::time::Duration>,
+    /// The host backend.
+    pub backend: crate::backend::BackendConfig,
 }
 
 /// Bind a unix socket at `path`. A stale socket left by a dead process is replaced; a live one
@@ -190,6 +194,17 @@ pub fn run(cfg: ServerConfig) -> Result<(), ServerError> {
         }
     };
     let mut listener = Listener::from(listener);
+    // Host devices are opened (and fds received from a launcher) with the daemon's privileges;
+    // the host's limits adjust what the device tells the guest.
+    let mut device_cfg = cfg.device.clone();
+    let backend = match crate::backend::build(&cfg.backend, &mut device_cfg) {
+        Ok(b) => b,
+        Err(e) => {
+            remove_sockets(&ours);
+            return Err(e.into());
+        }
+    };
+    let backend_name = backend.name();
     if let Some(user) = &cfg.user {
         if let Err(e) = privilege::drop_to(user) {
             remove_sockets(&ours);
@@ -200,7 +215,7 @@ pub fn run(cfg: ServerConfig) -> Result<(), ServerError> {
     // The signal thread removes our socket files on SIGINT/SIGTERM.
     spawn_signal_thread(signals, ours, cfg.seccomp)?;
 
-    let shared = Arc::new(Shared::new(Device::new(cfg.device.clone()))?);
+    let shared = Arc::new(Shared::new(Device::with_backend(device_cfg, backend))?);
     let conn = Arc::new(ConnectionInfo::default());
     shared
         .device()
@@ -241,7 +256,7 @@ pub fn run(cfg: ServerConfig) -> Result<(), ServerError> {
         .map_or("the inherited socket".to_string(), |p| {
             p.display().to_string()
         });
-    info!("serving virtio-iommu (software backend) on {where_}");
+    info!("serving virtio-iommu ({backend_name} backend) on {where_}");
     activation::notify_ready(&format!("waiting for a frontend on {where_}"));
 
     loop {

@@ -520,6 +520,21 @@ impl VhostUserBackendMut for IommuBackend {
     }
 
     fn update_memory(&mut self, mem: Mem) -> io::Result<()> {
+        // The host backend maps guest RAM (iommufd: the stage-2 IOAS); a refusal fails the
+        // frontend's SET_MEM_TABLE and keeps the previous table.
+        let regions: Vec<crate::backend::GuestRegion> = mem
+            .memory()
+            .iter()
+            .map(|r| crate::backend::GuestRegion {
+                gpa: vm_memory::GuestMemoryRegion::start_addr(r).raw_value(),
+                size: vm_memory::GuestMemoryRegion::len(r),
+                host_addr: r.as_ptr() as u64,
+            })
+            .collect();
+        self.shared
+            .device()
+            .set_guest_memory(&regions)
+            .map_err(io::Error::other)?;
         self.mem = mem;
         Ok(())
     }

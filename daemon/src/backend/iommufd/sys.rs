@@ -1,0 +1,395 @@
+//! The kernel ABI the iommufd backend uses: iommufd (`include/uapi/linux/iommufd.h`), the VFIO
+//! cdev iommufd calls (`include/uapi/linux/vfio.h`) and the selftest mock
+//! (`drivers/iommu/iommufd/iommufd_test.h`, CONFIG_IOMMUFD_TEST).
+//!
+//! Every call is a raw `ioctl(2)` on a borrowed fd with a `#[repr(C)]` argument that mirrors the
+//! kernel header field for field. Errors carry the ioctl name and the errno, which the backend
+//! turns into a virtio-iommu status.
+//!
+//! Why not `iommufd-ioctls` / `vfio-ioctls`: iommufd-ioctls 0.4 wraps IOAS_ALLOC/MAP/UNMAP but
+//! not IOAS_IOVA_RANGES or the selftest command, and vfio-ioctls 0.10 needs the KVM crates for
+//! its cdev support and unwraps a detach in `Drop` (a panic in the daemon when the kernel refuses).
+//! The handful of calls needed here are simpler to keep exact and typed in one place.
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd};
+
+/// `_IO(';', nr)`: iommufd and VFIO encode neither direction nor size in the number.
+const fn io(nr: u64) -> u64 {
+    (0x3b << 8) | nr
+}
+
+pub const IOMMU_DESTROY: u64 = io(0x80);
+pub const IOMMU_IOAS_ALLOC: u64 = io(0x81);
+pub const IOMMU_IOAS_IOVA_RANGES: u64 = io(0x84);
+pub const IOMMU_IOAS_MAP: u64 = io(0x85);
+pub const IOMMU_IOAS_UNMAP: u64 = io(0x86);
+/// `IOMMU_TEST_CMD` = `_IO(IOMMUFD_TYPE, IOMMUFD_CMD_BASE + 32)`.
+pub const IOMMU_TEST_CMD: u64 = io(0x80 + 32);
+/// VFIO_BASE is 100.
+pub const VFIO_DEVICE_BIND_IOMMUFD: u64 = io(100 + 18);
+pub const VFIO_DEVICE_ATTACH_IOMMUFD_PT: u64 = io(100 + 19);
+pub const VFIO_DEVICE_DETACH_IOMMUFD_PT: u64 = io(100 + 20);
+
+/// The ioctls the backend makes after start-up (the seccomp filter of the serving threads
+/// allows exactly these, besides FIONBIO). Binding VFIO devices and creating mock devices happen
+/// before the filters are installed.
+pub const SERVING_IOCTLS: [u64; 7] = [
+    IOMMU_DESTROY,
+    IOMMU_IOAS_ALLOC,
+    IOMMU_IOAS_IOVA_RANGES,
+    IOMMU_IOAS_MAP,
+    IOMMU_IOAS_UNMAP,
+    IOMMU_TEST_CMD,
+    VFIO_DEVICE_ATTACH_IOMMUFD_PT,
+];
+
+pub const IOMMU_IOAS_MAP_FIXED_IOVA: u32 = 1 << 0;
+pub const IOMMU_IOAS_MAP_WRITEABLE: u32 = 1 << 1;
+pub const IOMMU_IOAS_MAP_READABLE: u32 = 1 << 2;
+
+pub const IOMMU_TEST_OP_MD_CHECK_MAP: u32 = 3;
+pub const IOMMU_TEST_OP_MD_CHECK_REFS: u32 = 4;
+pub const IOMMU_TEST_OP_MOCK_DOMAIN: u32 = 2;
+pub const IOMMU_TEST_OP_ADD_RESERVED: u32 = 1;
+pub const IOMMU_TEST_OP_MOCK_DOMAIN_REPLACE: u32 = 10;
+
+/// A failed ioctl: which one, and the errno.
+#[derive(Debug, thiserror::Error, Clone, Copy, PartialEq, Eq)]
+#[error("{call}: {}", io::Error::from_raw_os_error(*errno))]
+pub struct SysError {
+    pub call: &'static str,
+    pub errno: i32,
+}
+
+#[repr(C)]
+#[derive(Debug, Default)]
+pub struct IommuDestroy {
+    pub size: u32,
+    pub id: u32,
+}
+
+#[repr(C)]
+#[derive(Debug, Default)]
+pub struct IommuIoasAlloc {
+    pub size: u32,
+    pub flags: u32,
+    pub out_ioas_id: u32,
+}
+
+#[repr(C)]
+#[derive(Debug, Default)]
+pub struct IommuIoasIovaRanges {
+    pub size: u32,
+    pub ioas_id: u32,
+    pub num_iovas: u32,
+    pub reserved: u32,
+    pub allowed_iovas: u64,
+    pub out_iova_alignment: u64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IommuIovaRange {
+    pub start: u64,
+    pub last: u64,
+}
+
+#[repr(C)]
+#[derive(Debug, Default)]
+pub struct IommuIoasMap {
+    pub size: u32,
+    pub flags: u32,
+    pub ioas_id: u32,
+    pub reserved: u32,
+    pub user_va: u64,
+    pub length: u64,
+    pub iova: u64,
+}
+
+#[repr(C)]
+#[derive(Debug, Default)]
+pub struct IommuIoasUnmap {
+    pub size: u32,
+    pub ioas_id: u32,
+    pub iova: u64,
+    pub length: u64,
+}
+
+#[repr(C)]
+#[derive(Debug, Default)]
+pub struct VfioDeviceBindIommufd {
+    pub argsz: u32,
+    pub flags: u32,
+    pub iommufd: i32,
+    pub out_devid: u32,
+}
+
+#[repr(C)]
+#[derive(Debug, Default)]
+pub struct VfioDeviceAttachIommufdPt {
+    pub argsz: u32,
+    pub flags: u32,
+    pub pt_id: u32,
+    pub pasid: u32,
+}
+
+/// `struct iommu_test_cmd`: 16 bytes of header, a 48-byte union (its largest member, `dirty`,
+/// is a u32 and five u64), `last`, padding to 8: 72 bytes. The union is kept as raw u64 words;
+/// the accessors below place each op's fields where the C layout puts them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct IommuTestCmd {
+    pub size: u32,
+    pub op: u32,
+    pub id: u32,
+    pub reserved: u32,
+    pub union: [u64; 6],
+    pub last: u32,
+    pub pad: u32,
+}
+
+const _: () = assert!(std::mem::size_of::<IommuTestCmd>() == 72);
+const _: () = assert!(std::mem::size_of::<IommuIoasMap>() == 40);
+const _: () = assert!(std::mem::size_of::<IommuIoasUnmap>() == 24);
+const _: () = assert!(std::mem::size_of::<IommuIoasIovaRanges>() == 32);
+
+impl IommuTestCmd {
+    pub fn new(op: u32, id: u32) -> Self {
+        IommuTestCmd {
+            size: std::mem::size_of::<Self>() as u32,
+            op,
+            id,
+            ..Default::default()
+        }
+    }
+    /// The union's 32-bit words, in memory order (little-endian halves of the u64 words).
+    pub fn u32_at(&self, i: usize) -> u32 {
+        let w = self.union[i / 2];
+        if i.is_multiple_of(2) {
+            w as u32
+        } else {
+            (w >> 32) as u32
+        }
+    }
+    pub fn set_u32_at(&mut self, i: usize, v: u32) {
+        let w = &mut self.union[i / 2];
+        if i.is_multiple_of(2) {
+            *w = (*w & !0xffff_ffff) | u64::from(v);
+        } else {
+            *w = (*w & 0xffff_ffff) | (u64::from(v) << 32);
+        }
+    }
+}
+
+/// Issue `req` on `fd` with `arg`.
+///
+/// # Safety
+/// `T` must be the argument structure the kernel expects for `req` (a `#[repr(C)]` mirror of
+/// the uAPI struct), and any pointers inside it must be valid for what the kernel does with them.
+unsafe fn ioctl<T>(
+    fd: BorrowedFd<'_>,
+    req: u64,
+    call: &'static str,
+    arg: &mut T,
+) -> Result<(), SysError> {
+    // SAFETY: the caller guarantees `arg` matches `req`; `arg` is a live exclusive reference for
+    // the duration of the call.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), req as _, arg as *mut T) };
+    if r < 0 {
+        let errno = io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO);
+        return Err(SysError { call, errno });
+    }
+    Ok(())
+}
+
+pub fn destroy(fd: BorrowedFd<'_>, id: u32) -> Result<(), SysError> {
+    let mut a = IommuDestroy {
+        size: std::mem::size_of::<IommuDestroy>() as u32,
+        id,
+    };
+    // SAFETY: IOMMU_DESTROY takes struct iommu_destroy, which `a` mirrors; no pointers.
+    unsafe { ioctl(fd, IOMMU_DESTROY, "IOMMU_DESTROY", &mut a) }
+}
+
+pub fn ioas_alloc(fd: BorrowedFd<'_>) -> Result<u32, SysError> {
+    let mut a = IommuIoasAlloc {
+        size: std::mem::size_of::<IommuIoasAlloc>() as u32,
+        ..Default::default()
+    };
+    // SAFETY: IOMMU_IOAS_ALLOC takes struct iommu_ioas_alloc, which `a` mirrors; no pointers.
+    unsafe { ioctl(fd, IOMMU_IOAS_ALLOC, "IOMMU_IOAS_ALLOC", &mut a) }?;
+    Ok(a.out_ioas_id)
+}
+
+/// The IOVA ranges an IOAS can map (given the devices attached to it) and the IOVA alignment.
+pub fn ioas_iova_ranges(
+    fd: BorrowedFd<'_>,
+    ioas: u32,
+) -> Result<(Vec<IommuIovaRange>, u64), SysError> {
+    let mut ranges = vec![IommuIovaRange::default(); 8];
+    loop {
+        let mut a = IommuIoasIovaRanges {
+            size: std::mem::size_of::<IommuIoasIovaRanges>() as u32,
+            ioas_id: ioas,
+            num_iovas: ranges.len() as u32,
+            allowed_iovas: ranges.as_mut_ptr() as u64,
+            ..Default::default()
+        };
+        // SAFETY: IOMMU_IOAS_IOVA_RANGES takes struct iommu_ioas_iova_ranges; `allowed_iovas`
+        // points to `num_iovas` writable iommu_iova_range entries owned by `ranges`.
+        match unsafe { ioctl(fd, IOMMU_IOAS_IOVA_RANGES, "IOMMU_IOAS_IOVA_RANGES", &mut a) } {
+            Ok(()) => {
+                ranges.truncate(a.num_iovas as usize);
+                return Ok((ranges, a.out_iova_alignment));
+            }
+            // Too small: the kernel wrote the number needed.
+            Err(e) if e.errno == libc::EMSGSIZE && (a.num_iovas as usize) > ranges.len() => {
+                ranges.resize(a.num_iovas as usize, IommuIovaRange::default());
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Map `length` bytes of this process's memory at `user_va` at `iova` in `ioas`.
+pub fn ioas_map(
+    fd: BorrowedFd<'_>,
+    ioas: u32,
+    iova: u64,
+    user_va: u64,
+    length: u64,
+    flags: u32,
+) -> Result<(), SysError> {
+    let mut a = IommuIoasMap {
+        size: std::mem::size_of::<IommuIoasMap>() as u32,
+        flags: flags | IOMMU_IOAS_MAP_FIXED_IOVA,
+        ioas_id: ioas,
+        reserved: 0,
+        user_va,
+        length,
+        iova,
+    };
+    // SAFETY: IOMMU_IOAS_MAP takes struct iommu_ioas_map. `user_va` is a user address the
+    // kernel pins with get_user_pages (it fails with EFAULT on an unmapped address); the caller
+    // keeps the mapping alive while the IOAS maps it (guest RAM lives as long as the connection).
+    unsafe { ioctl(fd, IOMMU_IOAS_MAP, "IOMMU_IOAS_MAP", &mut a) }
+}
+
+/// Unmap `[iova, iova + length)` from `ioas`; `(0, u64::MAX)` unmaps everything. Returns the
+/// number of bytes unmapped.
+pub fn ioas_unmap(fd: BorrowedFd<'_>, ioas: u32, iova: u64, length: u64) -> Result<u64, SysError> {
+    let mut a = IommuIoasUnmap {
+        size: std::mem::size_of::<IommuIoasUnmap>() as u32,
+        ioas_id: ioas,
+        iova,
+        length,
+    };
+    // SAFETY: IOMMU_IOAS_UNMAP takes struct iommu_ioas_unmap, which `a` mirrors; no pointers.
+    unsafe { ioctl(fd, IOMMU_IOAS_UNMAP, "IOMMU_IOAS_UNMAP", &mut a) }?;
+    Ok(a.length)
+}
+
+/// Bind a VFIO cdev to the iommufd; returns the iommufd device id.
+pub fn vfio_bind(dev: BorrowedFd<'_>, iommufd: BorrowedFd<'_>) -> Result<u32, SysError> {
+    let mut a = VfioDeviceBindIommufd {
+        argsz: std::mem::size_of::<VfioDeviceBindIommufd>() as u32,
+        flags: 0,
+        iommufd: iommufd.as_raw_fd(),
+        out_devid: 0,
+    };
+    // SAFETY: VFIO_DEVICE_BIND_IOMMUFD takes struct vfio_device_bind_iommufd; no pointers.
+    unsafe {
+        ioctl(
+            dev,
+            VFIO_DEVICE_BIND_IOMMUFD,
+            "VFIO_DEVICE_BIND_IOMMUFD",
+            &mut a,
+        )
+    }?;
+    Ok(a.out_devid)
+}
+
+/// Attach (or atomically replace the attachment of) a bound VFIO device to `pt_id` (an IOAS or
+/// a HWPT). Returns the HWPT the device now uses.
+pub fn vfio_attach(dev: BorrowedFd<'_>, pt_id: u32) -> Result<u32, SysError> {
+    let mut a = VfioDeviceAttachIommufdPt {
+        argsz: std::mem::size_of::<VfioDeviceAttachIommufdPt>() as u32,
+        flags: 0,
+        pt_id,
+        pasid: 0,
+    };
+    // SAFETY: VFIO_DEVICE_ATTACH_IOMMUFD_PT takes struct vfio_device_attach_iommufd_pt (with
+    // the 6.15 pasid field, ignored without the PASID flag); no pointers.
+    unsafe {
+        ioctl(
+            dev,
+            VFIO_DEVICE_ATTACH_IOMMUFD_PT,
+            "VFIO_DEVICE_ATTACH_IOMMUFD_PT",
+            &mut a,
+        )
+    }?;
+    Ok(a.pt_id)
+}
+
+/// One selftest command.
+pub fn test_cmd(fd: BorrowedFd<'_>, cmd: &mut IommuTestCmd) -> Result<(), SysError> {
+    // SAFETY: IOMMU_TEST_CMD takes struct iommu_test_cmd, which IommuTestCmd mirrors (72 bytes);
+    // the ops used here carry no pointers except MD_CHECK_MAP/MD_CHECK_REFS, whose callers pass
+    // addresses of their own mapped memory.
+    unsafe { ioctl(fd, IOMMU_TEST_CMD, "IOMMU_TEST_CMD", cmd) }
+}
+
+/// MOCK_DOMAIN: create a mock device, bind it and attach it to `pt_id`. Returns
+/// (stdev_id, hwpt_id, idev_id).
+pub fn mock_domain(fd: BorrowedFd<'_>, pt_id: u32) -> Result<(u32, u32, u32), SysError> {
+    let mut c = IommuTestCmd::new(IOMMU_TEST_OP_MOCK_DOMAIN, pt_id);
+    test_cmd(fd, &mut c)?;
+    Ok((c.u32_at(0), c.u32_at(1), c.u32_at(2)))
+}
+
+/// MOCK_DOMAIN_REPLACE: move the mock device `stdev_id` to `pt_id`; returns the HWPT.
+pub fn mock_replace(fd: BorrowedFd<'_>, stdev_id: u32, pt_id: u32) -> Result<u32, SysError> {
+    let mut c = IommuTestCmd::new(IOMMU_TEST_OP_MOCK_DOMAIN_REPLACE, stdev_id);
+    c.set_u32_at(0, pt_id);
+    test_cmd(fd, &mut c)?;
+    Ok(c.u32_at(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ioctl_numbers_match_the_uapi() {
+        // Values computed from the kernel headers (_IO(0x3b, nr)).
+        assert_eq!(IOMMU_DESTROY, 0x3b80);
+        assert_eq!(IOMMU_IOAS_MAP, 0x3b85);
+        assert_eq!(IOMMU_TEST_CMD, 0x3ba0);
+        assert_eq!(VFIO_DEVICE_BIND_IOMMUFD, 0x3b76);
+        assert_eq!(VFIO_DEVICE_ATTACH_IOMMUFD_PT, 0x3b77);
+        assert_eq!(VFIO_DEVICE_DETACH_IOMMUFD_PT, 0x3b78);
+    }
+
+    #[test]
+    fn test_cmd_union_words() {
+        let mut c = IommuTestCmd::new(IOMMU_TEST_OP_MOCK_DOMAIN_REPLACE, 7);
+        c.set_u32_at(0, 0x1234);
+        c.set_u32_at(1, 0xabcd);
+        c.set_u32_at(2, 9);
+        assert_eq!(c.union[0], 0xabcd_0000_1234);
+        assert_eq!((c.u32_at(0), c.u32_at(1), c.u32_at(2)), (0x1234, 0xabcd, 9));
+        assert_eq!(c.size, 72);
+    }
+
+    #[test]
+    fn errors_on_a_non_iommufd_fd_carry_the_errno() {
+        let f = std::fs::File::open("/dev/null").unwrap();
+        use std::os::fd::AsFd;
+        let e = ioas_alloc(f.as_fd()).unwrap_err();
+        assert_eq!(e.call, "IOMMU_IOAS_ALLOC");
+        assert_eq!(e.errno, libc::ENOTTY);
+    }
+}

@@ -1,0 +1,384 @@
+//! Host backends: what a validated request does outside the device model.
+//!
+//! The device model (`device.rs`) checks every request against the specification and its own
+//! tables, then calls the backend, then commits. A backend error leaves the guest-visible state
+//! unchanged and becomes the request's status (`BackendError::status`), so the guest never sees
+//! a half-applied request.
+//!
+//! - [`Software`]: the default. Does nothing; the device model's own tables and `translate` are
+//!   the IOMMU (for a VMM's emulated devices, through the control socket).
+//! - [`iommufd::IommufdBackend`]: guest domains become iommufd objects on the host, so passthrough
+//!   (VFIO) devices are translated by the host IOMMU (docs/IOMMUFD.md).
+
+pub mod fdpass;
+pub mod iommufd;
+
+use std::fmt;
+
+use crate::config::ReservedRegion;
+use crate::protocol::Status;
+
+/// `--backend`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BackendKind {
+    #[default]
+    Software,
+    Iommufd,
+}
+
+impl std::str::FromStr for BackendKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "software" => Ok(BackendKind::Software),
+            "iommufd" => Ok(BackendKind::Iommufd),
+            _ => Err(format!("{s:?}: expected `software` or `iommufd`")),
+        }
+    }
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BackendKind::Software => "software",
+            BackendKind::Iommufd => "iommufd",
+        })
+    }
+}
+
+/// The backend the daemon runs with, fully configured.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum BackendConfig {
+    #[default]
+    Software,
+    Iommufd(iommufd::IommufdConfig),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackendSetupError {
+    #[error("iommufd backend: {0}")]
+    Iommufd(#[from] iommufd::SetupError),
+    #[error("iommufd backend: the host limits leave no valid device configuration: {0}")]
+    Limits(crate::config::ConfigError),
+}
+
+/// Build the backend and apply the host's limits to the device configuration: the page size
+/// mask is intersected with the host's, host IOVA holes become RESV_MEM RESERVED regions.
+/// Runs before privileges are dropped and seccomp filters installed (it opens device files).
+pub fn build(
+    cfg: &BackendConfig,
+    device: &mut crate::config::DeviceConfig,
+) -> Result<Box<dyn HostBackend>, BackendSetupError> {
+    match cfg {
+        BackendConfig::Software => Ok(Box::new(Software)),
+        BackendConfig::Iommufd(c) => {
+            let b = iommufd::IommufdBackend::open(c)?;
+            let limits = b.limits(device.input_start, device.input_end);
+            device.page_size_mask &= limits.page_size_mask;
+            device.reserved = merge_holes(&device.reserved, &limits.holes);
+            device.validate().map_err(BackendSetupError::Limits)?;
+            Ok(Box::new(b))
+        }
+    }
+}
+
+/// Why a backend refused or failed a request. Every variant maps to one virtio status.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum BackendError {
+    /// A kernel call failed; the status follows the errno (`errno_status`).
+    #[error("{call} failed: {}", std::io::Error::from_raw_os_error(*errno))]
+    Os { call: &'static str, errno: i32 },
+    /// A MAP whose physical range is not (entirely, in one region) guest RAM the daemon knows
+    /// from the vhost-user memory table.
+    #[error("physical range {start:#x}-{end:#x} is not guest RAM")]
+    NotGuestRam { start: u64, end: u64 },
+    /// A MAP with the MMIO flag: the host IOMMU cannot map guest MMIO (it has no host memory).
+    #[error("MMIO mappings cannot be made on the host IOMMU")]
+    Mmio,
+    /// The backend has no record of something the device model says exists (a bug).
+    #[error("backend state out of sync: {0}")]
+    Internal(&'static str),
+}
+
+impl From<iommufd::sys::SysError> for BackendError {
+    fn from(e: iommufd::sys::SysError) -> Self {
+        BackendError::Os {
+            call: e.call,
+            errno: e.errno,
+        }
+    }
+}
+
+/// The virtio-iommu status for a kernel errno.
+///
+/// - ENOMEM, ENOSPC (no IOVA space / page-table memory): NOMEM;
+/// - EINVAL, ERANGE, EOVERFLOW (address or size the host cannot take): RANGE;
+/// - EEXIST, EADDRINUSE (the host has something there already, e.g. a host reserved IOVA):
+///   INVAL, the status of an overlapping MAP;
+/// - ENOENT (nothing to unmap, unknown object): NOENT;
+/// - anything else (EFAULT, EPERM, EBUSY, EIO, ...): DEVERR.
+pub fn errno_status(errno: i32) -> Status {
+    match errno {
+        libc::ENOMEM | libc::ENOSPC => Status::NoMem,
+        libc::EINVAL | libc::ERANGE | libc::EOVERFLOW => Status::Range,
+        libc::EEXIST | libc::EADDRINUSE => Status::Inval,
+        libc::ENOENT => Status::NoEnt,
+        _ => Status::DevErr,
+    }
+}
+
+impl BackendError {
+    /// The status the guest sees for this error.
+    pub fn status(&self) -> Status {
+        match self {
+            BackendError::Os { errno, .. } => errno_status(*errno),
+            BackendError::NotGuestRam { .. } => Status::Range,
+            BackendError::Mmio => Status::Unsupp,
+            BackendError::Internal(_) => Status::DevErr,
+        }
+    }
+}
+
+/// One region of guest RAM as the daemon has it mapped (from the vhost-user memory table).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GuestRegion {
+    pub gpa: u64,
+    pub size: u64,
+    /// Where the daemon mapped it.
+    pub host_addr: u64,
+}
+
+/// What the host allows, applied to the device configuration at start-up.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HostLimits {
+    /// Page sizes the host can map (intersected with the configured mask).
+    pub page_size_mask: u64,
+    /// IOVA ranges the host cannot map: reported by PROBE as RESV_MEM RESERVED regions.
+    pub holes: Vec<(u64, u64)>,
+}
+
+/// Why a reset is happening.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResetKind {
+    /// VHOST_USER_RESET_DEVICE or a guest reboot: the guest memory table stays.
+    Device,
+    /// The frontend went away: guest memory is gone too.
+    Connection,
+}
+
+/// The operations of the device model that reach the host. Called with the device lock held,
+/// after validation; `Err` means nothing changed on the host either.
+pub trait HostBackend: Send + fmt::Debug {
+    /// A name for logs and the control socket.
+    fn name(&self) -> &'static str;
+    /// `endpoint` joins `domain` (created by this call when `new_domain`). When it was attached
+    /// elsewhere it moves atomically (no window without translation).
+    fn attach(
+        &mut self,
+        endpoint: u32,
+        domain: u32,
+        bypass: bool,
+        new_domain: bool,
+    ) -> Result<(), BackendError>;
+    /// `endpoint` leaves its domain: DMA is blocked (or bypasses, when unattached endpoints do).
+    fn detach(&mut self, endpoint: u32) -> Result<(), BackendError>;
+    /// The domain's last endpoint left: release it and its mappings. Cannot fail (best effort,
+    /// logged).
+    fn destroy_domain(&mut self, domain: u32);
+    /// Map `[iova, end]` to guest-physical `phys` with `flags` (MAP_F_*).
+    fn map(
+        &mut self,
+        domain: u32,
+        iova: u64,
+        end: u64,
+        phys: u64,
+        flags: u32,
+    ) -> Result<(), BackendError>;
+    /// Remove every mapping inside `[start, end]` (the device model has checked none is split).
+    fn unmap(&mut self, domain: u32, start: u64, end: u64) -> Result<(), BackendError>;
+    /// Unattached endpoints now bypass (`true`) or are blocked.
+    fn set_unattached_bypass(&mut self, bypass: bool) -> Result<(), BackendError>;
+    /// Release every object the guest caused (domains, mappings; guest memory on `Connection`).
+    fn reset(&mut self, kind: ResetKind);
+    /// The vhost-user memory table changed.
+    fn set_guest_memory(&mut self, regions: &[GuestRegion]) -> Result<(), BackendError>;
+    /// Host objects, for the control socket (`backend` request).
+    fn describe(&self) -> serde_json::Value;
+}
+
+/// The software backend: the device model's tables are the whole IOMMU.
+#[derive(Debug, Default)]
+pub struct Software;
+
+impl HostBackend for Software {
+    fn name(&self) -> &'static str {
+        "software"
+    }
+    fn attach(&mut self, _: u32, _: u32, _: bool, _: bool) -> Result<(), BackendError> {
+        Ok(())
+    }
+    fn detach(&mut self, _: u32) -> Result<(), BackendError> {
+        Ok(())
+    }
+    fn destroy_domain(&mut self, _: u32) {}
+    fn map(&mut self, _: u32, _: u64, _: u64, _: u64, _: u32) -> Result<(), BackendError> {
+        Ok(())
+    }
+    fn unmap(&mut self, _: u32, _: u64, _: u64) -> Result<(), BackendError> {
+        Ok(())
+    }
+    fn set_unattached_bypass(&mut self, _: bool) -> Result<(), BackendError> {
+        Ok(())
+    }
+    fn reset(&mut self, _: ResetKind) {}
+    fn set_guest_memory(&mut self, _: &[GuestRegion]) -> Result<(), BackendError> {
+        Ok(())
+    }
+    fn describe(&self) -> serde_json::Value {
+        serde_json::json!({"backend": "software"})
+    }
+}
+
+/// Merge host IOVA holes into the configured reserved regions: configured regions keep their
+/// subtype; the parts of holes they do not cover become RESERVED regions. The result is sorted
+/// and non-overlapping.
+pub fn merge_holes(configured: &[ReservedRegion], holes: &[(u64, u64)]) -> Vec<ReservedRegion> {
+    let mut out: Vec<ReservedRegion> = configured.to_vec();
+    for &(hs, he) in holes {
+        // Subtract every configured region from [hs, he].
+        let mut pieces = vec![(hs, he)];
+        for r in configured {
+            let mut next = Vec::with_capacity(pieces.len() + 1);
+            for (s, e) in pieces {
+                if r.end < s || r.start > e {
+                    next.push((s, e));
+                    continue;
+                }
+                if r.start > s {
+                    next.push((s, r.start - 1));
+                }
+                if r.end < e {
+                    next.push((r.end + 1, e));
+                }
+            }
+            pieces = next;
+        }
+        out.extend(pieces.into_iter().map(|(start, end)| ReservedRegion {
+            start,
+            end,
+            subtype: crate::protocol::RESV_MEM_T_RESERVED,
+        }));
+    }
+    out.sort_by_key(|r| r.start);
+    out
+}
+
+/// The complement of `allowed` (sorted or not) inside `[lo, hi]`.
+pub fn holes_of(allowed: &[(u64, u64)], lo: u64, hi: u64) -> Vec<(u64, u64)> {
+    let mut allowed: Vec<(u64, u64)> = allowed
+        .iter()
+        .filter(|&&(s, e)| s <= e && e >= lo && s <= hi)
+        .map(|&(s, e)| (s.max(lo), e.min(hi)))
+        .collect();
+    allowed.sort_unstable();
+    let mut holes = Vec::new();
+    let mut next = Some(lo);
+    for (s, e) in allowed {
+        let Some(n) = next else { break };
+        if s > n {
+            holes.push((n, s - 1));
+        }
+        if e >= n {
+            next = e.checked_add(1);
+        }
+    }
+    if let Some(n) = next {
+        if n <= hi {
+            holes.push((n, hi));
+        }
+    }
+    holes
+}
+
+#[cfg(test)]
+mod config_tests;
+#[cfg(test)]
+mod hook_tests;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{RESV_MEM_T_MSI, RESV_MEM_T_RESERVED};
+
+    #[test]
+    fn errno_to_status() {
+        for (errno, status) in [
+            (libc::ENOMEM, Status::NoMem),
+            (libc::ENOSPC, Status::NoMem),
+            (libc::EINVAL, Status::Range),
+            (libc::ERANGE, Status::Range),
+            (libc::EOVERFLOW, Status::Range),
+            (libc::EEXIST, Status::Inval),
+            (libc::EADDRINUSE, Status::Inval),
+            (libc::ENOENT, Status::NoEnt),
+            (libc::EFAULT, Status::DevErr),
+            (libc::EPERM, Status::DevErr),
+            (libc::EBUSY, Status::DevErr),
+            (libc::EIO, Status::DevErr),
+        ] {
+            assert_eq!(errno_status(errno), status, "errno {errno}");
+            let e = BackendError::Os {
+                call: "IOMMU_IOAS_MAP",
+                errno,
+            };
+            assert_eq!(e.status(), status);
+        }
+        assert_eq!(
+            BackendError::NotGuestRam { start: 0, end: 1 }.status(),
+            Status::Range
+        );
+        assert_eq!(BackendError::Mmio.status(), Status::Unsupp);
+        assert_eq!(BackendError::Internal("x").status(), Status::DevErr);
+        let msg = BackendError::Os {
+            call: "IOMMU_IOAS_MAP",
+            errno: libc::ENOMEM,
+        }
+        .to_string();
+        assert!(msg.starts_with("IOMMU_IOAS_MAP failed: "), "{msg}");
+    }
+
+    #[test]
+    fn holes_are_the_complement() {
+        // The selftest mock's aperture.
+        let h = holes_of(&[(1 << 24, (1 << 31) - 1)], 0, u64::MAX);
+        assert_eq!(h, vec![(0, (1 << 24) - 1), (1 << 31, u64::MAX)]);
+        // Nothing allowed: one hole; everything allowed: none.
+        assert_eq!(holes_of(&[], 0, 100), vec![(0, 100)]);
+        assert_eq!(holes_of(&[(0, u64::MAX)], 0, u64::MAX), vec![]);
+        // Unsorted, overlapping, partly outside [lo, hi].
+        let h = holes_of(&[(50, 60), (0, 10), (55, 70), (200, 300)], 5, 250);
+        assert_eq!(h, vec![(11, 49), (71, 199)]);
+    }
+
+    #[test]
+    fn holes_merge_around_configured_regions() {
+        let msi = ReservedRegion {
+            start: 0xfee0_0000,
+            end: 0xfeef_ffff,
+            subtype: RESV_MEM_T_MSI,
+        };
+        let m = merge_holes(&[msi], &[(0, 0xff_ffff), (0x8000_0000, u64::MAX)]);
+        let got: Vec<_> = m.iter().map(|r| (r.start, r.end, r.subtype)).collect();
+        assert_eq!(
+            got,
+            vec![
+                (0, 0xff_ffff, RESV_MEM_T_RESERVED),
+                (0x8000_0000, 0xfedf_ffff, RESV_MEM_T_RESERVED),
+                (0xfee0_0000, 0xfeef_ffff, RESV_MEM_T_MSI),
+                (0xfef0_0000, u64::MAX, RESV_MEM_T_RESERVED),
+            ]
+        );
+        // No holes: the configuration as it was.
+        assert_eq!(merge_holes(&[msi], &[]), vec![msi]);
+    }
+}
