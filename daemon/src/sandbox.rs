@@ -13,6 +13,7 @@
 use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
 
 use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
@@ -222,12 +223,29 @@ fn arch() -> Result<TargetArch, SandboxError> {
 pub fn filter(role: Role) -> Result<BpfProgram, SandboxError> {
     let build = |err| SandboxError::Build { role, err };
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
+    let ioctl_rule = |request: u64| -> Result<SeccompRule, SandboxError> {
+        let c = SeccompCondition::new(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, request)
+            .map_err(build)?;
+        SeccompRule::new(vec![c]).map_err(build)
+    };
+    // The host backend's ioctls, on the threads that serve requests.
+    let backend_ioctls: &[u64] = match role {
+        Role::Main | Role::Worker => BACKEND_IOCTLS.get().map_or(&[], Vec::as_slice),
+        _ => &[],
+    };
+    if !backend_ioctls.is_empty() {
+        let chain = backend_ioctls
+            .iter()
+            .map(|&r| ioctl_rule(r))
+            .collect::<Result<Vec<_>, _>>()?;
+        rules.insert(libc::SYS_ioctl, chain);
+    }
     for (_, nr) in role_calls(role) {
         let chain = if nr == libc::SYS_ioctl {
-            let fionbio =
-                SeccompCondition::new(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, libc::FIONBIO)
-                    .map_err(build)?;
-            vec![SeccompRule::new(vec![fionbio]).map_err(build)?]
+            // FIONBIO only (plus the backend's, above).
+            let mut chain = rules.remove(&nr).unwrap_or_default();
+            chain.push(ioctl_rule(libc::FIONBIO)?);
+            chain
         } else if nr == libc::SYS_socket {
             // Unix sockets only (sd_notify); never a network socket.
             let unix = SeccompCondition::new(
@@ -251,6 +269,15 @@ pub fn filter(role: Role) -> Result<BpfProgram, SandboxError> {
     )
     .map_err(build)?;
     BpfProgram::try_from(f).map_err(build)
+}
+
+/// ioctl request numbers the host backend makes while serving (iommufd, VFIO), allowed on the
+/// main and worker threads. Set once, before the filters are installed.
+static BACKEND_IOCTLS: OnceLock<Vec<u64>> = OnceLock::new();
+
+/// Allow the host backend's ioctls (call before [`install`]; later calls are ignored).
+pub fn allow_backend_ioctls(requests: &[u64]) {
+    let _ = BACKEND_IOCTLS.set(requests.to_vec());
 }
 
 /// Install the filter of `role` on the calling thread (and the threads it starts later).
@@ -321,6 +348,24 @@ mod tests {
 
     fn killed_by_sigsys(status: libc::c_int) -> bool {
         libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGSYS
+    }
+
+    #[test]
+    fn backend_ioctls_are_allowed_where_requests_are_served() {
+        // IOMMU_IOAS_MAP = _IO(';', 0x85). Other tests' expectations do not involve it.
+        const IOAS_MAP: u64 = 0x3b85;
+        allow_backend_ioctls(&[IOAS_MAP]);
+        fn ioas_map() -> i32 {
+            // SAFETY: an ioctl on an invalid fd fails with EBADF before reading the argument.
+            unsafe { libc::ioctl(-1, IOAS_MAP as _, std::ptr::null_mut::<u8>()) };
+            0
+        }
+        for role in [Role::Main, Role::Worker] {
+            assert!(exited_with(in_child(role, ioas_map), 0), "{role:?}");
+        }
+        for role in [Role::Control, Role::Signals, Role::Watchdog] {
+            assert!(killed_by_sigsys(in_child(role, ioas_map)), "{role:?}");
+        }
     }
 
     #[test]
