@@ -102,6 +102,14 @@ pub enum DmaError {
     Translate(#[from] TranslateError),
 }
 
+/// The smallest page the device supports (it refuses granules below 4 KiB).
+const MIN_PAGE: u64 = 0x1000;
+
+/// Bytes from `iova` to `end` inclusive (saturating: a mapping of the whole 64-bit space).
+fn bytes_to_end(iova: u64, end: u64) -> u64 {
+    (end - iova).saturating_add(1)
+}
+
 /// Most bytes one request line may carry back.
 const MAX_LINE: u64 = 1 << 20;
 
@@ -256,7 +264,14 @@ impl TranslationClient {
         match v.get("outcome").and_then(Value::as_str) {
             Some("translated") => {
                 let phys = v.get("phys").and_then(Value::as_u64).ok_or_else(bad)?;
-                let m = v.get("mapping").ok_or_else(bad)?;
+                let Some(m) = v.get("mapping").filter(|m| m.is_object()) else {
+                    // No mapping described (a translation that is not a single MAP): valid up
+                    // to the end of the smallest page, and not cached.
+                    return Ok(Outcome::Translated {
+                        phys,
+                        len: MIN_PAGE - (iova & (MIN_PAGE - 1)),
+                    });
+                };
                 let num = |k: &str| m.get(k).and_then(Value::as_u64).ok_or_else(bad);
                 let flag = |k: &str| m.get(k).and_then(Value::as_bool).ok_or_else(bad);
                 let (start, end) = (num("virt_start")?, num("virt_end")?);
@@ -273,7 +288,7 @@ impl TranslationClient {
                 }
                 Ok(Outcome::Translated {
                     phys,
-                    len: end - iova + 1,
+                    len: bytes_to_end(iova, end),
                 })
             }
             Some("bypass") => {
@@ -300,8 +315,8 @@ impl TranslationClient {
             Access::Write => e.write,
         };
         (iova <= e.virt_end && allowed).then(|| Outcome::Translated {
-            phys: e.phys_start + (iova - start),
-            len: e.virt_end - iova + 1,
+            phys: e.phys_start.wrapping_add(iova - start),
+            len: bytes_to_end(iova, e.virt_end),
         })
     }
 
@@ -329,7 +344,9 @@ impl TranslationClient {
     ) -> Result<(), DmaError> {
         let mut done = 0usize;
         while done < buf.len() {
-            let at = iova.wrapping_add(done as u64);
+            let at = iova
+                .checked_add(done as u64)
+                .ok_or(DmaError::Fault { iova })?;
             let (gpa, n) = self.chunk(endpoint, at, Access::Read, buf.len() - done)?;
             if !mem.read_gpa(gpa, &mut buf[done..done + n]) {
                 return Err(DmaError::OutsideRam { iova: at, gpa });
@@ -349,7 +366,9 @@ impl TranslationClient {
     ) -> Result<(), DmaError> {
         let mut done = 0usize;
         while done < data.len() {
-            let at = iova.wrapping_add(done as u64);
+            let at = iova
+                .checked_add(done as u64)
+                .ok_or(DmaError::Fault { iova })?;
             let (gpa, n) = self.chunk(endpoint, at, Access::Write, data.len() - done)?;
             if !mem.write_gpa(gpa, &data[done..done + n]) {
                 return Err(DmaError::OutsideRam { iova: at, gpa });
@@ -462,6 +481,13 @@ mod tests {
             read: true,
             write: true,
         }
+    }
+
+    #[test]
+    fn lengths_saturate() {
+        assert_eq!(bytes_to_end(0, u64::MAX), u64::MAX);
+        assert_eq!(bytes_to_end(0x1000, 0x1fff), 0x1000);
+        assert_eq!(bytes_to_end(u64::MAX, u64::MAX), 1);
     }
 
     #[test]
