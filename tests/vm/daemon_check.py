@@ -277,6 +277,14 @@ def cmd_counter_failures(sock, *kinds):
     return not bad, ", ".join(f"{k} {json.dumps(req.get(k, {}))}" for k in kinds)
 
 
+def cmd_totals(sock, mappings):
+    """status: the daemon holds MAPPINGS mappings in all (domains listed for the record)."""
+    st = ask(sock, {"cmd": "status"})
+    doms = ask(sock, {"cmd": "domains"})
+    desc = "; ".join(f"domain {d['id']} eps={d['endpoints']} maps={d['mappings']}" for d in doms)
+    return st["mappings"] == int(mappings), f"{st['mappings']} mapping(s) (want {mappings}); {desc}"
+
+
 def main():
     if len(sys.argv) < 3:
         print(__doc__)
@@ -284,7 +292,7 @@ def main():
     cmd, args = sys.argv[1], sys.argv[2:]
     fn = {"endpoints": cmd_endpoints, "config": cmd_config, "save-domain": cmd_save_domain,
           "mappings": cmd_mappings,
-          "save-counters": cmd_save_counters, "counter-failures": cmd_counter_failures, "same-as-socket": cmd_same_as_socket, "counter": cmd_counter, "connection": cmd_connection,
+          "save-counters": cmd_save_counters, "totals": cmd_totals, "counter-failures": cmd_counter_failures, "same-as-socket": cmd_same_as_socket, "counter": cmd_counter, "connection": cmd_connection,
           "wait-disconnect": cmd_wait_disconnect, "translate": cmd_translate,
           "fault-logged": cmd_fault_logged, "bypass-domains": cmd_bypass_domains,
           "status-bypass": cmd_status_bypass, "unknown-endpoint": cmd_unknown_endpoint, "counters-delta": cmd_counters_delta}.get(cmd)

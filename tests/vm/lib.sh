@@ -136,7 +136,10 @@ qemu_start() {
             -m) mem=() ;;
         esac
     done
-    local qbase=("${machine[@]}" -cpu max "${mem[@]}" -smp 1 -nographic -no-reboot -net none)
+    # QEMU_REBOOT=1 lets a guest reboot inside the same QEMU process.
+    local noreboot=(-no-reboot)
+    [ "${QEMU_REBOOT:-0}" = 1 ] && noreboot=()
+    local qbase=("${machine[@]}" -cpu max "${mem[@]}" -smp 1 -nographic "${noreboot[@]}" -net none)
     echo "qemu-system-x86_64 ${qbase[*]} $*" >"$logf.cmdline"
     if [ -n "$QEMU_ROOT" ]; then
         # A private mount namespace: /dev and /proc in the chroot vanish with QEMU.

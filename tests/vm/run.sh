@@ -4,6 +4,7 @@
 #   VUI_VM_TESTS="builtin daemon ..."  run only these tests (default: all)
 set -uo pipefail
 . "$(dirname "$0")/lib.sh"
+. "$(dirname "$0")/iommufd.sh"
 
 G=$VUI_TESTS_DIR/guest
 # virtio-iommu on x86 has no MSI isolation; iommufd refuses VFIO binds without this.
@@ -332,6 +333,35 @@ t_reconnect() {
     unset -f sync_groups
 }
 
+# 7. The guest reboots (inside the same QEMU) while VFIO mappings are live: the second boot sees
+# no stale domain or mapping, and VFIO maps and unmaps again.
+t_reboot() {
+    daemon_start reboot || return
+    viot_args reboot 0000:00:00.0-00:1f.7
+    local share=$RUN/reboot.share base=$RUN/reboot.baseline.json ep=""
+    sync_attached() {
+        local bdf
+        bdf=$(head -c 64 "$share/edu-bdf" | tr -d '\n')
+        ep=$("$GLUE" endpoint --viot "$RUN/reboot.viot" "$bdf" 2>&1) || { report reboot/host/endpoint FAIL "$ep"; ep=""; return; }
+        dcheck reboot/host/attached save-domain "$DCTL" "$ep" "$base"
+    }
+    sync_mapped() {
+        [ -n "$ep" ] && dcheck reboot/host/mapped-before-reboot mappings "$DCTL" "$ep" "$base" "$share/vfio-expected.txt"
+    }
+    sync_second-boot() {
+        dcheck reboot/host/same-connection connection "$DCTL" 1 1
+        dcheck reboot/host/no-stale-mappings totals "$DCTL" 0
+        dcheck reboot/host/endpoints endpoints "$DCTL" "$GLUE" "$RUN/reboot.viot" "$share/groups.txt"
+    }
+    GUEST_FILES=("$RUN/vfio-dma")
+    QEMU_REBOOT=1
+    boot_guest reboot "$G/reboot.sh" 150 "$VFIO_APPEND" -- "${QARGS[@]}" -device "edu,addr=$EDU_ADDR"
+    QEMU_REBOOT=0
+    GUEST_FILES=()
+    unset -f sync_attached sync_mapped sync_second-boot
+    check reboot/host/rebooted "guest booted twice in one QEMU" test "$(grep -ac 'VUI-START' "$RUN/reboot.log")" = 2
+}
+
 # 6. A VIOT that covers only edu and a daemon that knows only edu's endpoint (--endpoints): edu
 # is translated, nothing else is, and no PROBE fails. (They must agree: Linux aborts IOMMU
 # probing of the whole bus at the first PROBE that fails with NOENT, so a VIOT range wider than
@@ -351,7 +381,7 @@ t_endpoints() {
     unset -f sync_groups
 }
 
-ALL_TESTS="builtin builtin_vfio daemon vfio bench bypass reconnect endpoints"
+ALL_TESTS="builtin builtin_vfio daemon vfio bench bypass reconnect endpoints reboot iommufd_mock"
 vm_setup
 build_guest_programs
 for b in "$DAEMON" "$GLUE"; do

@@ -2,7 +2,9 @@
  * Guest program: map and unmap DMA buffers for a PCI function bound to vfio-pci, through the
  * VFIO device cdev + iommufd, so that every map/unmap becomes a virtio-iommu MAP/UNMAP request.
  *
- * usage: vfio-dma BDF OUTDIR
+ * usage: vfio-dma BDF OUTDIR [hold]
+ * With "hold" it stops after the "mapped" step and keeps the mappings until it is killed (or
+ * the guest reboots under it).
  * Writes OUTDIR/vfio-ranges.txt (the IOAS's allowed IOVA ranges after attach: "start last") and
  * OUTDIR/vfio-expected.txt (one line per 4 KiB page while mapped: "iova phys r w", phys from
  * /proc/self/pagemap). Between steps it prints "VUI-SYNC <name>" and waits (bounded) for
@@ -147,8 +149,8 @@ int main(int argc, char **argv)
 	FILE *f;
 	size_t i, p;
 
-	if (argc != 3) {
-		fprintf(stderr, "usage: %s BDF OUTDIR\n", argv[0]);
+	if (argc != 3 && !(argc == 4 && strcmp(argv[3], "hold") == 0)) {
+		fprintf(stderr, "usage: %s BDF OUTDIR [hold]\n", argv[0]);
 		return 2;
 	}
 	outdir = argv[2];
@@ -244,6 +246,9 @@ int main(int argc, char **argv)
 	result("vfio-map", 1, "%zu buffers mapped through IOMMU_IOAS_MAP", NBUFS);
 	if (sync_host("mapped"))
 		return 1;
+	if (argc == 4)
+		for (;;)
+			pause();
 
 	for (i = 0; i < NBUFS; i++) {
 		struct ioas_unmap u = { sizeof(u), alloc.out_ioas_id, bufs[i].iova,
