@@ -24,4 +24,5 @@ pub mod protocol;
 pub mod sandbox;
 pub mod server;
 pub mod tables;
+pub mod unit;
 pub mod vhost;

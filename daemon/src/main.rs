@@ -37,6 +37,13 @@ enum Command {
     /// Print the manual page (roff) generated from this command line to stdout.
     #[command(hide = true)]
     Man,
+    /// Print the systemd drop-in that allows the service exactly the host devices a config
+    /// file names (DeviceAllow=), for /etc/systemd/system/vhost-user-iommu@VM.service.d/.
+    SystemdDropin {
+        /// The VM's configuration file.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -338,6 +345,14 @@ fn main() -> ExitCode {
                 .map_err(|e| e.to_string())
         }),
         Some(Command::Ctl(a)) => run_ctl(a),
+        Some(Command::SystemdDropin { config }) => config_file::load(&config)
+            .and_then(|l| config_file::resolve(Layer::default(), Some((&config, l))))
+            .map_err(|e| e.to_string())
+            .and_then(|s| {
+                vhost_user_iommu::unit::device_dropin(&s, std::path::Path::new("/sys"))
+                    .map_err(|e| e.to_string())
+            })
+            .map(|text| print!("{text}")),
         None => {
             init_logging();
             run_daemon(&cli.run)

@@ -205,6 +205,7 @@ pub fn run(cfg: ServerConfig) -> Result<(), ServerError> {
         }
     };
     let backend_name = backend.name();
+    sandbox::allow_backend_ioctls(backend.serving_ioctls());
     if let Some(user) = &cfg.user {
         if let Err(e) = privilege::drop_to(user) {
             remove_sockets(&ours);

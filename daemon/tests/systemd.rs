@@ -126,6 +126,71 @@ fn unit_syscall_filter_allows_what_the_daemon_uses() {
     assert!(missing.is_empty(), "the unit forbids: {missing:?}");
 }
 
+/// `vhost-user-iommu systemd-dropin` writes a drop-in that allows exactly the configured VFIO
+/// devices, and systemd reads it cleanly together with the unit.
+#[test]
+fn generated_device_dropin_verifies_with_the_unit() {
+    let dir = TempDir::new();
+    let config = dir.path().join("vm1.toml");
+    std::fs::write(
+        &config,
+        "backend = \"iommufd\"\n[iommufd]\ndevices = [\n  { endpoint = 3, vfio = \"/dev/vfio/devices/vfio2\" },\n  { endpoint = 4, vfio = \"/dev/vfio/devices/vfio5\" },\n]\n",
+    )
+    .expect("config");
+    let out = Command::new(BIN)
+        .args(["systemd-dropin", "--config"])
+        .arg(&config)
+        .output()
+        .expect("run systemd-dropin");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dropin = String::from_utf8(out.stdout).expect("utf-8");
+    let allows: Vec<&str> = dropin
+        .lines()
+        .filter(|l| l.starts_with("DeviceAllow="))
+        .collect();
+    assert_eq!(
+        allows,
+        [
+            "DeviceAllow=/dev/vfio/devices/vfio2 rw",
+            "DeviceAllow=/dev/vfio/devices/vfio5 rw"
+        ]
+    );
+    for unit in ["vhost-user-iommu@.service", "vhost-user-iommu@.socket"] {
+        let text = std::fs::read_to_string(Path::new(UNITS).join(unit)).expect("read unit");
+        std::fs::write(
+            dir.path().join(unit),
+            text.replace("/usr/bin/vhost-user-iommu", BIN),
+        )
+        .expect("write unit");
+    }
+    let d = dir.path().join("vhost-user-iommu@vm1.service.d");
+    std::fs::create_dir_all(&d).expect("drop-in dir");
+    std::fs::write(d.join("devices.conf"), &dropin).expect("write drop-in");
+    let out = Command::new(tool("systemd-analyze"))
+        .args(["verify", "--man=no"])
+        .arg(dir.path().join("vhost-user-iommu@vm1.service"))
+        .output()
+        .expect("run systemd-analyze");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && stderr.trim().is_empty(), "{stderr}");
+    // The drop-in is read: a bad line in it is reported.
+    std::fs::write(
+        d.join("devices.conf"),
+        format!("{dropin}DeviceAlow=/dev/null rw\n"),
+    )
+    .expect("write drop-in");
+    let out = Command::new(tool("systemd-analyze"))
+        .args(["verify", "--man=no"])
+        .arg(dir.path().join("vhost-user-iommu@vm1.service"))
+        .output()
+        .expect("run systemd-analyze");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("DeviceAlow"));
+}
+
 fn is_socket(p: &Path) -> bool {
     std::fs::metadata(p).is_ok_and(|m| m.file_type().is_socket())
 }

@@ -204,6 +204,11 @@ pub trait HostBackend: Send + fmt::Debug {
     fn set_guest_memory(&mut self, regions: &[GuestRegion]) -> Result<(), BackendError>;
     /// Host objects, for the control socket (`backend` request).
     fn describe(&self) -> serde_json::Value;
+    /// The ioctl requests the backend makes while serving (the seccomp filters of the serving
+    /// threads allow them).
+    fn serving_ioctls(&self) -> &'static [u64] {
+        &[]
+    }
 }
 
 /// The software backend: the device model's tables are the whole IOMMU.

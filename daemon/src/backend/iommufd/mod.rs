@@ -475,6 +475,10 @@ impl HostBackend for IommufdBackend {
         result
     }
 
+    fn serving_ioctls(&self) -> &'static [u64] {
+        &sys::SERVING_IOCTLS
+    }
+
     fn describe(&self) -> serde_json::Value {
         let endpoints: Vec<_> = self
             .endpoints

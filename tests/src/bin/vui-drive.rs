@@ -1,0 +1,581 @@
+//! `vui-drive`: drives the daemon's iommufd backend from inside a test guest whose kernel has
+//! CONFIG_IOMMUFD_TEST, and checks every effect with the kernel's own selftest ops.
+//!
+//! It plays the launcher: it opens /dev/iommu, hands it to the daemon over the fd hand-over
+//! socket (docs/IOMMUFD.md), so both share one iommufd and the object ids the daemon reports on its
+//! control socket (`backend`) can be checked here with IOMMU_TEST_OP_MD_CHECK_MAP (the mock
+//! domain's page table), MD_CHECK_REFS (page pins), IOMMU_IOAS_IOVA_RANGES (object census).
+//! Then it is the vhost-user frontend (the integration-test harness of this crate).
+//!
+//! Usage: `vui-drive mock` (daemon binary from $VHOST_USER_IOMMU_BIN). Prints
+//! `VUI-RESULT <name> PASS|FAIL <detail>` lines; exits 1 if any check failed.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use vhost_user_iommu_tests::proto::{self, status};
+use vhost_user_iommu_tests::{Control, Daemon, Options, Request};
+
+// --- The kernel ABI, written from include/uapi/linux/iommufd.h and iommufd_test.h -------------
+
+const fn io(nr: u64) -> u64 {
+    (0x3b << 8) | nr
+}
+const IOMMU_IOAS_IOVA_RANGES: u64 = io(0x84);
+const IOMMU_TEST_CMD: u64 = io(0xa0);
+const OP_ADD_RESERVED: u32 = 1;
+const OP_MD_CHECK_MAP: u32 = 3;
+const OP_MD_CHECK_REFS: u32 = 4;
+
+/// struct iommu_test_cmd (72 bytes).
+#[repr(C)]
+#[derive(Default)]
+struct TestCmd {
+    size: u32,
+    op: u32,
+    id: u32,
+    rsvd: u32,
+    u: [u64; 6],
+    last: u32,
+    pad: u32,
+}
+
+fn errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+fn test_cmd(fd: RawFd, op: u32, id: u32, u: [u64; 6]) -> Result<(), i32> {
+    let mut c = TestCmd {
+        size: 72,
+        op,
+        id,
+        u,
+        ..Default::default()
+    };
+    // SAFETY: IOMMU_TEST_CMD with a struct iommu_test_cmd; the pointer fields (uptr) are
+    // addresses of our own live mappings.
+    let r = unsafe { libc::ioctl(fd, IOMMU_TEST_CMD as _, &mut c as *mut TestCmd) };
+    if r < 0 {
+        Err(errno())
+    } else {
+        Ok(())
+    }
+}
+
+/// MD_CHECK_MAP: every page of `[iova, iova+len)` in mock HWPT `hwpt` maps the page at `uptr`.
+fn check_map(fd: RawFd, hwpt: u32, iova: u64, len: u64, uptr: u64) -> Result<(), i32> {
+    test_cmd(fd, OP_MD_CHECK_MAP, hwpt, [iova, len, uptr, 0, 0, 0])
+}
+
+/// MD_CHECK_REFS: every page at `uptr` is pinned `refs` times.
+fn check_refs(fd: RawFd, uptr: u64, len: u64, refs: u32) -> Result<(), i32> {
+    test_cmd(
+        fd,
+        OP_MD_CHECK_REFS,
+        0,
+        [len, uptr, u64::from(refs), 0, 0, 0],
+    )
+}
+
+/// Is `id` an IOAS? (IOAS_IOVA_RANGES answers ENOENT for anything else.)
+fn is_ioas(fd: RawFd, id: u32) -> bool {
+    #[repr(C)]
+    struct Ranges {
+        size: u32,
+        ioas_id: u32,
+        num_iovas: u32,
+        rsvd: u32,
+        allowed: u64,
+        align: u64,
+    }
+    let mut a = Ranges {
+        size: 32,
+        ioas_id: id,
+        num_iovas: 0,
+        rsvd: 0,
+        allowed: 0,
+        align: 0,
+    };
+    // SAFETY: IOMMU_IOAS_IOVA_RANGES with num_iovas 0 writes no ranges (EMSGSIZE when there are
+    // some); only `a` is written.
+    let r = unsafe { libc::ioctl(fd, IOMMU_IOAS_IOVA_RANGES as _, &mut a as *mut Ranges) };
+    r == 0 || errno() == libc::EMSGSIZE
+}
+
+/// Is `id` a mock paging HWPT? (MD_CHECK_MAP of nothing succeeds only on one.)
+fn is_hwpt(fd: RawFd, id: u32) -> bool {
+    check_map(fd, id, 0, 0, 0).is_ok()
+}
+
+/// The IOAS and HWPT ids alive in the iommufd (ids are small and allocated lowest-first).
+fn census(fd: RawFd) -> (Vec<u32>, Vec<u32>) {
+    let ids = 1..256u32;
+    (
+        ids.clone().filter(|&i| is_ioas(fd, i)).collect(),
+        ids.filter(|&i| is_hwpt(fd, i)).collect(),
+    )
+}
+
+// --- The launcher side of the fd hand-over, written from docs/IOMMUFD.md ------------------------
+
+fn send_fds(sock: &UnixStream, line: &str, fds: &[RawFd]) -> std::io::Result<()> {
+    let mut data = line.as_bytes().to_vec();
+    let mut iov = libc::iovec {
+        iov_base: data.as_mut_ptr().cast(),
+        iov_len: data.len(),
+    };
+    let mut cbuf = [0u64; 16];
+    // SAFETY: all-zero msghdr is valid; fields set below.
+    let mut m: libc::msghdr = unsafe { std::mem::zeroed() };
+    m.msg_iov = &mut iov;
+    m.msg_iovlen = 1;
+    m.msg_control = cbuf.as_mut_ptr().cast();
+    let bytes = std::mem::size_of_val(fds) as u32;
+    // SAFETY: arithmetic on lengths; the header and data fit in `cbuf` (128 bytes) for a few fds.
+    unsafe {
+        m.msg_controllen = libc::CMSG_SPACE(bytes) as _;
+        let c = libc::CMSG_FIRSTHDR(&m);
+        (*c).cmsg_level = libc::SOL_SOCKET;
+        (*c).cmsg_type = libc::SCM_RIGHTS;
+        (*c).cmsg_len = libc::CMSG_LEN(bytes) as _;
+        std::ptr::copy_nonoverlapping(fds.as_ptr(), libc::CMSG_DATA(c).cast(), fds.len());
+    }
+    // SAFETY: `m` describes live buffers.
+    let sent = unsafe { libc::sendmsg(sock.as_raw_fd(), &m, 0) };
+    if usize::try_from(sent).ok() != Some(data.len()) {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+// --- Checks -------------------------------------------------------------------------------------
+
+struct Report {
+    failed: usize,
+}
+
+impl Report {
+    fn check(&mut self, name: &str, r: Result<String, String>) {
+        match r {
+            Ok(d) => println!("VUI-RESULT {name} PASS {d}"),
+            Err(d) => {
+                self.failed += 1;
+                println!("VUI-RESULT {name} FAIL {d}");
+            }
+        }
+    }
+}
+
+fn ensure(cond: bool, msg: impl FnOnce() -> String) -> Result<(), String> {
+    if cond {
+        Ok(())
+    } else {
+        Err(msg())
+    }
+}
+
+fn u32_of(v: &Value, k: &str) -> Option<u32> {
+    v.get(k)?.as_u64().and_then(|x| u32::try_from(x).ok())
+}
+
+fn backend(ctl: &mut Control) -> Value {
+    ctl.request(json!({"cmd": "backend"}))
+        .unwrap_or(Value::Null)
+}
+
+/// The backend's record of `ep`: (domain, hwpt).
+fn ep_state(b: &Value, ep: u32) -> Option<(Option<u32>, u32)> {
+    let e = b["endpoints"]
+        .as_array()?
+        .iter()
+        .find(|e| u32_of(e, "endpoint") == Some(ep))?;
+    Some((u32_of(e, "domain"), u32_of(e, "hwpt")?))
+}
+
+fn domain_ioas(b: &Value, d: u32) -> Option<u32> {
+    let e = b["domains"]
+        .as_array()?
+        .iter()
+        .find(|e| u32_of(e, "domain") == Some(d))?;
+    u32_of(e, "ioas")
+}
+
+const RAM_GPA: u64 = 0x4000_0000;
+const RAM_SIZE: u64 = 2 << 20;
+const IOVA: u64 = 0x100_0000; // the mock aperture starts at 16 MiB
+const LEN: u64 = 0x1_0000;
+
+fn mock(iommufd: &OwnedFd) -> usize {
+    let fd = iommufd.as_raw_fd();
+    let mut rep = Report { failed: 0 };
+    let dir = std::env::temp_dir().join(format!("vui-drive-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let launcher = dir.join("launcher.sock");
+    let listener = UnixListener::bind(&launcher).unwrap();
+    let config = dir.join("vui.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "backend = \"iommufd\"\n[iommufd]\nfd-socket = \"{}\"\ndevices = [{{ endpoint = 1, mock = true }}, {{ endpoint = 2, mock = true }}]\n",
+            launcher.display()
+        ),
+    )
+    .unwrap();
+    let raw = fd;
+    let handover = std::thread::spawn(move || -> Result<String, String> {
+        let (s, _) = listener.accept().map_err(|e| e.to_string())?;
+        send_fds(&s, "{\"version\":1,\"iommufd\":0}\n", &[raw]).map_err(|e| e.to_string())?;
+        let mut answer = String::new();
+        BufReader::new(&s)
+            .read_line(&mut answer)
+            .map_err(|e| e.to_string())?;
+        Ok(answer.trim().to_string())
+    });
+    let daemon = Daemon::start(&["--config", config.to_str().unwrap(), "--endpoints", "0-15"]);
+    let answer = handover.join().unwrap();
+    rep.check(
+        "fd-handover",
+        answer.and_then(|a| {
+            ensure(a == "{\"ok\":true}", || format!("daemon answered {a}"))?;
+            Ok(format!("iommufd {fd} handed over, daemon answered {a}"))
+        }),
+    );
+    // The daemon's own objects (blocked and stage-2 IOASes, the devices' HWPT).
+    let census_before = census(fd);
+    let mut ctl = daemon.ctl();
+    let b0 = backend(&mut ctl);
+    let blocked_hwpt = ep_state(&b0, 1).map(|s| s.1);
+    rep.check(
+        "mock-devices-blocked",
+        (|| {
+            let (d1, h1) = ep_state(&b0, 1).ok_or(format!("no endpoint 1 in {b0}"))?;
+            let (d2, h2) = ep_state(&b0, 2).ok_or(format!("no endpoint 2 in {b0}"))?;
+            ensure(d1.is_none() && d2.is_none(), || format!("{b0}"))?;
+            ensure(is_hwpt(fd, h1) && is_hwpt(fd, h2), || {
+                format!("hwpts {h1} {h2} are not mock HWPTs")
+            })?;
+            // The blocked IOAS maps nothing.
+            let r = check_map(fd, h1, IOVA, 0x1000, 0x1000);
+            ensure(r.is_err(), || "blocked HWPT maps the aperture".into())?;
+            Ok(format!(
+                "endpoints 1,2 on blocked hwpt {h1}/{h2}; census {census_before:?}"
+            ))
+        })(),
+    );
+
+    let mut dev = daemon.connect_with(&opts());
+    // Guest RAM inside the mock aperture, added with a new memory table.
+    let region = dev.hotplug_region(RAM_GPA, RAM_SIZE).unwrap();
+    let host = dev.mem.host_addr(RAM_GPA);
+    let memfd = dev.mem.region_infos()[region].mmap_handle;
+    let b = backend(&mut ctl);
+    rep.check(
+        "stage2-follows-memory-table",
+        (|| {
+            let st = b["stage2"].as_array().ok_or(format!("{b}"))?;
+            let has = st.iter().any(|p| {
+                p["iova"].as_u64() == Some(RAM_GPA) && p["length"].as_u64() == Some(RAM_SIZE)
+            });
+            ensure(has, || format!("stage-2 pieces {st:?}"))?;
+            // The low region (GPA 0, 16 MiB) is entirely in the mock's IOVA hole.
+            ensure(st.len() == 1, || format!("stage-2 pieces {st:?}"))?;
+            Ok(format!(
+                "stage-2 IOAS maps guest RAM {RAM_GPA:#x}+{RAM_SIZE:#x} only"
+            ))
+        })(),
+    );
+    let cfg = dev.config();
+    let probe = dev.run(&Request::probe(1, cfg.probe_size as usize));
+    rep.check(
+        "probe-host-holes",
+        (|| {
+            ensure(probe.status() == status::OK, || "PROBE failed".into())?;
+            let (props, _) = proto::parse_properties(probe.properties());
+            let resv: Vec<_> = props.iter().filter_map(|p| p.resv_mem()).collect();
+            let has = |s: u64, e: u64| {
+                resv.iter()
+                    .any(|r| r.subtype == proto::RESV_MEM_T_RESERVED && r.start == s && r.end == e)
+            };
+            ensure(has(0, IOVA - 1) && has(0x8000_0000, 0xfedf_ffff), || {
+                format!("{resv:?}")
+            })?;
+            Ok(format!(
+                "RESV_MEM RESERVED [0,{:#x}] and [0x80000000,...] from the mock aperture; mask {:#x}",
+                IOVA - 1,
+                cfg.page_size_mask
+            ))
+        })(),
+    );
+
+    // ATTACH creates the domain's IOAS and moves endpoint 1 there.
+    let st = dev.attach(10, 1);
+    let b = backend(&mut ctl);
+    let h10 = ep_state(&b, 1).map(|s| s.1).unwrap_or(0);
+    let ioas10 = domain_ioas(&b, 10);
+    rep.check(
+        "attach",
+        (|| {
+            ensure(st == status::OK, || format!("ATTACH status {st}"))?;
+            ensure(ep_state(&b, 1) == Some((Some(10), h10)), || format!("{b}"))?;
+            ensure(Some(h10) != blocked_hwpt && is_hwpt(fd, h10), || {
+                format!("{b}")
+            })?;
+            Ok(format!("endpoint 1 on hwpt {h10} of IOAS {ioas10:?}"))
+        })(),
+    );
+    let st = dev.map(
+        10,
+        IOVA,
+        IOVA + LEN - 1,
+        RAM_GPA,
+        proto::MAP_F_READ | proto::MAP_F_WRITE,
+    );
+    rep.check(
+        "map-reaches-ioas",
+        (|| {
+            ensure(st == status::OK, || format!("MAP status {st}"))?;
+            check_map(fd, h10, IOVA, LEN, host).map_err(|e| format!("MD_CHECK_MAP errno {e}"))?;
+            check_refs(fd, host, LEN, 1).map_err(|e| format!("MD_CHECK_REFS(1) errno {e}"))?;
+            // Beyond the mapping: nothing.
+            ensure(
+                check_map(fd, h10, IOVA + LEN, 0x1000, host + LEN).is_err(),
+                || "page after the mapping is mapped".into(),
+            )?;
+            Ok(format!(
+                "IOVA {IOVA:#x}+{LEN:#x} -> guest RAM pages, pinned once"
+            ))
+        })(),
+    );
+    let in_hole = dev.map(10, 0, 0xfff, RAM_GPA, proto::MAP_F_READ);
+    let not_ram = dev.map(10, 0x200_0000, 0x200_0fff, 0x1000_0000, proto::MAP_F_READ);
+    let n = ctl.mappings(10).map(|m| m.len()).unwrap_or(usize::MAX);
+    rep.check(
+        "map-rejections",
+        (|| {
+            ensure(in_hole == status::INVAL, || {
+                format!("MAP in a host hole: {in_hole}")
+            })?;
+            ensure(not_ram == status::RANGE, || {
+                format!("MAP of non-RAM: {not_ram}")
+            })?;
+            ensure(n == 1, || format!("{n} mappings"))?;
+            ensure(
+                check_map(fd, h10, 0x200_0000, 0x1000, host).is_err(),
+                || "non-RAM MAP reached the IOAS".into(),
+            )?;
+            Ok("host hole: INVAL; physical range outside guest RAM: RANGE; nothing mapped".into())
+        })(),
+    );
+    // A kernel refusal: reserve IOVA in the domain's IOAS behind the daemon's back.
+    let res_iova = 0x300_0000u64;
+    let added = ioas10
+        .ok_or(0)
+        .and_then(|ioas| test_cmd(fd, OP_ADD_RESERVED, ioas, [res_iova, LEN, 0, 0, 0, 0]));
+    let st = dev.map(10, res_iova, res_iova + LEN - 1, RAM_GPA, proto::MAP_F_READ);
+    let n = ctl.mappings(10).map(|m| m.len()).unwrap_or(usize::MAX);
+    rep.check(
+        "kernel-error-propagates",
+        (|| {
+            added.map_err(|e| format!("ADD_RESERVED errno {e}"))?;
+            ensure(st != status::OK, || {
+                "MAP into a kernel-reserved IOVA succeeded".into()
+            })?;
+            ensure(n == 1, || format!("{n} mappings after the refused MAP"))?;
+            Ok(format!(
+                "IOAS_MAP refused by the kernel -> status {} ({}), device table unchanged",
+                st,
+                status::name(st)
+            ))
+        })(),
+    );
+    let st_unmap = dev.unmap(10, IOVA, IOVA + LEN - 1);
+    rep.check(
+        "unmap-reaches-ioas",
+        (|| {
+            ensure(st_unmap == status::OK, || {
+                format!("UNMAP status {st_unmap}")
+            })?;
+            ensure(check_map(fd, h10, IOVA, 0x1000, host).is_err(), || {
+                "still mapped after UNMAP".into()
+            })?;
+            check_refs(fd, host, LEN, 0).map_err(|e| format!("MD_CHECK_REFS(0) errno {e}"))?;
+            Ok("UNMAP removed the IOVA range and unpinned the pages".into())
+        })(),
+    );
+    // Map again, then move endpoint 1 to domain 11 (implicit detach = atomic replace).
+    dev.map(10, IOVA, IOVA + LEN - 1, RAM_GPA, proto::MAP_F_READ);
+    let st_a = dev.attach(11, 1);
+    let st_m = dev.map(11, IOVA, IOVA + 0xfff, RAM_GPA + 0x1000, proto::MAP_F_READ);
+    let st_b = dev.attach(11, 2);
+    let b = backend(&mut ctl);
+    rep.check(
+        "replace",
+        (|| {
+            ensure(
+                st_a == status::OK && st_m == status::OK && st_b == status::OK,
+                || format!("statuses {st_a} {st_m} {st_b}"),
+            )?;
+            let (d1, h1) = ep_state(&b, 1).ok_or(format!("{b}"))?;
+            let (_, h2) = ep_state(&b, 2).ok_or(format!("{b}"))?;
+            ensure(d1 == Some(11) && h1 != h10 && h1 == h2, || format!("{b}"))?;
+            check_map(fd, h1, IOVA, 0x1000, host + 0x1000)
+                .map_err(|e| format!("MD_CHECK_MAP on the new hwpt: errno {e}"))?;
+            // Domain 10 ended with its last endpoint: its IOAS and HWPT are gone.
+            let gone = ioas10.is_some_and(|i| !is_ioas(fd, i)) && !is_hwpt(fd, h10);
+            ensure(gone, || format!("IOAS {ioas10:?} / hwpt {h10} still exist"))?;
+            Ok(format!(
+                "endpoints 1,2 share hwpt {h1}; domain 10's IOAS and hwpt {h10} destroyed"
+            ))
+        })(),
+    );
+    let st = dev.detach(11, 1);
+    let b = backend(&mut ctl);
+    rep.check(
+        "detach-blocks",
+        (|| {
+            ensure(st == status::OK, || format!("DETACH status {st}"))?;
+            let (d1, h1) = ep_state(&b, 1).ok_or(format!("{b}"))?;
+            let (_, h2) = ep_state(&b, 2).ok_or(format!("{b}"))?;
+            ensure(d1.is_none() && h1 != h2, || format!("{b}"))?;
+            ensure(
+                check_map(fd, h1, IOVA, 0x1000, host + 0x1000).is_err(),
+                || "detached endpoint still translates".into(),
+            )?;
+            Ok(format!(
+                "endpoint 1 on the blocked IOAS (hwpt {h1}), nothing mapped"
+            ))
+        })(),
+    );
+    let st = dev.status_of(&Request::attach(12, 1, proto::ATTACH_F_BYPASS));
+    let b = backend(&mut ctl);
+    rep.check(
+        "bypass-is-stage2",
+        (|| {
+            ensure(st == status::OK, || format!("ATTACH bypass status {st}"))?;
+            let (_, h) = ep_state(&b, 1).ok_or(format!("{b}"))?;
+            check_map(fd, h, RAM_GPA, RAM_SIZE, host)
+                .map_err(|e| format!("MD_CHECK_MAP identity: errno {e}"))?;
+            Ok(format!(
+                "endpoint 1 on stage-2 hwpt {h}: IOVA == GPA for all guest RAM"
+            ))
+        })(),
+    );
+
+    // Disconnect: every host object of the guest goes, nothing stays pinned.
+    let keep = dup(memfd);
+    drop(dev);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ctl.status()["connected"].as_bool() != Some(false) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let view = keep
+        .as_ref()
+        .ok()
+        .and_then(|f| map_shared(f.as_raw_fd(), RAM_SIZE));
+    let census_after = census(fd);
+    let b = backend(&mut ctl);
+    rep.check(
+        "disconnect-releases-everything",
+        (|| {
+            let view = view.ok_or("cannot map guest RAM again")?;
+            check_refs(fd, view, RAM_SIZE, 0)
+                .map_err(|e| format!("pages still pinned: errno {e}"))?;
+            ensure(census_after == census_before, || {
+                format!("objects before {census_before:?}, after {census_after:?}")
+            })?;
+            ensure(
+                b["domains"].as_array().is_some_and(Vec::is_empty)
+                    && b["stage2"].as_array().is_some_and(Vec::is_empty),
+                || format!("{b}"),
+            )?;
+            Ok(format!(
+                "IOAS/HWPT census back to {census_after:?}; no page pinned"
+            ))
+        })(),
+    );
+    // A second connection works the same way.
+    let mut dev = daemon.connect_with(&opts());
+    dev.hotplug_region(RAM_GPA, RAM_SIZE).unwrap();
+    let host = dev.mem.host_addr(RAM_GPA);
+    let s1 = dev.attach(20, 2);
+    let s2 = dev.map(20, IOVA, IOVA + LEN - 1, RAM_GPA, proto::MAP_F_READ);
+    let b = backend(&mut ctl);
+    rep.check(
+        "reconnect",
+        (|| {
+            ensure(s1 == status::OK && s2 == status::OK, || {
+                format!("statuses {s1} {s2}")
+            })?;
+            let (_, h) = ep_state(&b, 2).ok_or(format!("{b}"))?;
+            check_map(fd, h, IOVA, LEN, host).map_err(|e| format!("MD_CHECK_MAP errno {e}"))?;
+            Ok(format!("second connection: MAP reaches hwpt {h}"))
+        })(),
+    );
+    drop(dev);
+    if rep.failed > 0 {
+        for line in daemon.stderr().lines() {
+            println!("VUI-NOTE daemon: {line}");
+        }
+    }
+    drop(daemon);
+    let _ = std::fs::remove_dir_all(&dir);
+    rep.failed
+}
+
+/// One low region (rings and buffers, GPA 0, inside the mock's IOVA hole); the region in the
+/// aperture is added with a new memory table (regions stay sorted, as vhost-user wants).
+fn opts() -> Options {
+    Options {
+        high_size: 0,
+        ..Options::default()
+    }
+}
+
+fn dup(fd: RawFd) -> std::io::Result<OwnedFd> {
+    // SAFETY: borrowing a descriptor that is open for the duration of this call.
+    let b = unsafe { BorrowedFd::borrow_raw(fd) };
+    b.try_clone_to_owned()
+}
+
+fn map_shared(fd: RawFd, len: u64) -> Option<u64> {
+    // SAFETY: a new shared mapping of a memfd we hold; the result is checked.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len as usize,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            fd,
+            0,
+        )
+    };
+    (p != libc::MAP_FAILED).then_some(p as u64)
+}
+
+fn main() {
+    let mode = std::env::args().nth(1).unwrap_or_default();
+    let iommufd = match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/iommu")
+    {
+        Ok(f) => OwnedFd::from(f),
+        Err(e) => {
+            println!("VUI-RESULT open-iommufd FAIL /dev/iommu: {e}");
+            std::process::exit(1);
+        }
+    };
+    let failed = match mode.as_str() {
+        "mock" => mock(&iommufd),
+        other => {
+            eprintln!("usage: vui-drive mock (got {other:?})");
+            std::process::exit(2);
+        }
+    };
+    std::process::exit(i32::from(failed > 0));
+}
