@@ -6,7 +6,7 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
-use std::sync::atomic::{AtomicIsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use vhost_user_iommu::config::{DeviceConfig, EndpointSet};
@@ -15,17 +15,17 @@ use vhost_user_iommu::protocol::*;
 
 /// Counts live heap bytes so that memory per mapping is measured, not estimated.
 struct Counting;
-static LIVE: AtomicIsize = AtomicIsize::new(0);
+static LIVE: AtomicUsize = AtomicUsize::new(0);
 
 // SAFETY: delegates to the system allocator and only adds bookkeeping.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        LIVE.fetch_add(l.size() as isize, Ordering::Relaxed);
+        LIVE.fetch_add(l.size(), Ordering::Relaxed);
         // SAFETY: same contract as the caller's.
         unsafe { System.alloc(l) }
     }
     unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        LIVE.fetch_sub(l.size() as isize, Ordering::Relaxed);
+        LIVE.fetch_sub(l.size(), Ordering::Relaxed);
         // SAFETY: same contract as the caller's.
         unsafe { System.dealloc(p, l) }
     }
@@ -114,7 +114,7 @@ fn memory_per_mapping(n: u64) -> f64 {
     }
     let after = LIVE.load(Ordering::Relaxed);
     black_box(&d);
-    (after - before) as f64 / n as f64
+    after.wrapping_sub(before) as f64 / n as f64
 }
 
 fn translate_rate(live: u64, lookups: u64) -> f64 {

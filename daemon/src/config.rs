@@ -31,7 +31,7 @@ pub enum ConfigError {
     InputRangeAlign { start: u64, end: u64, granule: u64 },
     #[error("--domain-range {0}-{1}: start must not exceed end")]
     DomainRange(u32, u32),
-    #[error("--probe-size {size}: must be a multiple of 4, at most {MAX_PROBE_SIZE}, and hold the {regions} reserved region(s) ({need} bytes)")]
+    #[error("--probe-size {size}: must be a multiple of 4, at most {MAX_PROBE_SIZE}, and hold the {regions} reserved region(s) and, unless --pasid-bits is 0, the PASID extension's properties ({need} bytes)")]
     ProbeSize {
         size: u32,
         regions: usize,
@@ -43,6 +43,8 @@ pub enum ConfigError {
     ReservedOverlap(u64, u64, u64, u64),
     #[error("--max-mappings 0: at least one mapping must be allowed")]
     MaxMappings,
+    #[error("--pasid-bits {0}: PASIDs are at most 20 bits wide (0 turns the extension off)")]
+    PasidBits(u8),
 }
 
 /// Parse a u64 written in decimal or with a 0x prefix.
@@ -226,6 +228,9 @@ pub struct DeviceConfig {
     pub legacy_bypass: bool,
     /// Upper bound on live mappings across all domains; a MAP past it gets NOMEM.
     pub max_mappings: u64,
+    /// PASID width of every endpoint for the PASID / shared-table extension (docs/PASID.md);
+    /// 0 turns the extension off (its feature bits are not offered).
+    pub pasid_bits: u8,
 }
 
 impl Default for DeviceConfig {
@@ -242,6 +247,7 @@ impl Default for DeviceConfig {
             boot_bypass: false,
             legacy_bypass: false,
             max_mappings: 1 << 24,
+            pasid_bits: 20,
         }
     }
 }
@@ -289,9 +295,19 @@ impl DeviceConfig {
                 ));
             }
         }
-        // Regions count is bounded by the probe size check right below.
+        if self.pasid_bits > 20 {
+            return Err(ConfigError::PasidBits(self.pasid_bits));
+        }
+        // Regions count is bounded by the probe size check right below; the extension's
+        // properties come after them.
+        let ext = if self.pasid_bits > 0 {
+            crate::tables::PROBE_PROPERTIES_SIZE as u32
+        } else {
+            0
+        };
         let need = RESV_MEM_PROP_SIZE
-            .saturating_mul(u32::try_from(self.reserved.len()).unwrap_or(u32::MAX));
+            .saturating_mul(u32::try_from(self.reserved.len()).unwrap_or(u32::MAX))
+            .saturating_add(ext);
         if !self.probe_size.is_multiple_of(4)
             || self.probe_size > MAX_PROBE_SIZE
             || self.probe_size < need

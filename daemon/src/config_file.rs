@@ -76,6 +76,7 @@ struct RawFile {
     legacy_bypass: Option<bool>,
     max_mappings: Option<Number>,
     poll_us: Option<Number>,
+    pasid_bits: Option<Number>,
     user: Option<String>,
     seccomp: Option<bool>,
     backend: Option<String>,
@@ -151,6 +152,8 @@ pub struct Layer {
     pub max_mappings: Option<u64>,
     /// Request-queue polling window in microseconds (0: no polling).
     pub poll_us: Option<u64>,
+    /// PASID width for the PASID extension (0: off).
+    pub pasid_bits: Option<u8>,
     pub user: Option<String>,
     pub seccomp: Option<bool>,
     pub backend: Option<BackendKind>,
@@ -233,6 +236,9 @@ pub fn parse(path: &Path, text: &str) -> Result<Layer, FileError> {
         legacy_bypass: raw.legacy_bypass,
         max_mappings: num64(raw.max_mappings, "max-mappings")?,
         poll_us: num64(raw.poll_us, "poll-us")?,
+        pasid_bits: num32(raw.pasid_bits, "pasid-bits")?
+            .map(|v| u8::try_from(v).map_err(|_| bad("pasid-bits")(format!("{v} is above 20"))))
+            .transpose()?,
         user: raw.user,
         seccomp: raw.seccomp,
         backend: raw
@@ -272,6 +278,7 @@ fn error_key(e: &ConfigError) -> &'static str {
         ConfigError::ProbeSize { .. } => "probe-size",
         ConfigError::ReservedRegion(..) | ConfigError::ReservedOverlap(..) => "reserved-regions",
         ConfigError::MaxMappings => "max-mappings",
+        ConfigError::PasidBits(_) => "pasid-bits",
     }
 }
 
@@ -291,6 +298,7 @@ impl Layer {
             legacy_bypass: self.legacy_bypass.or(base.legacy_bypass),
             max_mappings: self.max_mappings.or(base.max_mappings),
             poll_us: self.poll_us.or(base.poll_us),
+            pasid_bits: self.pasid_bits.or(base.pasid_bits),
             user: self.user.or(base.user),
             seccomp: self.seccomp.or(base.seccomp),
             backend: self.backend.or(base.backend),
@@ -306,6 +314,7 @@ impl Layer {
             "probe-size" => self.probe_size.is_some(),
             "reserved-regions" => self.reserved_regions.is_some(),
             "max-mappings" => self.max_mappings.is_some(),
+            "pasid-bits" => self.pasid_bits.is_some(),
             _ => false,
         }
     }
@@ -345,6 +354,9 @@ pub fn resolve(flags: Layer, file: Option<(&Path, Layer)>) -> Result<Settings, F
     device.legacy_bypass = merged.legacy_bypass.unwrap_or(false);
     if let Some(v) = merged.max_mappings {
         device.max_mappings = v;
+    }
+    if let Some(v) = merged.pasid_bits {
+        device.pasid_bits = v;
     }
     if let Err(err) = device.validate() {
         let key = error_key(&err);

@@ -65,7 +65,18 @@ enum Request {
         endpoint: u32,
         iova: u64,
         access: String,
+        /// PASID of the access (PASID extension); absent: traffic without PASID.
+        #[serde(default)]
+        pasid: Option<u32>,
+        /// Privileged (supervisor) access.
+        #[serde(default)]
+        privileged: bool,
     },
+    /// Outstanding page requests.
+    #[serde(rename = "page_requests")]
+    PageRequests,
+    /// ATTACH_PASID bindings.
+    Pasids,
     /// Turn this connection into a stream of invalidation lines (docs/CONTROL.md).
     Subscribe,
     /// The host backend's objects (docs/IOMMUFD.md).
@@ -167,7 +178,8 @@ fn parse_access(s: &str) -> Result<Access, String> {
         "r" | "read" => Ok(Access::Read),
         "w" | "write" => Ok(Access::Write),
         "rw" | "readwrite" => Ok(Access::ReadWrite),
-        other => Err(format!("access {other:?}: use r, w or rw")),
+        "x" | "exec" => Ok(Access::Exec),
+        other => Err(format!("access {other:?}: use r, w, rw or x")),
     }
 }
 
@@ -211,7 +223,12 @@ fn execute(req: Request, shared: &Shared, conn: &ConnectionInfo) -> Result<Value
             let list: Vec<Value> = dev
                 .domain_list()
                 .map(|(id, bypass, eps, n)| {
-                    json!({"id": id, "bypass": bypass, "endpoints": eps, "mappings": n})
+                    let table = dev.domain_table(id).map(|(format, cached, hits, misses)| {
+                        json!({"format": format, "cached": cached, "hits": hits,
+                               "misses": misses})
+                    });
+                    json!({"id": id, "bypass": bypass, "endpoints": eps, "mappings": n,
+                           "table": table})
                 })
                 .collect();
             Ok(Value::Array(list))
@@ -282,27 +299,54 @@ fn execute(req: Request, shared: &Shared, conn: &ConnectionInfo) -> Result<Value
             endpoint,
             iova,
             access,
+            pasid,
+            privileged,
         } => {
             let access = parse_access(&access)?;
             let t = shared
                 .device()
-                .translate(endpoint, iova, access)
+                .translate_pasid(endpoint, pasid, iova, access, privileged)
                 .map_err(|e| e.to_string())?;
             Ok(match t {
                 Translation::Translated { phys, mapping } => json!({
                     "outcome": "translated", "phys": phys,
-                    "mapping": {
-                        "virt_start": mapping.virt_start, "virt_end": mapping.virt_end,
-                        "phys_start": mapping.phys_start,
-                        "read": mapping.readable(), "write": mapping.writable(),
-                    },
+                    "mapping": mapping.map(|m| json!({
+                        "virt_start": m.virt_start, "virt_end": m.virt_end,
+                        "phys_start": m.phys_start,
+                        "read": m.readable(), "write": m.writable(),
+                    })),
                 }),
                 Translation::Bypass { phys } => json!({"outcome": "bypass", "phys": phys}),
                 Translation::Fault { reason } => {
                     shared.wake();
                     json!({"outcome": "fault", "reason": reason})
                 }
+                Translation::PageRequest { grpid } => {
+                    shared.wake();
+                    json!({"outcome": "page_request", "grpid": grpid})
+                }
             })
+        }
+        Request::PageRequests => {
+            let dev = shared.device();
+            let list: Vec<Value> = dev
+                .page_request_list()
+                .map(|(endpoint, grpid, pr)| {
+                    json!({"endpoint": endpoint, "grpid": grpid, "pasid": pr.pasid,
+                           "address": pr.address})
+                })
+                .collect();
+            Ok(Value::Array(list))
+        }
+        Request::Pasids => {
+            let dev = shared.device();
+            let list: Vec<Value> = dev
+                .pasid_attach_list()
+                .map(|(endpoint, pasid, domain)| {
+                    json!({"endpoint": endpoint, "pasid": pasid, "domain": domain})
+                })
+                .collect();
+            Ok(Value::Array(list))
         }
     }
 }

@@ -16,6 +16,8 @@ use crate::backend::{BackendError, GuestRegion, HostBackend, ResetKind, Software
 use crate::config::DeviceConfig;
 use crate::mapping::{Mapping, MappingTable};
 use crate::protocol::*;
+use crate::tables::{SoftCaps, TableDomain};
+use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 
 /// Faults kept for inspection.
 const FAULT_LOG_LEN: usize = 256;
@@ -38,6 +40,8 @@ pub enum Access {
     Read,
     Write,
     ReadWrite,
+    /// Instruction fetch (PCIe execute-requested); MAP mappings treat it as a read.
+    Exec,
 }
 
 impl Access {
@@ -46,6 +50,7 @@ impl Access {
             Access::Read => FAULT_F_READ,
             Access::Write => FAULT_F_WRITE,
             Access::ReadWrite => FAULT_F_READ | FAULT_F_WRITE,
+            Access::Exec => FAULT_F_READ | FAULT_F_EXEC,
         }
     }
     fn allowed_by(self, m: &Mapping) -> bool {
@@ -53,6 +58,7 @@ impl Access {
             Access::Read => m.readable(),
             Access::Write => m.writable(),
             Access::ReadWrite => m.readable() && m.writable(),
+            Access::Exec => m.readable(),
         }
     }
 }
@@ -69,15 +75,30 @@ pub enum FaultReason {
 /// The answer of the software backend to a translation request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Translation {
-    Translated { phys: u64, mapping: Mapping },
-    Bypass { phys: u64 },
-    Fault { reason: FaultReason },
+    /// `mapping` is the MAP mapping used (None for a guest table walk).
+    Translated {
+        phys: u64,
+        mapping: Option<Mapping>,
+    },
+    Bypass {
+        phys: u64,
+    },
+    Fault {
+        reason: FaultReason,
+    },
+    /// A table miss on a device that can ask the guest to fix it: a page request is queued
+    /// for the event queue; the access can be retried after PAGE_RESP.
+    PageRequest {
+        grpid: u32,
+    },
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum TranslateError {
     #[error("endpoint {0} does not exist on this device")]
     UnknownEndpoint(u32),
+    #[error("PASID {0:#x} is beyond the device's PASID width")]
+    PasidOutOfRange(u32),
 }
 
 /// What a translation cache outside the daemon (a VMM's emulated devices, through the control
@@ -119,6 +140,10 @@ struct Domain {
     bypass: bool,
     endpoints: BTreeSet<u32>,
     mappings: MappingTable,
+    /// The guest table this domain translates through (PASID extension), if any.
+    table: Option<Box<TableDomain>>,
+    /// (endpoint, PASID) pairs attached with ATTACH_PASID.
+    pasid_endpoints: BTreeSet<(u32, u32)>,
 }
 
 /// Per request type and status counters, plus transport-level counters.
@@ -130,6 +155,9 @@ pub struct Stats {
     pub ignored: u64,
     pub faults_delivered: u64,
     pub faults_dropped: u64,
+    /// PASID extension: INVALIDATE requests applied, PAGE_RESP per code.
+    pub invalidations: u64,
+    pub page_responses: [u64; 3],
 }
 
 impl Stats {
@@ -155,7 +183,16 @@ pub struct Device {
     total_mappings: u64,
     stats: Stats,
     fault_log: VecDeque<(FaultInfo, bool)>,
-    pending_events: VecDeque<FaultRecord>,
+    pending_events: VecDeque<EventRecord>,
+    /// Guest memory, for walking guest tables (set by the transport).
+    mem: Option<GuestMemoryAtomic<GuestMemoryMmap>>,
+    /// What the software backend implements for guest tables.
+    soft: SoftCaps,
+    /// ATTACH_PASID: (endpoint, pasid) -> domain.
+    pasid_attach: BTreeMap<(u32, u32), u32>,
+    /// Outstanding page-request groups: (endpoint, grpid).
+    page_requests: BTreeMap<(u32, u32), PageRequest>,
+    next_grpid: u32,
     invalidation_sink: Option<std::sync::Arc<dyn InvalidationSink>>,
     /// Where validated requests take effect outside the model (backend/mod.rs).
     backend: Box<dyn HostBackend>,
@@ -170,6 +207,7 @@ impl Device {
     /// A device whose requests also take effect on `backend`.
     pub fn with_backend(cfg: DeviceConfig, backend: Box<dyn HostBackend>) -> Self {
         let bypass = u8::from(cfg.boot_bypass);
+        let soft = SoftCaps::new(cfg.pasid_bits);
         Device {
             cfg,
             acked: None,
@@ -180,6 +218,11 @@ impl Device {
             stats: Stats::default(),
             fault_log: VecDeque::new(),
             pending_events: VecDeque::new(),
+            mem: None,
+            soft,
+            pasid_attach: BTreeMap::new(),
+            page_requests: BTreeMap::new(),
+            next_grpid: 0,
             invalidation_sink: None,
             backend,
         }
@@ -230,7 +273,8 @@ impl Device {
 
     /// Device features offered to the driver.
     pub fn features(&self) -> u64 {
-        let mut f = (1u64 << F_VERSION_1)
+        let mut f = self.ext_features()
+            | (1u64 << F_VERSION_1)
             | (1 << F_INPUT_RANGE)
             | (1 << F_DOMAIN_RANGE)
             | (1 << F_MAP_UNMAP)
@@ -243,6 +287,20 @@ impl Device {
             1 << F_BYPASS_CONFIG
         };
         f
+    }
+
+    /// Guest memory, for walks of guest tables (the transport's view of the memory table).
+    pub fn set_walk_memory(&mut self, mem: GuestMemoryAtomic<GuestMemoryMmap>) {
+        self.mem = Some(mem);
+    }
+
+    /// The extension's feature bits, offered when PASIDs are configured.
+    fn ext_features(&self) -> u64 {
+        if self.cfg.pasid_bits > 0 {
+            (1u64 << F_ATTACH_TABLE) | (1 << F_PAGE_REQUEST)
+        } else {
+            0
+        }
     }
 
     pub fn set_acked_features(&mut self, features: u64) {
@@ -278,6 +336,8 @@ impl Device {
     /// negotiated features and the config `bypass` byte: the transport saw the driver start
     /// over (a guest reset) without the frontend saying so.
     pub fn reset_guest_state(&mut self) {
+        self.pasid_attach.clear();
+        self.page_requests.clear();
         self.endpoints.clear();
         self.domains.clear();
         self.total_mappings = 0;
@@ -360,6 +420,7 @@ impl Device {
                     .ok()
                     .map(|(b, _)| self.probe(&b, props))
             }
+            t if self.ext_type_negotiated(t) => self.ext_request(t, body),
             _ => {
                 self.stats.ignored += 1;
                 return Reply::Ignore;
@@ -433,7 +494,7 @@ impl Device {
         let now_empty = match self.domains.get_mut(&domain) {
             Some(d) => {
                 d.endpoints.remove(&endpoint);
-                d.endpoints.is_empty()
+                d.endpoints.is_empty() && d.pasid_endpoints.is_empty()
             }
             None => false,
         };
@@ -485,7 +546,8 @@ impl Device {
         let Some(d) = self.domains.get(&domain) else {
             return Status::NoEnt;
         };
-        if d.bypass {
+        // Bypass domains have no mappings; table domains translate through the guest's table.
+        if d.bypass || d.table.is_some() {
             return Status::Inval;
         }
         if start > end {
@@ -535,7 +597,7 @@ impl Device {
         let Some(d) = self.domains.get_mut(&domain) else {
             return Status::NoEnt;
         };
-        if d.bypass || start > end {
+        if d.bypass || d.table.is_some() || start > end {
             return Status::Inval;
         }
         if d.mappings.check_remove(start, end).is_err() {
@@ -596,52 +658,42 @@ impl Device {
             dst.copy_from_slice(zerocopy::IntoBytes::as_bytes(&prop));
             off += std::mem::size_of::<ProbeResvMem>();
         }
+        if self.acked(F_ATTACH_TABLE)
+            && crate::tables::probe_properties(&self.soft, props, off).is_none()
+        {
+            return Status::DevErr;
+        }
         self.endpoints.entry(endpoint).or_insert(None);
         Status::Ok
     }
 
-    /// Software backend: translate an access by `endpoint` to `iova`. A fault is logged and
-    /// queued for the eventq.
+    /// Software backend: translate an access by `endpoint` (without PASID) to `iova`. A fault
+    /// is logged and queued for the eventq.
     pub fn translate(
         &mut self,
         endpoint: u32,
         iova: u64,
         access: Access,
     ) -> Result<Translation, TranslateError> {
-        if !self.cfg.endpoints.contains(endpoint) {
-            return Err(TranslateError::UnknownEndpoint(endpoint));
-        }
-        let result = match self.endpoints.get(&endpoint).copied().flatten() {
-            None if self.unattached_bypass() => Translation::Bypass { phys: iova },
-            None => Translation::Fault {
-                reason: FaultReason::Domain,
-            },
-            Some(domain) => match self.domains.get(&domain) {
-                Some(d) if d.bypass => Translation::Bypass { phys: iova },
-                Some(d) => match d.mappings.lookup(iova) {
-                    Some(m) if access.allowed_by(&m) => Translation::Translated {
-                        phys: m.phys_start + (iova - m.virt_start),
-                        mapping: m,
-                    },
-                    _ => Translation::Fault {
-                        reason: FaultReason::Mapping,
-                    },
-                },
-                // Unreachable by construction (an attached endpoint's domain exists); treat
-                // as no domain rather than panic.
-                None => Translation::Fault {
-                    reason: FaultReason::Domain,
-                },
-            },
-        };
-        if let Translation::Fault { reason } = result {
-            self.record_fault(endpoint, iova, access, reason);
-        }
-        Ok(result)
+        self.translate_pasid(endpoint, None, iova, access, false)
     }
 
-    fn record_fault(&mut self, endpoint: u32, iova: u64, access: Access, reason: FaultReason) {
-        let flags = access.fault_flags() | FAULT_F_ADDRESS;
+    fn record_fault(
+        &mut self,
+        endpoint: u32,
+        pasid: Option<u32>,
+        iova: u64,
+        access: Access,
+        privileged: bool,
+        reason: FaultReason,
+    ) {
+        let mut flags = access.fault_flags() | FAULT_F_ADDRESS;
+        if pasid.is_some() {
+            flags |= FAULT_F_PASID_VALID;
+        }
+        if privileged {
+            flags |= FAULT_F_PRIV;
+        }
         let rec = FaultRecord {
             reason: match reason {
                 FaultReason::Domain => FAULT_R_DOMAIN,
@@ -650,13 +702,15 @@ impl Device {
             reserved: [0; 3],
             flags: flags.into(),
             endpoint: endpoint.into(),
-            reserved2: [0; 4],
+            // The PASID of the access, with FAULT_F_PASID_VALID (docs/PASID.md §4.5).
+            reserved2: pasid.unwrap_or(0).to_le_bytes(),
             address: iova.into(),
         };
         if self.pending_events.len() >= PENDING_EVENTS_MAX {
             self.stats.faults_dropped += 1;
         } else {
-            self.pending_events.push_back(rec);
+            let ev = EventRecord::new(zerocopy::IntoBytes::as_bytes(&rec), endpoint, iova, None);
+            self.pending_events.push_back(ev);
         }
         let info = FaultInfo {
             reason,
@@ -672,7 +726,7 @@ impl Device {
     }
 
     /// Next fault record waiting for the eventq.
-    pub fn pop_event(&mut self) -> Option<FaultRecord> {
+    pub fn pop_event(&mut self) -> Option<EventRecord> {
         self.pending_events.pop_front()
     }
 
@@ -681,13 +735,20 @@ impl Device {
     }
 
     /// The transport reports the fate of a record taken with `pop_event`.
-    pub fn event_outcome(&mut self, rec: &FaultRecord, delivered: bool) {
+    pub fn event_outcome(&mut self, rec: &EventRecord, delivered: bool) {
         if delivered {
             self.stats.faults_delivered += 1;
         } else {
             self.stats.faults_dropped += 1;
         }
-        let (ep, addr) = (rec.endpoint.get(), rec.address.get());
+        if let Some(grpid) = rec.grpid {
+            // An undeliverable page request is answered INVALID by the device: forget it.
+            if !delivered {
+                self.page_requests.remove(&(rec.endpoint, grpid));
+            }
+            return;
+        }
+        let (ep, addr) = (rec.endpoint, rec.address);
         if let Some(entry) = self
             .fault_log
             .iter_mut()
@@ -744,6 +805,10 @@ impl Device {
 
 /// RESV_MEM property length field: the property size without its 4-byte header.
 const RESV_MEM_PROP_LEN: usize = std::mem::size_of::<ProbeResvMem>() - 4;
+
+#[path = "device_ext.rs"]
+mod ext;
+pub use ext::{EventRecord, PageRequest};
 
 #[cfg(test)]
 #[path = "device_tests.rs"]

@@ -636,12 +636,19 @@ fn config_space_and_bypass_write() {
 
 #[test]
 fn features_offered() {
+    // The PASID extension's bits (docs/PASID.md) come with a non-zero PASID width.
+    let ext = (1u64 << F_ATTACH_TABLE) | (1 << F_PAGE_REQUEST);
     let d = dev();
-    assert_eq!(d.features(), ALL_FEATURES);
+    assert_eq!(d.features(), ALL_FEATURES | ext);
     // Acked features are limited to what was offered.
     let mut d = Device::new(cfg());
     d.set_acked_features(u64::MAX);
-    assert_eq!(d.acked_features(), Some(ALL_FEATURES));
+    assert_eq!(d.acked_features(), Some(ALL_FEATURES | ext));
+    let d = Device::new(DeviceConfig {
+        pasid_bits: 0,
+        ..cfg()
+    });
+    assert_eq!(d.features(), ALL_FEATURES);
 }
 
 #[test]
@@ -740,23 +747,25 @@ fn translate_honours_permissions_and_records_faults() {
         Err(TranslateError::UnknownEndpoint(16))
     );
     // Three faults queued as event records, in order, with reason, flags and address.
-    let r = d.pop_event().unwrap();
+    let r = d.pop_event().unwrap().as_fault().unwrap();
     assert_eq!(r.reason, FAULT_R_MAPPING);
     assert_eq!(r.flags.get(), FAULT_F_WRITE | FAULT_F_ADDRESS);
     assert_eq!(r.endpoint.get(), 0);
     assert_eq!(r.address.get(), 0x1800);
-    let r = d.pop_event().unwrap();
+    let r = d.pop_event().unwrap().as_fault().unwrap();
     assert_eq!(
         r.flags.get(),
         FAULT_F_READ | FAULT_F_WRITE | FAULT_F_ADDRESS
     );
-    let r = d.pop_event().unwrap();
+    let ev = d.pop_event().unwrap();
+    assert_eq!(ev.bytes().len(), FAULT_RECORD_SIZE);
+    let r = ev.as_fault().unwrap();
     assert_eq!(
         (r.flags.get(), r.address.get()),
         (FAULT_F_READ | FAULT_F_ADDRESS, 0x3000)
     );
     assert!(d.pop_event().is_none());
-    d.event_outcome(&r, false);
+    d.event_outcome(&ev, false);
     assert_eq!(d.stats().faults_dropped, 1);
     assert_eq!(d.fault_log().count(), 3);
 }

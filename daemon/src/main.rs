@@ -98,6 +98,10 @@ struct RunArgs {
     /// fewer guest kicks and lower latency.
     #[arg(long, value_name = "US", value_parser = parse_u64)]
     poll_us: Option<u64>,
+    /// PASID width of every endpoint for the PASID / shared-table extension (docs/PASID.md),
+    /// 0..=20; 0 turns the extension off [default: 20].
+    #[arg(long, value_name = "BITS")]
+    pasid_bits: Option<u8>,
     /// Once the sockets are open, switch to this user (name or uid) and its primary group.
     /// Needs root (or CAP_SETUID/CAP_SETGID).
     #[arg(long, value_name = "USER")]
@@ -169,6 +173,7 @@ fn flag_layer(a: &RunArgs) -> Layer {
         legacy_bypass: a.legacy_bypass,
         max_mappings: a.max_mappings,
         poll_us: a.poll_us,
+        pasid_bits: a.pasid_bits,
         user: a.user.clone(),
         seccomp: a.no_seccomp.then_some(false),
         backend: a.backend,
@@ -214,6 +219,7 @@ fn print_settings(s: &Settings) {
         "legacy-bypass": d.legacy_bypass,
         "max-mappings": d.max_mappings,
         "poll-us": s.poll.map_or(0, |p| p.as_micros()),
+        "pasid-bits": d.pasid_bits,
         "user": s.user,
         "seccomp": s.seccomp,
         "backend": backend_json(&s.backend),

@@ -216,6 +216,131 @@ pub const CONFIG_SIZE: usize = 40;
 /// Offset of the driver-writable `bypass` byte.
 pub const CONFIG_BYPASS_OFFSET: usize = 36;
 
+// --- The PASID / shared-table extension (docs/PASID.md) ---------------------------------
+
+/// Feature bits of the extension.
+pub const F_ATTACH_TABLE: u32 = 8;
+pub const F_PAGE_REQUEST: u32 = 10;
+
+/// Request types of the extension.
+pub const T_ATTACH_TABLE: u8 = 6;
+pub const T_INVALIDATE: u8 = 7;
+pub const T_PAGE_RESP: u8 = 8;
+pub const T_DETACH_TABLE: u8 = 9;
+pub const T_ATTACH_PASID: u8 = 10;
+pub const T_DETACH_PASID: u8 = 11;
+
+/// Table formats.
+pub const FMT_ARM_VMSA_S1: u16 = 1;
+pub const FMT_ARM_SMMUV3: u16 = 2;
+pub const FMT_INTEL_VTD_S1: u16 = 4;
+
+/// INVALIDATE scopes, caches and flags.
+pub const INV_SCOPE_DOMAIN: u16 = 1;
+pub const INV_SCOPE_PASID: u16 = 2;
+pub const INV_SCOPE_ADDRESS: u16 = 4;
+pub const INV_CACHE_IOTLB: u16 = 1 << 0;
+pub const INV_CACHE_DEV_IOTLB: u16 = 1 << 1;
+pub const INV_CACHE_PASID: u16 = 1 << 2;
+pub const INV_F_PASID: u16 = 1 << 0;
+pub const INV_F_ARCHID: u16 = 1 << 1;
+pub const INV_F_LEAF: u16 = 1 << 2;
+
+/// Event reasons and flags added by the extension.
+pub const FAULT_R_PAGE_REQUEST: u8 = 3;
+pub const FAULT_F_EXEC: u32 = 1 << 2;
+pub const FAULT_F_PRIV: u32 = 1 << 3;
+pub const FAULT_F_PASID_VALID: u32 = 1 << 9;
+pub const FAULT_F_LAST: u32 = 1 << 10;
+pub const PAGE_REQUEST_RECORD_SIZE: usize = 32;
+
+/// PAGE_RESP codes and flags.
+pub const PAGE_RESP_SUCCESS: u16 = 0;
+pub const PAGE_RESP_INVALID: u16 = 1;
+pub const PAGE_RESP_FAILURE: u16 = 2;
+pub const PAGE_RESP_F_PASID_VALID: u16 = 1 << 0;
+
+/// PROBE properties of the extension.
+pub const PROBE_T_OUTPUT_SIZE: u16 = 4;
+pub const PROBE_T_PASID_SIZE: u16 = 5;
+pub const PROBE_T_PAGE_TABLE_FMT: u16 = 6;
+pub const PROBE_T_PASID_TABLE_FMT: u16 = 7;
+pub const PROBE_T_HOST_IOMMU: u16 = 8;
+pub const PROBE_T_PAGE_REQUEST: u16 = 9;
+
+/// ATTACH_TABLE body (after the head): 60 bytes, tail at 64.
+#[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[repr(C)]
+pub struct AttachTableBody {
+    pub domain: U32,
+    pub format: U16,
+    pub flags: U16,
+    pub reserved: [u8; 4],
+    pub desc: [u8; 48],
+}
+
+/// DETACH_TABLE body: tail at 16.
+#[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[repr(C)]
+pub struct DetachTableBody {
+    pub domain: U32,
+    pub reserved: [u8; 8],
+}
+
+/// ATTACH_PASID / DETACH_PASID body: tail at 24.
+#[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[repr(C)]
+pub struct PasidAttachBody {
+    pub domain: U32,
+    pub endpoint: U32,
+    pub pasid: U32,
+    pub reserved: [u8; 8],
+}
+
+/// INVALIDATE body (offsets as in docs/PASID.md, from the start of the request): tail at 64.
+#[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[repr(C)]
+pub struct InvalidateBody {
+    pub scope: U16,
+    pub caches: U16,
+    pub flags: U16,
+    pub reserved0: [u8; 2],
+    pub domain: U32,
+    pub pasid: U32,
+    pub reserved1: [u8; 4],
+    pub archid: U64,
+    pub virt_start: U64,
+    pub nr_pages: U64,
+    pub granule: u8,
+    pub reserved2: [u8; 15],
+}
+
+/// PAGE_RESP body: tail at 32.
+#[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[repr(C)]
+pub struct PageRespBody {
+    pub endpoint: U32,
+    pub pasid: U32,
+    pub grpid: U32,
+    pub code: U16,
+    pub flags: U16,
+    pub reserved: [u8; 12],
+}
+
+/// A page-request record on the event queue (32 bytes).
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[repr(C)]
+pub struct PageRequestRecord {
+    pub reason: u8,
+    pub reserved: [u8; 3],
+    pub flags: U32,
+    pub endpoint: U32,
+    pub pasid: U32,
+    pub address: U64,
+    pub grpid: U32,
+    pub reserved2: [u8; 4],
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -234,6 +359,42 @@ mod tests {
         assert_eq!(size_of::<ProbeResvMem>(), 24);
         assert_eq!(size_of::<FaultRecord>(), FAULT_RECORD_SIZE);
         assert_eq!(size_of::<ConfigSpace>(), CONFIG_SIZE);
+        // The extension's requests (docs/PASID.md).
+        assert_eq!(HEAD_SIZE + size_of::<AttachTableBody>(), 64);
+        assert_eq!(HEAD_SIZE + size_of::<DetachTableBody>(), 16);
+        assert_eq!(HEAD_SIZE + size_of::<PasidAttachBody>(), 24);
+        assert_eq!(HEAD_SIZE + size_of::<InvalidateBody>(), 64);
+        assert_eq!(HEAD_SIZE + size_of::<PageRespBody>(), 32);
+        assert_eq!(size_of::<PageRequestRecord>(), PAGE_REQUEST_RECORD_SIZE);
+    }
+
+    #[test]
+    fn invalidate_offsets_match_the_draft() {
+        let b = InvalidateBody {
+            scope: U16::new(0x0201),
+            caches: U16::new(0x0403),
+            flags: U16::new(0x0605),
+            reserved0: [0; 2],
+            domain: U32::new(0x0c0b0a09),
+            pasid: U32::new(0x100f0e0d),
+            reserved1: [0; 4],
+            archid: U64::new(0x18),
+            virt_start: U64::new(0x20),
+            nr_pages: U64::new(0x28),
+            granule: 0x30,
+            reserved2: [0; 15],
+        };
+        let mut req = vec![T_INVALIDATE, 0, 0, 0];
+        req.extend_from_slice(b.as_bytes());
+        assert_eq!(req[4], 1); // scope @4
+        assert_eq!(req[6], 3); // caches @6
+        assert_eq!(req[8], 5); // flags @8
+        assert_eq!(req[12], 9); // domain @12
+        assert_eq!(req[16], 0x0d); // pasid @16
+        assert_eq!(req[24], 0x18); // archid @24
+        assert_eq!(req[32], 0x20); // virt_start @32
+        assert_eq!(req[40], 0x28); // nr_pages @40
+        assert_eq!(req[48], 0x30); // granule @48
     }
 
     #[test]

@@ -261,15 +261,20 @@ impl IommuBackend {
             };
             let head = chain.head_index();
             let written = match chain.writer(&*mem) {
-                Ok(mut w) if w.available_bytes() >= FAULT_RECORD_SIZE => {
-                    w.write_all(rec.as_bytes()).is_ok()
+                Ok(mut w) if w.available_bytes() >= rec.bytes().len() => {
+                    w.write_all(rec.bytes()).is_ok()
                 }
                 Ok(_) | Err(_) => false,
             };
             if !written {
                 debug!("event buffer {head} cannot hold a fault record; record dropped");
             }
-            let used = if written { FAULT_RECORD_SIZE as u32 } else { 0 };
+            // At most 32 bytes.
+            let used = if written {
+                u32::try_from(rec.bytes().len()).unwrap_or(0)
+            } else {
+                0
+            };
             vring.add_used(head, used).map_err(qerr)?;
             dev.event_outcome(&rec, written);
             any = true;
@@ -531,10 +536,12 @@ impl VhostUserBackendMut for IommuBackend {
                 host_addr: r.as_ptr() as u64,
             })
             .collect();
-        self.shared
-            .device()
-            .set_guest_memory(&regions)
-            .map_err(io::Error::other)?;
+        {
+            let mut dev = self.shared.device();
+            dev.set_guest_memory(&regions).map_err(io::Error::other)?;
+            // The software backend walks guest tables in the same memory.
+            dev.set_walk_memory(mem.clone());
+        }
         self.mem = mem;
         Ok(())
     }

@@ -37,7 +37,7 @@ fn bad_requests_get_an_error_line_and_the_connection_stays_usable() {
         "this is not json",
         "{\"cmd\":\"no-such-command\"}",
         "{\"cmd\":\"mappings\"}",
-        "{\"cmd\":\"translate\",\"endpoint\":1,\"iova\":0,\"access\":\"x\"}",
+        "{\"cmd\":\"translate\",\"endpoint\":1,\"iova\":0,\"access\":\"z\"}",
         "[1,2,3]",
         "{}",
     ] {

@@ -625,7 +625,15 @@ fn map_beyond_the_mapping_limit_is_nomem() {
 
 #[test]
 fn probe_size_flag_and_no_reserved_regions() {
-    let (_daemon, mut d) = setup(&["--probe-size", "64", "--reserved-region", "none"]);
+    // Without the PASID extension (its PROBE properties need more than 64 bytes).
+    let (_daemon, mut d) = setup(&[
+        "--probe-size",
+        "64",
+        "--reserved-region",
+        "none",
+        "--pasid-bits",
+        "0",
+    ]);
     assert_eq!(d.config().probe_size, 64);
     let r = d.run(&Request::probe(3, 64));
     r.expect(OK, "PROBE");

@@ -1,0 +1,474 @@
+//! The device model's side of the PASID / shared-table extension (docs/PASID.md): the
+//! ATTACH_TABLE, DETACH_TABLE, ATTACH_PASID, DETACH_PASID, INVALIDATE and PAGE_RESP requests,
+//! translation of PASID traffic and of table domains, and page requests.
+//!
+//! A child module of `device`, so it works on the same state under the same rules: a request
+//! applies completely or changes nothing.
+
+use pagetables::mem::VmMemory;
+use pagetables::{AccessKind, AccessRequest};
+use vm_memory::GuestAddressSpace;
+use zerocopy::{FromBytes, IntoBytes};
+
+use super::*;
+use crate::tables::{self, TableDomain, WalkFault, Walked, MAX_PAGE_REQUEST_GROUPS};
+
+/// An outstanding page-request group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PageRequest {
+    pub pasid: Option<u32>,
+    pub address: u64,
+}
+
+impl Device {
+    /// Requests of the extension; `None` if the body is too short to parse.
+    pub(super) fn ext_request(&mut self, type_: u8, body: &[u8]) -> Option<Status> {
+        match type_ {
+            T_ATTACH_TABLE => AttachTableBody::read_from_prefix(body)
+                .ok()
+                .map(|(b, _)| self.attach_table(&b)),
+            T_DETACH_TABLE => DetachTableBody::read_from_prefix(body)
+                .ok()
+                .map(|(b, _)| self.detach_table(&b)),
+            T_ATTACH_PASID => PasidAttachBody::read_from_prefix(body)
+                .ok()
+                .map(|(b, _)| self.attach_pasid(&b)),
+            T_DETACH_PASID => PasidAttachBody::read_from_prefix(body)
+                .ok()
+                .map(|(b, _)| self.detach_pasid(&b)),
+            T_INVALIDATE => InvalidateBody::read_from_prefix(body)
+                .ok()
+                .map(|(b, _)| self.invalidate_request(&b)),
+            T_PAGE_RESP => PageRespBody::read_from_prefix(body)
+                .ok()
+                .map(|(b, _)| self.page_resp(&b)),
+            _ => None,
+        }
+    }
+
+    /// Is `type_` a request of the extension the driver negotiated?
+    pub(super) fn ext_type_negotiated(&self, type_: u8) -> bool {
+        match type_ {
+            T_ATTACH_TABLE | T_DETACH_TABLE | T_ATTACH_PASID | T_DETACH_PASID | T_INVALIDATE => {
+                self.acked(F_ATTACH_TABLE)
+            }
+            T_PAGE_RESP => self.acked(F_ATTACH_TABLE) && self.acked(F_PAGE_REQUEST),
+            _ => false,
+        }
+    }
+
+    fn attach_table(&mut self, b: &AttachTableBody) -> Status {
+        let domain = b.domain.get();
+        if !self.domain_in_range(domain) {
+            return Status::Range;
+        }
+        let Some(d) = self.domains.get(&domain) else {
+            return Status::NoEnt;
+        };
+        if d.bypass || (d.table.is_none() && !d.mappings.is_empty()) {
+            return Status::Inval;
+        }
+        // A PASID table takes over every PASID of its endpoints: none may have ATTACH_PASIDs.
+        let binding = {
+            let Some(mem) = self.mem.as_ref() else {
+                // No guest memory yet: no table can be in guest RAM.
+                return Status::Range;
+            };
+            let guard = mem.memory();
+            match tables::decode(b, &self.soft, &VmMemory(&*guard)) {
+                Ok(binding) => binding,
+                Err(s) => return s,
+            }
+        };
+        if binding.is_pasid_table()
+            && d.endpoints.iter().any(|e| {
+                self.pasid_attach
+                    .range((*e, 0)..=(*e, u32::MAX))
+                    .next()
+                    .is_some()
+            })
+        {
+            return Status::Inval;
+        }
+        if binding.is_pasid_table() && !d.pasid_endpoints.is_empty() {
+            return Status::Inval;
+        }
+        let Some(d) = self.domains.get_mut(&domain) else {
+            return Status::NoEnt;
+        };
+        // Replacing a table drops everything cached from the old one.
+        d.table = Some(Box::new(TableDomain::new(binding)));
+        let endpoints: Vec<u32> = d.endpoints.iter().copied().collect();
+        for endpoint in endpoints {
+            self.invalidate(|| Invalidation::Endpoint { endpoint });
+        }
+        Status::Ok
+    }
+
+    fn detach_table(&mut self, b: &DetachTableBody) -> Status {
+        let domain = b.domain.get();
+        if !zero(&b.reserved) {
+            return Status::Inval;
+        }
+        let Some(d) = self.domains.get_mut(&domain) else {
+            return Status::NoEnt;
+        };
+        if d.table.take().is_none() {
+            return Status::Inval;
+        }
+        let endpoints: Vec<u32> = d.endpoints.iter().copied().collect();
+        for endpoint in endpoints {
+            self.invalidate(|| Invalidation::Endpoint { endpoint });
+        }
+        Status::Ok
+    }
+
+    fn attach_pasid(&mut self, b: &PasidAttachBody) -> Status {
+        let (domain, endpoint, pasid) = (b.domain.get(), b.endpoint.get(), b.pasid.get());
+        if !zero(&b.reserved) {
+            return Status::Inval;
+        }
+        if !self.cfg.endpoints.contains(endpoint) {
+            return Status::NoEnt;
+        }
+        if u64::from(pasid) >> self.cfg.pasid_bits != 0 {
+            return Status::Range;
+        }
+        let Some(d) = self.domains.get(&domain) else {
+            return Status::NoEnt;
+        };
+        if d.bypass || d.table.as_ref().is_some_and(|t| t.binding.is_pasid_table()) {
+            return Status::Inval;
+        }
+        // The endpoint's PASIDs belong to its CD table if it has one.
+        let rid_domain = self.endpoints.get(&endpoint).copied().flatten();
+        if rid_domain
+            .and_then(|r| self.domains.get(&r))
+            .and_then(|r| r.table.as_ref())
+            .is_some_and(|t| t.binding.is_pasid_table())
+        {
+            return Status::Inval;
+        }
+        let previous = self.pasid_attach.insert((endpoint, pasid), domain);
+        if let Some(old) = previous.filter(|&old| old != domain) {
+            self.remove_pasid_from_domain(old, endpoint, pasid);
+        }
+        if let Some(d) = self.domains.get_mut(&domain) {
+            d.pasid_endpoints.insert((endpoint, pasid));
+        }
+        self.endpoints.entry(endpoint).or_insert(None);
+        Status::Ok
+    }
+
+    fn detach_pasid(&mut self, b: &PasidAttachBody) -> Status {
+        let (domain, endpoint, pasid) = (b.domain.get(), b.endpoint.get(), b.pasid.get());
+        if !zero(&b.reserved) {
+            return Status::Inval;
+        }
+        if !self.cfg.endpoints.contains(endpoint) {
+            return Status::NoEnt;
+        }
+        if !self.domains.contains_key(&domain) {
+            return Status::NoEnt;
+        }
+        if self.pasid_attach.get(&(endpoint, pasid)) != Some(&domain) {
+            return Status::Inval;
+        }
+        self.pasid_attach.remove(&(endpoint, pasid));
+        self.remove_pasid_from_domain(domain, endpoint, pasid);
+        Status::Ok
+    }
+
+    /// Take (endpoint, pasid) out of `domain`; the domain ends when nothing is attached to it.
+    fn remove_pasid_from_domain(&mut self, domain: u32, endpoint: u32, pasid: u32) {
+        let now_empty = self.domains.get_mut(&domain).is_some_and(|d| {
+            d.pasid_endpoints.remove(&(endpoint, pasid));
+            d.endpoints.is_empty() && d.pasid_endpoints.is_empty()
+        });
+        if now_empty {
+            if let Some(d) = self.domains.remove(&domain) {
+                self.total_mappings = self.total_mappings.saturating_sub(d.mappings.len() as u64);
+                self.backend.destroy_domain(domain);
+            }
+        }
+    }
+
+    fn invalidate_request(&mut self, b: &InvalidateBody) -> Status {
+        let inv = match tables::parse_invalidate(b, self.cfg.pasid_bits) {
+            Ok(inv) => inv,
+            Err(s) => return s,
+        };
+        let Some(d) = self.domains.get_mut(&inv.domain) else {
+            return Status::NoEnt;
+        };
+        if inv.archid.is_some()
+            && d.table
+                .as_ref()
+                .is_some_and(|t| matches!(t.binding, tables::Binding::Vtd(_)))
+        {
+            return Status::Inval;
+        }
+        // MAP and BYPASS domains have nothing cached: the request succeeds and does nothing.
+        if let Some(t) = d.table.as_mut() {
+            t.invalidate(&inv);
+        }
+        self.stats.invalidations += 1;
+        Status::Ok
+    }
+
+    fn page_resp(&mut self, b: &PageRespBody) -> Status {
+        let (endpoint, pasid, grpid) = (b.endpoint.get(), b.pasid.get(), b.grpid.get());
+        let (code, flags) = (b.code.get(), b.flags.get());
+        if !zero(&b.reserved) || flags & !PAGE_RESP_F_PASID_VALID != 0 {
+            return Status::Inval;
+        }
+        if !matches!(
+            code,
+            PAGE_RESP_SUCCESS | PAGE_RESP_INVALID | PAGE_RESP_FAILURE
+        ) {
+            return Status::Inval;
+        }
+        if !self.cfg.endpoints.contains(endpoint) {
+            return Status::NoEnt;
+        }
+        let want_pasid = (flags & PAGE_RESP_F_PASID_VALID != 0).then_some(pasid);
+        match self.page_requests.get(&(endpoint, grpid)) {
+            Some(pr) if pr.pasid == want_pasid => {}
+            _ => return Status::NoEnt,
+        }
+        self.page_requests.remove(&(endpoint, grpid));
+        self.stats.page_responses[usize::from(code)] += 1;
+        Status::Ok
+    }
+
+    /// Translate an access by `endpoint`, with `pasid` if the traffic carries one.
+    pub fn translate_pasid(
+        &mut self,
+        endpoint: u32,
+        pasid: Option<u32>,
+        iova: u64,
+        access: Access,
+        privileged: bool,
+    ) -> Result<Translation, TranslateError> {
+        if !self.cfg.endpoints.contains(endpoint) {
+            return Err(TranslateError::UnknownEndpoint(endpoint));
+        }
+        if pasid.is_some_and(|p| u64::from(p) >> self.cfg.pasid_bits != 0) {
+            return Err(TranslateError::PasidOutOfRange(pasid.unwrap_or(0)));
+        }
+        let rid_domain = self.endpoints.get(&endpoint).copied().flatten();
+        // Which domain handles this traffic?
+        let domain = match pasid {
+            None => rid_domain,
+            Some(p) => {
+                let cd_table = rid_domain.filter(|r| {
+                    self.domains
+                        .get(r)
+                        .and_then(|d| d.table.as_ref())
+                        .is_some_and(|t| t.binding.is_pasid_table())
+                });
+                cd_table.or_else(|| self.pasid_attach.get(&(endpoint, p)).copied())
+            }
+        };
+        let result = match domain {
+            None if pasid.is_none() && self.unattached_bypass() => {
+                Translation::Bypass { phys: iova }
+            }
+            None => Translation::Fault {
+                reason: FaultReason::Domain,
+            },
+            Some(domain) => self.translate_in(domain, pasid, iova, access, privileged),
+        };
+        match result {
+            Translation::Fault { reason } => {
+                self.record_fault(endpoint, pasid, iova, access, privileged, reason)
+            }
+            Translation::PageRequest { grpid } => {
+                self.queue_page_request(endpoint, pasid, iova, access, privileged, grpid)
+            }
+            _ => {}
+        }
+        Ok(result)
+    }
+
+    fn translate_in(
+        &mut self,
+        domain: u32,
+        pasid: Option<u32>,
+        iova: u64,
+        access: Access,
+        privileged: bool,
+    ) -> Translation {
+        let mapping_fault = Translation::Fault {
+            reason: FaultReason::Mapping,
+        };
+        let Some(d) = self.domains.get_mut(&domain) else {
+            return Translation::Fault {
+                reason: FaultReason::Domain,
+            };
+        };
+        if d.bypass {
+            return Translation::Bypass { phys: iova };
+        }
+        let Some(table) = d.table.as_mut() else {
+            return match d.mappings.lookup(iova) {
+                Some(m) if access.allowed_by(&m) => Translation::Translated {
+                    phys: m.phys_start + (iova - m.virt_start),
+                    mapping: Some(m),
+                },
+                _ => mapping_fault,
+            };
+        };
+        let reqs = access.requests(privileged);
+        let walked = match self.mem.as_ref() {
+            Some(mem) => {
+                let guard = mem.memory();
+                table.translate(&VmMemory(&*guard), &self.soft, pasid, iova, &reqs[..])
+            }
+            None => Err(WalkFault::BadTable),
+        };
+        match walked {
+            Ok(Walked::Translated(phys)) => Translation::Translated {
+                phys,
+                mapping: None,
+            },
+            Ok(Walked::Bypass(phys)) => Translation::Bypass { phys },
+            Err(f) if f.recoverable() && self.acked(F_PAGE_REQUEST) => match self.alloc_grpid() {
+                Some(grpid) => Translation::PageRequest { grpid },
+                None => mapping_fault,
+            },
+            Err(_) => mapping_fault,
+        }
+    }
+
+    /// A free page-request group index for an endpoint (0..512), or None when all are taken.
+    fn alloc_grpid(&mut self) -> Option<u32> {
+        // The caller's endpoint is not known here: indexes are unique across the device, which
+        // keeps them unique per endpoint too.
+        let max = MAX_PAGE_REQUEST_GROUPS as u32;
+        for _ in 0..max {
+            let g = self.next_grpid % max;
+            self.next_grpid = self.next_grpid.wrapping_add(1);
+            if !self.page_requests.keys().any(|(_, gg)| *gg == g) {
+                return Some(g);
+            }
+        }
+        None
+    }
+
+    fn queue_page_request(
+        &mut self,
+        endpoint: u32,
+        pasid: Option<u32>,
+        iova: u64,
+        access: Access,
+        privileged: bool,
+        grpid: u32,
+    ) {
+        let mut flags = access.fault_flags() | FAULT_F_ADDRESS | FAULT_F_LAST;
+        if pasid.is_some() {
+            flags |= FAULT_F_PASID_VALID;
+        }
+        if privileged {
+            flags |= FAULT_F_PRIV;
+        }
+        let address = iova & !0xfff;
+        let rec = PageRequestRecord {
+            reason: FAULT_R_PAGE_REQUEST,
+            reserved: [0; 3],
+            flags: flags.into(),
+            endpoint: endpoint.into(),
+            pasid: pasid.unwrap_or(0).into(),
+            address: address.into(),
+            grpid: grpid.into(),
+            reserved2: [0; 4],
+        };
+        self.page_requests
+            .insert((endpoint, grpid), PageRequest { pasid, address });
+        let ev = EventRecord::new(rec.as_bytes(), endpoint, address, Some(grpid));
+        if self.pending_events.len() >= PENDING_EVENTS_MAX {
+            // Nobody will answer it: the device answers INVALID itself.
+            self.page_requests.remove(&(endpoint, grpid));
+            self.stats.faults_dropped += 1;
+        } else {
+            self.pending_events.push_back(ev);
+        }
+    }
+
+    /// Outstanding page requests, for inspection.
+    pub fn page_request_list(&self) -> impl Iterator<Item = (u32, u32, PageRequest)> + '_ {
+        self.page_requests.iter().map(|((e, g), p)| (*e, *g, *p))
+    }
+
+    /// ATTACH_PASID bindings, for inspection: (endpoint, pasid, domain).
+    pub fn pasid_attach_list(&self) -> impl Iterator<Item = (u32, u32, u32)> + '_ {
+        self.pasid_attach.iter().map(|((e, p), d)| (*e, *p, *d))
+    }
+
+    /// A domain's table, for inspection: (format, cached translations, hits, misses).
+    pub fn domain_table(&self, domain: u32) -> Option<(u16, usize, u64, u64)> {
+        let t = self.domains.get(&domain)?.table.as_ref()?;
+        Some((
+            t.binding.format(),
+            t.cached_translations(),
+            t.hits,
+            t.misses,
+        ))
+    }
+}
+
+impl Access {
+    /// The page-table requests this access makes.
+    fn requests(self, privileged: bool) -> Vec<AccessRequest> {
+        let r = |kind| AccessRequest { kind, privileged };
+        match self {
+            Access::Read => vec![r(AccessKind::Read)],
+            Access::Write => vec![r(AccessKind::Write)],
+            Access::ReadWrite => vec![r(AccessKind::Read), r(AccessKind::Write)],
+            Access::Exec => vec![r(AccessKind::Exec)],
+        }
+    }
+}
+
+fn zero(b: &[u8]) -> bool {
+    b.iter().all(|&x| x == 0)
+}
+
+/// A record waiting for the event queue: a 24-byte fault or a 32-byte page request.
+#[derive(Clone, Copy, Debug)]
+pub struct EventRecord {
+    bytes: [u8; PAGE_REQUEST_RECORD_SIZE],
+    len: usize,
+    pub endpoint: u32,
+    pub address: u64,
+    /// The page-request group, for page requests.
+    pub grpid: Option<u32>,
+}
+
+impl EventRecord {
+    pub(super) fn new(data: &[u8], endpoint: u32, address: u64, grpid: Option<u32>) -> Self {
+        let mut bytes = [0u8; PAGE_REQUEST_RECORD_SIZE];
+        let len = data.len().min(PAGE_REQUEST_RECORD_SIZE);
+        bytes[..len].copy_from_slice(&data[..len]);
+        EventRecord {
+            bytes,
+            len,
+            endpoint,
+            address,
+            grpid,
+        }
+    }
+
+    /// The bytes to write into an event buffer.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+
+    /// The record as a standard fault record, if it is one.
+    pub fn as_fault(&self) -> Option<FaultRecord> {
+        if self.grpid.is_some() {
+            return None;
+        }
+        FaultRecord::read_from_bytes(self.bytes()).ok()
+    }
+}

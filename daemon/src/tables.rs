@@ -1,0 +1,515 @@
+//! Guest-owned translation tables in the software backend (the PASID / shared-table extension,
+//! docs/PASID.md): decoding ATTACH_TABLE, walking SMMUv3 CD tables and the stage-1 tables they
+//! hold, VMSAv8-64 and VT-d first-stage tables, and the caches INVALIDATE empties.
+//!
+//! The caches behave like hardware: a CD or a translation, once read, is used until the guest
+//! invalidates it, even if the guest has changed the table in memory since.
+
+use std::collections::HashMap;
+
+use pagetables::vmsa::{Stage1, Stage1Caps, Stage1Params};
+use pagetables::vtd::FirstStage;
+use pagetables::{AccessRequest, Fault, GuestMemoryRead, Permissions, TranslationFaultKind};
+use pasid::smmuv3::ste::{SsidResolution, SteError, SteS1};
+use pasid::smmuv3::{CdCaps, GranuleSupport};
+use pasid::vtd::{VtdBindError, VtdHostCaps, VtdS1Binding};
+
+use crate::protocol::*;
+
+/// Translations kept per table domain before the cache is emptied wholesale.
+const IOTLB_CAPACITY: usize = 16 * 1024;
+/// An ADDRESS invalidation of more 4 KiB pages than this scans the cache instead.
+const PAGEWISE_INVALIDATE_MAX: u64 = 4096;
+/// Key of traffic without PASID (and of every access to a single-table domain).
+const NO_PASID: u32 = u32::MAX;
+
+/// What the software backend implements; PROBE advertises it.
+#[derive(Clone, Copy, Debug)]
+pub struct SoftCaps {
+    pub cd: CdCaps,
+    pub stage1: Stage1Caps,
+    pub vtd: VtdHostCaps,
+    /// PASID width of every endpoint.
+    pub pasid_bits: u8,
+}
+
+impl SoftCaps {
+    pub fn new(pasid_bits: u8) -> Self {
+        SoftCaps {
+            cd: CdCaps {
+                max_oas: 48,
+                lva: false,
+                asid16: true,
+                hw_access_flag: false,
+                hw_dirty: false,
+                stall: false,
+                big_endian: false,
+                granules: GranuleSupport::ALL,
+            },
+            stage1: Stage1Caps {
+                max_oas: 48,
+                lva: false,
+            },
+            vtd: VtdHostCaps {
+                five_level: true,
+                pages_1g: true,
+                srs: false,
+                eafs: false,
+                haw: 48,
+                pasid_bits,
+                grant_supervisor: false,
+            },
+            pasid_bits,
+        }
+    }
+}
+
+/// A table bound to a domain.
+#[derive(Debug)]
+pub enum Binding {
+    /// PASID_TABLE domain: an SMMUv3 CD table.
+    CdTable(SteS1),
+    /// PAGE_TABLE domain: one VMSAv8-64 stage-1 regime.
+    Vmsa { stage1: Stage1, asid: u16 },
+    /// PAGE_TABLE domain: one VT-d first-stage table.
+    Vtd(FirstStage),
+}
+
+impl Binding {
+    pub fn format(&self) -> u16 {
+        match self {
+            Binding::CdTable(_) => FMT_ARM_SMMUV3,
+            Binding::Vmsa { .. } => FMT_ARM_VMSA_S1,
+            Binding::Vtd(_) => FMT_INTEL_VTD_S1,
+        }
+    }
+
+    /// A PASID table translates PASIDs itself; ATTACH_PASID may not target it.
+    pub fn is_pasid_table(&self) -> bool {
+        matches!(self, Binding::CdTable(_))
+    }
+}
+
+fn le64(b: &[u8], at: usize) -> u64 {
+    let mut w = [0u8; 8];
+    if let Some(s) = b.get(at..at + 8) {
+        w.copy_from_slice(s);
+    }
+    u64::from_le_bytes(w)
+}
+
+fn le32(b: &[u8], at: usize) -> u32 {
+    let mut w = [0u8; 4];
+    if let Some(s) = b.get(at..at + 4) {
+        w.copy_from_slice(s);
+    }
+    u32::from_le_bytes(w)
+}
+
+fn zero(b: &[u8]) -> bool {
+    b.iter().all(|&x| x == 0)
+}
+
+/// Decode and validate the table of an ATTACH_TABLE. Every guest pointer is checked against
+/// guest RAM here; what the tables point to is checked during walks.
+pub fn decode(
+    body: &AttachTableBody,
+    caps: &SoftCaps,
+    mem: &impl GuestMemoryRead,
+) -> Result<Binding, Status> {
+    if body.flags.get() != 0 || !zero(&body.reserved) {
+        return Err(Status::Inval);
+    }
+    let d = &body.desc;
+    match body.format.get() {
+        FMT_ARM_SMMUV3 => {
+            if !zero(&d[2..4]) || !zero(&d[16..]) {
+                return Err(Status::Inval);
+            }
+            let ste = SteS1::from_fields(d[0], d[1], le64(d, 8), le32(d, 4), caps.pasid_bits, mem)
+                .map_err(|e| match e {
+                    SteError::CdMaxTooLarge { .. }
+                    | SteError::BadContextPtr(_)
+                    | SteError::TableOutsideRam(_) => Status::Range,
+                    _ => Status::Inval,
+                })?;
+            Ok(Binding::CdTable(ste))
+        }
+        FMT_ARM_VMSA_S1 => {
+            if !zero(&d[2..8]) || !zero(&d[32..]) {
+                return Err(Status::Inval);
+            }
+            let asid = u16::from_le_bytes([d[0], d[1]]);
+            let (ttbr, tcr, mair) = (le64(d, 8), le64(d, 16), le64(d, 24));
+            // TTBR bits [63:48] are the CPU's ASID field: this format carries the ASID apart.
+            if ttbr >> 48 != 0 {
+                return Err(Status::Inval);
+            }
+            let (params, _) = Stage1Params::from_tcr_el1(tcr, ttbr, mair, caps.stage1)
+                .map_err(|_| Status::Inval)?;
+            let stage1 = Stage1::new(params).map_err(|_| Status::Range)?;
+            mem.check_range(params.ttb0, 8).map_err(|_| Status::Range)?;
+            Ok(Binding::Vmsa { stage1, asid })
+        }
+        FMT_INTEL_VTD_S1 => {
+            if !zero(&d[4..8]) || !zero(&d[24..]) {
+                return Err(Status::Inval);
+            }
+            let b = VtdS1Binding::decode(
+                0,
+                le64(d, 8),
+                le64(d, 16),
+                le32(d, 0),
+                caps.pasid_bits,
+                &caps.vtd,
+                mem,
+            )
+            .map_err(|e| match e {
+                VtdBindError::FiveLevelUnsupported
+                | VtdBindError::SupervisorNotPermitted
+                | VtdBindError::EafeUnsupported => Status::Unsupp,
+                VtdBindError::PgdMisaligned(_)
+                | VtdBindError::PgdOutOfRange { .. }
+                | VtdBindError::PgdOutsideRam(_)
+                | VtdBindError::PasidOutOfRange { .. } => Status::Range,
+                VtdBindError::UnknownFlags(_) | VtdBindError::AddrWidth(_) => Status::Inval,
+            })?;
+            let fs = b.first_stage(&caps.vtd).map_err(|_| Status::Range)?;
+            Ok(Binding::Vtd(fs))
+        }
+        _ => Err(Status::Unsupp),
+    }
+}
+
+/// Why a walk did not produce an address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WalkFault {
+    /// No translation (invalid descriptor, access flag clear): an endpoint with page requests
+    /// can ask the guest to fix it.
+    NotPresent,
+    /// The translation exists but forbids the access.
+    Permission,
+    /// The traffic is terminated by configuration (S1DSS, SSID beyond S1CDMax, EPD0).
+    Terminated,
+    /// The guest's configuration or tables are broken (reserved bits, a pointer outside RAM,
+    /// a bad CD): a plain fault, never a page request.
+    BadTable,
+}
+
+impl WalkFault {
+    /// Whether the guest could resolve this by fixing its table (a page request).
+    pub fn recoverable(self) -> bool {
+        matches!(self, WalkFault::NotPresent | WalkFault::Permission)
+    }
+}
+
+/// The outcome of a table translation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Walked {
+    Translated(u64),
+    Bypass(u64),
+}
+
+#[derive(Clone, Copy, Debug)]
+struct IotlbEntry {
+    page_output: u64,
+    perms: Permissions,
+    asid: u16,
+}
+
+/// A cached, decoded context descriptor.
+#[derive(Debug)]
+struct CachedCd {
+    stage1: Stage1,
+    asid: u16,
+}
+
+/// A domain translating through a guest table, with its caches.
+#[derive(Debug)]
+pub struct TableDomain {
+    pub binding: Binding,
+    cds: HashMap<u32, CachedCd>,
+    iotlb: HashMap<(u32, u64), IotlbEntry>,
+    /// Counters for inspection.
+    pub hits: u64,
+    pub misses: u64,
+}
+
+fn walk_fault(f: &Fault) -> WalkFault {
+    match f {
+        Fault::Translation { kind, .. } => match kind {
+            TranslationFaultKind::NotPresent => WalkFault::NotPresent,
+            TranslationFaultKind::WalkDisabled => WalkFault::Terminated,
+            _ => WalkFault::BadTable,
+        },
+        Fault::AccessFlag { .. } => WalkFault::NotPresent,
+        Fault::Permission { .. } => WalkFault::Permission,
+        Fault::ReservedBits { .. } | Fault::AddressSize { .. } | Fault::Memory { .. } => {
+            WalkFault::BadTable
+        }
+    }
+}
+
+impl TableDomain {
+    pub fn new(binding: Binding) -> Self {
+        TableDomain {
+            binding,
+            cds: HashMap::new(),
+            iotlb: HashMap::new(),
+            hits: 0,
+            misses: 0,
+        }
+    }
+
+    pub fn cached_translations(&self) -> usize {
+        self.iotlb.len()
+    }
+
+    fn key(&self, pasid: Option<u32>) -> u32 {
+        match self.binding {
+            // One CD per SubstreamID.
+            Binding::CdTable(_) => pasid.unwrap_or(NO_PASID),
+            // One table whatever the PASID.
+            Binding::Vmsa { .. } | Binding::Vtd(_) => NO_PASID,
+        }
+    }
+
+    /// Translate `iova` for traffic with `pasid`, checking every request in `reqs`.
+    pub fn translate(
+        &mut self,
+        mem: &impl GuestMemoryRead,
+        caps: &SoftCaps,
+        pasid: Option<u32>,
+        iova: u64,
+        reqs: &[AccessRequest],
+    ) -> Result<Walked, WalkFault> {
+        let key = self.key(pasid);
+        let vpn = iova >> 12;
+        if let Some(e) = self.iotlb.get(&(key, vpn)) {
+            self.hits += 1;
+            return if reqs.iter().all(|r| e.perms.allows(*r)) {
+                Ok(Walked::Translated(e.page_output | (iova & 0xfff)))
+            } else {
+                Err(WalkFault::Permission)
+            };
+        }
+        self.misses += 1;
+        let walked = match &self.binding {
+            Binding::CdTable(ste) => {
+                match ste.resolve(pasid) {
+                    SsidResolution::Terminate => return Err(WalkFault::Terminated),
+                    SsidResolution::Bypass => return Ok(Walked::Bypass(iova)),
+                    SsidResolution::Cd(_) => {}
+                }
+                let cd = match self.cds.entry(key) {
+                    std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+                    std::collections::hash_map::Entry::Vacant(v) => {
+                        let cd = ste
+                            .read_cd(mem, pasid, &caps.cd)
+                            .map_err(|_| WalkFault::BadTable)?;
+                        let stage1 = cd.stage1(&caps.cd).map_err(|_| WalkFault::BadTable)?;
+                        v.insert(CachedCd {
+                            stage1,
+                            asid: cd.asid,
+                        })
+                    }
+                };
+                cd.stage1
+                    .walk(mem, iova)
+                    .map(|t| (t.output, t.page_size, t.perms, cd.asid))
+            }
+            Binding::Vmsa { stage1, asid } => stage1
+                .walk(mem, iova)
+                .map(|t| (t.output, t.page_size, t.perms, *asid)),
+            Binding::Vtd(fs) => fs
+                .walk(mem, iova)
+                .map(|t| (t.output, t.page_size, t.perms, 0)),
+        };
+        let (output, _page_size, perms, asid) = walked.map_err(|f| walk_fault(&f))?;
+        if self.iotlb.len() >= IOTLB_CAPACITY {
+            self.iotlb.clear();
+        }
+        self.iotlb.insert(
+            (key, vpn),
+            IotlbEntry {
+                page_output: output & !0xfff,
+                perms,
+                asid,
+            },
+        );
+        if reqs.iter().all(|r| perms.allows(*r)) {
+            Ok(Walked::Translated(output))
+        } else {
+            Err(WalkFault::Permission)
+        }
+    }
+
+    /// Apply an INVALIDATE (already validated) to this domain's caches.
+    pub fn invalidate(&mut self, inv: &Invalidate) {
+        let single_table = !self.binding.is_pasid_table();
+        let key = if single_table {
+            NO_PASID
+        } else {
+            inv.pasid.unwrap_or(NO_PASID)
+        };
+        if inv.caches & INV_CACHE_PASID != 0 {
+            match inv.scope {
+                Scope::Pasid if !single_table => {
+                    self.cds.remove(&key);
+                }
+                Scope::Address { .. } => {}
+                _ => self.cds.clear(),
+            }
+        }
+        if inv.caches & INV_CACHE_IOTLB == 0 {
+            return;
+        }
+        let pasid_matches = |k: u32| single_table || inv.pasid.is_none() || k == key;
+        let asid_matches = |e: &IotlbEntry| inv.archid.is_none_or(|a| u64::from(e.asid) == a);
+        match inv.scope {
+            Scope::Domain => self.iotlb.clear(),
+            Scope::Pasid if single_table => self.iotlb.clear(),
+            Scope::Pasid => self.iotlb.retain(|(k, _), _| *k != key),
+            Scope::Address { first_vpn, vpns } => {
+                if vpns <= PAGEWISE_INVALIDATE_MAX && (inv.pasid.is_some() || single_table) {
+                    for vpn in first_vpn..first_vpn.saturating_add(vpns) {
+                        if self.iotlb.get(&(key, vpn)).is_some_and(asid_matches) {
+                            self.iotlb.remove(&(key, vpn));
+                        }
+                    }
+                } else {
+                    let end = first_vpn.saturating_add(vpns);
+                    self.iotlb.retain(|(k, vpn), e| {
+                        !(pasid_matches(*k) && asid_matches(e) && (first_vpn..end).contains(vpn))
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// What an INVALIDATE covers, in 4 KiB pages for ADDRESS scope.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    Domain,
+    Pasid,
+    Address { first_vpn: u64, vpns: u64 },
+}
+
+/// A validated INVALIDATE.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Invalidate {
+    pub domain: u32,
+    pub scope: Scope,
+    pub caches: u16,
+    pub pasid: Option<u32>,
+    pub archid: Option<u64>,
+}
+
+/// Validate an INVALIDATE body (docs/PASID.md §4.3).
+pub fn parse_invalidate(b: &InvalidateBody, pasid_bits: u8) -> Result<Invalidate, Status> {
+    let (scope, caches, flags) = (b.scope.get(), b.caches.get(), b.flags.get());
+    if !zero(&b.reserved0) || !zero(&b.reserved1) || !zero(&b.reserved2) {
+        return Err(Status::Inval);
+    }
+    if caches & !(INV_CACHE_IOTLB | INV_CACHE_DEV_IOTLB | INV_CACHE_PASID) != 0
+        || flags & !(INV_F_PASID | INV_F_ARCHID | INV_F_LEAF) != 0
+    {
+        return Err(Status::Inval);
+    }
+    let pasid = (flags & INV_F_PASID != 0).then(|| b.pasid.get());
+    if let Some(p) = pasid {
+        if u64::from(p) >> pasid_bits != 0 {
+            return Err(Status::Range);
+        }
+    }
+    let archid = (flags & INV_F_ARCHID != 0).then(|| b.archid.get());
+    let scope = match scope {
+        INV_SCOPE_DOMAIN => Scope::Domain,
+        INV_SCOPE_PASID if pasid.is_some() => Scope::Pasid,
+        INV_SCOPE_PASID => return Err(Status::Inval),
+        INV_SCOPE_ADDRESS => {
+            let (start, n, g) = (b.virt_start.get(), b.nr_pages.get(), b.granule);
+            if n == 0 || !(12..=30).contains(&g) || start & ((1u64 << g) - 1) != 0 {
+                return Err(Status::Inval);
+            }
+            // The last byte, start + n * 2^g - 1, must not pass the end of the address space.
+            let last = n
+                .checked_mul(1u64 << g)
+                .and_then(|bytes| start.checked_add(bytes - 1));
+            let Some(last) = last else {
+                return Err(Status::Range);
+            };
+            let bytes = last - start + 1;
+            Scope::Address {
+                first_vpn: start >> 12,
+                vpns: bytes >> 12,
+            }
+        }
+        _ => return Err(Status::Inval),
+    };
+    Ok(Invalidate {
+        domain: b.domain.get(),
+        scope,
+        caches,
+        pasid,
+        archid,
+    })
+}
+
+/// The extension's PROBE properties for the software backend, appended after `off`.
+/// Returns the new offset, or None if they do not fit.
+pub fn probe_properties(caps: &SoftCaps, props: &mut [u8], mut off: usize) -> Option<usize> {
+    let mut put = |type_: u16, value: &[u8]| -> Option<()> {
+        let len = u16::try_from(value.len()).ok()?;
+        let dst = props.get_mut(off..off + 4 + value.len())?;
+        dst[0..2].copy_from_slice(&type_.to_le_bytes());
+        dst[2..4].copy_from_slice(&len.to_le_bytes());
+        dst[4..].copy_from_slice(value);
+        off += 4 + value.len();
+        Some(())
+    };
+    put(
+        PROBE_T_OUTPUT_SIZE,
+        &u32::from(caps.stage1.max_oas).to_le_bytes(),
+    )?;
+    put(
+        PROBE_T_PASID_SIZE,
+        &u32::from(caps.pasid_bits).to_le_bytes(),
+    )?;
+    // ARM_VMSA_S1: 4K/16K/64K granules; no hardware A/D update.
+    let mut v = [0u8; 8];
+    v[0..2].copy_from_slice(&FMT_ARM_VMSA_S1.to_le_bytes());
+    v[4..8].copy_from_slice(&0b111u32.to_le_bytes());
+    put(PROBE_T_PAGE_TABLE_FMT, &v)?;
+    // INTEL_VTD_S1: 48- and 57-bit; SRE, EAFE, WPE as the host grants.
+    let mut caps_vtd = 0b01u32 | if caps.vtd.five_level { 0b10 } else { 0 };
+    if caps.vtd.srs && caps.vtd.grant_supervisor {
+        caps_vtd |= (1 << 8) | (1 << 10);
+    }
+    if caps.vtd.eafs {
+        caps_vtd |= 1 << 9;
+    }
+    v[0..2].copy_from_slice(&FMT_INTEL_VTD_S1.to_le_bytes());
+    v[4..8].copy_from_slice(&caps_vtd.to_le_bytes());
+    put(PROBE_T_PAGE_TABLE_FMT, &v)?;
+    // ARM_SMMUV3 PASID table: LINEAR, 4KL2, 64KL2; max S1CDMax = PASID width.
+    let mut t = [0u8; 12];
+    t[0..2].copy_from_slice(&FMT_ARM_SMMUV3.to_le_bytes());
+    t[4..8].copy_from_slice(&0b111u32.to_le_bytes());
+    t[8..12].copy_from_slice(&u32::from(caps.pasid_bits).to_le_bytes());
+    put(PROBE_T_PASID_TABLE_FMT, &t)?;
+    // HOST_IOMMU: software (kind 0), no registers.
+    put(PROBE_T_HOST_IOMMU, &[0u8; 4])?;
+    put(
+        PROBE_T_PAGE_REQUEST,
+        &(MAX_PAGE_REQUEST_GROUPS as u32).to_le_bytes(),
+    )?;
+    Some(off)
+}
+
+/// Bytes `probe_properties` writes.
+pub const PROBE_PROPERTIES_SIZE: usize = (4 + 4) * 2 + (4 + 8) * 2 + (4 + 12) + (4 + 4) + (4 + 4);
+
+/// Outstanding page-request groups per endpoint.
+pub const MAX_PAGE_REQUEST_GROUPS: usize = 512;
