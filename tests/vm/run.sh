@@ -354,8 +354,9 @@ t_reboot() {
         dcheck reboot/host/endpoints endpoints "$DCTL" "$GLUE" "$RUN/reboot.viot" "$share/groups.txt"
     }
     GUEST_FILES=("$RUN/vfio-dma")
-    QEMU_REBOOT=1
+    QEMU_REBOOT=1 # read by qemu_start (lib.sh)
     boot_guest reboot "$G/reboot.sh" 150 "$VFIO_APPEND" -- "${QARGS[@]}" -device "edu,addr=$EDU_ADDR"
+    # shellcheck disable=SC2034 # read by qemu_start (lib.sh)
     QEMU_REBOOT=0
     GUEST_FILES=()
     unset -f sync_attached sync_mapped sync_second-boot
