@@ -62,6 +62,10 @@ pub enum Outcome {
     /// No mapping (or no permission, or no domain): the access must fail. The daemon has
     /// reported the fault to the guest.
     Fault,
+    /// The endpoint's domain uses a guest page table that asks for a page request (PASID
+    /// extension, docs/PASID.md): the guest has been asked to make the page present; retry the
+    /// access after it responded.
+    PageRequest,
 }
 
 /// Counters, for tests and the VMM's statistics.
@@ -96,6 +100,8 @@ pub trait GuestMemoryAccess {
 pub enum DmaError {
     #[error("IOMMU fault at IOVA {iova:#x}")]
     Fault { iova: u64 },
+    #[error("IOVA {iova:#x} waits for the guest's page-request response; retry later")]
+    PageRequest { iova: u64 },
     #[error("guest-physical {gpa:#x} (IOVA {iova:#x}) is outside guest RAM")]
     OutsideRam { iova: u64, gpa: u64 },
     #[error(transparent)]
@@ -301,6 +307,7 @@ impl TranslationClient {
                 self.stats.faults += 1;
                 Ok(Outcome::Fault)
             }
+            Some("page_request") => Ok(Outcome::PageRequest),
             _ => Err(bad()),
         }
     }
@@ -393,6 +400,7 @@ impl TranslationClient {
             }
             Outcome::Bypass => Ok((iova, want)),
             Outcome::Fault => Err(DmaError::Fault { iova }),
+            Outcome::PageRequest => Err(DmaError::PageRequest { iova }),
         }
     }
 }
@@ -481,6 +489,72 @@ mod tests {
             read: true,
             write: true,
         }
+    }
+
+    /// A stand-in daemon: answers `subscribe`, then every `translate` with `answer`.
+    fn fake_daemon(answer: Value) -> (PathBuf, std::thread::JoinHandle<()>) {
+        let dir = std::env::temp_dir().join(format!(
+            "vui-xlate-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("ctl");
+        let _ = std::fs::remove_file(&path);
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let h = std::thread::spawn(move || {
+            let mut keep = Vec::new();
+            for _ in 0..2 {
+                let (s, _) = listener.accept().unwrap();
+                let answer = answer.clone();
+                keep.push(std::thread::spawn(move || {
+                    let mut w = s.try_clone().unwrap();
+                    for line in BufReader::new(s).lines() {
+                        let req: Value = serde_json::from_str(&line.unwrap()).unwrap();
+                        let result = match req["cmd"].as_str() {
+                            Some("subscribe") => json!({"subscribed": true, "seq": 0}),
+                            _ => answer.clone(),
+                        };
+                        writeln!(w, "{}", json!({"ok": true, "result": result})).unwrap();
+                    }
+                }));
+            }
+            for t in keep {
+                t.join().unwrap();
+            }
+        });
+        (path, h)
+    }
+
+    #[test]
+    fn translations_without_a_mapping_are_not_cached() {
+        let (path, h) =
+            fake_daemon(json!({"outcome": "translated", "phys": 0x5123, "mapping": null}));
+        let mut c = TranslationClient::connect(&path).unwrap();
+        for _ in 0..2 {
+            assert_eq!(
+                c.translate(1, 0x9123, Access::Read).unwrap(),
+                Outcome::Translated {
+                    phys: 0x5123,
+                    len: 0x1000 - 0x123
+                }
+            );
+        }
+        assert_eq!((c.stats().misses, c.stats().hits), (2, 0));
+        drop(c);
+        h.join().unwrap();
+    }
+
+    #[test]
+    fn page_requests_are_reported() {
+        let (path, h) = fake_daemon(json!({"outcome": "page_request", "grpid": 3}));
+        let mut c = TranslationClient::connect(&path).unwrap();
+        assert_eq!(
+            c.translate(1, 0x1000, Access::Write).unwrap(),
+            Outcome::PageRequest
+        );
+        drop(c);
+        h.join().unwrap();
     }
 
     #[test]
