@@ -191,6 +191,114 @@ fn generated_device_dropin_verifies_with_the_unit() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("DeviceAlow"));
 }
 
+/// Fields of one native journal datagram (`KEY=value` lines, or `KEY`, a little-endian u64
+/// length and the raw value).
+fn journal_fields(mut d: &[u8]) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    while !d.is_empty() {
+        let Some(nl) = d.iter().position(|&b| b == b'\n') else {
+            break;
+        };
+        let line = &d[..nl];
+        if let Some(eq) = line.iter().position(|&b| b == b'=') {
+            out.push((
+                String::from_utf8_lossy(&line[..eq]).into_owned(),
+                String::from_utf8_lossy(&line[eq + 1..]).into_owned(),
+            ));
+            d = &d[nl + 1..];
+        } else {
+            let key = String::from_utf8_lossy(line).into_owned();
+            let rest = &d[nl + 1..];
+            let len = u64::from_le_bytes(rest[..8].try_into().expect("length")) as usize;
+            out.push((key, String::from_utf8_lossy(&rest[8..8 + len]).into_owned()));
+            d = &rest[8 + len + 1..];
+        }
+    }
+    out
+}
+
+/// When stderr is the journal (JOURNAL_STREAM names it), the daemon logs natively with
+/// structured fields. The journal socket is a stand-in bound by the test, mounted at
+/// /run/systemd/journal in a private mount namespace of the daemon.
+#[test]
+fn logs_go_to_the_journal_with_fields() {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root for a private mount namespace (CI runs as root)");
+        return;
+    }
+    use std::os::unix::fs::MetadataExt;
+    let dir = TempDir::new();
+    let jdir = dir.path().join("journal");
+    std::fs::create_dir_all(&jdir).expect("journal dir");
+    let journal = UnixDatagram::bind(jdir.join("socket")).expect("bind journal socket");
+    journal
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    let stderr_path = dir.path().join("stderr.log");
+    let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
+    let md = stderr.metadata().expect("stat stderr");
+    let sock = dir.path().join("sock");
+    let script = format!(
+        "mount -t tmpfs tmpfs /run && mkdir -p /run/systemd/journal && \
+         mount --bind {} /run/systemd/journal && exec {BIN} --socket {}",
+        jdir.display(),
+        sock.display()
+    );
+    let child = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .env("JOURNAL_STREAM", format!("{}:{}", md.dev(), md.ino()))
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .expect("start the daemon in a mount namespace");
+    let mut act = Activated {
+        child,
+        stderr: stderr_path.clone(),
+    };
+    let mut buf = vec![0u8; 65536];
+    let mut entries = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline
+        && !entries.iter().any(|f: &Vec<(String, String)>| {
+            f.iter()
+                .any(|(k, v)| k == "MESSAGE" && v.starts_with("serving virtio-iommu"))
+        })
+    {
+        match journal.recv(&mut buf) {
+            Ok(n) => entries.push(journal_fields(&buf[..n])),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(e) => panic!("journal socket: {e}"),
+        }
+    }
+    let _ = act.child.kill();
+    let serving = entries
+        .iter()
+        .find(|f| {
+            f.iter()
+                .any(|(k, v)| k == "MESSAGE" && v.starts_with("serving virtio-iommu"))
+        })
+        .unwrap_or_else(|| panic!("no 'serving' entry in {entries:?}"));
+    let field = |k: &str| {
+        serving
+            .iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.as_str())
+    };
+    assert_eq!(field("SYSLOG_IDENTIFIER"), Some("vhost-user-iommu"));
+    // systemd-journal-logger maps log's Info to notice (5), Debug to info (6).
+    assert_eq!(field("PRIORITY"), Some("5"), "info is notice");
+    assert_eq!(field("VUI_VERSION"), Some(env!("CARGO_PKG_VERSION")));
+    assert_eq!(field("TARGET"), Some("vhost_user_iommu::server"));
+    assert!(field("CODE_FILE").is_some_and(|f| f.ends_with("server.rs")));
+    assert!(field("CODE_LINE").is_some());
+    // Nothing went to stderr: the journal got it all.
+    let err = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+    assert!(!err.contains("serving virtio-iommu"), "{err}");
+}
+
 fn is_socket(p: &Path) -> bool {
     std::fs::metadata(p).is_ok_and(|m| m.file_type().is_socket())
 }
