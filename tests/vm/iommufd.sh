@@ -24,3 +24,15 @@ t_iommufd_mock() {
     boot_guest iommufd_mock "$G/iommufd-mock.sh" 240 "" -- -m 1024
     GUEST_FILES=()
 }
+
+# iommufd_vfio: the same daemon in a guest booted with QEMU's virtio-iommu-pci and edu bound to
+# vfio-pci: the daemon binds edu's cdev to iommufd, vui-drive checks each ATTACH/MAP/UNMAP/
+# replace/DETACH/bypass with edu's DMA engine.
+t_iommufd_vfio() {
+    local drive=${VUI_DRIVE:-$VUI_REPO/target/debug/vui-drive}
+    [ -x "$drive" ] || die "$drive not found; run 'cargo build -p vhost-user-iommu-tests --bin vui-drive' first"
+    guest_dyn_files "$DAEMON" "$drive"
+    boot_guest iommufd_vfio "$G/iommufd-vfio.sh" 300 "$VFIO_APPEND" -- -m 1024 \
+        -device virtio-iommu-pci -device edu
+    GUEST_FILES=()
+}

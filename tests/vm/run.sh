@@ -382,7 +382,7 @@ t_endpoints() {
     unset -f sync_groups
 }
 
-ALL_TESTS="builtin builtin_vfio daemon vfio bench bypass reconnect endpoints reboot iommufd_mock"
+ALL_TESTS="builtin builtin_vfio daemon vfio bench bypass reconnect endpoints reboot iommufd_mock iommufd_vfio"
 vm_setup
 build_guest_programs
 for b in "$DAEMON" "$GLUE"; do
