@@ -351,6 +351,49 @@ fn execute(req: Request, shared: &Shared, conn: &ConnectionInfo) -> Result<Value
     }
 }
 
+/// Client side of `subscribe`, used by `vhost-user-iommu ctl watch`: call `each` with every
+/// invalidation line until it returns false or the daemon closes the connection.
+pub fn watch(path: &Path, mut each: impl FnMut(&Value) -> bool) -> Result<(), ControlError> {
+    let io_err = |err| ControlError::Io {
+        path: path.to_owned(),
+        err,
+    };
+    let mut s = UnixStream::connect(path).map_err(|err| ControlError::Connect {
+        path: path.to_owned(),
+        err,
+    })?;
+    s.write_all(format!("{}\n", json!({"cmd": "subscribe"})).as_bytes())
+        .map_err(io_err)?;
+    let mut reader = BufReader::new(s);
+    let mut first = true;
+    loop {
+        let mut line = String::new();
+        let n = (&mut reader)
+            .take(MAX_LINE)
+            .read_line(&mut line)
+            .map_err(io_err)?;
+        if n == 0 {
+            return Ok(());
+        }
+        let v: Value = serde_json::from_str(&line).map_err(ControlError::Json)?;
+        if first {
+            first = false;
+            if v.get("ok") != Some(&Value::Bool(true)) {
+                return Err(ControlError::Refused(
+                    v.get("error")
+                        .and_then(Value::as_str)
+                        .unwrap_or("unknown error")
+                        .to_string(),
+                ));
+            }
+            continue;
+        }
+        if !each(&v) {
+            return Ok(());
+        }
+    }
+}
+
 /// Client side, used by `vhost-user-iommu ctl`: send one request, return its result.
 pub fn request(path: &Path, req: &Value) -> Result<Value, ControlError> {
     let io_err = |err| ControlError::Io {

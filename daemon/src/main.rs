@@ -156,6 +156,13 @@ enum Query {
         #[arg(long, default_value = "r")]
         access: String,
     },
+    /// Follow invalidations (`subscribe`): print one JSON line per UNMAP, ATTACH/DETACH, reset
+    /// or bypass change until interrupted.
+    Watch {
+        /// Stop after this many lines.
+        #[arg(long)]
+        count: Option<u64>,
+    },
 }
 
 /// The options given on the command line, as a settings layer over the config file.
@@ -259,7 +266,19 @@ fn backend_json(b: &BackendConfig) -> serde_json::Value {
 }
 
 fn run_ctl(a: CtlArgs) -> Result<(), String> {
+    if let Query::Watch { count } = a.query {
+        let mut left = count;
+        return control::watch(&a.control_socket, |event| {
+            println!("{event}");
+            if let Some(n) = left.as_mut() {
+                *n = n.saturating_sub(1);
+            }
+            left != Some(0)
+        })
+        .map_err(|e| e.to_string());
+    }
     let req = match a.query {
+        Query::Watch { .. } => return Ok(()),
         Query::Status => json!({"cmd": "status"}),
         Query::Endpoints => json!({"cmd": "endpoints"}),
         Query::Domains => json!({"cmd": "domains"}),

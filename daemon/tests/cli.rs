@@ -156,3 +156,43 @@ fn the_committed_man_page_is_up_to_date() {
          `cargo run -p vhost-user-iommu -- man > docs/man/vhost-user-iommu.1`"
     );
 }
+
+#[test]
+fn ctl_watch_follows_invalidations() {
+    use vhost_user_iommu_tests::proto::MAP_F_READ;
+    let d = vhost_user_iommu_tests::Daemon::start(&[]);
+    let mut dev = d.connect();
+    let watch = Command::new(BIN)
+        .args(["ctl", "--control-socket"])
+        .arg(&d.control)
+        .args(["watch", "--count", "2"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start ctl watch");
+    // The subscription exists once the daemon counts it; wait for it through the log.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !d.stderr().contains("invalidation subscriber added") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "watch did not subscribe"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_eq!(dev.attach(1, 3), 0);
+    assert_eq!(dev.map(1, 0x10000, 0x1ffff, 0x10000, MAP_F_READ), 0);
+    assert_eq!(dev.unmap(1, 0, 0xfffff), 0);
+    let out = watch.wait_with_output().expect("ctl watch output");
+    assert!(out.status.success());
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert_eq!(lines[0]["scope"], "endpoint");
+    assert_eq!(lines[0]["endpoint"], 3);
+    assert_eq!(lines[1]["scope"], "range");
+    assert_eq!(lines[1]["domain"], 1);
+    assert_eq!(lines[1]["endpoints"], serde_json::json!([3]));
+    assert_eq!(lines[1]["start"], 0);
+    assert_eq!(lines[1]["end"], 0xfffff);
+}
