@@ -588,6 +588,18 @@ impl Device {
         self.evq.publish_and_kick(&self.mem);
     }
 
+    /// Wait (bounded) for the next event record; returns (used_len, the first `len` bytes of
+    /// the buffer).
+    pub fn wait_event_raw(&mut self, timeout: Duration, len: usize) -> Option<(u32, Vec<u8>)> {
+        let u = self.evq.wait_used(&self.mem, timeout)?;
+        let head = u16::try_from(u.id).expect("head fits u16");
+        let gpa = self
+            .event_bufs
+            .remove(&head)
+            .unwrap_or_else(|| panic!("eventq returned unknown head {head}"));
+        Some((u.len, self.mem.read(gpa, len)))
+    }
+
     /// Wait (bounded) for the next fault record on the eventq; returns (used_len, record).
     pub fn wait_fault(&mut self, timeout: Duration) -> Option<(u32, FaultRecord)> {
         let u = self.evq.wait_used(&self.mem, timeout)?;

@@ -1,0 +1,458 @@
+//! The PASID / shared-table extension (docs/PASID.md) end to end on the software backend: the
+//! test builds SMMUv3 and VT-d tables in the guest memory it shares with the daemon, binds them
+//! with ATTACH_TABLE through the real vhost-user request queue, translates through the control
+//! socket, changes a PTE, sees the stale translation until INVALIDATE, and answers a page
+//! request from the event queue with PAGE_RESP.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use pagetables::build::vmsa::VmsaBuilder;
+use pagetables::build::vtd::VtdBuilder;
+use pagetables::build::{GuestMemoryWrite, Prot, TableAllocator};
+use pagetables::vmsa::Granule;
+use pagetables::{GuestMemoryRead, MemoryError};
+use pasid::smmuv3::build::{CdFields, CdTableBuilder};
+use pasid::smmuv3::ste::{S1Dss, S1Fmt};
+use serde_json::{json, Value};
+use vhost_user_iommu_tests::device::Options;
+use vhost_user_iommu_tests::mem::{GuestMemory, HIGH_REGION_GPA};
+use vhost_user_iommu_tests::proto::status::{INVAL, NOENT, OK, RANGE};
+use vhost_user_iommu_tests::{Daemon, Device, Request};
+
+const F_ATTACH_TABLE: u64 = 1 << 8;
+const F_PAGE_REQUEST: u64 = 1 << 10;
+const LEGACY_BYPASS: u64 = 1 << 3;
+
+/// The harness's shared memory as the table builders see it.
+struct Mem<'a>(&'a GuestMemory);
+
+impl GuestMemoryRead for Mem<'_> {
+    fn read_u64(&self, gpa: u64) -> Result<u64, MemoryError> {
+        self.check_range(gpa, 8)?;
+        let b = self.0.read(gpa, 8);
+        Ok(u64::from_le_bytes(b.try_into().unwrap()))
+    }
+    fn check_range(&self, gpa: u64, len: u64) -> Result<(), MemoryError> {
+        if self.0.contains(gpa, len) {
+            Ok(())
+        } else {
+            Err(MemoryError::OutOfRange { gpa, len })
+        }
+    }
+}
+
+impl GuestMemoryWrite for Mem<'_> {
+    fn write_u64(&mut self, gpa: u64, value: u64) -> Result<(), MemoryError> {
+        self.check_range(gpa, 8)?;
+        self.0.write(gpa, &value.to_le_bytes());
+        Ok(())
+    }
+}
+
+fn setup(extra: &[&str]) -> (Daemon, Device) {
+    let daemon = Daemon::start(extra);
+    let d = daemon.connect_with(&Options {
+        features: Some(!LEGACY_BYPASS),
+        high_size: 4 << 20,
+        ..Options::default()
+    });
+    assert_ne!(d.acked & F_ATTACH_TABLE, 0, "extension not negotiated");
+    assert_ne!(d.acked & F_PAGE_REQUEST, 0, "page requests not negotiated");
+    (daemon, d)
+}
+
+/// Tables live in the high region, away from the harness's rings and buffers.
+fn allocator(offset: u64) -> TableAllocator {
+    TableAllocator::new(
+        HIGH_REGION_GPA + offset,
+        HIGH_REGION_GPA + offset + (1 << 20),
+    )
+}
+
+fn attach_table(domain: u32, format: u16, desc: &[u8]) -> Request {
+    let mut r = vec![6u8, 0, 0, 0];
+    r.extend(domain.to_le_bytes());
+    r.extend(format.to_le_bytes());
+    r.extend([0u8; 6]); // flags, reserved
+    let mut d = [0u8; 48];
+    d[..desc.len()].copy_from_slice(desc);
+    r.extend(d);
+    Request::new(r)
+}
+
+fn smmu_desc(s1fmt: u8, s1dss: u8, ptr: u64, cdmax: u32) -> Vec<u8> {
+    let mut d = vec![s1fmt, s1dss, 0, 0];
+    d.extend(cdmax.to_le_bytes());
+    d.extend(ptr.to_le_bytes());
+    d
+}
+
+fn vtd_desc(addr_width: u32, pgd: u64, flags: u64) -> Vec<u8> {
+    let mut d = addr_width.to_le_bytes().to_vec();
+    d.extend([0u8; 4]);
+    d.extend(pgd.to_le_bytes());
+    d.extend(flags.to_le_bytes());
+    d
+}
+
+fn invalidate_range(domain: u32, pasid: Option<u32>, start: u64, pages: u64) -> Request {
+    let mut r = vec![7u8, 0, 0, 0];
+    r.extend(4u16.to_le_bytes()); // scope ADDRESS
+    r.extend(1u16.to_le_bytes()); // caches IOTLB
+    let flags: u16 = if pasid.is_some() { 1 | 4 } else { 4 }; // PASID, LEAF
+    r.extend(flags.to_le_bytes());
+    r.extend([0u8; 2]);
+    r.extend(domain.to_le_bytes());
+    r.extend(pasid.unwrap_or(0).to_le_bytes());
+    r.extend([0u8; 4]);
+    r.extend(0u64.to_le_bytes()); // archid
+    r.extend(start.to_le_bytes());
+    r.extend(pages.to_le_bytes());
+    r.push(12);
+    r.extend([0u8; 15]);
+    assert_eq!(r.len(), 64);
+    Request::new(r)
+}
+
+fn page_resp(endpoint: u32, pasid: Option<u32>, grpid: u32, code: u16) -> Request {
+    let mut r = vec![8u8, 0, 0, 0];
+    r.extend(endpoint.to_le_bytes());
+    r.extend(pasid.unwrap_or(0).to_le_bytes());
+    r.extend(grpid.to_le_bytes());
+    r.extend(code.to_le_bytes());
+    r.extend(u16::from(pasid.is_some()).to_le_bytes());
+    r.extend([0u8; 12]);
+    Request::new(r)
+}
+
+fn translate(daemon: &Daemon, endpoint: u32, pasid: Option<u32>, iova: u64, access: &str) -> Value {
+    let mut req = json!({"cmd": "translate", "endpoint": endpoint, "iova": iova, "access": access});
+    if let Some(p) = pasid {
+        req["pasid"] = json!(p);
+    }
+    daemon.ctl().must(req)
+}
+
+fn phys(v: &Value) -> u64 {
+    assert_eq!(v["outcome"], "translated", "{v}");
+    v["phys"].as_u64().unwrap()
+}
+
+#[test]
+fn smmuv3_cd_table_stale_until_invalidate_then_page_request_round_trip() {
+    let (daemon, mut d) = setup(&[]);
+    assert_eq!(d.attach(1, 0), OK);
+    d.post_event_buffers(4, 32);
+
+    // Guest stage-1 table: IOVA 0x10000 -> GPA 0x200000 (RW, user).
+    let prot = Prot {
+        write: true,
+        user: true,
+        exec: false,
+    };
+    let mut s1 = VmsaBuilder::new(Granule::K4, 16, false, false, allocator(0)).unwrap();
+    s1.map(&mut Mem(&d.mem), 0x10000, 0x200000, 0x1000, prot)
+        .unwrap();
+    // CD table with 16 CDs; SSID 1 uses that stage 1 with ASID 7.
+    let mut cds = CdTableBuilder::new(S1Fmt::Linear, 4, allocator(1 << 20)).unwrap();
+    cds.write_cd(&mut Mem(&d.mem), 1, &CdFields::new(7, s1.ttb0()).encode())
+        .unwrap();
+    let (fmt, dss, ptr, cdmax) = cds.fields(S1Dss::Terminate);
+
+    // A MAP domain with mappings cannot take a table; a table on it makes MAP INVAL.
+    d.run(&attach_table(1, 2, &smmu_desc(fmt, dss, ptr, cdmax)))
+        .expect(OK, "ATTACH_TABLE SMMUv3");
+    assert_eq!(
+        d.map(1, 0x1000, 0x1fff, 0, 3),
+        INVAL,
+        "MAP on a table domain"
+    );
+    assert_eq!(daemon.ctl().domain(1).unwrap()["table"]["format"], 2);
+
+    assert_eq!(
+        phys(&translate(&daemon, 0, Some(1), 0x10234, "r")),
+        0x200234
+    );
+    // SSID 2 has no valid CD; traffic without PASID is terminated (S1DSS=TERMINATE).
+    assert_eq!(
+        translate(&daemon, 0, Some(2), 0x10234, "r")["outcome"],
+        "fault"
+    );
+    assert_eq!(
+        translate(&daemon, 0, None, 0x10234, "r")["outcome"],
+        "fault"
+    );
+
+    // The guest changes the PTE: the old translation is served until it invalidates.
+    let (leaf, _) = s1.descriptor_address(&Mem(&d.mem), 0x10000).unwrap();
+    let old = Mem(&d.mem).read_u64(leaf).unwrap();
+    let new = (old & !0x0000_ffff_ffff_f000) | 0x300000;
+    Mem(&d.mem).write_u64(leaf, new).unwrap();
+    assert_eq!(
+        phys(&translate(&daemon, 0, Some(1), 0x10234, "r")),
+        0x200234
+    );
+    d.run(&invalidate_range(1, Some(1), 0x10000, 1))
+        .expect(OK, "INVALIDATE");
+    assert_eq!(
+        phys(&translate(&daemon, 0, Some(1), 0x10234, "r")),
+        0x300234
+    );
+
+    // A miss becomes a page request on the eventq (32 bytes).
+    let v = translate(&daemon, 0, Some(1), 0x50010, "w");
+    assert_eq!(v["outcome"], "page_request", "{v}");
+    let grpid = u32::try_from(v["grpid"].as_u64().unwrap()).unwrap();
+    // First the two faults of the terminated accesses above (24-byte records): SSID 2 with
+    // PASID_VALID and its PASID, then the access without PASID.
+    let (len, f) = d
+        .wait_event_raw(Duration::from_secs(5), 32)
+        .expect("fault 1");
+    assert_eq!((len, f[0]), (24, 2), "MAPPING fault");
+    let fl = u32::from_le_bytes(f[4..8].try_into().unwrap());
+    assert_ne!(fl & (1 << 9), 0, "PASID_VALID");
+    assert_eq!(u32::from_le_bytes(f[12..16].try_into().unwrap()), 2);
+    let (len, f) = d
+        .wait_event_raw(Duration::from_secs(5), 32)
+        .expect("fault 2");
+    assert_eq!((len, f[0]), (24, 2));
+    assert_eq!(
+        u32::from_le_bytes(f[4..8].try_into().unwrap()) & (1 << 9),
+        0
+    );
+    let (len, rec) = d
+        .wait_event_raw(Duration::from_secs(5), 32)
+        .expect("page request record");
+    assert_eq!(len, 32);
+    assert_eq!(rec[0], 3, "reason PAGE_REQUEST");
+    let flags = u32::from_le_bytes(rec[4..8].try_into().unwrap());
+    assert_eq!(
+        flags,
+        (1 << 1) | (1 << 8) | (1 << 9) | (1 << 10),
+        "WRITE|ADDRESS|PASID|LAST"
+    );
+    assert_eq!(u32::from_le_bytes(rec[8..12].try_into().unwrap()), 0);
+    assert_eq!(u32::from_le_bytes(rec[12..16].try_into().unwrap()), 1);
+    assert_eq!(u64::from_le_bytes(rec[16..24].try_into().unwrap()), 0x50000);
+    assert_eq!(u32::from_le_bytes(rec[24..28].try_into().unwrap()), grpid);
+    assert_eq!(
+        daemon
+            .ctl()
+            .must(json!({"cmd": "page_requests"}))
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    // The guest maps the page, then answers; a wrong group or PASID is NOENT.
+    s1.map(&mut Mem(&d.mem), 0x50000, 0x400000, 0x1000, prot)
+        .unwrap();
+    d.run(&page_resp(0, Some(1), grpid + 1, 0))
+        .expect(NOENT, "PAGE_RESP for no group");
+    d.run(&page_resp(0, None, grpid, 0))
+        .expect(NOENT, "PAGE_RESP without the request's PASID");
+    d.run(&page_resp(0, Some(1), grpid, 0))
+        .expect(OK, "PAGE_RESP SUCCESS");
+    assert!(daemon
+        .ctl()
+        .must(json!({"cmd": "page_requests"}))
+        .as_array()
+        .unwrap()
+        .is_empty());
+    d.run(&page_resp(0, Some(1), grpid, 0))
+        .expect(NOENT, "a group is answered once");
+    assert_eq!(
+        phys(&translate(&daemon, 0, Some(1), 0x50010, "w")),
+        0x400010
+    );
+
+    // DETACH_TABLE: the domain blocks again.
+    let mut det = vec![9u8, 0, 0, 0];
+    det.extend(1u32.to_le_bytes());
+    det.extend([0u8; 8]);
+    d.run(&Request::new(det)).expect(OK, "DETACH_TABLE");
+    assert_eq!(
+        translate(&daemon, 0, Some(1), 0x50010, "w")["outcome"],
+        "fault"
+    );
+}
+
+#[test]
+fn vtd_first_stage_per_pasid_with_attach_pasid() {
+    let (daemon, mut d) = setup(&[]);
+    // Domain 5 is created by ATTACH of endpoint 3, then takes a VT-d first-stage table;
+    // endpoint 4's PASID 9 attaches to it with ATTACH_PASID.
+    assert_eq!(d.attach(5, 3), OK);
+    let prot = Prot {
+        write: false,
+        user: true,
+        exec: false,
+    };
+    let mut fs = VtdBuilder::new(false, allocator(0)).unwrap();
+    fs.map(&mut Mem(&d.mem), 0x7000_0000, 0x600000, 0x1000, prot)
+        .unwrap();
+    d.run(&attach_table(5, 4, &vtd_desc(48, fs.pgtbl(), 0)))
+        .expect(OK, "ATTACH_TABLE VT-d");
+
+    let mut ap = vec![10u8, 0, 0, 0];
+    ap.extend(5u32.to_le_bytes());
+    ap.extend(4u32.to_le_bytes());
+    ap.extend(9u32.to_le_bytes());
+    ap.extend([0u8; 8]);
+    d.run(&Request::new(ap.clone())).expect(OK, "ATTACH_PASID");
+    assert_eq!(
+        phys(&translate(&daemon, 4, Some(9), 0x7000_0123, "r")),
+        0x600123
+    );
+    // Read-only page: a write is a permission fault (page requests not posted: no buffers).
+    assert_ne!(
+        translate(&daemon, 4, Some(9), 0x7000_0123, "w")["outcome"],
+        "translated"
+    );
+    // Endpoint 4 without PASID is not attached anywhere.
+    assert_eq!(
+        translate(&daemon, 4, None, 0x7000_0123, "r")["outcome"],
+        "fault"
+    );
+    // The RID of endpoint 3 translates through the same table.
+    assert_eq!(
+        phys(&translate(&daemon, 3, None, 0x7000_0123, "r")),
+        0x600123
+    );
+
+    // Stale until invalidated, whole domain this time.
+    let (pte, _) = fs.entry_address(&Mem(&d.mem), 0x7000_0000).unwrap();
+    let old = Mem(&d.mem).read_u64(pte).unwrap();
+    Mem(&d.mem)
+        .write_u64(pte, (old & !0x000f_ffff_ffff_f000) | 0x800000)
+        .unwrap();
+    assert_eq!(
+        phys(&translate(&daemon, 4, Some(9), 0x7000_0123, "r")),
+        0x600123
+    );
+    let mut inv = vec![7u8, 0, 0, 0];
+    inv.extend(1u16.to_le_bytes()); // DOMAIN
+    inv.extend(1u16.to_le_bytes()); // IOTLB
+    inv.extend([0u8; 4]);
+    inv.extend(5u32.to_le_bytes());
+    inv.extend([0u8; 48]);
+    assert_eq!(inv.len(), 64);
+    d.run(&Request::new(inv)).expect(OK, "INVALIDATE domain");
+    assert_eq!(
+        phys(&translate(&daemon, 4, Some(9), 0x7000_0123, "r")),
+        0x800123
+    );
+
+    // DETACH_PASID, then the domain survives through endpoint 3.
+    let mut dp = ap;
+    dp[0] = 11;
+    d.run(&Request::new(dp.clone())).expect(OK, "DETACH_PASID");
+    d.run(&Request::new(dp)).expect(INVAL, "DETACH_PASID twice");
+    assert_eq!(
+        translate(&daemon, 4, Some(9), 0x7000_0123, "r")["outcome"],
+        "fault"
+    );
+    assert_eq!(
+        phys(&translate(&daemon, 3, None, 0x7000_0123, "r")),
+        0x800123
+    );
+}
+
+#[test]
+fn hostile_bindings_and_invalidations_get_precise_statuses() {
+    let (daemon, mut d) = setup(&[]);
+    assert_eq!(d.attach(1, 0), OK);
+    // CD table outside guest RAM, S1CDMax beyond the PASID width, reserved S1Fmt.
+    d.run(&attach_table(1, 2, &smmu_desc(0, 0, 0x40_0000_0000, 4)))
+        .expect(RANGE, "CD table outside RAM");
+    d.run(&attach_table(1, 2, &smmu_desc(0, 0, HIGH_REGION_GPA, 21)))
+        .expect(RANGE, "S1CDMax 21");
+    d.run(&attach_table(1, 2, &smmu_desc(3, 0, HIGH_REGION_GPA, 4)))
+        .expect(INVAL, "reserved S1Fmt");
+    // VT-d: misaligned pgd, supervisor requests not granted, unknown flags, bad width.
+    d.run(&attach_table(1, 4, &vtd_desc(48, HIGH_REGION_GPA + 8, 0)))
+        .expect(RANGE, "misaligned pgd");
+    d.run(&attach_table(1, 4, &vtd_desc(48, HIGH_REGION_GPA, 1)))
+        .expect(2, "SRE not granted -> UNSUPP");
+    d.run(&attach_table(1, 4, &vtd_desc(48, HIGH_REGION_GPA, 1 << 7)))
+        .expect(INVAL, "unknown flags");
+    d.run(&attach_table(1, 4, &vtd_desc(39, HIGH_REGION_GPA, 0)))
+        .expect(INVAL, "address width 39");
+    // Unknown format, no such domain, non-zero reserved.
+    d.run(&attach_table(1, 3, &[]))
+        .expect(2, "format 3 -> UNSUPP");
+    d.run(&attach_table(2, 4, &vtd_desc(48, HIGH_REGION_GPA, 0)))
+        .expect(NOENT, "no domain 2");
+    d.run(&attach_table(1, 4, &vtd_desc(48, HIGH_REGION_GPA, 0)).with_byte(13, 1))
+        .expect(INVAL, "reserved byte");
+    // Nothing of the above changed the domain.
+    assert!(daemon.ctl().domain(1).unwrap()["table"].is_null());
+
+    // A table whose root entry points to itself: a walk reads one entry per level (4), so
+    // IOVA 0 resolves to the table page itself, like hardware would, and nothing loops.
+    let root = HIGH_REGION_GPA + 0x10000;
+    Mem(&d.mem).write_u64(root, root | 0x7).unwrap();
+    d.run(&attach_table(1, 4, &vtd_desc(48, root, 0)))
+        .expect(OK, "self-referencing table binds");
+    assert_eq!(phys(&translate(&daemon, 0, None, 0x123, "r")), root + 0x123);
+    // Other IOVAs meet not-present entries: recoverable, so page requests.
+    for iova in [0x1234_5000u64, 0x7fff_ffff_f000] {
+        assert_eq!(
+            translate(&daemon, 0, None, iova, "r")["outcome"],
+            "page_request"
+        );
+    }
+    // A next-level pointer outside guest RAM is a broken table: a fault, never a page request.
+    Mem(&d.mem)
+        .write_u64(root + 8, 0x40_0000_0000 | 0x7)
+        .unwrap();
+    assert_eq!(
+        translate(&daemon, 0, None, 1 << 39, "r")["outcome"],
+        "fault",
+        "next-level table outside RAM"
+    );
+
+    // INVALIDATE: bad scope, PASID scope without the flag, zero pages, overflow, PASID out of
+    // range; then a storm of valid ones keeps the daemon serving.
+    let inv = |scope: u16, flags: u16, pasid: u32, start: u64, pages: u64, granule: u8| {
+        let mut r = vec![7u8, 0, 0, 0];
+        r.extend(scope.to_le_bytes());
+        r.extend(1u16.to_le_bytes());
+        r.extend(flags.to_le_bytes());
+        r.extend([0u8; 2]);
+        r.extend(1u32.to_le_bytes());
+        r.extend(pasid.to_le_bytes());
+        r.extend([0u8; 4]);
+        r.extend(0u64.to_le_bytes());
+        r.extend(start.to_le_bytes());
+        r.extend(pages.to_le_bytes());
+        r.push(granule);
+        r.extend([0u8; 15]);
+        Request::new(r)
+    };
+    d.run(&inv(3, 0, 0, 0, 0, 12)).expect(INVAL, "scope 3");
+    d.run(&inv(2, 0, 5, 0, 0, 12))
+        .expect(INVAL, "PASID scope without flag");
+    d.run(&inv(4, 0, 0, 0, 0, 12)).expect(INVAL, "zero pages");
+    d.run(&inv(4, 0, 0, 0x1000, 1, 11))
+        .expect(INVAL, "granule 11");
+    d.run(&inv(4, 0, 0, u64::MAX - 0xfff, 2, 12))
+        .expect(RANGE, "range past the end");
+    d.run(&inv(2, 1, 1 << 20, 0, 0, 12))
+        .expect(RANGE, "PASID beyond 20 bits");
+    // Even: a valid 4 GiB range (scans the cache); odd: a range past the end of the space.
+    let storm: Vec<Request> = (0..200u64)
+        .map(|i| {
+            let pages = if i % 2 == 0 { 1 << 20 } else { u64::MAX >> 11 };
+            inv(4, 0, 0, i << 12, pages, 12)
+        })
+        .collect();
+    for (i, batch) in storm.chunks(100).enumerate() {
+        for (j, r) in d.run_batch(batch).iter().enumerate() {
+            let want = if j % 2 == 0 { OK } else { RANGE };
+            r.expect(want, &format!("storm batch {i} request {j}"));
+        }
+    }
+    assert_eq!(d.attach(7, 1), OK, "the daemon still serves");
+}
