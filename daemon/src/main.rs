@@ -146,6 +146,8 @@ enum Query {
     Counters,
     /// The most recent faults.
     Faults,
+    /// The host backend's objects (iommufd: IOASes, HWPTs, devices).
+    Backend,
     /// Translate an access through the software backend (a miss raises a fault event).
     Translate {
         #[arg(long, value_parser = parse_u32)]
@@ -289,6 +291,7 @@ fn run_ctl(a: CtlArgs) -> Result<(), String> {
         } => json!({"cmd": "mappings", "domain": domain, "start": start, "limit": limit}),
         Query::Counters => json!({"cmd": "counters"}),
         Query::Faults => json!({"cmd": "faults"}),
+        Query::Backend => json!({"cmd": "backend"}),
         Query::Translate {
             endpoint,
             iova,
