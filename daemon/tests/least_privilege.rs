@@ -185,3 +185,117 @@ fn unknown_user_is_refused_before_serving() {
         "socket left behind"
     );
 }
+
+/// A C shim, preloaded into the daemon: on the control thread's third `accept4` (after a second
+/// client connected) it first makes a system call outside that thread's filter.
+const SHIM: &str = r#"
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+static __thread int calls;
+
+int accept4(int fd, struct sockaddr *addr, socklen_t *len, int flags) {
+    char name[17] = {0};
+    prctl(PR_GET_NAME, name);
+    if (strcmp(name, "control") == 0 && ++calls == 3)
+        syscall(SYS_openat, AT_FDCWD, "/", O_RDONLY | O_DIRECTORY);
+    return syscall(SYS_accept4, fd, addr, len, flags);
+}
+"#;
+
+/// Start the daemon with the shim preloaded; returns the child and its socket paths.
+fn start_with_shim(
+    dir: &std::path::Path,
+    extra: &[&str],
+) -> (std::process::Child, std::path::PathBuf, std::path::PathBuf) {
+    let src = dir.join("shim.c");
+    let so = dir.join("shim.so");
+    std::fs::write(&src, SHIM).expect("write shim");
+    let st = std::process::Command::new("cc")
+        .args(["-shared", "-fPIC", "-O1", "-o"])
+        .arg(&so)
+        .arg(&src)
+        .status()
+        .expect("a C compiler (apt-get install gcc)");
+    assert!(st.success(), "cannot build the shim");
+    let sock = dir.join("sock");
+    let ctl = dir.join("ctl");
+    let child = std::process::Command::new(vhost_user_iommu_tests::daemon::binary())
+        .arg("--socket")
+        .arg(&sock)
+        .arg("--control-socket")
+        .arg(&ctl)
+        .args(extra)
+        .env("LD_PRELOAD", &so)
+        .env("RUST_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.join("stderr.log")).expect("stderr"))
+        .spawn()
+        .expect("spawn daemon");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !(sock.exists() && ctl.exists()) {
+        assert!(std::time::Instant::now() < deadline, "daemon did not start");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    (child, sock, ctl)
+}
+
+fn wait_child(c: &mut std::process::Child) -> Option<std::process::ExitStatus> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(st) = c.try_wait().expect("try_wait") {
+            return Some(st);
+        }
+        if std::time::Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The real daemon, filters on: the frontend's requests and a first control request work; the
+/// control thread's forbidden call then kills the process with SIGSYS. Without the filters the
+/// same call is harmless and the daemon keeps serving.
+#[test]
+fn a_forbidden_call_in_the_running_daemon_kills_it() {
+    use std::os::unix::process::ExitStatusExt;
+    use vhost_user_iommu_tests::{Control, Device, Options};
+
+    let dir = vhost_user_iommu_tests::daemon::TempDir::new();
+    let (mut child, sock, ctl) = start_with_shim(dir.path(), &[]);
+    let mut dev = Device::connect(&sock, &Options::default()).expect("frontend");
+    assert_eq!(dev.attach(1, 0), 0);
+    assert_eq!(dev.map(1, 0x1000, 0x1fff, 0x1000, MAP_F_READ), 0);
+    let mut c = Control::connect(&ctl).expect("control");
+    assert_eq!(c.status()["mappings"], 1, "first control client served");
+    // A second client: the control thread accepts it and goes back to accept4, where the
+    // shim's openat kills the process.
+    let _c2 = std::os::unix::net::UnixStream::connect(&ctl).expect("second control client");
+    let st = wait_child(&mut child).unwrap_or_else(|| {
+        let _ = child.kill();
+        panic!("the forbidden call did not kill the daemon")
+    });
+    assert_eq!(st.signal(), Some(libc::SIGSYS), "status {st}");
+    drop(dev);
+
+    // Same shim, no filters: the call is allowed, the daemon lives on.
+    let dir = vhost_user_iommu_tests::daemon::TempDir::new();
+    let (mut child, sock, ctl) = start_with_shim(dir.path(), &["--no-seccomp"]);
+    let mut dev = Device::connect(&sock, &Options::default()).expect("frontend");
+    let mut c = Control::connect(&ctl).expect("control");
+    assert_eq!(c.status()["connected"], true);
+    let _c2 = std::os::unix::net::UnixStream::connect(&ctl).expect("second control client");
+    let mut c3 = Control::connect(&ctl).expect("third control client");
+    assert_eq!(c3.status()["connected"], true);
+    assert_eq!(c.status()["connected"], true);
+    assert_eq!(dev.attach(1, 0), 0);
+    assert!(child.try_wait().expect("try_wait").is_none(), "daemon died");
+    let _ = child.kill();
+    let _ = child.wait();
+}
