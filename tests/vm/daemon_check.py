@@ -285,6 +285,14 @@ def cmd_totals(sock, mappings):
     return st["mappings"] == int(mappings), f"{st['mappings']} mapping(s) (want {mappings}); {desc}"
 
 
+def cmd_detached(sock, endpoint):
+    """ENDPOINT is in no domain (the guest released it)."""
+    ep = int(endpoint, 0)
+    doms = [d["id"] for d in ask(sock, {"cmd": "domains"}) if ep in d["endpoints"]]
+    eps = {e["id"]: e["domain"] for e in ask(sock, {"cmd": "endpoints"})}
+    return not doms, f"endpoint {ep}: domains {doms}, endpoints entry {eps.get(ep, 'absent')}"
+
+
 def main():
     if len(sys.argv) < 3:
         print(__doc__)
@@ -292,7 +300,7 @@ def main():
     cmd, args = sys.argv[1], sys.argv[2:]
     fn = {"endpoints": cmd_endpoints, "config": cmd_config, "save-domain": cmd_save_domain,
           "mappings": cmd_mappings,
-          "save-counters": cmd_save_counters, "totals": cmd_totals, "counter-failures": cmd_counter_failures, "same-as-socket": cmd_same_as_socket, "counter": cmd_counter, "connection": cmd_connection,
+          "save-counters": cmd_save_counters, "detached": cmd_detached, "totals": cmd_totals, "counter-failures": cmd_counter_failures, "same-as-socket": cmd_same_as_socket, "counter": cmd_counter, "connection": cmd_connection,
           "wait-disconnect": cmd_wait_disconnect, "translate": cmd_translate,
           "fault-logged": cmd_fault_logged, "bypass-domains": cmd_bypass_domains,
           "status-bypass": cmd_status_bypass, "unknown-endpoint": cmd_unknown_endpoint, "counters-delta": cmd_counters_delta}.get(cmd)

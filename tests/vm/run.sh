@@ -363,6 +363,43 @@ t_reboot() {
     check reboot/host/rebooted "guest booted twice in one QEMU" test "$(grep -ac 'VUI-START' "$RUN/reboot.log")" = 2
 }
 
+# 8. A device added at run time under a root port (bus 1, in the VIOT) is PROBEd and ATTACHed;
+# removed from the guest and found again, it is attached again; no request fails.
+t_hotplug() {
+    daemon_start hotplug || return
+    viot_args hotplug 0000:00:00.0-00:1f.7 0000:01:00.0-01:1f.7
+    local share=$RUN/hotplug.share qmp=$RUN/hotplug.qmp
+    sync_plug() {
+        local out
+        out=$(timeout 20 python3 "$VUI_TESTS_DIR/qmp.py" "$qmp" device_add '{"driver": "edu", "id": "hp", "bus": "rp1"}' 2>&1)
+        check hotplug/host/device_add "QMP device_add edu on rp1: $out" test $? = 0
+    }
+    found() {
+        local bdf
+        bdf=$(head -c 64 "$share/edu-bdf" | tr -d '\n')
+        check "hotplug/host/found-at-$1" "guest found the new edu at $bdf" test "$bdf" = 0000:01:00.0
+        { cat "$share/boot-groups.txt"; echo "$bdf"; } >"$share/groups-$1.txt"
+        dcheck "hotplug/host/attached-$1" endpoints "$DCTL" "$GLUE" "$RUN/hotplug.viot" "$share/groups-$1.txt"
+        dcheck "hotplug/host/probes-$1" counter "$DCTL" probe ok "$(($(grep -c . "$share/boot-groups.txt") + $1))"
+    }
+    sync_found1() { found 1; }
+    sync_found2() { found 2; }
+    removed() {
+        local ep
+        ep=$("$GLUE" endpoint --viot "$RUN/hotplug.viot" 0000:01:00.0) || return
+        dcheck "hotplug/host/detached-$1" detached "$DCTL" "$ep"
+    }
+    sync_removed1() { removed 1; }
+    sync_removed2() {
+        removed 2
+        dcheck hotplug/host/no-failed-requests counter-failures "$DCTL" attach detach probe map unmap
+    }
+    boot_guest hotplug "$G/hotplug.sh" 120 "" -- "${QARGS[@]}" \
+        -device pcie-root-port,id=rp1,bus=pcie.0,addr=0x5,chassis=1 \
+        -qmp "unix:$(qpath "$qmp"),server=on,wait=off"
+    unset -f found removed sync_plug sync_found1 sync_found2 sync_removed1 sync_removed2
+}
+
 # 6. A VIOT that covers only edu and a daemon that knows only edu's endpoint (--endpoints): edu
 # is translated, nothing else is, and no PROBE fails. (They must agree: Linux aborts IOMMU
 # probing of the whole bus at the first PROBE that fails with NOENT, so a VIOT range wider than
@@ -382,7 +419,7 @@ t_endpoints() {
     unset -f sync_groups
 }
 
-ALL_TESTS="builtin builtin_vfio daemon vfio bench bypass reconnect endpoints reboot iommufd_mock iommufd_vfio"
+ALL_TESTS="builtin builtin_vfio daemon vfio bench bypass reconnect endpoints reboot hotplug iommufd_mock iommufd_vfio"
 vm_setup
 build_guest_programs
 for b in "$DAEMON" "$GLUE"; do
