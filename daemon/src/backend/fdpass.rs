@@ -50,6 +50,9 @@ pub enum FdPassError {
     DuplicateEndpoint(u32),
     #[error("too many descriptors ({0}, at most {MAX_FDS})")]
     TooManyFds(usize),
+    /// The hand-over does not match the daemon's configuration.
+    #[error("{0}")]
+    Mismatch(String),
 }
 
 /// The message as sent.
@@ -165,8 +168,12 @@ pub fn recv_message(sock: &UnixStream) -> Result<(Vec<u8>, Vec<OwnedFd>), FdPass
     Ok((buf, fds))
 }
 
-/// The daemon's side: connect to `path`, receive the hand-over, answer, close.
-pub fn receive(path: &Path) -> Result<Handover, FdPassError> {
+/// The daemon's side: connect to `path`, receive the hand-over, check it against the
+/// configuration with `check`, answer, close.
+pub fn receive(
+    path: &Path,
+    check: impl FnOnce(&Handover) -> Result<(), String>,
+) -> Result<Handover, FdPassError> {
     let sock = UnixStream::connect(path).map_err(|err| FdPassError::Connect {
         path: path.display().to_string(),
         err,
@@ -174,7 +181,9 @@ pub fn receive(path: &Path) -> Result<Handover, FdPassError> {
     let result = recv_message(&sock).and_then(|(line, fds)| {
         let msg: Message =
             serde_json::from_slice(&line).map_err(|e| FdPassError::Json(e.to_string()))?;
-        assign(&msg, fds)
+        let h = assign(&msg, fds)?;
+        check(&h).map_err(FdPassError::Mismatch)?;
+        Ok(h)
     });
     let reply = match &result {
         Ok(_) => serde_json::json!({"ok": true}),
@@ -329,7 +338,7 @@ mod tests {
             };
             send(&s, &msg, &[a.as_fd(), b.as_fd()])
         });
-        let h = receive(&path).unwrap();
+        let h = receive(&path, |_| Ok(())).unwrap();
         launcher.join().unwrap().unwrap();
         assert_eq!(ino(h.iommufd.as_ref().unwrap().as_fd()), ib);
         assert_eq!(ino(h.devices[&42].as_fd()), ia);
@@ -353,7 +362,7 @@ mod tests {
             };
             send(&s, &msg, &[c.as_fd()])
         });
-        let e = receive(&path).unwrap_err();
+        let e = receive(&path, |_| Ok(())).unwrap_err();
         assert!(matches!(e, FdPassError::Unused(0)), "{e}");
         let refused = launcher.join().unwrap().unwrap_err().to_string();
         assert!(refused.contains("not named"), "{refused}");
@@ -367,7 +376,7 @@ mod tests {
             let (mut s, _) = listener.accept().unwrap();
             s.write_all(b"{\"version\":1,\"bogus\":3}\n").unwrap();
         });
-        let e = receive(&path).unwrap_err();
+        let e = receive(&path, |_| Ok(())).unwrap_err();
         assert!(matches!(e, FdPassError::Json(_)), "{e}");
         launcher.join().unwrap();
         std::fs::remove_dir_all(&dir).unwrap();

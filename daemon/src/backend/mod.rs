@@ -60,6 +60,8 @@ pub enum BackendSetupError {
     Iommufd(#[from] iommufd::SetupError),
     #[error("iommufd backend: the host limits leave no valid device configuration: {0}")]
     Limits(crate::config::ConfigError),
+    #[error("iommufd backend: endpoint {0} has a host device but is not in --endpoints")]
+    UnknownEndpoint(u32),
 }
 
 /// Build the backend and apply the host's limits to the device configuration: the page size
@@ -72,6 +74,9 @@ pub fn build(
     match cfg {
         BackendConfig::Software => Ok(Box::new(Software)),
         BackendConfig::Iommufd(c) => {
+            if let Some(&ep) = c.devices.keys().find(|&&ep| !device.endpoints.contains(ep)) {
+                return Err(BackendSetupError::UnknownEndpoint(ep));
+            }
             let b = iommufd::IommufdBackend::open(c)?;
             let limits = b.limits(device.input_start, device.input_end);
             device.page_size_mask &= limits.page_size_mask;

@@ -129,6 +129,26 @@ fn open_rw(path: &Path) -> Result<OwnedFd, SetupError> {
         })
 }
 
+/// The launcher sent a device fd for exactly the endpoints configured with `fd = true`.
+fn check_handover(cfg: &IommufdConfig, h: &Handover) -> Result<(), String> {
+    if let Some(ep) = h
+        .devices
+        .keys()
+        .find(|ep| cfg.devices.get(ep) != Some(&DeviceSource::Passed))
+    {
+        return Err(SetupError::UnexpectedFd(*ep).to_string());
+    }
+    if let Some(ep) = cfg
+        .devices
+        .iter()
+        .find(|(ep, s)| **s == DeviceSource::Passed && !h.devices.contains_key(ep))
+        .map(|(ep, _)| ep)
+    {
+        return Err(SetupError::MissingFd(*ep).to_string());
+    }
+    Ok(())
+}
+
 /// `/sys/bus/pci/devices/BDF/vfio-dev/vfioN` -> `/dev/vfio/devices/vfioN`.
 pub fn pci_cdev(sysfs: &Path, bdf: &str) -> Result<PathBuf, SetupError> {
     let dir = sysfs.join("bus/pci/devices").join(bdf).join("vfio-dev");
@@ -151,20 +171,13 @@ impl IommufdBackend {
     /// configured host device and attach it to the blocked IOAS.
     pub fn open(cfg: &IommufdConfig) -> Result<Self, SetupError> {
         let mut handover = match &cfg.fd_socket {
-            Some(p) => super::fdpass::receive(p)?,
+            Some(p) => super::fdpass::receive(p, |h| check_handover(cfg, h))?,
             None => Handover::default(),
         };
         let fd = match handover.iommufd.take() {
             Some(fd) => fd,
             None => open_rw(cfg.iommufd.as_deref().unwrap_or(Path::new("/dev/iommu")))?,
         };
-        if let Some(&ep) = handover
-            .devices
-            .keys()
-            .find(|ep| cfg.devices.get(ep) != Some(&DeviceSource::Passed))
-        {
-            return Err(SetupError::UnexpectedFd(ep));
-        }
         let blocked = sys::ioas_alloc(fd.as_fd())?;
         let stage2 = sys::ioas_alloc(fd.as_fd())?;
         let mut b = IommufdBackend {
