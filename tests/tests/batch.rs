@@ -235,17 +235,12 @@ fn ten_thousand_mappings_then_one_unmap() {
         .expect(OK, "UNMAP of everything");
     let unmapped = t1.elapsed();
     assert_eq!(ctl.status()["mappings"].as_u64(), Some(0));
+    // Timings are reported, never asserted (shared machines); docs/BENCHMARKS.md measures them.
     eprintln!("{n} MAPs in {mapped:?}; one UNMAP of all in {unmapped:?}");
-    assert!(
-        unmapped < std::time::Duration::from_secs(2),
-        "UNMAP of {n} mappings took {unmapped:?}"
-    );
 }
 
-/// One million mappings in one domain through the real ring (slow in debug builds: run with
-/// `cargo test -p vhost-user-iommu-tests --test batch -- --ignored`).
+/// One million mappings in one domain through the real ring (about 30 s in a debug build).
 #[test]
-#[ignore]
 fn one_million_mappings_in_one_domain() {
     let daemon = Daemon::start(&["--reserved-region", "none"]);
     let mut d = daemon.connect_with(&Options {
