@@ -50,15 +50,21 @@ pub enum Role {
     /// filter it inherits, only epoll, eventfd reads/writes and writes to invalidation
     /// subscribers. Installed by the thread itself on its first event ([`enter_worker`]).
     Worker,
+    /// The vhost-user message handler thread: on top of the main filter it inherits, only
+    /// what the frontend's messages need (receive fds, map guest memory, register vring
+    /// eventfds). Installed by the thread itself when the frontend sets the features
+    /// ([`enter_handler`]).
+    Handler,
 }
 
 impl Role {
-    pub const ALL: [Role; 5] = [
+    pub const ALL: [Role; 6] = [
         Role::Main,
         Role::Control,
         Role::Signals,
         Role::Watchdog,
         Role::Worker,
+        Role::Handler,
     ];
 }
 
@@ -201,6 +207,20 @@ pub fn role_calls(role: Role) -> Vec<Call> {
         Role::Watchdog => {
             v.extend(sys![libc::SYS_socket, libc::SYS_connect]);
         }
+        Role::Handler => {
+            v.extend(sys![
+                libc::SYS_recvmsg,
+                libc::SYS_recvfrom,
+                libc::SYS_shutdown,
+                libc::SYS_epoll_ctl,
+                libc::SYS_eventfd2,
+                libc::SYS_dup,
+                libc::SYS_dup3,
+                libc::SYS_lseek,
+                // FIONBIO (plus the backend's ioctls).
+                libc::SYS_ioctl,
+            ]);
+        }
         Role::Worker => {
             // shutdown: an invalidation subscriber that cannot keep up is cut off.
             v.extend(sys![libc::SYS_epoll_pwait, libc::SYS_shutdown]);
@@ -230,7 +250,9 @@ pub fn filter(role: Role) -> Result<BpfProgram, SandboxError> {
     };
     // The host backend's ioctls, on the threads that serve requests.
     let backend_ioctls: &[u64] = match role {
-        Role::Main | Role::Worker => BACKEND_IOCTLS.get().map_or(&[], Vec::as_slice),
+        Role::Main | Role::Worker | Role::Handler => {
+            BACKEND_IOCTLS.get().map_or(&[], Vec::as_slice)
+        }
         _ => &[],
     };
     if !backend_ioctls.is_empty() {
@@ -301,10 +323,20 @@ pub fn enable_worker_filters() {
 /// Called by a vhost-user worker thread on each event: the first call installs the worker
 /// filter on that thread (when enabled), later calls cost a thread-local read.
 pub fn enter_worker() -> Result<(), SandboxError> {
+    enter(Role::Worker)
+}
+
+/// Called on the vhost-user handler thread when the frontend sets the features (SET_FEATURES):
+/// the first call installs the handler filter on that thread (when enabled).
+pub fn enter_handler() -> Result<(), SandboxError> {
+    enter(Role::Handler)
+}
+
+fn enter(role: Role) -> Result<(), SandboxError> {
     if !WORKER_FILTERS.load(Ordering::Relaxed) || WORKER_FILTERED.with(Cell::get) {
         return Ok(());
     }
-    install(Role::Worker)?;
+    install(role)?;
     WORKER_FILTERED.with(|f| f.set(true));
     Ok(())
 }
@@ -432,13 +464,7 @@ mod tests {
             }
             0
         }
-        for role in [
-            Role::Main,
-            Role::Control,
-            Role::Signals,
-            Role::Watchdog,
-            Role::Worker,
-        ] {
+        for role in Role::ALL {
             let st = in_child(role, allowed);
             assert!(exited_with(st, 0), "{role:?}: allowed path, status {st:#x}");
             for (name, f) in [
@@ -451,13 +477,7 @@ mod tests {
             }
         }
         // No role may open a network socket.
-        for role in [
-            Role::Main,
-            Role::Control,
-            Role::Signals,
-            Role::Watchdog,
-            Role::Worker,
-        ] {
+        for role in Role::ALL {
             assert!(killed_by_sigsys(in_child(role, new_socket)), "{role:?}");
         }
         // The roles that talk to systemd may open unix sockets, the others not.
@@ -469,7 +489,7 @@ mod tests {
         for role in [Role::Main, Role::Watchdog] {
             assert!(exited_with(in_child(role, unix_socket), 0), "{role:?}");
         }
-        for role in [Role::Control, Role::Signals, Role::Worker] {
+        for role in [Role::Control, Role::Signals, Role::Worker, Role::Handler] {
             assert!(killed_by_sigsys(in_child(role, unix_socket)), "{role:?}");
         }
         // The worker cannot start threads, accept connections or receive file descriptors.
@@ -491,6 +511,9 @@ mod tests {
         assert!(exited_with(in_child(Role::Main, recvmsg), 0));
         assert!(killed_by_sigsys(in_child(Role::Worker, start_thread)));
         assert!(killed_by_sigsys(in_child(Role::Worker, recvmsg)));
+        // The handler receives messages with fds but starts no threads.
+        assert!(exited_with(in_child(Role::Handler, recvmsg), 0));
+        assert!(killed_by_sigsys(in_child(Role::Handler, start_thread)));
         // ioctl: FIONBIO (set_nonblocking) where used, nothing else anywhere.
         fn fionbio() -> i32 {
             let mut on: libc::c_int = 1;
@@ -528,7 +551,13 @@ mod tests {
             0
         }
         assert!(exited_with(in_child(Role::Signals, unlink), 0));
-        for role in [Role::Main, Role::Control, Role::Watchdog, Role::Worker] {
+        for role in [
+            Role::Main,
+            Role::Control,
+            Role::Watchdog,
+            Role::Worker,
+            Role::Handler,
+        ] {
             assert!(killed_by_sigsys(in_child(role, unlink)), "{role:?}");
         }
     }

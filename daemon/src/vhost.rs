@@ -475,6 +475,10 @@ impl VhostUserBackendMut for IommuBackend {
     }
 
     fn acked_features(&mut self, features: u64) {
+        // SET_FEATURES runs on the message handler thread: narrow its seccomp filter (once).
+        if let Err(e) = crate::sandbox::enter_handler() {
+            log::error!("{e}");
+        }
         // The device model keeps only its own bits; ring and vhost-user bits are the transport's.
         self.shared.device().set_acked_features(features);
         log::info!("driver acknowledged features {features:#x}");

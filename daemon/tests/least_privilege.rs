@@ -16,6 +16,7 @@ fn thread_seccomp(pid: i32) -> Vec<(String, u32, u32)> {
     let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("read /proc/PID/task");
     for t in tasks {
         let t = t.expect("task entry").path();
+        let is_main = t.file_name().and_then(|n| n.to_str()) == Some(&pid.to_string());
         let Ok(status) = std::fs::read_to_string(t.join("status")) else {
             continue; // the thread ended meanwhile
         };
@@ -27,7 +28,11 @@ fn thread_seccomp(pid: i32) -> Vec<(String, u32, u32)> {
                 .unwrap_or_default()
         };
         out.push((
-            field("Name:"),
+            if is_main {
+                "main".to_string()
+            } else {
+                field("Name:")
+            },
             field("Seccomp:").parse().unwrap_or(u32::MAX),
             field("Seccomp_filters:").parse().unwrap_or(0),
         ));
@@ -47,7 +52,7 @@ fn status_field(pid: i32, name: &str) -> String {
 /// The normal path through every thread: a frontend doing requests (vhost-user handler and
 /// worker threads), control-socket queries including a translation fault delivered on the
 /// eventq, a reconnect, then SIGTERM (signal thread removes the sockets, exit 0).
-fn exercise(d: &mut Daemon) {
+fn exercise(d: &mut Daemon) -> vhost_user_iommu_tests::Device {
     let mut dev = d.connect();
     assert_eq!(dev.attach(1, 0), 0);
     assert_eq!(
@@ -76,12 +81,14 @@ fn exercise(d: &mut Daemon) {
     let mut dev = d.connect();
     assert_eq!(dev.attach(2, 1), 0);
     d.assert_alive();
+    dev
 }
 
 #[test]
 fn every_thread_is_filtered_and_the_normal_path_works() {
     let mut d = Daemon::start(&[]);
-    exercise(&mut d);
+    // The second frontend stays connected: its handler and worker threads are listed.
+    let _dev = exercise(&mut d);
     let threads = thread_seccomp(d.pid());
     assert!(threads.len() >= 4, "expected several threads: {threads:?}");
     for (name, mode, filters) in &threads {
@@ -102,6 +109,13 @@ fn every_thread_is_filtered_and_the_normal_path_works() {
     for (n, _, filters) in workers {
         assert!(*filters >= 2, "{n}: {filters} filter(s): {threads:?}");
     }
+    // So does the vhost-user message handler thread ("vhost-user-iommu", truncated to 15).
+    let handler: Vec<_> = threads
+        .iter()
+        .filter(|(n, _, _)| n == "vhost-user-iomm")
+        .collect();
+    assert_eq!(handler.len(), 1, "{threads:?}");
+    assert!(handler[0].2 >= 2, "{threads:?}");
     for role in ["signals", "control"] {
         assert!(
             threads.iter().any(|(n, _, _)| n == role),
@@ -146,7 +160,7 @@ fn user_switch_when_root() {
     assert_eq!(status_field(pid, "Gid:"), nobody);
     assert_eq!(status_field(pid, "Groups:"), "65534");
     assert_eq!(status_field(pid, "CapEff:"), "0000000000000000");
-    exercise(&mut d);
+    let _dev = exercise(&mut d);
     // Every thread switched, not just the main one.
     for t in std::fs::read_dir(format!("/proc/{pid}/task")).expect("tasks") {
         let status =
