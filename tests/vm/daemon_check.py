@@ -293,6 +293,13 @@ def cmd_detached(sock, endpoint):
     return not doms, f"endpoint {ep}: domains {doms}, endpoints entry {eps.get(ep, 'absent')}"
 
 
+def cmd_domain_ids(sock, first, last):
+    """Every domain id the guest chose lies in the configured domain range."""
+    ids = sorted(d["id"] for d in ask(sock, {"cmd": "domains"}))
+    lo, hi = int(first, 0), int(last, 0)
+    return bool(ids) and all(lo <= i <= hi for i in ids), f"domain ids {ids} (range {lo}-{hi})"
+
+
 def main():
     if len(sys.argv) < 3:
         print(__doc__)
@@ -300,7 +307,7 @@ def main():
     cmd, args = sys.argv[1], sys.argv[2:]
     fn = {"endpoints": cmd_endpoints, "config": cmd_config, "save-domain": cmd_save_domain,
           "mappings": cmd_mappings,
-          "save-counters": cmd_save_counters, "detached": cmd_detached, "totals": cmd_totals, "counter-failures": cmd_counter_failures, "same-as-socket": cmd_same_as_socket, "counter": cmd_counter, "connection": cmd_connection,
+          "save-counters": cmd_save_counters, "domain-ids": cmd_domain_ids, "detached": cmd_detached, "totals": cmd_totals, "counter-failures": cmd_counter_failures, "same-as-socket": cmd_same_as_socket, "counter": cmd_counter, "connection": cmd_connection,
           "wait-disconnect": cmd_wait_disconnect, "translate": cmd_translate,
           "fault-logged": cmd_fault_logged, "bypass-domains": cmd_bypass_domains,
           "status-bypass": cmd_status_bypass, "unknown-endpoint": cmd_unknown_endpoint, "counters-delta": cmd_counters_delta}.get(cmd)

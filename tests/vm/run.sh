@@ -88,14 +88,16 @@ viot_args() {
 # 1. binding, config pass-through, PROBE/ATTACH of the VIOT endpoints, IOMMU groups.
 MASK=0x40201000
 INPUT=0x0-0xffffffffff
+DOMAINS=100-163
 t_daemon() {
-    daemon_start daemon --page-size-mask "$MASK" --input-range "$INPUT" || return
+    daemon_start daemon --page-size-mask "$MASK" --input-range "$INPUT" --domain-range "$DOMAINS" || return
     viot_args daemon 0000:00:00.0-00:1f.7
     local share=$RUN/daemon.share ep="" unk=""
     sync_groups() {
         local bdf
         dcheck daemon/host/config config "$DCTL" "$MASK" "${INPUT%-*}" "${INPUT#*-}"
         dcheck daemon/host/bypass-bit-clear status-bypass "$DCTL" 0
+        dcheck daemon/host/domain-range domain-ids "$DCTL" "${DOMAINS%-*}" "${DOMAINS#*-}"
         dcheck daemon/host/endpoints endpoints "$DCTL" "$GLUE" "$RUN/daemon.viot" "$share/groups.txt"
         # One successful PROBE per translated function, and no PROBE/ATTACH failure.
         dcheck daemon/host/probe-per-endpoint counter "$DCTL" probe ok "$(grep -c . "$share/groups.txt")"
