@@ -489,7 +489,15 @@ impl HostBackend for IommufdBackend {
     }
 
     fn serving_ioctls(&self) -> &'static [u64] {
-        &sys::SERVING_IOCTLS
+        let mock = self
+            .endpoints
+            .values()
+            .any(|e| matches!(e.dev, HostDevice::Mock { .. }));
+        if mock {
+            &sys::SERVING_IOCTLS_MOCK
+        } else {
+            &sys::SERVING_IOCTLS
+        }
     }
 
     fn describe(&self) -> serde_json::Value {

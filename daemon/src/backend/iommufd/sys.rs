@@ -33,15 +33,24 @@ pub const VFIO_DEVICE_DETACH_IOMMUFD_PT: u64 = io(100 + 20);
 
 /// The ioctls the backend makes after start-up (the seccomp filter of the serving threads
 /// allows exactly these, besides FIONBIO). Binding VFIO devices and creating mock devices happen
-/// before the filters are installed.
-pub const SERVING_IOCTLS: [u64; 7] = [
+/// before the filters are installed. IOMMU_TEST_CMD (MOCK_DOMAIN_REPLACE) only with mock
+/// devices: [`SERVING_IOCTLS_MOCK`].
+pub const SERVING_IOCTLS: [u64; 6] = [
     IOMMU_DESTROY,
     IOMMU_IOAS_ALLOC,
     IOMMU_IOAS_IOVA_RANGES,
     IOMMU_IOAS_MAP,
     IOMMU_IOAS_UNMAP,
-    IOMMU_TEST_CMD,
     VFIO_DEVICE_ATTACH_IOMMUFD_PT,
+];
+pub const SERVING_IOCTLS_MOCK: [u64; 7] = [
+    IOMMU_DESTROY,
+    IOMMU_IOAS_ALLOC,
+    IOMMU_IOAS_IOVA_RANGES,
+    IOMMU_IOAS_MAP,
+    IOMMU_IOAS_UNMAP,
+    VFIO_DEVICE_ATTACH_IOMMUFD_PT,
+    IOMMU_TEST_CMD,
 ];
 
 pub const IOMMU_IOAS_MAP_FIXED_IOVA: u32 = 1 << 0;
