@@ -294,9 +294,10 @@ impl Device {
         self.mem = Some(mem);
     }
 
-    /// The extension's feature bits, offered when PASIDs are configured.
+    /// The extension's feature bits, offered when PASIDs are configured and the backend makes
+    /// guest tables take effect.
     fn ext_features(&self) -> u64 {
-        if self.cfg.pasid_bits > 0 {
+        if self.cfg.pasid_bits > 0 && self.backend.guest_tables() {
             (1u64 << F_ATTACH_TABLE) | (1 << F_PAGE_REQUEST)
         } else {
             0

@@ -176,6 +176,11 @@ pub enum ResetKind {
 pub trait HostBackend: Send + fmt::Debug {
     /// A name for logs and the control socket.
     fn name(&self) -> &'static str;
+    /// Whether guest-owned tables (the PASID extension, docs/PASID.md) take effect on this
+    /// backend. Only then does the device offer the extension's feature bits.
+    fn guest_tables(&self) -> bool {
+        false
+    }
     /// `endpoint` joins `domain` (created by this call when `new_domain`). When it was attached
     /// elsewhere it moves atomically (no window without translation).
     fn attach(
@@ -223,6 +228,10 @@ pub struct Software;
 impl HostBackend for Software {
     fn name(&self) -> &'static str {
         "software"
+    }
+    /// The software backend walks the guest's tables itself (daemon/src/tables.rs).
+    fn guest_tables(&self) -> bool {
+        true
     }
     fn attach(&mut self, _: u32, _: u32, _: bool, _: bool) -> Result<(), BackendError> {
         Ok(())
