@@ -4,6 +4,9 @@
 //! `cargo bench -p vhost-user-iommu --bench device` prints a table (docs/BENCHMARKS.md keeps the
 //! results). Timings are wall-clock on a shared machine: compare rows of one run, not runs.
 
+// A benchmark's set-up either works or the run is meaningless: failing loudly is the point.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
 use std::sync::atomic::{AtomicUsize, Ordering};
