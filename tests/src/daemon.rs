@@ -146,6 +146,25 @@ impl Daemon {
         if std::env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "info");
         }
+        // If the test process dies without running Drop (killed by a runner's timeout, an
+        // abort), the daemon must not outlive it. The signal follows the spawning thread, which
+        // is the test's own thread that owns this Daemon.
+        // SAFETY: the closure runs in the child between fork and exec and only calls prctl and
+        // getppid, both async-signal-safe.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            let parent = libc::getpid();
+            cmd.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // The parent may already be gone: then we were reparented.
+                if libc::getppid() != parent {
+                    return Err(std::io::Error::other("test process exited"));
+                }
+                Ok(())
+            });
+        }
         let child = cmd.spawn().expect("spawn daemon");
         let mut d = Daemon {
             child: Some(child),
