@@ -538,6 +538,10 @@ impl VhostUserBackendMut for IommuBackend {
                 gpa: vm_memory::GuestMemoryRegion::start_addr(r).raw_value(),
                 size: vm_memory::GuestMemoryRegion::len(r),
                 host_addr: r.as_ptr() as u64,
+                file: vm_memory::GuestMemoryRegion::file_offset(r).map(|f| {
+                    use std::os::fd::AsRawFd;
+                    (f.file().as_raw_fd(), f.start())
+                }),
             })
             .collect();
         {

@@ -151,6 +151,9 @@ pub struct GuestRegion {
     pub size: u64,
     /// Where the daemon mapped it.
     pub host_addr: u64,
+    /// The file behind it (the frontend's memfd) and the region's offset in it, valid for the
+    /// duration of the call (a backend keeps a duplicate if it needs it later).
+    pub file: Option<(std::os::fd::RawFd, u64)>,
 }
 
 /// What the host allows, applied to the device configuration at start-up.

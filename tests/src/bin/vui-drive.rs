@@ -469,6 +469,31 @@ fn mock(iommufd: &OwnedFd) -> usize {
         })(),
     );
 
+    // A domain mapped while none of its endpoints is a host device pins nothing; after a new
+    // memory table (the daemon's old mappings of guest RAM are gone) a host device joins it: its
+    // translations must still be the guest's pages (the backend maps by memfd, not by address).
+    let s1 = dev.attach(30, 3);
+    let s2 = dev.map(30, IOVA, IOVA + LEN - 1, RAM_GPA, proto::MAP_F_READ);
+    let hot = dev.hotplug_region(0x5000_0000, RAM_SIZE);
+    let s3 = dev.attach(30, 2);
+    let b = backend(&mut ctl);
+    rep.check(
+        "memory-table-change",
+        (|| {
+            ensure(s1 == status::OK && s2 == status::OK && s3 == status::OK, || {
+                format!("statuses {s1} {s2} {s3}")
+            })?;
+            hot?;
+            ensure(b["map_by_file"] == true, || format!("{b}"))?;
+            let (d, h) = ep_state(&b, 2).ok_or(format!("{b}"))?;
+            ensure(d == Some(30), || format!("{b}"))?;
+            check_map(fd, h, IOVA, LEN, host).map_err(|e| format!("MD_CHECK_MAP errno {e}"))?;
+            Ok(format!(
+                "mapped with no host device, new memory table, then endpoint 2 joined: hwpt {h} maps the guest's pages (IOAS_MAP_FILE)"
+            ))
+        })(),
+    );
+
     // Disconnect: every host object of the guest goes, nothing stays pinned.
     let keep = dup(memfd);
     drop(dev);
@@ -488,8 +513,14 @@ fn mock(iommufd: &OwnedFd) -> usize {
             let view = view.ok_or("cannot map guest RAM again")?;
             check_refs(fd, view, RAM_SIZE, 0)
                 .map_err(|e| format!("pages still pinned: errno {e}"))?;
-            ensure(census_after == census_before, || {
-                format!("objects before {census_before:?}, after {census_after:?}")
+            // The same IOASes (blocked, stage-2) and as many HWPTs: the one the devices sit on
+            // (an automatic domain, re-created when devices come back to the blocked IOAS).
+            let ep_hwpts: Vec<u32> = [1, 2].iter().filter_map(|&e| ep_state(&b, e).map(|s| s.1)).collect();
+            let same = census_after.0 == census_before.0
+                && census_after.1.len() == census_before.1.len()
+                && census_after.1.iter().all(|h| ep_hwpts.contains(h));
+            ensure(same, || {
+                format!("objects before {census_before:?}, after {census_after:?}, endpoint hwpts {ep_hwpts:?}")
             })?;
             ensure(
                 b["domains"].as_array().is_some_and(Vec::is_empty)

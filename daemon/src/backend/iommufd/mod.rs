@@ -94,6 +94,16 @@ struct DomainObj {
     bypass: bool,
 }
 
+/// A region of guest RAM: where the daemon mapped it and, when it is backed by a file (the
+/// frontend's memfd), a duplicate of that file and the region's offset in it.
+#[derive(Debug)]
+struct Ram {
+    gpa: u64,
+    size: u64,
+    host: u64,
+    file: Option<(OwnedFd, u64)>,
+}
+
 /// One IOAS_MAP of guest RAM in the stage-2 IOAS.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Piece {
@@ -109,8 +119,11 @@ pub struct IommufdBackend {
     stage2: u32,
     endpoints: BTreeMap<u32, HostEndpoint>,
     domains: BTreeMap<u32, DomainObj>,
-    memory: Vec<GuestRegion>,
+    memory: Vec<Ram>,
     stage2_pieces: Vec<Piece>,
+    /// Map guest RAM by file (IOAS_MAP_FILE, Linux 6.13) rather than by address; cleared when
+    /// the kernel does not know the call.
+    map_file: bool,
     /// IOVA ranges every host device can map (the blocked IOAS's ranges with all attached).
     allowed: Vec<(u64, u64)>,
     iova_alignment: u64,
@@ -188,6 +201,7 @@ impl IommufdBackend {
             domains: BTreeMap::new(),
             memory: Vec::new(),
             stage2_pieces: Vec::new(),
+            map_file: true,
             allowed: Vec::new(),
             iova_alignment: 1,
             unattached_bypass: false,
@@ -308,6 +322,53 @@ impl IommufdBackend {
         out
     }
 
+    /// IOAS_MAP guest-physical `[phys, phys + len)` at `iova` in `ioas`. By file when the region
+    /// has one: the IOAS then refers to the memfd's pages, not to an address in this process that
+    /// a later memory table could unmap and reuse; by address otherwise.
+    fn map_guest(
+        &mut self,
+        ioas: u32,
+        iova: u64,
+        phys: u64,
+        len: u64,
+        prot: u32,
+    ) -> Result<(), BackendError> {
+        let not_ram = BackendError::NotGuestRam {
+            start: phys,
+            end: phys.saturating_add(len - 1),
+        };
+        let last = phys.checked_add(len - 1).ok_or(not_ram.clone())?;
+        let ram = self
+            .memory
+            .iter()
+            .find(|r| phys >= r.gpa && last - r.gpa < r.size)
+            .ok_or(not_ram)?;
+        let off = phys - ram.gpa;
+        let host = ram.host + off;
+        if self.map_file {
+            if let Some((file, start)) = &ram.file {
+                match sys::ioas_map_file(
+                    self.fd(),
+                    ioas,
+                    iova,
+                    file.as_fd(),
+                    start + off,
+                    len,
+                    prot,
+                ) {
+                    Ok(()) => return Ok(()),
+                    Err(e) if e.errno == libc::ENOTTY || e.errno == libc::EOPNOTSUPP => {
+                        warn!("{e}: mapping guest RAM by address from now on");
+                        self.map_file = false;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        sys::ioas_map(self.fd(), ioas, iova, host, len, prot)?;
+        Ok(())
+    }
+
     fn unmap_stage2_piece(&self, p: &Piece) {
         if let Err(e) = sys::ioas_unmap(self.fd(), self.stage2, p.iova, p.len) {
             warn!("stage-2 unmap {:#x}+{:#x}: {e}", p.iova, p.len);
@@ -381,18 +442,13 @@ impl HostBackend for IommufdBackend {
         if flags & MAP_F_MMIO != 0 {
             return Err(BackendError::Mmio);
         }
-        let not_ram = BackendError::NotGuestRam {
-            start: phys,
-            end: phys.saturating_add(end - iova),
-        };
-        let len = (end - iova).checked_add(1).ok_or(not_ram.clone())?;
-        let last = phys.checked_add(len - 1).ok_or(not_ram.clone())?;
-        let region = self
-            .memory
-            .iter()
-            .find(|r| phys >= r.gpa && last - r.gpa < r.size)
-            .ok_or(not_ram)?;
-        let host = region.host_addr + (phys - region.gpa);
+        let ioas = d.ioas;
+        let len = (end - iova)
+            .checked_add(1)
+            .ok_or(BackendError::NotGuestRam {
+                start: phys,
+                end: u64::MAX,
+            })?;
         let mut prot = 0;
         if flags & MAP_F_READ != 0 {
             prot |= sys::IOMMU_IOAS_MAP_READABLE;
@@ -401,11 +457,23 @@ impl HostBackend for IommufdBackend {
             prot |= sys::IOMMU_IOAS_MAP_WRITEABLE;
         }
         if prot == 0 {
-            // No access allowed: nothing to put in the host page table.
+            // No access allowed: nothing to put in the host page table (but the physical range
+            // must still be guest RAM).
+            let last = phys.checked_add(len - 1);
+            let ram = last.is_some_and(|last| {
+                self.memory
+                    .iter()
+                    .any(|r| phys >= r.gpa && last - r.gpa < r.size)
+            });
+            if !ram {
+                return Err(BackendError::NotGuestRam {
+                    start: phys,
+                    end: phys.saturating_add(len - 1),
+                });
+            }
             return Ok(());
         }
-        sys::ioas_map(self.fd(), d.ioas, iova, host, len, prot)?;
-        Ok(())
+        self.map_guest(ioas, iova, phys, len, prot)
     }
 
     fn unmap(&mut self, domain: u32, start: u64, end: u64) -> Result<(), BackendError> {
@@ -465,26 +533,48 @@ impl HostBackend for IommufdBackend {
     }
 
     fn set_guest_memory(&mut self, regions: &[GuestRegion]) -> Result<(), BackendError> {
+        let mut memory = Vec::with_capacity(regions.len());
+        for r in regions {
+            let file = match r.file {
+                Some((fd, start)) => {
+                    // SAFETY: the caller guarantees `fd` is open for the duration of the call.
+                    let b = unsafe { BorrowedFd::borrow_raw(fd) };
+                    let dup = b.try_clone_to_owned().map_err(|e| BackendError::Os {
+                        call: "dup",
+                        errno: e.raw_os_error().unwrap_or(libc::EIO),
+                    })?;
+                    Some((dup, start))
+                }
+                None => None,
+            };
+            memory.push(Ram {
+                gpa: r.gpa,
+                size: r.size,
+                host: r.host_addr,
+                file,
+            });
+        }
         let new = self.pieces_for(regions);
         let old = std::mem::take(&mut self.stage2_pieces);
         for p in old.iter().filter(|p| !new.contains(p)) {
             self.unmap_stage2_piece(p);
         }
+        self.memory = memory;
         let mut mapped: Vec<Piece> = old.iter().filter(|p| new.contains(p)).copied().collect();
         let mut result = Ok(());
+        let rw = sys::IOMMU_IOAS_MAP_READABLE | sys::IOMMU_IOAS_MAP_WRITEABLE;
         for p in new.iter().filter(|p| !old.contains(p)) {
-            let rw = sys::IOMMU_IOAS_MAP_READABLE | sys::IOMMU_IOAS_MAP_WRITEABLE;
-            match sys::ioas_map(self.fd(), self.stage2, p.iova, p.host, p.len, rw) {
+            // Guest-physical == IOVA in the stage-2 IOAS.
+            match self.map_guest(self.stage2, p.iova, p.iova, p.len, rw) {
                 Ok(()) => mapped.push(*p),
                 Err(e) => {
                     warn!("stage-2 map of guest RAM {:#x}+{:#x}: {e}", p.iova, p.len);
-                    result = Err(e.into());
+                    result = Err(e);
                     break;
                 }
             }
         }
         self.stage2_pieces = mapped;
-        self.memory = regions.to_vec();
         result
     }
 
@@ -534,6 +624,7 @@ impl HostBackend for IommufdBackend {
             "stage2": stage2,
             "allowed_iovas": self.allowed,
             "iova_alignment": self.iova_alignment,
+            "map_by_file": self.map_file,
         })
     }
 }

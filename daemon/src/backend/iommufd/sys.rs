@@ -24,6 +24,8 @@ pub const IOMMU_IOAS_ALLOC: u64 = io(0x81);
 pub const IOMMU_IOAS_IOVA_RANGES: u64 = io(0x84);
 pub const IOMMU_IOAS_MAP: u64 = io(0x85);
 pub const IOMMU_IOAS_UNMAP: u64 = io(0x86);
+/// Linux 6.13.
+pub const IOMMU_IOAS_MAP_FILE: u64 = io(0x8f);
 /// `IOMMU_TEST_CMD` = `_IO(IOMMUFD_TYPE, IOMMUFD_CMD_BASE + 32)`.
 pub const IOMMU_TEST_CMD: u64 = io(0x80 + 32);
 /// VFIO_BASE is 100.
@@ -35,7 +37,8 @@ pub const VFIO_DEVICE_DETACH_IOMMUFD_PT: u64 = io(100 + 20);
 /// allows exactly these, besides FIONBIO). Binding VFIO devices and creating mock devices happen
 /// before the filters are installed. IOMMU_TEST_CMD (MOCK_DOMAIN_REPLACE) only with mock
 /// devices: [`SERVING_IOCTLS_MOCK`].
-pub const SERVING_IOCTLS: [u64; 6] = [
+pub const SERVING_IOCTLS: [u64; 7] = [
+    IOMMU_IOAS_MAP_FILE,
     IOMMU_DESTROY,
     IOMMU_IOAS_ALLOC,
     IOMMU_IOAS_IOVA_RANGES,
@@ -43,7 +46,8 @@ pub const SERVING_IOCTLS: [u64; 6] = [
     IOMMU_IOAS_UNMAP,
     VFIO_DEVICE_ATTACH_IOMMUFD_PT,
 ];
-pub const SERVING_IOCTLS_MOCK: [u64; 7] = [
+pub const SERVING_IOCTLS_MOCK: [u64; 8] = [
+    IOMMU_IOAS_MAP_FILE,
     IOMMU_DESTROY,
     IOMMU_IOAS_ALLOC,
     IOMMU_IOAS_IOVA_RANGES,
@@ -118,6 +122,18 @@ pub struct IommuIoasMap {
 
 #[repr(C)]
 #[derive(Debug, Default)]
+pub struct IommuIoasMapFile {
+    pub size: u32,
+    pub flags: u32,
+    pub ioas_id: u32,
+    pub fd: i32,
+    pub start: u64,
+    pub length: u64,
+    pub iova: u64,
+}
+
+#[repr(C)]
+#[derive(Debug, Default)]
 pub struct IommuIoasUnmap {
     pub size: u32,
     pub ioas_id: u32,
@@ -161,6 +177,7 @@ pub struct IommuTestCmd {
 const _: () = assert!(std::mem::size_of::<IommuTestCmd>() == 72);
 const _: () = assert!(std::mem::size_of::<IommuIoasMap>() == 40);
 const _: () = assert!(std::mem::size_of::<IommuIoasUnmap>() == 24);
+const _: () = assert!(std::mem::size_of::<IommuIoasMapFile>() == 40);
 const _: () = assert!(std::mem::size_of::<IommuIoasIovaRanges>() == 32);
 
 impl IommuTestCmd {
@@ -285,6 +302,31 @@ pub fn ioas_map(
     // kernel pins with get_user_pages (it fails with EFAULT on an unmapped address); the caller
     // keeps the mapping alive while the IOAS maps it (guest RAM lives as long as the connection).
     unsafe { ioctl(fd, IOMMU_IOAS_MAP, "IOMMU_IOAS_MAP", &mut a) }
+}
+
+/// Map `length` bytes of the file `file` from offset `start` at `iova` in `ioas` (the pages of
+/// the file, whatever this process has mapped where).
+pub fn ioas_map_file(
+    fd: BorrowedFd<'_>,
+    ioas: u32,
+    iova: u64,
+    file: BorrowedFd<'_>,
+    start: u64,
+    length: u64,
+    flags: u32,
+) -> Result<(), SysError> {
+    let mut a = IommuIoasMapFile {
+        size: std::mem::size_of::<IommuIoasMapFile>() as u32,
+        flags: flags | IOMMU_IOAS_MAP_FIXED_IOVA,
+        ioas_id: ioas,
+        fd: file.as_raw_fd(),
+        start,
+        length,
+        iova,
+    };
+    // SAFETY: IOMMU_IOAS_MAP_FILE takes struct iommu_ioas_map_file, which `a` mirrors; `fd` is
+    // an open file we borrow for the call; no pointers.
+    unsafe { ioctl(fd, IOMMU_IOAS_MAP_FILE, "IOMMU_IOAS_MAP_FILE", &mut a) }
 }
 
 /// Unmap `[iova, iova + length)` from `ioas`; `(0, u64::MAX)` unmaps everything. Returns the
