@@ -671,6 +671,118 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
+    /// A backend whose "iommufd" is /dev/null: everything decided before a kernel call can be
+    /// checked without one (kernel calls fail with ENOTTY).
+    fn offline(allowed: Vec<(u64, u64)>, align: u64) -> IommufdBackend {
+        IommufdBackend {
+            fd: std::fs::File::open("/dev/null").unwrap().into(),
+            blocked: 1,
+            stage2: 2,
+            endpoints: BTreeMap::new(),
+            domains: BTreeMap::new(),
+            memory: Vec::new(),
+            stage2_pieces: Vec::new(),
+            map_file: true,
+            allowed,
+            iova_alignment: align,
+            unattached_bypass: false,
+        }
+    }
+
+    fn region(gpa: u64, size: u64) -> GuestRegion {
+        GuestRegion {
+            gpa,
+            size,
+            host_addr: 0x7f00_0000_0000 + gpa,
+            file: None,
+        }
+    }
+
+    #[test]
+    fn guest_ram_is_clipped_to_the_host_ranges() {
+        // The mock's aperture; RAM below, across and inside it.
+        let b = offline(vec![(1 << 24, (1 << 31) - 1)], 0x800);
+        let p = b.pieces_for(&[
+            region(0, 16 << 20),
+            region(0x7ff0_0000, 2 << 20),
+            region(1 << 30, 4096),
+        ]);
+        assert_eq!(
+            p,
+            vec![
+                Piece {
+                    iova: 0x7ff0_0000,
+                    len: 1 << 20,
+                    host: 0x7f00_0000_0000 + 0x7ff0_0000
+                },
+                Piece {
+                    iova: 1 << 30,
+                    len: 4096,
+                    host: 0x7f00_4000_0000
+                },
+            ]
+        );
+        let l = b.limits(0, u64::MAX);
+        assert_eq!(l.holes, vec![(0, (1 << 24) - 1), (1 << 31, u64::MAX)]);
+        // The host page size (4 KiB here) dominates the mock's 2 KiB alignment.
+        assert_eq!(l.page_size_mask, !0xfff);
+        assert_eq!(
+            offline(vec![], 1 << 21).limits(0, 10).page_size_mask,
+            !((1 << 21) - 1)
+        );
+    }
+
+    #[test]
+    fn refusals_before_the_kernel() {
+        let mut b = offline(vec![(0, u64::MAX)], 4096);
+        b.domains.insert(
+            1,
+            DomainObj {
+                ioas: 7,
+                bypass: false,
+            },
+        );
+        b.memory.push(Ram {
+            gpa: 0x1000_0000,
+            size: 0x10_0000,
+            host: 0x7f00_0000_0000,
+            file: None,
+        });
+        let rw = MAP_F_READ | MAP_F_WRITE;
+        // Not guest RAM: before, after, across the end of the region.
+        for phys in [0x0fff_f000, 0x1010_0000, 0x100f_f000] {
+            let e = b.map(1, 0, 0x1fff, phys, rw).unwrap_err();
+            assert!(
+                matches!(e, BackendError::NotGuestRam { .. }),
+                "{phys:#x}: {e}"
+            );
+            assert_eq!(e.status(), crate::protocol::Status::Range);
+        }
+        // No access: nothing reaches the kernel, but the range must still be RAM.
+        b.map(1, 0, 0xfff, 0x1000_0000, 0).unwrap();
+        assert!(b.map(1, 0, 0xfff, 0x2000_0000, 0).is_err());
+        assert_eq!(
+            b.map(1, 0, 0xfff, 0x1000_0000, MAP_F_MMIO | rw),
+            Err(BackendError::Mmio)
+        );
+        assert!(matches!(
+            b.map(2, 0, 0xfff, 0x1000_0000, rw),
+            Err(BackendError::Internal(_))
+        ));
+        // RAM: the kernel call is made (and fails on /dev/null with the call's name).
+        let e = b.map(1, 0, 0xfff, 0x1000_0000, rw).unwrap_err();
+        assert_eq!(
+            e,
+            BackendError::Os {
+                call: "IOMMU_IOAS_MAP",
+                errno: libc::ENOTTY
+            }
+        );
+        // Endpoints without a host device move without kernel calls.
+        b.attach(5, 1, false, false).unwrap();
+        b.detach(5).unwrap();
+    }
+
     #[test]
     fn opening_a_missing_iommufd_names_the_path() {
         let cfg = IommufdConfig {
