@@ -283,6 +283,34 @@ fn emulated_device_dma_through_the_daemon_with_invalidation() {
             .expect("translate"),
         Outcome::Fault
     ));
+
+    // The guest driver probes again: features, fresh rings, and the device serves as before.
+    vmm.fe
+        .set_driver_features(feature::VERSION_1 | feature::MAP_UNMAP | feature::BYPASS_CONFIG)
+        .expect("SET_FEATURES after reset");
+    vmm.reqq = SplitQueue::new(&vmm.mem, 0, 64);
+    vmm.evq = SplitQueue::new(&vmm.mem, 1, 16);
+    for q in [&vmm.reqq, &vmm.evq] {
+        let c = q.config(&vmm.mem);
+        let v = Vring {
+            size: q.size,
+            desc_table: c.desc_table_addr,
+            avail_ring: c.avail_ring_addr,
+            used_ring: c.used_ring_addr,
+            base: 0,
+            kick: &q.kick,
+            call: &q.call,
+        };
+        vmm.fe.start_vring(q.index, &v).expect("vring after reset");
+    }
+    // Domain 2 did not survive the reset: MAP into it is NOENT until it is attached again.
+    assert_eq!(vmm.request(&proto::map(2, IOVA, IOVA + 0xfff, GPA, rw)), 6);
+    assert_eq!(vmm.request(&proto::attach(2, EP, 0)), 0);
+    assert_eq!(vmm.request(&proto::map(2, IOVA, IOVA + 0xffff, GPA, rw)), 0);
+    client
+        .dma_read(&Ram(&vmm.mem), EP, IOVA + 0xfff8, &mut buf[..8])
+        .expect("DMA after reset");
+    assert_eq!(&buf[..8], b"ABCDEFGH");
 }
 
 #[test]
