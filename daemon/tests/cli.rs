@@ -196,3 +196,34 @@ fn ctl_watch_follows_invalidations() {
     assert_eq!(lines[1]["start"], 0);
     assert_eq!(lines[1]["end"], 0xfffff);
 }
+
+/// The example in docs/OPERATORS.md is a valid config file, as written and with every
+/// commented-out key turned on.
+#[test]
+fn the_documented_example_config_is_valid() {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/OPERATORS.md"))
+        .expect("read docs/OPERATORS.md");
+    let start = doc.find("```toml\n").expect("a toml example") + "```toml\n".len();
+    let example = &doc[start..start + doc[start..].find("```").expect("end of the example")];
+    let all_on: String = example
+        .lines()
+        .map(|l| match l.strip_prefix("# ") {
+            // Commented-out settings (`# key = ...`, `# [table]`), not prose comments.
+            Some(rest) if rest.contains(" = ") || rest.starts_with('[') => rest,
+            _ => l,
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    for (name, text) in [("doc-example.toml", example), ("doc-all-on.toml", &all_on)] {
+        let p = temp_file(name, text);
+        let (code, v, err) = check(&p, &[]);
+        assert_eq!(code, 0, "{name}: {err}\n{text}");
+        assert_eq!(v["endpoints"], "0-255");
+    }
+    let p = temp_file("doc-all-on2.toml", &all_on);
+    let (_, v, _) = check(&p, &[]);
+    assert_eq!(v["socket"], "/run/vui/vm1.sock");
+    assert_eq!(v["user"], "vhost-user-iommu");
+    assert_eq!(v["seccomp"], true);
+    assert!(v["backend"]["iommufd"].is_object(), "{v}");
+}
