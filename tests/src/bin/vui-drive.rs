@@ -21,6 +21,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use vhost::vhost_user::VhostUserFrontend;
 use vhost_user_iommu_tests::proto::{self, status};
 use vhost_user_iommu_tests::{Control, Daemon, Options, Request};
 
@@ -469,6 +470,31 @@ fn mock(iommufd: &OwnedFd) -> usize {
         })(),
     );
 
+    // The config `bypass` byte: while it is 1, unattached endpoints use the stage-2 IOAS.
+    let s = dev.detach(12, 1);
+    dev.set_bypass(1);
+    let b_on = backend(&mut ctl);
+    let on_map = ep_state(&b_on, 1).map(|(_, h)| check_map(fd, h, RAM_GPA, RAM_SIZE, host));
+    dev.set_bypass(0);
+    let b_off = backend(&mut ctl);
+    rep.check(
+        "unattached-bypass",
+        (|| {
+            ensure(s == status::OK, || format!("DETACH status {s}"))?;
+            ensure(b_on["unattached_bypass"] == true, || format!("{b_on}"))?;
+            let (d, h_on) = ep_state(&b_on, 1).ok_or(format!("{b_on}"))?;
+            ensure(d.is_none(), || format!("{b_on}"))?;
+            on_map
+                .ok_or("no endpoint 1")?
+                .map_err(|e| format!("bypass=1: MD_CHECK_MAP identity errno {e}"))?;
+            let (_, h_off) = ep_state(&b_off, 1).ok_or(format!("{b_off}"))?;
+            ensure(check_map(fd, h_off, RAM_GPA, 0x1000, host).is_err(), || {
+                "bypass=0: unattached endpoint still translates".into()
+            })?;
+            Ok(format!("bypass=1: unattached endpoint 1 on stage-2 hwpt {h_on}; bypass=0: blocked hwpt {h_off}"))
+        })(),
+    );
+
     // A domain mapped while none of its endpoints is a host device pins nothing; after a new
     // memory table (the daemon's old mappings of guest RAM are gone) a host device joins it: its
     // translations must still be the guest's pages (the backend maps by memfd, not by address).
@@ -491,6 +517,34 @@ fn mock(iommufd: &OwnedFd) -> usize {
             Ok(format!(
                 "mapped with no host device, new memory table, then endpoint 2 joined: hwpt {h} maps the guest's pages (IOAS_MAP_FILE)"
             ))
+        })(),
+    );
+
+    // VHOST_USER_RESET_DEVICE: the guest's domains go, the memory table (stage-2) stays.
+    let s = dev.attach(40, 1);
+    let reset = dev.fe.reset_device();
+    let b = backend(&mut ctl);
+    rep.check(
+        "reset-device",
+        (|| {
+            ensure(s == status::OK, || format!("ATTACH status {s}"))?;
+            reset.map_err(|e| format!("RESET_DEVICE: {e}"))?;
+            ensure(b["domains"].as_array().is_some_and(Vec::is_empty), || {
+                format!("{b}")
+            })?;
+            ensure(
+                b["stage2"].as_array().is_some_and(|a| !a.is_empty()),
+                || format!("{b}"),
+            )?;
+            let (d, h) = ep_state(&b, 1).ok_or(format!("{b}"))?;
+            ensure(
+                d.is_none() && check_map(fd, h, IOVA, 0x1000, host).is_err(),
+                || format!("{b}"),
+            )?;
+            Ok(
+                "RESET_DEVICE: no domain left, endpoints blocked, guest RAM still in stage-2"
+                    .into(),
+            )
         })(),
     );
 
