@@ -139,7 +139,7 @@ qemu_start() {
     # QEMU_REBOOT=1 lets a guest reboot inside the same QEMU process.
     local noreboot=(-no-reboot)
     [ "${QEMU_REBOOT:-0}" = 1 ] && noreboot=()
-    local qbase=("${machine[@]}" -cpu max "${mem[@]}" -smp 1 -nographic "${noreboot[@]}" -net none)
+    local qbase=("${machine[@]}" -cpu max "${mem[@]}" -smp "${VUI_SMP:-1}" -nographic "${noreboot[@]}" -net none)
     echo "qemu-system-x86_64 ${qbase[*]} $*" >"$logf.cmdline"
     if [ -n "$QEMU_ROOT" ]; then
         # A private mount namespace: /dev and /proc in the chroot vanish with QEMU.

@@ -40,12 +40,12 @@ int main(int argc, char **argv)
 	struct map_benchmark b;
 	int fd;
 
-	if (argc != 3) {
-		fprintf(stderr, "usage: %s SECONDS GRANULE\n", argv[0]);
+	if (argc != 3 && argc != 4) {
+		fprintf(stderr, "usage: %s SECONDS GRANULE [THREADS]\n", argv[0]);
 		return 2;
 	}
 	memset(&b, 0, sizeof(b));
-	b.threads = 1;
+	b.threads = argc == 4 ? (uint32_t)atoi(argv[3]) : 1;
 	b.seconds = (uint32_t)atoi(argv[1]);
 	b.granule = (uint32_t)atoi(argv[2]);
 	b.node = -1;
