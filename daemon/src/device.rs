@@ -123,6 +123,11 @@ pub enum Invalidation {
 /// Receives invalidations, synchronously, with the device lock held.
 pub trait InvalidationSink: Send + Sync + std::fmt::Debug {
     fn invalidate(&self, inv: &Invalidation);
+    /// Whether anyone listens: a lock-free check so the request path builds nothing (and
+    /// takes no lock) for invalidations nobody receives.
+    fn is_active(&self) -> bool {
+        true
+    }
 }
 
 /// A fault as recorded for inspection.
@@ -262,7 +267,7 @@ impl Device {
 
     /// Tell the sink, if any; `inv` is only built when someone listens.
     fn invalidate(&self, inv: impl FnOnce() -> Invalidation) {
-        if let Some(sink) = &self.invalidation_sink {
+        if let Some(sink) = self.invalidation_sink.as_ref().filter(|s| s.is_active()) {
             sink.invalidate(&inv());
         }
     }
@@ -614,7 +619,7 @@ impl Device {
             Ok(n) => {
                 self.total_mappings = self.total_mappings.saturating_sub(n as u64);
                 if n > 0 {
-                    if let Some(sink) = &self.invalidation_sink {
+                    if let Some(sink) = self.invalidation_sink.as_ref().filter(|s| s.is_active()) {
                         sink.invalidate(&Invalidation::Range {
                             domain,
                             endpoints: d.endpoints.iter().copied().collect(),

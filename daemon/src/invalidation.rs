@@ -35,6 +35,8 @@ pub enum SubscribeError {
 pub struct Subscribers {
     clients: Mutex<Vec<UnixStream>>,
     seq: AtomicU64,
+    /// Mirrors `!clients.is_empty()`, readable without the lock.
+    active: std::sync::atomic::AtomicBool,
 }
 
 impl Subscribers {
@@ -57,6 +59,7 @@ impl Subscribers {
             .map_err(SubscribeError::Io)?;
         stream.set_nonblocking(true).map_err(SubscribeError::Io)?;
         clients.push(stream);
+        self.active.store(true, Ordering::Release);
         info!("invalidation subscriber added ({} now)", clients.len());
         Ok(seq)
     }
@@ -90,6 +93,11 @@ impl InvalidationSink for Subscribers {
                 false
             }
         });
+        self.active.store(!clients.is_empty(), Ordering::Release);
+    }
+
+    fn is_active(&self) -> bool {
+        self.active.load(Ordering::Acquire)
     }
 }
 
