@@ -214,6 +214,16 @@ fn emulated_device_dma_through_the_daemon_with_invalidation() {
         client.dma_write(&Ram(&vmm.mem), EP, IOVA + 0x1_0000, b"x"),
         Err(DmaError::Fault { .. })
     ));
+    // No event buffer is posted: the daemon's worker drops that fault record (asynchronously,
+    // right after the fault). Wait for it, so the buffer posted below cannot receive it.
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while d.ctl().counters()["faults"]["dropped"].as_u64() != Some(1) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the fault record was neither delivered nor dropped"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
 
     // Guest UNMAPs the first mapping. By the time the guest sees the request complete the
     // invalidation is already waiting on the subscription.
