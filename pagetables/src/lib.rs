@@ -204,6 +204,18 @@ impl<A> Translation<A> {
     pub fn page_output(&self) -> u64 {
         self.output & !(self.page_size.wrapping_sub(1))
     }
+
+    /// This translation if it permits `req`, else the permission fault at its leaf level.
+    pub fn check(self, req: AccessRequest) -> Result<Self, Fault> {
+        if self.perms.allows(req) {
+            Ok(self)
+        } else {
+            Err(Fault::Permission {
+                level: self.level,
+                request: req,
+            })
+        }
+    }
 }
 
 /// Mask of bits `hi..=lo` (`hi >= lo`, both < 64).

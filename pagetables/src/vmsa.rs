@@ -625,15 +625,7 @@ impl Stage1 {
         iova: u64,
         req: AccessRequest,
     ) -> Result<Translation<VmsaAttrs>, Fault> {
-        let t = self.walk(mem, iova)?;
-        if t.perms.allows(req) {
-            Ok(t)
-        } else {
-            Err(Fault::Permission {
-                level: t.level,
-                request: req,
-            })
-        }
+        self.walk(mem, iova)?.check(req)
     }
 }
 

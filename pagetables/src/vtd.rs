@@ -314,15 +314,7 @@ impl FirstStage {
         iova: u64,
         req: AccessRequest,
     ) -> Result<Translation<VtdAttrs>, Fault> {
-        let t = self.walk(mem, iova)?;
-        if t.perms.allows(req) {
-            Ok(t)
-        } else {
-            Err(Fault::Permission {
-                level: t.level,
-                request: req,
-            })
-        }
+        self.walk(mem, iova)?.check(req)
     }
 }
 
