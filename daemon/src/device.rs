@@ -497,20 +497,26 @@ impl Device {
     /// Take `endpoint` out of `domain`, destroying the domain (and its mappings) when it was the
     /// last endpoint.
     fn remove_from_domain(&mut self, domain: u32, endpoint: u32) {
-        let now_empty = match self.domains.get_mut(&domain) {
-            Some(d) => {
-                d.endpoints.remove(&endpoint);
-                d.endpoints.is_empty() && d.pasid_endpoints.is_empty()
-            }
-            None => false,
-        };
-        if now_empty {
+        if let Some(d) = self.domains.get_mut(&domain) {
+            d.endpoints.remove(&endpoint);
+        }
+        self.end_domain_if_unused(domain);
+        self.endpoints.insert(endpoint, None);
+    }
+
+    /// A domain ends, with its mappings and table, when nothing is attached to it any more
+    /// (no endpoint, no (endpoint, PASID) pair).
+    fn end_domain_if_unused(&mut self, domain: u32) {
+        let unused = self
+            .domains
+            .get(&domain)
+            .is_some_and(|d| d.endpoints.is_empty() && d.pasid_endpoints.is_empty());
+        if unused {
             if let Some(d) = self.domains.remove(&domain) {
                 self.total_mappings = self.total_mappings.saturating_sub(d.mappings.len() as u64);
                 self.backend.destroy_domain(domain);
             }
         }
-        self.endpoints.insert(endpoint, None);
     }
 
     fn detach(&mut self, b: &DetachBody) -> Status {

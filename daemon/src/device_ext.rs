@@ -11,7 +11,7 @@ use vm_memory::GuestAddressSpace;
 use zerocopy::{FromBytes, IntoBytes};
 
 use super::*;
-use crate::tables::{self, TableDomain, WalkFault, Walked, MAX_PAGE_REQUEST_GROUPS};
+use crate::tables::{self, zero, TableDomain, WalkFault, Walked, MAX_PAGE_REQUEST_GROUPS};
 
 /// An outstanding page-request group.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -181,16 +181,10 @@ impl Device {
 
     /// Take (endpoint, pasid) out of `domain`; the domain ends when nothing is attached to it.
     fn remove_pasid_from_domain(&mut self, domain: u32, endpoint: u32, pasid: u32) {
-        let now_empty = self.domains.get_mut(&domain).is_some_and(|d| {
+        if let Some(d) = self.domains.get_mut(&domain) {
             d.pasid_endpoints.remove(&(endpoint, pasid));
-            d.endpoints.is_empty() && d.pasid_endpoints.is_empty()
-        });
-        if now_empty {
-            if let Some(d) = self.domains.remove(&domain) {
-                self.total_mappings = self.total_mappings.saturating_sub(d.mappings.len() as u64);
-                self.backend.destroy_domain(domain);
-            }
         }
+        self.end_domain_if_unused(domain);
     }
 
     fn invalidate_request(&mut self, b: &InvalidateBody) -> Status {
@@ -428,10 +422,6 @@ impl Access {
             Access::Exec => vec![r(AccessKind::Exec)],
         }
     }
-}
-
-fn zero(b: &[u8]) -> bool {
-    b.iter().all(|&x| x == 0)
 }
 
 /// A record waiting for the event queue: a 24-byte fault or a 32-byte page request.

@@ -106,7 +106,8 @@ fn le32(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes(w)
 }
 
-fn zero(b: &[u8]) -> bool {
+/// All bytes zero (reserved fields).
+pub(crate) fn zero(b: &[u8]) -> bool {
     b.iter().all(|&x| x == 0)
 }
 
@@ -404,6 +405,8 @@ pub struct Invalidate {
     pub caches: u16,
     pub pasid: Option<u32>,
     pub archid: Option<u64>,
+    /// Only leaf entries changed (flag LEAF).
+    pub leaf: bool,
 }
 
 /// Validate an INVALIDATE body (docs/PASID.md §4.3).
@@ -454,6 +457,7 @@ pub fn parse_invalidate(b: &InvalidateBody, pasid_bits: u8) -> Result<Invalidate
         caches,
         pasid,
         archid,
+        leaf: flags & INV_F_LEAF != 0,
     })
 }
 
