@@ -197,6 +197,9 @@ pub struct Device {
     pasid_attach: BTreeMap<(u32, u32), u32>,
     /// Outstanding page-request groups: (endpoint, grpid).
     page_requests: BTreeMap<(u32, u32), PageRequest>,
+    /// Host page-request groups still open (no LAST record yet): (endpoint, host grpid) to the
+    /// guest's group index.
+    host_groups: BTreeMap<(u32, u32), u32>,
     next_grpid: u32,
     invalidation_sink: Option<std::sync::Arc<dyn InvalidationSink>>,
     /// Where validated requests take effect outside the model (backend/mod.rs).
@@ -227,6 +230,7 @@ impl Device {
             soft,
             pasid_attach: BTreeMap::new(),
             page_requests: BTreeMap::new(),
+            host_groups: BTreeMap::new(),
             next_grpid: 0,
             invalidation_sink: None,
             backend,
@@ -344,6 +348,7 @@ impl Device {
     pub fn reset_guest_state(&mut self) {
         self.pasid_attach.clear();
         self.page_requests.clear();
+        self.host_groups.clear();
         self.endpoints.clear();
         self.domains.clear();
         self.total_mappings = 0;

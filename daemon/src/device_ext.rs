@@ -11,6 +11,7 @@ use vm_memory::GuestAddressSpace;
 use zerocopy::{FromBytes, IntoBytes};
 
 use super::*;
+use crate::backend::HostPageRequest;
 use crate::tables::{self, zero, TableDomain, WalkFault, Walked, MAX_PAGE_REQUEST_GROUPS};
 
 /// An outstanding page-request group.
@@ -18,6 +19,8 @@ use crate::tables::{self, zero, TableDomain, WalkFault, Walked, MAX_PAGE_REQUEST
 pub struct PageRequest {
     pub pasid: Option<u32>,
     pub address: u64,
+    /// For a request the host IOMMU reported: the cookie its response carries.
+    pub host_cookie: Option<u32>,
 }
 
 impl Device {
@@ -93,6 +96,9 @@ impl Device {
         if binding.is_pasid_table() && !d.pasid_endpoints.is_empty() {
             return Status::Inval;
         }
+        if let Err(e) = self.backend.attach_table(domain, &binding) {
+            return self.backend_failed("ATTACH_TABLE", e);
+        }
         let Some(d) = self.domains.get_mut(&domain) else {
             return Status::NoEnt;
         };
@@ -110,12 +116,19 @@ impl Device {
         if !zero(&b.reserved) {
             return Status::Inval;
         }
+        let Some(d) = self.domains.get(&domain) else {
+            return Status::NoEnt;
+        };
+        if d.table.is_none() {
+            return Status::Inval;
+        }
+        if let Err(e) = self.backend.detach_table(domain) {
+            return self.backend_failed("DETACH_TABLE", e);
+        }
         let Some(d) = self.domains.get_mut(&domain) else {
             return Status::NoEnt;
         };
-        if d.table.take().is_none() {
-            return Status::Inval;
-        }
+        d.table = None;
         let endpoints: Vec<u32> = d.endpoints.iter().copied().collect();
         for endpoint in endpoints {
             self.invalidate(|| Invalidation::Endpoint { endpoint });
@@ -149,6 +162,9 @@ impl Device {
         {
             return Status::Inval;
         }
+        if let Err(e) = self.backend.attach_pasid(endpoint, pasid, domain) {
+            return self.backend_failed("ATTACH_PASID", e);
+        }
         let previous = self.pasid_attach.insert((endpoint, pasid), domain);
         if let Some(old) = previous.filter(|&old| old != domain) {
             self.remove_pasid_from_domain(old, endpoint, pasid);
@@ -174,6 +190,9 @@ impl Device {
         if self.pasid_attach.get(&(endpoint, pasid)) != Some(&domain) {
             return Status::Inval;
         }
+        if let Err(e) = self.backend.detach_pasid(endpoint, pasid) {
+            return self.backend_failed("DETACH_PASID", e);
+        }
         self.pasid_attach.remove(&(endpoint, pasid));
         self.remove_pasid_from_domain(domain, endpoint, pasid);
         Status::Ok
@@ -192,7 +211,7 @@ impl Device {
             Ok(inv) => inv,
             Err(s) => return s,
         };
-        let Some(d) = self.domains.get_mut(&inv.domain) else {
+        let Some(d) = self.domains.get(&inv.domain) else {
             return Status::NoEnt;
         };
         if inv.archid.is_some()
@@ -203,6 +222,14 @@ impl Device {
             return Status::Inval;
         }
         // MAP and BYPASS domains have nothing cached: the request succeeds and does nothing.
+        if d.table.is_some() {
+            if let Err(e) = self.backend.invalidate(inv.domain, &inv) {
+                return self.backend_failed("INVALIDATE", e);
+            }
+        }
+        let Some(d) = self.domains.get_mut(&inv.domain) else {
+            return Status::NoEnt;
+        };
         if let Some(t) = d.table.as_mut() {
             t.invalidate(&inv);
         }
@@ -226,9 +253,14 @@ impl Device {
             return Status::NoEnt;
         }
         let want_pasid = (flags & PAGE_RESP_F_PASID_VALID != 0).then_some(pasid);
-        match self.page_requests.get(&(endpoint, grpid)) {
-            Some(pr) if pr.pasid == want_pasid => {}
+        let host_cookie = match self.page_requests.get(&(endpoint, grpid)) {
+            Some(pr) if pr.pasid == want_pasid => pr.host_cookie,
             _ => return Status::NoEnt,
+        };
+        if let Some(cookie) = host_cookie {
+            if let Err(e) = self.backend.page_response(cookie, code) {
+                return self.backend_failed("PAGE_RESP", e);
+            }
         }
         self.page_requests.remove(&(endpoint, grpid));
         self.stats.page_responses[usize::from(code)] += 1;
@@ -377,8 +409,14 @@ impl Device {
             grpid: grpid.into(),
             reserved2: [0; 4],
         };
-        self.page_requests
-            .insert((endpoint, grpid), PageRequest { pasid, address });
+        self.page_requests.insert(
+            (endpoint, grpid),
+            PageRequest {
+                pasid,
+                address,
+                host_cookie: None,
+            },
+        );
         let ev = EventRecord::new(rec.as_bytes(), endpoint, address, Some(grpid));
         if self.pending_events.len() >= PENDING_EVENTS_MAX {
             // Nobody will answer it: the device answers INVALID itself.
@@ -387,6 +425,85 @@ impl Device {
         } else {
             self.pending_events.push_back(ev);
         }
+    }
+
+    /// Page requests the host IOMMU reported (iommufd fault queue): each becomes a 32-byte
+    /// page-request record on the event queue, and the guest's PAGE_RESP goes back to the host.
+    /// Returns how many records were queued.
+    pub fn host_page_requests(&mut self) -> usize {
+        let reqs = self.backend.page_requests();
+        reqs.into_iter()
+            .filter(|r| self.queue_host_page_request(r))
+            .count()
+    }
+
+    /// The host gets INVALID at once for a request nobody will answer.
+    fn refuse_host_page_request(&mut self, r: &HostPageRequest) {
+        self.stats.faults_dropped += 1;
+        if r.last {
+            if let Err(e) = self.backend.page_response(r.cookie, PAGE_RESP_INVALID) {
+                log::warn!("host page request of endpoint {}: {e}", r.endpoint);
+            }
+        }
+    }
+
+    fn queue_host_page_request(&mut self, r: &HostPageRequest) -> bool {
+        if !self.acked(F_PAGE_REQUEST) || self.pending_events.len() >= PENDING_EVENTS_MAX {
+            self.refuse_host_page_request(r);
+            return false;
+        }
+        // The records of one host group share one guest group index.
+        let key = (r.endpoint, r.grpid);
+        let grpid = match self.host_groups.get(&key) {
+            Some(&g) => g,
+            None => match self.alloc_grpid() {
+                Some(g) => g,
+                None => {
+                    self.refuse_host_page_request(r);
+                    return false;
+                }
+            },
+        };
+        if r.last {
+            self.host_groups.remove(&key);
+        } else {
+            self.host_groups.insert(key, grpid);
+        }
+        let mut flags = (r.perm & (FAULT_F_READ | FAULT_F_WRITE | FAULT_F_EXEC | FAULT_F_PRIV))
+            | FAULT_F_ADDRESS;
+        if r.last {
+            flags |= FAULT_F_LAST;
+        }
+        if r.pasid.is_some() {
+            flags |= FAULT_F_PASID_VALID;
+        }
+        let address = r.address & !0xfff;
+        let rec = PageRequestRecord {
+            reason: FAULT_R_PAGE_REQUEST,
+            reserved: [0; 3],
+            flags: flags.into(),
+            endpoint: r.endpoint.into(),
+            pasid: r.pasid.unwrap_or(0).into(),
+            address: address.into(),
+            grpid: grpid.into(),
+            reserved2: [0; 4],
+        };
+        self.page_requests.insert(
+            (r.endpoint, grpid),
+            PageRequest {
+                pasid: r.pasid,
+                address,
+                host_cookie: Some(r.cookie),
+            },
+        );
+        let ev = EventRecord::new(rec.as_bytes(), r.endpoint, address, Some(grpid));
+        self.pending_events.push_back(ev);
+        true
+    }
+
+    /// The host's page-request fd, for the vhost worker to watch.
+    pub fn host_page_request_fd(&self) -> Option<std::os::fd::RawFd> {
+        self.backend.page_request_fd()
     }
 
     /// Outstanding page requests, for inspection.

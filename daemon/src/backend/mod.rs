@@ -17,6 +17,7 @@ use std::fmt;
 
 use crate::config::ReservedRegion;
 use crate::protocol::Status;
+use crate::tables::{Binding, Invalidate};
 
 /// `--backend`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -103,6 +104,10 @@ pub enum BackendError {
     /// The backend has no record of something the device model says exists (a bug).
     #[error("backend state out of sync: {0}")]
     Internal(&'static str),
+    /// The host IOMMU cannot do this (a table format of another architecture, PASIDs on a
+    /// device without them).
+    #[error("not supported by the host IOMMU: {0}")]
+    Unsupported(&'static str),
 }
 
 impl From<iommufd::sys::SysError> for BackendError {
@@ -140,6 +145,7 @@ impl BackendError {
             BackendError::NotGuestRam { .. } => Status::Range,
             BackendError::Mmio => Status::Unsupp,
             BackendError::Internal(_) => Status::DevErr,
+            BackendError::Unsupported(_) => Status::Unsupp,
         }
     }
 }
@@ -172,6 +178,23 @@ pub enum ResetKind {
     Device,
     /// The frontend went away: guest memory is gone too.
     Connection,
+}
+
+/// A page request the host IOMMU reported (iommufd fault queue) for an endpoint's DMA through
+/// a guest table, waiting for the guest's PAGE_RESP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HostPageRequest {
+    pub endpoint: u32,
+    pub pasid: Option<u32>,
+    /// The host's page-request group index (per endpoint).
+    pub grpid: u32,
+    /// READ 1, WRITE 2, EXEC 4, PRIV 8 (the page-request record's flag bits).
+    pub perm: u32,
+    pub address: u64,
+    /// The last request of its group: the one the response answers.
+    pub last: bool,
+    /// What the host needs back with the response.
+    pub cookie: u32,
 }
 
 /// The operations of the device model that reach the host. Called with the device lock held,
@@ -221,6 +244,48 @@ pub trait HostBackend: Send + fmt::Debug {
     /// threads allow them).
     fn serving_ioctls(&self) -> &'static [u64] {
         &[]
+    }
+
+    // --- The PASID extension (docs/PASID.md), called only when `guest_tables()` -----------
+
+    /// `domain` (which exists) now translates through the guest table `binding`; its endpoints
+    /// move to it atomically (a replaced table included).
+    fn attach_table(&mut self, _domain: u32, _binding: &Binding) -> Result<(), BackendError> {
+        Ok(())
+    }
+    /// `domain` has no table any more: an empty MAP domain (its endpoints' DMA is blocked).
+    fn detach_table(&mut self, _domain: u32) -> Result<(), BackendError> {
+        Ok(())
+    }
+    /// `endpoint`'s DMA with `pasid` goes to `domain` (moved atomically if attached elsewhere).
+    fn attach_pasid(
+        &mut self,
+        _endpoint: u32,
+        _pasid: u32,
+        _domain: u32,
+    ) -> Result<(), BackendError> {
+        Ok(())
+    }
+    /// `endpoint`'s DMA with `pasid` is blocked again.
+    fn detach_pasid(&mut self, _endpoint: u32, _pasid: u32) -> Result<(), BackendError> {
+        Ok(())
+    }
+    /// Invalidate the host's caches of `domain`'s guest table as `inv` (validated) says.
+    fn invalidate(&mut self, _domain: u32, _inv: &Invalidate) -> Result<(), BackendError> {
+        Ok(())
+    }
+    /// A file descriptor that becomes readable when the host has page requests
+    /// ([`HostBackend::page_requests`]); the vhost worker watches it.
+    fn page_request_fd(&self) -> Option<std::os::fd::RawFd> {
+        None
+    }
+    /// The page requests the host reported since the last call.
+    fn page_requests(&mut self) -> Vec<HostPageRequest> {
+        Vec::new()
+    }
+    /// Answer a host page request (`cookie` from [`HostPageRequest`]) with a PAGE_RESP code.
+    fn page_response(&mut self, _cookie: u32, _code: u16) -> Result<(), BackendError> {
+        Ok(())
     }
 }
 
@@ -361,6 +426,7 @@ mod tests {
         );
         assert_eq!(BackendError::Mmio.status(), Status::Unsupp);
         assert_eq!(BackendError::Internal("x").status(), Status::DevErr);
+        assert_eq!(BackendError::Unsupported("x").status(), Status::Unsupp);
         let msg = BackendError::Os {
             call: "IOMMU_IOAS_MAP",
             errno: libc::ENOMEM,

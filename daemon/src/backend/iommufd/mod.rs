@@ -14,6 +14,7 @@
 //! The blocked and stage-2 IOASes and the devices live as long as the daemon; domain IOASes and
 //! stage-2 contents live as long as the guest made them, and `reset` releases them.
 
+pub mod nesting;
 pub mod sys;
 
 use std::collections::BTreeMap;

@@ -32,12 +32,20 @@ pub const IOMMU_TEST_CMD: u64 = io(0x80 + 32);
 pub const VFIO_DEVICE_BIND_IOMMUFD: u64 = io(100 + 18);
 pub const VFIO_DEVICE_ATTACH_IOMMUFD_PT: u64 = io(100 + 19);
 pub const VFIO_DEVICE_DETACH_IOMMUFD_PT: u64 = io(100 + 20);
+/// Nesting (Linux 6.6-6.15): HWPT_ALLOC, GET_HW_INFO, HWPT_INVALIDATE, FAULT_QUEUE_ALLOC,
+/// VIOMMU_ALLOC, VDEVICE_ALLOC.
+pub const IOMMU_HWPT_ALLOC: u64 = io(0x89);
+pub const IOMMU_GET_HW_INFO: u64 = io(0x8a);
+pub const IOMMU_HWPT_INVALIDATE: u64 = io(0x8d);
+pub const IOMMU_FAULT_QUEUE_ALLOC: u64 = io(0x8e);
+pub const IOMMU_VIOMMU_ALLOC: u64 = io(0x90);
+pub const IOMMU_VDEVICE_ALLOC: u64 = io(0x91);
 
 /// The ioctls the backend makes after start-up (the seccomp filter of the serving threads
 /// allows exactly these, besides FIONBIO). Binding VFIO devices and creating mock devices happen
-/// before the filters are installed. IOMMU_TEST_CMD (MOCK_DOMAIN_REPLACE) only with mock
-/// devices: [`SERVING_IOCTLS_MOCK`].
-pub const SERVING_IOCTLS: [u64; 7] = [
+/// before the filters are installed. IOMMU_TEST_CMD (MOCK_DOMAIN_REPLACE, PASID_ATTACH...) only
+/// with mock devices: [`SERVING_IOCTLS_MOCK`].
+pub const SERVING_IOCTLS: [u64; 13] = [
     IOMMU_IOAS_MAP_FILE,
     IOMMU_DESTROY,
     IOMMU_IOAS_ALLOC,
@@ -45,8 +53,14 @@ pub const SERVING_IOCTLS: [u64; 7] = [
     IOMMU_IOAS_MAP,
     IOMMU_IOAS_UNMAP,
     VFIO_DEVICE_ATTACH_IOMMUFD_PT,
+    VFIO_DEVICE_DETACH_IOMMUFD_PT,
+    IOMMU_HWPT_ALLOC,
+    IOMMU_HWPT_INVALIDATE,
+    IOMMU_VIOMMU_ALLOC,
+    IOMMU_VDEVICE_ALLOC,
+    IOMMU_GET_HW_INFO,
 ];
-pub const SERVING_IOCTLS_MOCK: [u64; 8] = [
+pub const SERVING_IOCTLS_MOCK: [u64; 14] = [
     IOMMU_IOAS_MAP_FILE,
     IOMMU_DESTROY,
     IOMMU_IOAS_ALLOC,
@@ -54,6 +68,12 @@ pub const SERVING_IOCTLS_MOCK: [u64; 8] = [
     IOMMU_IOAS_MAP,
     IOMMU_IOAS_UNMAP,
     VFIO_DEVICE_ATTACH_IOMMUFD_PT,
+    VFIO_DEVICE_DETACH_IOMMUFD_PT,
+    IOMMU_HWPT_ALLOC,
+    IOMMU_HWPT_INVALIDATE,
+    IOMMU_VIOMMU_ALLOC,
+    IOMMU_VDEVICE_ALLOC,
+    IOMMU_GET_HW_INFO,
     IOMMU_TEST_CMD,
 ];
 
@@ -66,6 +86,37 @@ pub const IOMMU_TEST_OP_MD_CHECK_REFS: u32 = 4;
 pub const IOMMU_TEST_OP_MOCK_DOMAIN: u32 = 2;
 pub const IOMMU_TEST_OP_ADD_RESERVED: u32 = 1;
 pub const IOMMU_TEST_OP_MOCK_DOMAIN_REPLACE: u32 = 10;
+pub const IOMMU_TEST_OP_MOCK_DOMAIN_FLAGS: u32 = 12;
+pub const IOMMU_TEST_OP_PASID_ATTACH: u32 = 18;
+pub const IOMMU_TEST_OP_PASID_REPLACE: u32 = 19;
+pub const IOMMU_TEST_OP_PASID_DETACH: u32 = 20;
+/// Mock device flag: the device has PASIDs (MOCK_PASID_WIDTH = 20 bits).
+pub const MOCK_FLAGS_DEVICE_PASID: u32 = 1 << 2;
+
+/// `enum iommufd_hwpt_alloc_flags`.
+pub const IOMMU_HWPT_ALLOC_NEST_PARENT: u32 = 1 << 0;
+pub const IOMMU_HWPT_FAULT_ID_VALID: u32 = 1 << 2;
+pub const IOMMU_HWPT_ALLOC_PASID: u32 = 1 << 3;
+/// `enum iommu_hwpt_data_type`.
+pub const IOMMU_HWPT_DATA_NONE: u32 = 0;
+pub const IOMMU_HWPT_DATA_VTD_S1: u32 = 1;
+pub const IOMMU_HWPT_DATA_ARM_SMMUV3: u32 = 2;
+/// The selftest mock's nested data (`struct iommu_hwpt_selftest {u32 iotlb}`).
+pub const IOMMU_HWPT_DATA_SELFTEST: u32 = 0xdead;
+/// `enum iommu_hw_info_type`.
+pub const IOMMU_HW_INFO_TYPE_INTEL_VTD: u32 = 1;
+pub const IOMMU_HW_INFO_TYPE_ARM_SMMUV3: u32 = 2;
+pub const IOMMU_HW_INFO_TYPE_SELFTEST: u32 = 0xfeed_beef;
+/// `enum iommu_hwpt_invalidate_data_type` / `iommu_viommu_invalidate_data_type`.
+pub const IOMMU_HWPT_INVALIDATE_DATA_VTD_S1: u32 = 0;
+pub const IOMMU_VIOMMU_INVALIDATE_DATA_ARM_SMMUV3: u32 = 1;
+pub const IOMMU_HWPT_INVALIDATE_DATA_SELFTEST: u32 = 0xdead_beef;
+pub const IOMMU_VIOMMU_INVALIDATE_DATA_SELFTEST: u32 = 0xdead_beef;
+/// `enum iommu_viommu_type`.
+pub const IOMMU_VIOMMU_TYPE_ARM_SMMUV3: u32 = 1;
+pub const IOMMU_VIOMMU_TYPE_SELFTEST: u32 = 0xdead_beef;
+/// VFIO_DEVICE_ATTACH_PASID / VFIO_DEVICE_DETACH_PASID.
+pub const VFIO_DEVICE_PASID: u32 = 1 << 0;
 
 /// A failed ioctl: which one, and the errno.
 #[derive(Debug, thiserror::Error, Clone, Copy, PartialEq, Eq)]
@@ -174,7 +225,103 @@ pub struct IommuTestCmd {
     pub pad: u32,
 }
 
+/// `struct iommu_hwpt_alloc` with the 6.11 `fault_id`.
+#[repr(C)]
+#[derive(Debug, Default)]
+pub struct IommuHwptAlloc {
+    pub size: u32,
+    pub flags: u32,
+    pub dev_id: u32,
+    pub pt_id: u32,
+    pub out_hwpt_id: u32,
+    pub reserved: u32,
+    pub data_type: u32,
+    pub data_len: u32,
+    pub data_uptr: u64,
+    pub fault_id: u32,
+    pub reserved2: u32,
+}
+
+/// `struct iommu_hw_info` (6.15 layout: `out_max_pasid_log2` in the former reserved bytes).
+#[repr(C)]
+#[derive(Debug, Default)]
+pub struct IommuHwInfo {
+    pub size: u32,
+    pub flags: u32,
+    pub dev_id: u32,
+    pub data_len: u32,
+    pub data_uptr: u64,
+    pub out_data_type: u32,
+    pub out_max_pasid_log2: u8,
+    pub reserved: [u8; 3],
+    pub out_capabilities: u64,
+}
+
+/// `struct iommu_hwpt_invalidate`: `hwpt_id` is a nested HWPT or a vIOMMU.
+#[repr(C)]
+#[derive(Debug, Default)]
+pub struct IommuHwptInvalidate {
+    pub size: u32,
+    pub hwpt_id: u32,
+    pub data_uptr: u64,
+    pub data_type: u32,
+    pub entry_len: u32,
+    pub entry_num: u32,
+    pub reserved: u32,
+}
+
+/// `struct iommu_fault_alloc`.
+#[repr(C)]
+#[derive(Debug, Default)]
+pub struct IommuFaultAlloc {
+    pub size: u32,
+    pub flags: u32,
+    pub out_fault_id: u32,
+    pub out_fault_fd: u32,
+}
+
+/// `struct iommu_viommu_alloc` (6.15 layout, no driver data passed).
+#[repr(C)]
+#[derive(Debug, Default)]
+pub struct IommuViommuAlloc {
+    pub size: u32,
+    pub flags: u32,
+    pub type_: u32,
+    pub dev_id: u32,
+    pub hwpt_id: u32,
+    pub out_viommu_id: u32,
+    pub data_len: u32,
+    pub reserved: u32,
+    pub data_uptr: u64,
+}
+
+/// `struct iommu_vdevice_alloc`.
+#[repr(C)]
+#[derive(Debug, Default)]
+pub struct IommuVdeviceAlloc {
+    pub size: u32,
+    pub viommu_id: u32,
+    pub dev_id: u32,
+    pub out_vdevice_id: u32,
+    pub virt_id: u64,
+}
+
+/// `struct vfio_device_detach_iommufd_pt`.
+#[repr(C)]
+#[derive(Debug, Default)]
+pub struct VfioDeviceDetachIommufdPt {
+    pub argsz: u32,
+    pub flags: u32,
+    pub pasid: u32,
+}
+
 const _: () = assert!(std::mem::size_of::<IommuTestCmd>() == 72);
+const _: () = assert!(std::mem::size_of::<IommuHwptAlloc>() == 48);
+const _: () = assert!(std::mem::size_of::<IommuHwInfo>() == 40);
+const _: () = assert!(std::mem::size_of::<IommuHwptInvalidate>() == 32);
+const _: () = assert!(std::mem::size_of::<IommuFaultAlloc>() == 16);
+const _: () = assert!(std::mem::size_of::<IommuViommuAlloc>() == 40);
+const _: () = assert!(std::mem::size_of::<IommuVdeviceAlloc>() == 24);
 const _: () = assert!(std::mem::size_of::<IommuIoasMap>() == 40);
 const _: () = assert!(std::mem::size_of::<IommuIoasUnmap>() == 24);
 const _: () = assert!(std::mem::size_of::<IommuIoasMapFile>() == 40);
@@ -385,6 +532,220 @@ pub fn vfio_attach(dev: BorrowedFd<'_>, pt_id: u32) -> Result<u32, SysError> {
     Ok(a.pt_id)
 }
 
+/// Attach (or replace) PASID `pasid` of a bound VFIO device to `pt_id` (Linux 6.15).
+pub fn vfio_attach_pasid(dev: BorrowedFd<'_>, pt_id: u32, pasid: u32) -> Result<u32, SysError> {
+    let mut a = VfioDeviceAttachIommufdPt {
+        argsz: std::mem::size_of::<VfioDeviceAttachIommufdPt>() as u32,
+        flags: VFIO_DEVICE_PASID,
+        pt_id,
+        pasid,
+    };
+    // SAFETY: VFIO_DEVICE_ATTACH_IOMMUFD_PT takes struct vfio_device_attach_iommufd_pt, which
+    // `a` mirrors with the pasid field the PASID flag makes valid; no pointers.
+    unsafe {
+        ioctl(
+            dev,
+            VFIO_DEVICE_ATTACH_IOMMUFD_PT,
+            "VFIO_DEVICE_ATTACH_IOMMUFD_PT(PASID)",
+            &mut a,
+        )
+    }?;
+    Ok(a.pt_id)
+}
+
+/// Detach PASID `pasid` of a bound VFIO device (its DMA with that PASID is blocked).
+pub fn vfio_detach_pasid(dev: BorrowedFd<'_>, pasid: u32) -> Result<(), SysError> {
+    let mut a = VfioDeviceDetachIommufdPt {
+        argsz: std::mem::size_of::<VfioDeviceDetachIommufdPt>() as u32,
+        flags: VFIO_DEVICE_PASID,
+        pasid,
+    };
+    // SAFETY: VFIO_DEVICE_DETACH_IOMMUFD_PT takes struct vfio_device_detach_iommufd_pt, which
+    // `a` mirrors; no pointers.
+    unsafe {
+        ioctl(
+            dev,
+            VFIO_DEVICE_DETACH_IOMMUFD_PT,
+            "VFIO_DEVICE_DETACH_IOMMUFD_PT(PASID)",
+            &mut a,
+        )
+    }
+}
+
+/// What GET_HW_INFO says about the IOMMU behind `dev_id`: (type, registers (up to 64 bytes),
+/// PASID width).
+pub fn get_hw_info(fd: BorrowedFd<'_>, dev_id: u32) -> Result<(u32, [u8; 64], u8), SysError> {
+    let mut data = [0u8; 64];
+    let mut a = IommuHwInfo {
+        size: std::mem::size_of::<IommuHwInfo>() as u32,
+        dev_id,
+        data_len: data.len() as u32,
+        data_uptr: data.as_mut_ptr() as u64,
+        ..Default::default()
+    };
+    // SAFETY: IOMMU_GET_HW_INFO takes struct iommu_hw_info; `data_uptr` points to `data_len`
+    // writable bytes owned by `data`, alive for the call.
+    unsafe { ioctl(fd, IOMMU_GET_HW_INFO, "IOMMU_GET_HW_INFO", &mut a) }?;
+    Ok((a.out_data_type, data, a.out_max_pasid_log2))
+}
+
+/// HWPT_ALLOC: a paging HWPT over IOAS `pt_id` (`data` empty) or a nested HWPT over the nest
+/// parent / vIOMMU `pt_id` with driver data `data` of `data_type`. Returns the HWPT id.
+pub fn hwpt_alloc(
+    fd: BorrowedFd<'_>,
+    dev_id: u32,
+    pt_id: u32,
+    flags: u32,
+    data_type: u32,
+    data: &[u8],
+    fault_id: u32,
+) -> Result<u32, SysError> {
+    let mut a = IommuHwptAlloc {
+        size: std::mem::size_of::<IommuHwptAlloc>() as u32,
+        flags,
+        dev_id,
+        pt_id,
+        data_type,
+        data_len: data.len() as u32,
+        data_uptr: if data.is_empty() {
+            0
+        } else {
+            data.as_ptr() as u64
+        },
+        fault_id,
+        ..Default::default()
+    };
+    // SAFETY: IOMMU_HWPT_ALLOC takes struct iommu_hwpt_alloc, which `a` mirrors; `data_uptr`
+    // points to `data_len` readable bytes borrowed from `data` for the call (or is 0 with
+    // length 0).
+    unsafe { ioctl(fd, IOMMU_HWPT_ALLOC, "IOMMU_HWPT_ALLOC", &mut a) }?;
+    Ok(a.out_hwpt_id)
+}
+
+/// HWPT_INVALIDATE on a nested HWPT or a vIOMMU: `entries` is `n` entries of `entry_len`
+/// bytes. Returns how many the kernel handled (all, on success).
+pub fn hwpt_invalidate(
+    fd: BorrowedFd<'_>,
+    id: u32,
+    data_type: u32,
+    entry_len: u32,
+    entries: &[u8],
+) -> Result<u32, SysError> {
+    let n = (entries.len() as u32).checked_div(entry_len).unwrap_or(0);
+    let mut a = IommuHwptInvalidate {
+        size: std::mem::size_of::<IommuHwptInvalidate>() as u32,
+        hwpt_id: id,
+        data_uptr: entries.as_ptr() as u64,
+        data_type,
+        entry_len,
+        entry_num: n,
+        reserved: 0,
+    };
+    // SAFETY: IOMMU_HWPT_INVALIDATE takes struct iommu_hwpt_invalidate, which `a` mirrors;
+    // `data_uptr` points to `entry_num * entry_len` readable bytes borrowed from `entries`.
+    unsafe { ioctl(fd, IOMMU_HWPT_INVALIDATE, "IOMMU_HWPT_INVALIDATE", &mut a) }?;
+    Ok(a.entry_num)
+}
+
+/// FAULT_QUEUE_ALLOC: returns (fault object id, the fault fd).
+pub fn fault_queue_alloc(fd: BorrowedFd<'_>) -> Result<(u32, std::os::fd::OwnedFd), SysError> {
+    let mut a = IommuFaultAlloc {
+        size: std::mem::size_of::<IommuFaultAlloc>() as u32,
+        ..Default::default()
+    };
+    // SAFETY: IOMMU_FAULT_QUEUE_ALLOC takes struct iommu_fault_alloc, which `a` mirrors.
+    unsafe {
+        ioctl(
+            fd,
+            IOMMU_FAULT_QUEUE_ALLOC,
+            "IOMMU_FAULT_QUEUE_ALLOC",
+            &mut a,
+        )
+    }?;
+    let raw = a.out_fault_fd.cast_signed();
+    // SAFETY: on success the kernel installed a new fd in our table and gave it to us alone.
+    let owned = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
+    Ok((a.out_fault_id, owned))
+}
+
+/// VIOMMU_ALLOC of `type_` for `dev_id` over the nest parent `hwpt_id`.
+pub fn viommu_alloc(
+    fd: BorrowedFd<'_>,
+    type_: u32,
+    dev_id: u32,
+    hwpt_id: u32,
+) -> Result<u32, SysError> {
+    let mut a = IommuViommuAlloc {
+        size: std::mem::size_of::<IommuViommuAlloc>() as u32,
+        type_,
+        dev_id,
+        hwpt_id,
+        ..Default::default()
+    };
+    // SAFETY: IOMMU_VIOMMU_ALLOC takes struct iommu_viommu_alloc, which `a` mirrors; no driver
+    // data (data_len 0, data_uptr 0).
+    unsafe { ioctl(fd, IOMMU_VIOMMU_ALLOC, "IOMMU_VIOMMU_ALLOC", &mut a) }?;
+    Ok(a.out_viommu_id)
+}
+
+/// VDEVICE_ALLOC: `dev_id` is `virt_id` (the guest's stream / requester id) on `viommu_id`.
+pub fn vdevice_alloc(
+    fd: BorrowedFd<'_>,
+    viommu_id: u32,
+    dev_id: u32,
+    virt_id: u64,
+) -> Result<u32, SysError> {
+    let mut a = IommuVdeviceAlloc {
+        size: std::mem::size_of::<IommuVdeviceAlloc>() as u32,
+        viommu_id,
+        dev_id,
+        out_vdevice_id: 0,
+        virt_id,
+    };
+    // SAFETY: IOMMU_VDEVICE_ALLOC takes struct iommu_vdevice_alloc, which `a` mirrors.
+    unsafe { ioctl(fd, IOMMU_VDEVICE_ALLOC, "IOMMU_VDEVICE_ALLOC", &mut a) }?;
+    Ok(a.out_vdevice_id)
+}
+
+/// MOCK_DOMAIN_FLAGS: a mock device with `dev_flags` (e.g. MOCK_FLAGS_DEVICE_PASID) attached
+/// to `pt_id`. Returns (stdev_id, hwpt_id, idev_id).
+pub fn mock_domain_flags(
+    fd: BorrowedFd<'_>,
+    pt_id: u32,
+    dev_flags: u32,
+) -> Result<(u32, u32, u32), SysError> {
+    let mut c = IommuTestCmd::new(IOMMU_TEST_OP_MOCK_DOMAIN_FLAGS, pt_id);
+    c.set_u32_at(3, dev_flags);
+    test_cmd(fd, &mut c)?;
+    Ok((c.u32_at(0), c.u32_at(1), c.u32_at(2)))
+}
+
+/// PASID_ATTACH / PASID_REPLACE of mock device `stdev_id`'s `pasid` to `pt_id`.
+pub fn mock_pasid_attach(
+    fd: BorrowedFd<'_>,
+    stdev_id: u32,
+    pasid: u32,
+    pt_id: u32,
+    replace: bool,
+) -> Result<(), SysError> {
+    let op = if replace {
+        IOMMU_TEST_OP_PASID_REPLACE
+    } else {
+        IOMMU_TEST_OP_PASID_ATTACH
+    };
+    let mut c = IommuTestCmd::new(op, stdev_id);
+    c.set_u32_at(0, pasid);
+    c.set_u32_at(1, pt_id);
+    test_cmd(fd, &mut c)
+}
+
+/// PASID_DETACH of mock device `stdev_id`'s `pasid`.
+pub fn mock_pasid_detach(fd: BorrowedFd<'_>, stdev_id: u32, pasid: u32) -> Result<(), SysError> {
+    let mut c = IommuTestCmd::new(IOMMU_TEST_OP_PASID_DETACH, stdev_id);
+    c.set_u32_at(0, pasid);
+    test_cmd(fd, &mut c)
+}
+
 /// One selftest command.
 pub fn test_cmd(fd: BorrowedFd<'_>, cmd: &mut IommuTestCmd) -> Result<(), SysError> {
     // SAFETY: IOMMU_TEST_CMD takes struct iommu_test_cmd, which IommuTestCmd mirrors (72 bytes);
@@ -422,6 +783,12 @@ mod tests {
         assert_eq!(VFIO_DEVICE_BIND_IOMMUFD, 0x3b76);
         assert_eq!(VFIO_DEVICE_ATTACH_IOMMUFD_PT, 0x3b77);
         assert_eq!(VFIO_DEVICE_DETACH_IOMMUFD_PT, 0x3b78);
+        assert_eq!(IOMMU_HWPT_ALLOC, 0x3b89);
+        assert_eq!(IOMMU_GET_HW_INFO, 0x3b8a);
+        assert_eq!(IOMMU_HWPT_INVALIDATE, 0x3b8d);
+        assert_eq!(IOMMU_FAULT_QUEUE_ALLOC, 0x3b8e);
+        assert_eq!(IOMMU_VIOMMU_ALLOC, 0x3b90);
+        assert_eq!(IOMMU_VDEVICE_ALLOC, 0x3b91);
     }
 
     #[test]
