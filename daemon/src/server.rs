@@ -20,7 +20,7 @@ use crate::control::{self, ConnectionInfo, ControlError};
 use crate::device::Device;
 use crate::privilege::{self, PrivilegeError};
 use crate::sandbox::{self, Role, SandboxError};
-use crate::vhost::{IommuBackend, Shared, VhostError, WAKE_EVENT_ID};
+use crate::vhost::{IommuBackend, Shared, VhostError, PAGE_REQUEST_EVENT_ID, WAKE_EVENT_ID};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -272,6 +272,13 @@ pub fn run(cfg: ServerConfig) -> Result<(), ServerError> {
         for h in daemon.get_epoll_handlers() {
             h.register_listener(shared.wake_fd(), EventSet::IN, u64::from(WAKE_EVENT_ID))
                 .map_err(|e| ServerError::Daemon(format!("cannot watch the wake notifier: {e}")))?;
+            // Page requests of host devices (iommufd fault queue), when the backend has them.
+            if let Some(fd) = shared.device().host_page_request_fd() {
+                h.register_listener(fd, EventSet::IN, u64::from(PAGE_REQUEST_EVENT_ID))
+                    .map_err(|e| {
+                        ServerError::Daemon(format!("cannot watch the page-request fd: {e}"))
+                    })?;
+            }
         }
 
         if let Err(e) = daemon.start(&mut listener) {

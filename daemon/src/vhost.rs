@@ -30,6 +30,9 @@ use crate::protocol::*;
 /// Epoll id of the wake notifier: fault records are waiting, or a polling burst yielded (ids
 /// 0..=NUM_QUEUES are taken by the queues and the exit event).
 pub const WAKE_EVENT_ID: u16 = NUM_QUEUES as u16 + 1;
+/// Epoll id of the host backend's page-request fd (iommufd fault queue): page requests of
+/// host devices to turn into page-request records.
+pub const PAGE_REQUEST_EVENT_ID: u16 = NUM_QUEUES as u16 + 2;
 /// Largest device-readable part read from a request: the longest request head + body (PROBE).
 const MAX_READ: usize = HEAD_SIZE + std::mem::size_of::<ProbeBody>();
 /// Largest device-writable area accepted (PROBE properties up to the maximum probe size, plus
@@ -583,6 +586,10 @@ impl VhostUserBackendMut for IommuBackend {
                 let _ = self.shared.wake_consumer.consume();
                 self.deliver_events(vring(EVENT_QUEUE)?)?;
                 self.process_requests(vring(REQUEST_QUEUE)?)?
+            }
+            PAGE_REQUEST_EVENT_ID => {
+                self.shared.device().host_page_requests();
+                self.deliver_events(vring(EVENT_QUEUE)?)?;
             }
             other => return Err(VhostError::UnknownEvent(other).into()),
         }

@@ -35,6 +35,14 @@ const IOMMU_TEST_CMD: u64 = io(0xa0);
 const OP_ADD_RESERVED: u32 = 1;
 const OP_MD_CHECK_MAP: u32 = 3;
 const OP_MD_CHECK_REFS: u32 = 4;
+const OP_MD_CHECK_IOTLB: u32 = 14;
+const OP_TRIGGER_IOPF: u32 = 15;
+const OP_DEV_CHECK_CACHE: u32 = 16;
+const OP_PASID_CHECK_HWPT: u32 = 21;
+/// IOMMU_TEST_IOTLB_DEFAULT / IOMMU_TEST_DEV_CACHE_DEFAULT: what a new mock nested HWPT's
+/// IOTLB entries and a new mock device's cache entries hold.
+const IOTLB_DEFAULT: u32 = 0xbad_beef;
+const DEV_CACHE_DEFAULT: u32 = 0xba_ddad;
 
 /// struct iommu_test_cmd (72 bytes).
 #[repr(C)]
@@ -84,6 +92,350 @@ fn check_refs(fd: RawFd, uptr: u64, len: u64, refs: u32) -> Result<(), i32> {
         0,
         [len, uptr, u64::from(refs), 0, 0, 0],
     )
+}
+
+/// MD_CHECK_IOTLB: entry `i` of mock nested HWPT `hwpt`'s IOTLB holds `v`.
+fn check_iotlb(fd: RawFd, hwpt: u32, i: u32, v: u32) -> Result<(), i32> {
+    test_cmd(
+        fd,
+        OP_MD_CHECK_IOTLB,
+        hwpt,
+        [u64::from(i) | (u64::from(v) << 32), 0, 0, 0, 0, 0],
+    )
+}
+
+/// DEV_CHECK_CACHE: entry `i` of mock device `idev`'s cache holds `v`.
+fn check_dev_cache(fd: RawFd, idev: u32, i: u32, v: u32) -> Result<(), i32> {
+    test_cmd(
+        fd,
+        OP_DEV_CHECK_CACHE,
+        idev,
+        [u64::from(i) | (u64::from(v) << 32), 0, 0, 0, 0, 0],
+    )
+}
+
+/// PASID_CHECK_HWPT: mock device `stdev`'s `pasid` is attached to `hwpt` (0: to nothing).
+fn check_pasid_hwpt(fd: RawFd, stdev: u32, pasid: u32, hwpt: u32) -> Result<(), i32> {
+    test_cmd(
+        fd,
+        OP_PASID_CHECK_HWPT,
+        stdev,
+        [u64::from(pasid) | (u64::from(hwpt) << 32), 0, 0, 0, 0, 0],
+    )
+}
+
+/// TRIGGER_IOPF: mock device `idev` issues a page request.
+fn trigger_iopf(
+    fd: RawFd,
+    idev: u32,
+    pasid: u32,
+    grpid: u32,
+    perm: u32,
+    addr: u64,
+) -> Result<(), i32> {
+    test_cmd(
+        fd,
+        OP_TRIGGER_IOPF,
+        0,
+        [
+            u64::from(idev) | (u64::from(pasid) << 32),
+            u64::from(grpid) | (u64::from(perm) << 32),
+            addr,
+            0,
+            0,
+            0,
+        ],
+    )
+}
+
+/// The 4 IOTLB (or device cache) entries that do not hold `v`.
+fn entries_not(check: impl Fn(u32, u32) -> Result<(), i32>, v: u32) -> Vec<u32> {
+    (0..4).filter(|&i| check(i, v).is_err()).collect()
+}
+
+// --- Requests of the PASID extension (docs/PASID.md) ----------------------------------------
+
+fn attach_table_vtd(domain: u32, pgd: u64) -> Request {
+    let mut r = vec![6u8, 0, 0, 0];
+    r.extend(domain.to_le_bytes());
+    r.extend(4u16.to_le_bytes()); // INTEL_VTD_S1
+    r.extend([0u8; 6]);
+    let mut d = [0u8; 48];
+    d[0..4].copy_from_slice(&48u32.to_le_bytes());
+    d[8..16].copy_from_slice(&pgd.to_le_bytes());
+    r.extend(d);
+    Request::new(r)
+}
+
+fn detach_table(domain: u32) -> Request {
+    let mut r = vec![9u8, 0, 0, 0];
+    r.extend(domain.to_le_bytes());
+    r.extend([0u8; 8]);
+    Request::new(r)
+}
+
+/// INVALIDATE of `scope` (1 DOMAIN, 2 PASID) and `caches` (1 IOTLB, 2 DEV_IOTLB, 4 PASID).
+fn invalidate(domain: u32, scope: u16, caches: u16, pasid: Option<u32>) -> Request {
+    let mut r = vec![7u8, 0, 0, 0];
+    r.extend(scope.to_le_bytes());
+    r.extend(caches.to_le_bytes());
+    r.extend(u16::from(pasid.is_some()).to_le_bytes());
+    r.extend([0u8; 2]);
+    r.extend(domain.to_le_bytes());
+    r.extend(pasid.unwrap_or(0).to_le_bytes());
+    r.extend([0u8; 44]);
+    Request::new(r)
+}
+
+fn pasid_attach(type_: u8, domain: u32, endpoint: u32, pasid: u32) -> Request {
+    let mut r = vec![type_, 0, 0, 0];
+    r.extend(domain.to_le_bytes());
+    r.extend(endpoint.to_le_bytes());
+    r.extend(pasid.to_le_bytes());
+    r.extend([0u8; 8]);
+    Request::new(r)
+}
+
+fn page_resp(endpoint: u32, grpid: u32, code: u16) -> Request {
+    let mut r = vec![8u8, 0, 0, 0];
+    r.extend(endpoint.to_le_bytes());
+    r.extend(0u32.to_le_bytes());
+    r.extend(grpid.to_le_bytes());
+    r.extend(code.to_le_bytes());
+    r.extend(0u16.to_le_bytes());
+    r.extend([0u8; 12]);
+    Request::new(r)
+}
+
+/// The backend's record of `ep`'s mock device: (stdev_id, idev_id).
+fn mock_ids(b: &Value, ep: u32) -> Option<(u32, u32)> {
+    let e = b["endpoints"]
+        .as_array()?
+        .iter()
+        .find(|e| u32_of(e, "endpoint") == Some(ep))?;
+    Some((
+        u32_of(&e["device"], "stdev_id")?,
+        u32_of(&e["device"], "dev_id")?,
+    ))
+}
+
+fn nested_of(b: &Value, d: u32) -> Option<u32> {
+    let e = b["domains"]
+        .as_array()?
+        .iter()
+        .find(|e| u32_of(e, "domain") == Some(d))?;
+    u32_of(e, "nested_hwpt")
+}
+
+/// Is `id` a mock nested HWPT? (MD_CHECK_IOTLB answers only for one.)
+fn is_nested(fd: RawFd, id: u32) -> bool {
+    (0..4)
+        .any(|i| check_iotlb(fd, id, i, IOTLB_DEFAULT).is_ok() || check_iotlb(fd, id, i, 0).is_ok())
+}
+
+/// The PASID extension on the mock host: guest tables become nested HWPTs on the nesting
+/// parent, INVALIDATE reaches the mock IOTLB and device cache, ATTACH_PASID the mock's PASID
+/// table, a mock page request comes out of the event queue and PAGE_RESP goes back to the
+/// kernel's fault queue; a disconnect leaves only the daemon's own objects.
+fn mock_nested(
+    fd: RawFd,
+    daemon: &Daemon,
+    ctl: &mut Control,
+    rep: &mut Report,
+    census_before: &(Vec<u32>, Vec<u32>),
+) {
+    let mut dev = daemon.connect_with(&Options {
+        features: Some(!(1u64 << 3)), // everything but legacy BYPASS
+        high_size: 0,
+        ..Options::default()
+    });
+    let hot = dev.hotplug_region(RAM_GPA, RAM_SIZE);
+    let b0 = backend(ctl);
+    rep.check(
+        "nesting-offered",
+        (|| {
+            hot?;
+            ensure(dev.acked & (1 << 8) != 0 && dev.acked & (1 << 10) != 0, || {
+                format!("ATTACH_TABLE / PAGE_REQUEST not negotiated: acked {:#x}", dev.acked)
+            })?;
+            ensure(b0["nesting"]["kind"] == "Selftest", || format!("{b0}"))?;
+            // No table bound yet: no nesting parent pinning stage 2.
+            ensure(b0["nesting"]["parent_hwpt"].is_null(), || format!("{b0}"))?;
+            Ok(format!(
+                "GET_HW_INFO: selftest IOMMU; features 8 and 10 offered; fault queue {}; no nesting parent before a table is bound",
+                b0["nesting"]["fault_queue"]
+            ))
+        })(),
+    );
+    let (Some((stdev1, idev1)), Some((stdev2, idev2))) = (mock_ids(&b0, 1), mock_ids(&b0, 2))
+    else {
+        rep.check("mock-ids", Err(format!("{b0}")));
+        return;
+    };
+
+    // ATTACH then ATTACH_TABLE (a VT-d first-stage table whose root is a zeroed guest page).
+    let s1 = dev.attach(50, 1);
+    let s2 = dev.status_of(&attach_table_vtd(50, RAM_GPA));
+    let b = backend(ctl);
+    let nested = nested_of(&b, 50);
+    let parent = u32_of(&b["nesting"], "parent_hwpt");
+    let census_bound = census(fd);
+    rep.check(
+        "attach-table-nested-hwpt",
+        (|| {
+            ensure(s1 == status::OK && s2 == status::OK, || format!("statuses {s1} {s2}"))?;
+            let n = nested.ok_or(format!("no nested HWPT: {b}"))?;
+            let p = parent.ok_or(format!("no nesting parent: {b}"))?;
+            // Object census: the parent is a new paging HWPT (over the stage-2 IOAS: it maps
+            // guest RAM at its guest-physical address), the nested HWPT is not a paging one.
+            ensure(!census_before.1.contains(&p) && census_bound.1.contains(&p), || {
+                format!("parent {p}: census before {census_before:?}, now {census_bound:?}")
+            })?;
+            let host = dev.mem.host_addr(RAM_GPA);
+            check_map(fd, p, RAM_GPA, RAM_SIZE, host)
+                .map_err(|e| format!("parent {p} does not map guest RAM at its GPA: errno {e}"))?;
+            ensure(b["nesting"]["viommu"].is_u64(), || format!("no vIOMMU: {b}"))?;
+            let (d, h) = ep_state(&b, 1).ok_or(format!("{b}"))?;
+            ensure(d == Some(50) && h == n, || format!("endpoint 1 on {h}, not {n}: {b}"))?;
+            let bad = entries_not(|i, v| check_iotlb(fd, n, i, v), IOTLB_DEFAULT);
+            ensure(bad.is_empty(), || format!("MD_CHECK_IOTLB: entries {bad:?} not default"))?;
+            ensure(!is_hwpt(fd, n), || format!("{n} is a paging HWPT"))?;
+            Ok(format!(
+                "domain 50's table is nested HWPT {n} (MD_CHECK_IOTLB: 4 entries {IOTLB_DEFAULT:#x}) on the new nesting parent {p} (MD_CHECK_MAP: stage 2 = guest RAM); vIOMMU {}; endpoint 1 attached to it; census {census_bound:?}",
+                b["nesting"]["viommu"]
+            ))
+        })(),
+    );
+    let n = nested.unwrap_or(0);
+
+    // INVALIDATE: PASID 6's IOTLB (mock entry 6 % 4 = 2), then the whole domain with DEV_IOTLB.
+    let s = dev.status_of(&invalidate(50, 2, 1, Some(6)));
+    let after_pasid = entries_not(|i, v| check_iotlb(fd, n, i, v), IOTLB_DEFAULT);
+    let dev_before = entries_not(|i, v| check_dev_cache(fd, idev1, i, v), DEV_CACHE_DEFAULT);
+    let s_all = dev.status_of(&invalidate(50, 1, 1 | 2, None));
+    rep.check(
+        "invalidate-iotlb-and-dev-cache",
+        (|| {
+            ensure(s == status::OK && s_all == status::OK, || format!("statuses {s} {s_all}"))?;
+            ensure(after_pasid == vec![2], || {
+                format!("after PASID 6: entries not default {after_pasid:?}, want [2]")
+            })?;
+            check_iotlb(fd, n, 2, 0).map_err(|e| format!("entry 2 not 0: errno {e}"))?;
+            ensure(dev_before.is_empty(), || format!("device cache touched early: {dev_before:?}"))?;
+            let iotlb = entries_not(|i, v| check_iotlb(fd, n, i, v), 0);
+            ensure(iotlb.is_empty(), || format!("DOMAIN: IOTLB entries {iotlb:?} not invalidated"))?;
+            let c1 = entries_not(|i, v| check_dev_cache(fd, idev1, i, v), 0);
+            ensure(c1.is_empty(), || format!("DEV_CHECK_CACHE: endpoint 1 entries {c1:?} not invalidated"))?;
+            let c2 = entries_not(|i, v| check_dev_cache(fd, idev2, i, v), DEV_CACHE_DEFAULT);
+            ensure(c2.is_empty(), || format!("endpoint 2 (not in the domain) lost cache entries {c2:?}"))?;
+            Ok("PASID 6: MD_CHECK_IOTLB entry 2 = 0, others default; DOMAIN+DEV_IOTLB: all 4 IOTLB entries 0, DEV_CHECK_CACHE of endpoint 1 (vIOMMU) all 0, endpoint 2 untouched".into())
+        })(),
+    );
+
+    // ATTACH_PASID of endpoint 2's PASID 5 to the table domain, then DETACH_PASID.
+    let s = dev.status_of(&pasid_attach(10, 50, 2, 5));
+    let attached = check_pasid_hwpt(fd, stdev2, 5, n);
+    let b = backend(ctl);
+    let sd = dev.status_of(&pasid_attach(11, 50, 2, 5));
+    let detached = check_pasid_hwpt(fd, stdev2, 5, 0);
+    rep.check(
+        "attach-pasid",
+        (|| {
+            ensure(s == status::OK && sd == status::OK, || {
+                format!("statuses {s} {sd}")
+            })?;
+            attached.map_err(|e| format!("PASID_CHECK_HWPT(5, {n}): errno {e}; {b}"))?;
+            detached
+                .map_err(|e| format!("PASID_CHECK_HWPT(5, 0) after DETACH_PASID: errno {e}"))?;
+            Ok(format!(
+                "PASID_CHECK_HWPT: endpoint 2 PASID 5 on nested HWPT {n}, then on nothing"
+            ))
+        })(),
+    );
+
+    // A page request of endpoint 1's device (on the nested HWPT, whose faults go to the fault
+    // queue) arrives as a 32-byte record; PAGE_RESP goes back to the kernel.
+    dev.post_event_buffers(2, 32);
+    let trig = trigger_iopf(fd, idev1, 0, 0x2, 0x3, 0x1234_5678);
+    let ev = dev.wait_event_raw(Duration::from_secs(5), 32);
+    let grpid = ev
+        .as_ref()
+        .map(|(_, b)| u32::from_le_bytes([b[24], b[25], b[26], b[27]]));
+    let sr = grpid.map(|g| dev.status_of(&page_resp(1, g, 0)));
+    let sr2 = grpid.map(|g| dev.status_of(&page_resp(1, g, 0)));
+    let b = backend(ctl);
+    rep.check(
+        "page-request-round-trip",
+        (|| {
+            trig.map_err(|e| format!("TRIGGER_IOPF errno {e}"))?;
+            let (len, rec) = ev.ok_or("no page-request record on the event queue")?;
+            ensure(len == 32, || format!("record of {len} bytes"))?;
+            let le32 = |o: usize| u32::from_le_bytes([rec[o], rec[o + 1], rec[o + 2], rec[o + 3]]);
+            let addr = u64::from(le32(16)) | (u64::from(le32(20)) << 32);
+            ensure(rec[0] == 3, || format!("reason {}", rec[0]))?;
+            // READ | WRITE | ADDRESS | LAST, no PASID.
+            ensure(le32(4) == (1 | 2 | (1 << 8) | (1 << 10)), || format!("flags {:#x}", le32(4)))?;
+            ensure(le32(8) == 1 && addr == 0x1234_5000, || {
+                format!("endpoint {} address {addr:#x}", le32(8))
+            })?;
+            ensure(sr == Some(status::OK), || format!("PAGE_RESP status {sr:?}"))?;
+            ensure(sr2 == Some(status::NOENT), || format!("second PAGE_RESP status {sr2:?}"))?;
+            ensure(b["nesting"]["page_responses"] == 1 && b["nesting"]["page_requests"] == 1, || {
+                format!("{}", b["nesting"])
+            })?;
+            Ok(format!(
+                "TRIGGER_IOPF -> 32-byte record (endpoint 1, {addr:#x}, R|W, LAST, grpid {}); PAGE_RESP SUCCESS written back to the fault fd and accepted by the kernel (its cookie), a repeat is NOENT",
+                grpid.unwrap_or(0)
+            ))
+        })(),
+    );
+
+    // DETACH_TABLE: back to the domain's IOAS, the nested HWPT is gone.
+    let s = dev.status_of(&detach_table(50));
+    let b = backend(ctl);
+    rep.check(
+        "detach-table",
+        (|| {
+            ensure(s == status::OK, || format!("DETACH_TABLE status {s}"))?;
+            let (d, h) = ep_state(&b, 1).ok_or(format!("{b}"))?;
+            ensure(d == Some(50) && h != n && is_hwpt(fd, h), || format!("{b}"))?;
+            ensure(!is_nested(fd, n), || {
+                format!("nested HWPT {n} still exists")
+            })?;
+            ensure(nested_of(&b, 50).is_none(), || format!("{b}"))?;
+            Ok(format!(
+                "endpoint 1 back on paging HWPT {h}; nested HWPT {n} destroyed"
+            ))
+        })(),
+    );
+
+    // Bound again, then the frontend goes away: only the daemon's own objects stay.
+    let s = dev.status_of(&attach_table_vtd(50, RAM_GPA));
+    let s2 = dev.status_of(&pasid_attach(10, 50, 2, 9));
+    let n2 = nested_of(&backend(ctl), 50);
+    drop(dev);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ctl.status()["connected"].as_bool() != Some(false) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let census_after = census(fd);
+    let b = backend(ctl);
+    rep.check(
+        "nested-disconnect-releases",
+        (|| {
+            ensure(s == status::OK && s2 == status::OK, || format!("statuses {s} {s2}"))?;
+            let n2 = n2.ok_or("no nested HWPT the second time")?;
+            ensure(!is_nested(fd, n2), || format!("nested HWPT {n2} survived the disconnect"))?;
+            check_pasid_hwpt(fd, stdev2, 9, 0)
+                .map_err(|e| format!("PASID 9 still attached: errno {e}"))?;
+            ensure(census_after == *census_before, || {
+                format!("objects before {census_before:?}, after {census_after:?}")
+            })?;
+            ensure(b["domains"].as_array().is_some_and(Vec::is_empty), || format!("{b}"))?;
+            let _ = stdev1;
+            Ok(format!("nested HWPT {n2} and PASID 9 released; IOAS/HWPT census {census_after:?} as at start"))
+        })(),
+    );
 }
 
 /// Is `id` an IOAS? (IOAS_IOVA_RANGES answers ENOENT for anything else.)
@@ -568,8 +920,10 @@ fn mock(iommufd: &OwnedFd) -> usize {
             check_refs(fd, view, RAM_SIZE, 0)
                 .map_err(|e| format!("pages still pinned: errno {e}"))?;
             // The same IOASes (blocked, stage-2) and as many HWPTs: the one the devices sit on
-            // (an automatic domain, re-created when devices come back to the blocked IOAS).
-            let ep_hwpts: Vec<u32> = [1, 2].iter().filter_map(|&e| ep_state(&b, e).map(|s| s.1)).collect();
+            // (an automatic domain, re-created when devices come back to the blocked IOAS) and
+            // the nesting parent.
+            let mut ep_hwpts: Vec<u32> = [1, 2].iter().filter_map(|&e| ep_state(&b, e).map(|s| s.1)).collect();
+            ep_hwpts.extend(u32_of(&b["nesting"], "parent_hwpt"));
             let same = census_after.0 == census_before.0
                 && census_after.1.len() == census_before.1.len()
                 && census_after.1.iter().all(|h| ep_hwpts.contains(h));
@@ -605,6 +959,12 @@ fn mock(iommufd: &OwnedFd) -> usize {
         })(),
     );
     drop(dev);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ctl.status()["connected"].as_bool() != Some(false) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let census_start = census(fd);
+    mock_nested(fd, &daemon, &mut ctl, &mut rep, &census_start);
     if rep.failed > 0 {
         for line in daemon.stderr().lines() {
             println!("VUI-NOTE daemon: {line}");

@@ -13,20 +13,34 @@
 //!
 //! The blocked and stage-2 IOASes and the devices live as long as the daemon; domain IOASes and
 //! stage-2 contents live as long as the guest made them, and `reset` releases them.
+//!
+//! Guest tables (the PASID extension, docs/PASID.md), when GET_HW_INFO says the host IOMMU
+//! nests (VT-d with ECAP.NEST, SMMUv3 with S1P and S2P, or the selftest mock):
+//! - a **nesting parent** HWPT over the stage-2 IOAS (IOMMU_HWPT_ALLOC_NEST_PARENT);
+//! - SMMUv3 and mock: a **vIOMMU** over the parent and a **vDEVICE** per host endpoint whose
+//!   virtual ID is the endpoint id (the guest's StreamID);
+//! - a **nested HWPT** per table domain (SMMUv3: allocated on the vIOMMU with the STE the
+//!   device builds from the guest's CD-table binding; VT-d: VTD_S1 on the parent; mock: its
+//!   SELFTEST data), the domain's endpoints and PASIDs attached to it;
+//! - a **fault queue** the nested HWPTs report page requests to (read by the vhost worker);
+//! - when every host device has PASIDs, every HWPT is allocated with IOMMU_HWPT_ALLOC_PASID
+//!   (an IOAS's automatic domain would refuse PASID attachments next to it), explicitly per
+//!   IOAS (`paging`).
 
 pub mod nesting;
 pub mod sys;
 
 use std::collections::BTreeMap;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use log::{info, warn};
 use serde_json::json;
 
 use super::fdpass::Handover;
-use super::{BackendError, GuestRegion, HostBackend, HostLimits, ResetKind};
+use super::{BackendError, GuestRegion, HostBackend, HostLimits, HostPageRequest, ResetKind};
 use crate::protocol::{MAP_F_MMIO, MAP_F_READ, MAP_F_WRITE};
+use crate::tables::{Binding, Invalidate};
 
 /// Where the host device of an endpoint comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -79,6 +93,16 @@ enum HostDevice {
     Mock { stdev: u32, idev: u32 },
 }
 
+impl HostDevice {
+    /// The iommufd device id.
+    fn dev_id(&self) -> u32 {
+        match self {
+            HostDevice::Vfio { dev_id, .. } => *dev_id,
+            HostDevice::Mock { idev, .. } => *idev,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct HostEndpoint {
     dev: HostDevice,
@@ -86,6 +110,10 @@ struct HostEndpoint {
     domain: Option<u32>,
     /// The HWPT the kernel attached it to.
     hwpt: u32,
+    /// PASID attachments: PASID -> guest domain.
+    pasids: BTreeMap<u32, u32>,
+    /// Its vDEVICE on the vIOMMU (virtual ID = the endpoint id).
+    vdevice: Option<u32>,
 }
 
 #[derive(Debug)]
@@ -93,6 +121,98 @@ struct DomainObj {
     /// The domain's IOAS; the stage-2 IOAS for a bypass domain.
     ioas: u32,
     bypass: bool,
+    /// The nested HWPT of the guest table bound to it.
+    nested: Option<u32>,
+}
+
+/// The host IOMMU kinds that nest guest tables.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NestKind {
+    Vtd,
+    Smmuv3,
+    /// The iommufd selftest mock (CONFIG_IOMMUFD_TEST): checks the uAPI, translates nothing.
+    Selftest,
+}
+
+/// The nesting objects (see the module documentation).
+#[derive(Debug)]
+struct Nest {
+    kind: NestKind,
+    /// The vIOMMU type of the host (SMMUv3, mock), None on VT-d.
+    viommu_type: Option<u32>,
+    /// The nesting parent HWPT over the stage-2 IOAS, while a guest table needs it.
+    parent: Option<u32>,
+    viommu: Option<u32>,
+    /// IOMMU_FAULT_QUEUE_ALLOC: object id and fd.
+    fault: Option<(u32, OwnedFd)>,
+    /// Every host device has PASIDs: HWPTs are allocated with IOMMU_HWPT_ALLOC_PASID.
+    pasid: bool,
+    /// A host device to allocate HWPTs for.
+    dev_id: u32,
+    /// Page responses written back to the fault queue.
+    responses: u64,
+    /// Page requests read from the fault queue.
+    requests: u64,
+}
+
+/// VT-d ECAP_REG.NEST (bit 26); SMMUv3 IDR0.S1P (bit 1) and S2P (bit 0).
+const VTD_ECAP_NEST: u64 = 1 << 26;
+const SMMU_IDR0_S1P_S2P: u32 = 0b11;
+
+/// Which nesting a GET_HW_INFO answer allows: `data` is `struct iommu_hw_info_vtd`
+/// (`{u32 flags, u32 rsvd, u64 cap_reg, u64 ecap_reg}`) or `struct iommu_hw_info_arm_smmuv3`
+/// (`{u32 flags, u32 rsvd, u32 idr[6], ...}`).
+pub fn nest_kind(info_type: u32, data: &[u8; 64]) -> Option<NestKind> {
+    let le64 = |o: usize| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&data[o..o + 8]);
+        u64::from_le_bytes(b)
+    };
+    match info_type {
+        sys::IOMMU_HW_INFO_TYPE_INTEL_VTD if le64(16) & VTD_ECAP_NEST != 0 => Some(NestKind::Vtd),
+        sys::IOMMU_HW_INFO_TYPE_ARM_SMMUV3
+            if (le64(8) as u32) & SMMU_IDR0_S1P_S2P == SMMU_IDR0_S1P_S2P =>
+        {
+            Some(NestKind::Smmuv3)
+        }
+        sys::IOMMU_HW_INFO_TYPE_SELFTEST => Some(NestKind::Selftest),
+        _ => None,
+    }
+}
+
+/// The nested HWPT data for `binding` on a `kind` host: (data type, bytes).
+pub fn nested_data(kind: NestKind, binding: &Binding) -> Result<(u32, Vec<u8>), BackendError> {
+    match (kind, binding) {
+        // The mock keeps an IOTLB of 4 entries and no table: the binding is checked by the
+        // device model, the host sees `{u32 iotlb}` set to the mock's default.
+        (NestKind::Selftest, _) => Ok((
+            sys::IOMMU_HWPT_DATA_SELFTEST,
+            nesting::MOCK_IOTLB_DEFAULT.to_le_bytes().to_vec(),
+        )),
+        (NestKind::Smmuv3, Binding::CdTable(ste)) => {
+            let words = ste.to_iommufd(&pasid::smmuv3::ste::SteHostPolicy::default());
+            Ok((
+                sys::IOMMU_HWPT_DATA_ARM_SMMUV3,
+                pasid::smmuv3::ste::iommufd_ste_bytes(words).to_vec(),
+            ))
+        }
+        (NestKind::Vtd, Binding::Vtd(fs)) => {
+            let p = fs.params();
+            let b = pasid::vtd::VtdS1Binding {
+                pasid: 0,
+                pgd: p.pgtbl,
+                addr_width: p.addr_width,
+                flags: p.flags,
+            };
+            Ok((sys::IOMMU_HWPT_DATA_VTD_S1, b.to_hwpt().to_bytes().to_vec()))
+        }
+        (NestKind::Smmuv3, _) => Err(BackendError::Unsupported(
+            "an SMMUv3 host nests CD tables (format ARM_SMMUV3) only",
+        )),
+        (NestKind::Vtd, _) => Err(BackendError::Unsupported(
+            "a VT-d host nests first-stage tables (format INTEL_VTD_S1) only",
+        )),
+    }
 }
 
 /// A region of guest RAM: where the daemon mapped it and, when it is backed by a file (the
@@ -129,6 +249,10 @@ pub struct IommufdBackend {
     allowed: Vec<(u64, u64)>,
     iova_alignment: u64,
     unattached_bypass: bool,
+    /// Guest-table nesting, when the host IOMMU does it.
+    nest: Option<Nest>,
+    /// Explicit paging HWPTs of IOASes (PASID-capable hosts): IOAS -> HWPT.
+    paging: BTreeMap<u32, u32>,
 }
 
 fn open_rw(path: &Path) -> Result<OwnedFd, SetupError> {
@@ -206,14 +330,23 @@ impl IommufdBackend {
             allowed: Vec::new(),
             iova_alignment: 1,
             unattached_bypass: false,
+            nest: None,
+            paging: BTreeMap::new(),
         };
         // From here on, Drop releases what was created if a later step fails.
         for (&endpoint, src) in &cfg.devices {
             let dev_err = |err| SetupError::Device { endpoint, err };
             let (dev, hwpt) = match src {
                 DeviceSource::Mock => {
-                    let (stdev, hwpt, idev) =
-                        sys::mock_domain(b.fd.as_fd(), blocked).map_err(dev_err)?;
+                    // A mock device with PASIDs (Linux 6.15), or without on older kernels.
+                    let (stdev, hwpt, idev) = match sys::mock_domain_flags(
+                        b.fd.as_fd(),
+                        blocked,
+                        sys::MOCK_FLAGS_DEVICE_PASID,
+                    ) {
+                        Ok(r) => r,
+                        Err(_) => sys::mock_domain(b.fd.as_fd(), blocked).map_err(dev_err)?,
+                    };
                     (HostDevice::Mock { stdev, idev }, hwpt)
                 }
                 DeviceSource::Vfio(_) | DeviceSource::Pci(_) | DeviceSource::Passed => {
@@ -237,13 +370,334 @@ impl IommufdBackend {
                     dev,
                     domain: None,
                     hwpt,
+                    pasids: BTreeMap::new(),
+                    vdevice: None,
                 },
             );
         }
         let (ranges, align) = sys::ioas_iova_ranges(b.fd.as_fd(), blocked)?;
         b.allowed = ranges.iter().map(|r| (r.start, r.last)).collect();
         b.iova_alignment = align.max(1);
+        b.setup_nesting();
         Ok(b)
+    }
+
+    /// Create the nesting objects when every host device's IOMMU nests (same kind). Without
+    /// nesting the backend serves MAP domains only (`guest_tables()` false); any failure here
+    /// is logged and leaves it so.
+    fn setup_nesting(&mut self) {
+        let mut kind = None;
+        let mut pasid = true;
+        for (ep, e) in &self.endpoints {
+            match sys::get_hw_info(self.fd(), e.dev.dev_id()) {
+                Ok((t, data, pasid_log2)) => {
+                    let k = nest_kind(t, &data);
+                    info!("endpoint {ep}: host IOMMU type {t:#x}, PASID width {pasid_log2}, nesting {k:?}");
+                    if k.is_none() || (kind.is_some() && kind != k) {
+                        return;
+                    }
+                    kind = k;
+                    pasid &= pasid_log2 > 0;
+                }
+                Err(e) => {
+                    info!("endpoint {ep}: {e}: no guest tables on this host");
+                    return;
+                }
+            }
+        }
+        let (Some(kind), Some(dev_id)) =
+            (kind, self.endpoints.values().next().map(|e| e.dev.dev_id()))
+        else {
+            return;
+        };
+        let viommu_type = match kind {
+            NestKind::Smmuv3 => Some(sys::IOMMU_VIOMMU_TYPE_ARM_SMMUV3),
+            NestKind::Selftest => Some(sys::IOMMU_VIOMMU_TYPE_SELFTEST),
+            NestKind::Vtd => None,
+        };
+        let fault = match sys::fault_queue_alloc(self.fd()) {
+            Ok((id, ffd)) => {
+                // SAFETY: fcntl on an fd we own; F_SETFL takes an int.
+                let r = unsafe { libc::fcntl(ffd.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
+                if r < 0 {
+                    warn!("fault queue: cannot make it non-blocking");
+                }
+                Some((id, ffd))
+            }
+            Err(e) => {
+                warn!("no fault queue (page requests are not reported): {e}");
+                None
+            }
+        };
+        self.nest = Some(Nest {
+            kind,
+            viommu_type,
+            parent: None,
+            viommu: None,
+            fault,
+            pasid,
+            dev_id,
+            responses: 0,
+            requests: 0,
+        });
+        // Check now that the host makes the objects, while the stage-2 IOAS is still empty (a
+        // nesting parent pins all of stage 2: it is made again when a guest binds a table).
+        match self.nest_objects() {
+            Ok((parent, viommu)) => {
+                info!(
+                    "guest tables: {kind:?} host (nesting parent {parent}, vIOMMU {viommu:?} made and released), fault queue {:?}, PASIDs {pasid}",
+                    self.nest.as_ref().and_then(|n| n.fault.as_ref()).map(|f| f.0)
+                );
+                self.release_nest_objects();
+            }
+            Err(e) => {
+                warn!("no guest tables: {e}");
+                if let Some((_, ffd)) = self.nest.take().and_then(|n| n.fault) {
+                    drop(ffd);
+                }
+                return;
+            }
+        }
+        if pasid {
+            // Leave the automatic domain of the blocked IOAS for a PASID-compatible HWPT.
+            let ids: Vec<u32> = self.endpoints.keys().copied().collect();
+            for ep in ids {
+                let pt = self.unattached_pt();
+                let moved = self
+                    .target(pt)
+                    .and_then(|pt| self.move_endpoint(ep, pt, None));
+                if let Err(e) = moved {
+                    warn!("endpoint {ep}: cannot move to a PASID-compatible HWPT: {e}");
+                }
+            }
+        }
+    }
+
+    /// The nesting parent over the stage-2 IOAS and the vIOMMU (with a vDEVICE per host
+    /// endpoint), made on first use: a nesting parent is a real stage-2 page table, so it pins
+    /// all of guest RAM while it exists (a guest that binds no table pins nothing for it).
+    fn nest_objects(&mut self) -> Result<(u32, Option<u32>), BackendError> {
+        let n = self
+            .nest
+            .as_ref()
+            .ok_or(BackendError::Unsupported("the host IOMMU does not nest"))?;
+        if let Some(p) = n.parent {
+            return Ok((p, n.viommu));
+        }
+        let (dev_id, viommu_type) = (n.dev_id, n.viommu_type);
+        let parent = sys::hwpt_alloc(
+            self.fd(),
+            dev_id,
+            self.stage2,
+            sys::IOMMU_HWPT_ALLOC_NEST_PARENT,
+            sys::IOMMU_HWPT_DATA_NONE,
+            &[],
+            0,
+        )?;
+        let viommu = match viommu_type {
+            Some(t) => match sys::viommu_alloc(self.fd(), t, dev_id, parent) {
+                Ok(v) => Some(v),
+                Err(e) => {
+                    if let Err(d) = sys::destroy(self.fd(), parent) {
+                        warn!("cannot destroy the nesting parent {parent}: {d}");
+                    }
+                    return Err(e.into());
+                }
+            },
+            None => None,
+        };
+        if let Some(v) = viommu {
+            let fd = self.fd.try_clone();
+            for (ep, e) in self.endpoints.iter_mut() {
+                let Ok(fd) = fd.as_ref() else { break };
+                match sys::vdevice_alloc(fd.as_fd(), v, e.dev.dev_id(), u64::from(*ep)) {
+                    Ok(id) => e.vdevice = Some(id),
+                    Err(err) => warn!("endpoint {ep}: no vDEVICE: {err}"),
+                }
+            }
+        }
+        if let Some(n) = self.nest.as_mut() {
+            n.parent = Some(parent);
+            n.viommu = viommu;
+        }
+        Ok((parent, viommu))
+    }
+
+    /// Destroy the vDEVICEs, the vIOMMU and the nesting parent (no nested HWPT may be left).
+    fn release_nest_objects(&mut self) {
+        let fd = self.fd.try_clone();
+        for (ep, e) in self.endpoints.iter_mut() {
+            if let (Some(v), Ok(fd)) = (e.vdevice, fd.as_ref()) {
+                if let Err(err) = sys::destroy(fd.as_fd(), v) {
+                    warn!("endpoint {ep}: cannot destroy vDEVICE {v}: {err}");
+                }
+                e.vdevice = None;
+            }
+        }
+        let Some(n) = self.nest.as_mut() else { return };
+        let ids = [n.viommu.take(), n.parent.take()];
+        for id in ids.into_iter().flatten() {
+            if let Err(e) = sys::destroy(self.fd(), id) {
+                warn!("cannot destroy nesting object {id}: {e}");
+            }
+        }
+    }
+
+    /// What a device attaches to for `ioas`: the IOAS itself, or on PASID-capable hosts an
+    /// explicit HWPT allocated with IOMMU_HWPT_ALLOC_PASID (made once per IOAS).
+    fn target(&mut self, ioas: u32) -> Result<u32, BackendError> {
+        let Some(n) = self.nest.as_ref().filter(|n| n.pasid) else {
+            return Ok(ioas);
+        };
+        if let Some(&h) = self.paging.get(&ioas) {
+            return Ok(h);
+        }
+        let h = sys::hwpt_alloc(
+            self.fd(),
+            n.dev_id,
+            ioas,
+            sys::IOMMU_HWPT_ALLOC_PASID,
+            sys::IOMMU_HWPT_DATA_NONE,
+            &[],
+            0,
+        )?;
+        self.paging.insert(ioas, h);
+        Ok(h)
+    }
+
+    /// Destroy the explicit HWPT of `ioas`, if any.
+    fn drop_paging(&mut self, ioas: u32) {
+        if let Some(h) = self.paging.remove(&ioas) {
+            if let Err(e) = sys::destroy(self.fd(), h) {
+                warn!("cannot destroy HWPT {h} of IOAS {ioas}: {e}");
+            }
+        }
+    }
+
+    /// Where `domain`'s endpoints and PASIDs attach: its nested HWPT, else its IOAS.
+    fn domain_pt(&mut self, domain: u32) -> Result<u32, BackendError> {
+        let d = self
+            .domains
+            .get(&domain)
+            .ok_or(BackendError::Internal("unknown domain"))?;
+        match d.nested {
+            Some(h) => Ok(h),
+            None => {
+                let ioas = d.ioas;
+                self.target(ioas)
+            }
+        }
+    }
+
+    /// Attach (`replace`: re-attach) PASID `pasid` of `ep`'s host device to `pt`.
+    fn pasid_to(
+        &self,
+        dev: &HostDevice,
+        pasid: u32,
+        pt: u32,
+        replace: bool,
+    ) -> Result<(), BackendError> {
+        match dev {
+            HostDevice::Mock { stdev, .. } => {
+                sys::mock_pasid_attach(self.fd(), *stdev, pasid, pt, replace)?
+            }
+            HostDevice::Vfio { file, .. } => {
+                sys::vfio_attach_pasid(file.as_fd(), pt, pasid)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn pasid_off(&self, dev: &HostDevice, pasid: u32) -> Result<(), BackendError> {
+        match dev {
+            HostDevice::Mock { stdev, .. } => sys::mock_pasid_detach(self.fd(), *stdev, pasid)?,
+            HostDevice::Vfio { file, .. } => sys::vfio_detach_pasid(file.as_fd(), pasid)?,
+        }
+        Ok(())
+    }
+
+    /// Move every endpoint and PASID of `domain` to `pt`; on failure move the ones already
+    /// moved back to `old` and report the error.
+    fn move_domain(&mut self, domain: u32, pt: u32, old: u32) -> Result<(), BackendError> {
+        let mut moved: Vec<(u32, Option<u32>)> = Vec::new();
+        let mut result = Ok(());
+        let users: Vec<(u32, Option<u32>)> = self
+            .endpoints
+            .iter()
+            .flat_map(|(id, e)| {
+                let rid = (e.domain == Some(domain)).then_some((*id, None));
+                rid.into_iter().chain(
+                    e.pasids
+                        .iter()
+                        .filter(|(_, d)| **d == domain)
+                        .map(|(p, _)| (*id, Some(*p))),
+                )
+            })
+            .collect();
+        for (ep, pasid) in users {
+            let r = match pasid {
+                None => self.move_endpoint(ep, pt, Some(domain)),
+                Some(p) => match self.endpoints.get(&ep) {
+                    Some(e) => self.pasid_to(&e.dev, p, pt, true),
+                    None => Ok(()),
+                },
+            };
+            match r {
+                Ok(()) => moved.push((ep, pasid)),
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        if result.is_err() {
+            for (ep, pasid) in moved {
+                let r = match pasid {
+                    None => self.move_endpoint(ep, old, Some(domain)),
+                    Some(p) => match self.endpoints.get(&ep) {
+                        Some(e) => self.pasid_to(&e.dev, p, old, true),
+                        None => Ok(()),
+                    },
+                };
+                if let Err(e) = r {
+                    warn!("endpoint {ep} pasid {pasid:?}: cannot go back to {old}: {e}");
+                }
+            }
+        }
+        result
+    }
+
+    /// Endpoints using `domain` (by RID or by a PASID), with their vDEVICE.
+    fn domain_users(&self, domain: u32) -> Vec<(u32, Option<u32>)> {
+        self.endpoints
+            .iter()
+            .filter(|(_, e)| e.domain == Some(domain) || e.pasids.values().any(|d| *d == domain))
+            .map(|(id, e)| (*id, e.vdevice))
+            .collect()
+    }
+
+    /// Write one page response to the fault queue.
+    fn write_response(&mut self, cookie: u32, code: u16) -> Result<(), BackendError> {
+        let Some((_, ffd)) = self.nest.as_ref().and_then(|n| n.fault.as_ref()) else {
+            return Err(BackendError::Internal(
+                "page response without a fault queue",
+            ));
+        };
+        let b = nesting::page_response(cookie, code);
+        // SAFETY: writes 8 bytes from a live local buffer to an fd we own.
+        let r = unsafe { libc::write(ffd.as_raw_fd(), b.as_ptr().cast(), b.len()) };
+        if usize::try_from(r).ok() != Some(b.len()) {
+            return Err(BackendError::Os {
+                call: "write(fault queue)",
+                errno: std::io::Error::last_os_error()
+                    .raw_os_error()
+                    .unwrap_or(libc::EIO),
+            });
+        }
+        if let Some(n) = self.nest.as_mut() {
+            n.responses += 1;
+        }
+        Ok(())
     }
 
     /// The host's limits: IOVA holes inside `[lo, hi]` and the page sizes it can map.
@@ -394,14 +848,21 @@ impl HostBackend for IommufdBackend {
         bypass: bool,
         new_domain: bool,
     ) -> Result<(), BackendError> {
-        let ioas = match self.domains.get(&domain) {
-            Some(d) => d.ioas,
+        let (ioas, nested) = match self.domains.get(&domain) {
+            Some(d) => (d.ioas, d.nested),
             None if !new_domain => return Err(BackendError::Internal("attach to unknown domain")),
-            None if bypass => self.stage2,
-            None => sys::ioas_alloc(self.fd())?,
+            None if bypass => (self.stage2, None),
+            None => (sys::ioas_alloc(self.fd())?, None),
         };
-        if let Err(e) = self.move_endpoint(endpoint, ioas, Some(domain)) {
-            if new_domain && !bypass {
+        let fresh = new_domain && !bypass;
+        let moved = match nested {
+            Some(h) => Ok(h),
+            None => self.target(ioas),
+        }
+        .and_then(|pt| self.move_endpoint(endpoint, pt, Some(domain)));
+        if let Err(e) = moved {
+            if fresh {
+                self.drop_paging(ioas);
                 if let Err(d) = sys::destroy(self.fd(), ioas) {
                     warn!("cannot destroy IOAS {ioas}: {d}");
                 }
@@ -409,18 +870,32 @@ impl HostBackend for IommufdBackend {
             return Err(e);
         }
         if new_domain {
-            self.domains.insert(domain, DomainObj { ioas, bypass });
+            self.domains.insert(
+                domain,
+                DomainObj {
+                    ioas,
+                    bypass,
+                    nested: None,
+                },
+            );
         }
         Ok(())
     }
 
     fn detach(&mut self, endpoint: u32) -> Result<(), BackendError> {
-        self.move_endpoint(endpoint, self.unattached_pt(), None)
+        let pt = self.target(self.unattached_pt())?;
+        self.move_endpoint(endpoint, pt, None)
     }
 
     fn destroy_domain(&mut self, domain: u32) {
         if let Some(d) = self.domains.remove(&domain) {
+            if let Some(h) = d.nested {
+                if let Err(e) = sys::destroy(self.fd(), h) {
+                    warn!("domain {domain}: cannot destroy nested HWPT {h}: {e}");
+                }
+            }
             if !d.bypass {
+                self.drop_paging(d.ioas);
                 if let Err(e) = sys::destroy(self.fd(), d.ioas) {
                     warn!("domain {domain}: cannot destroy IOAS {}: {e}", d.ioas);
                 }
@@ -499,7 +974,7 @@ impl HostBackend for IommufdBackend {
         if bypass == self.unattached_bypass {
             return Ok(());
         }
-        let pt = if bypass { self.stage2 } else { self.blocked };
+        let pt = self.target(if bypass { self.stage2 } else { self.blocked })?;
         let unattached: Vec<u32> = self
             .endpoints
             .iter()
@@ -514,18 +989,40 @@ impl HostBackend for IommufdBackend {
     }
 
     fn reset(&mut self, kind: ResetKind) {
-        let pt = self.unattached_pt();
         let ids: Vec<u32> = self.endpoints.keys().copied().collect();
+        for &ep in &ids {
+            let pasids: Vec<u32> = self
+                .endpoints
+                .get(&ep)
+                .map(|e| e.pasids.keys().copied().collect())
+                .unwrap_or_default();
+            for p in pasids {
+                if let Err(e) = self.detach_pasid(ep, p) {
+                    warn!("reset: endpoint {ep} cannot detach PASID {p}: {e}");
+                }
+            }
+        }
+        let pt = self.unattached_pt();
+        let pt = self.target(pt).unwrap_or(pt);
         for ep in ids {
             if let Err(e) = self.move_endpoint(ep, pt, None) {
                 warn!("reset: endpoint {ep} cannot leave its domain: {e}");
             }
         }
+        // The other fixed IOAS's explicit HWPT, if any, is unused now.
+        let spare = if self.unattached_bypass {
+            self.blocked
+        } else {
+            self.stage2
+        };
+        self.drop_paging(spare);
         let domains: Vec<u32> = self.domains.keys().copied().collect();
         for d in domains {
             self.destroy_domain(d);
         }
         if kind == ResetKind::Connection {
+            // Unpins stage 2 (no nested HWPT is left).
+            self.release_nest_objects();
             for p in std::mem::take(&mut self.stage2_pieces) {
                 self.unmap_stage2_piece(&p);
             }
@@ -579,6 +1076,272 @@ impl HostBackend for IommufdBackend {
         result
     }
 
+    fn guest_tables(&self) -> bool {
+        self.nest.is_some()
+    }
+
+    fn attach_table(&mut self, domain: u32, binding: &Binding) -> Result<(), BackendError> {
+        let kind = self
+            .nest
+            .as_ref()
+            .ok_or(BackendError::Unsupported("the host IOMMU does not nest"))?
+            .kind;
+        let (data_type, data) = nested_data(kind, binding)?;
+        let (parent, viommu) = self.nest_objects()?;
+        let n = self
+            .nest
+            .as_ref()
+            .ok_or(BackendError::Internal("nesting state lost"))?;
+        let on = match n.kind {
+            NestKind::Smmuv3 => {
+                viommu.ok_or(BackendError::Internal("SMMUv3 nesting without a vIOMMU"))?
+            }
+            _ => parent,
+        };
+        let mut flags = if n.pasid {
+            sys::IOMMU_HWPT_ALLOC_PASID
+        } else {
+            0
+        };
+        let fault_id = n.fault.as_ref().map_or(0, |f| f.0);
+        if n.fault.is_some() {
+            flags |= sys::IOMMU_HWPT_FAULT_ID_VALID;
+        }
+        // A device of the domain if it has one (the IOMMU instance that will walk the table).
+        let dev_id = self
+            .endpoints
+            .values()
+            .find(|e| e.domain == Some(domain))
+            .map_or(n.dev_id, |e| e.dev.dev_id());
+        let d = self
+            .domains
+            .get(&domain)
+            .ok_or(BackendError::Internal("table for an unknown domain"))?;
+        if d.bypass {
+            return Err(BackendError::Internal("table for a bypass domain"));
+        }
+        let old_nested = d.nested;
+        let old = self.domain_pt(domain)?;
+        let hwpt = match sys::hwpt_alloc(self.fd(), dev_id, on, flags, data_type, &data, fault_id) {
+            // A host that cannot report page requests for this device: without.
+            Err(e) if e.errno == libc::EOPNOTSUPP && fault_id != 0 => sys::hwpt_alloc(
+                self.fd(),
+                dev_id,
+                on,
+                flags & !sys::IOMMU_HWPT_FAULT_ID_VALID,
+                data_type,
+                &data,
+                0,
+            )?,
+            r => r?,
+        };
+        if let Err(e) = self.move_domain(domain, hwpt, old) {
+            if let Err(d) = sys::destroy(self.fd(), hwpt) {
+                warn!("cannot destroy nested HWPT {hwpt}: {d}");
+            }
+            return Err(e);
+        }
+        if let Some(d) = self.domains.get_mut(&domain) {
+            d.nested = Some(hwpt);
+        }
+        if let Some(h) = old_nested {
+            if let Err(e) = sys::destroy(self.fd(), h) {
+                warn!("domain {domain}: cannot destroy the replaced nested HWPT {h}: {e}");
+            }
+        }
+        info!("domain {domain}: guest table on nested HWPT {hwpt} (over {on})");
+        Ok(())
+    }
+
+    fn detach_table(&mut self, domain: u32) -> Result<(), BackendError> {
+        let d = self
+            .domains
+            .get(&domain)
+            .ok_or(BackendError::Internal("detach table of an unknown domain"))?;
+        let Some(nested) = d.nested else {
+            return Ok(());
+        };
+        let ioas = d.ioas;
+        let pt = self.target(ioas)?;
+        self.move_domain(domain, pt, nested)?;
+        if let Some(d) = self.domains.get_mut(&domain) {
+            d.nested = None;
+        }
+        if let Err(e) = sys::destroy(self.fd(), nested) {
+            warn!("domain {domain}: cannot destroy nested HWPT {nested}: {e}");
+        }
+        Ok(())
+    }
+
+    fn attach_pasid(&mut self, endpoint: u32, pasid: u32, domain: u32) -> Result<(), BackendError> {
+        if !self.endpoints.contains_key(&endpoint) {
+            // Not a host device: nothing to do on the host.
+            return Ok(());
+        }
+        if !self.nest.as_ref().is_some_and(|n| n.pasid) {
+            return Err(BackendError::Unsupported("the host device has no PASIDs"));
+        }
+        let pt = self.domain_pt(domain)?;
+        let Some(e) = self.endpoints.get(&endpoint) else {
+            return Ok(());
+        };
+        let replace = e.pasids.contains_key(&pasid);
+        self.pasid_to(&e.dev, pasid, pt, replace)?;
+        if let Some(e) = self.endpoints.get_mut(&endpoint) {
+            e.pasids.insert(pasid, domain);
+        }
+        Ok(())
+    }
+
+    fn detach_pasid(&mut self, endpoint: u32, pasid: u32) -> Result<(), BackendError> {
+        let Some(e) = self.endpoints.get(&endpoint) else {
+            return Ok(());
+        };
+        if !e.pasids.contains_key(&pasid) {
+            return Ok(());
+        }
+        self.pasid_off(&e.dev, pasid)?;
+        if let Some(e) = self.endpoints.get_mut(&endpoint) {
+            e.pasids.remove(&pasid);
+        }
+        Ok(())
+    }
+
+    fn invalidate(&mut self, domain: u32, inv: &Invalidate) -> Result<(), BackendError> {
+        let Some(n) = self.nest.as_ref() else {
+            return Ok(());
+        };
+        let Some(nested) = self.domains.get(&domain).and_then(|d| d.nested) else {
+            return Ok(());
+        };
+        let users = self.domain_users(domain);
+        let (kind, viommu) = (n.kind, n.viommu);
+        match kind {
+            NestKind::Selftest => {
+                if let Some(e) = nesting::mock_iotlb_entry(inv) {
+                    sys::hwpt_invalidate(
+                        self.fd(),
+                        nested,
+                        sys::IOMMU_HWPT_INVALIDATE_DATA_SELFTEST,
+                        8,
+                        &nesting::le_bytes(&[e]),
+                    )?;
+                }
+                let entries: Vec<[u32; 3]> = users
+                    .iter()
+                    .filter(|(_, v)| v.is_some())
+                    .filter_map(|(ep, _)| nesting::mock_dev_cache_entry(inv, *ep))
+                    .collect();
+                if let (Some(v), false) = (viommu, entries.is_empty()) {
+                    sys::hwpt_invalidate(
+                        self.fd(),
+                        v,
+                        sys::IOMMU_VIOMMU_INVALIDATE_DATA_SELFTEST,
+                        12,
+                        &nesting::le_bytes(&entries),
+                    )?;
+                }
+            }
+            NestKind::Vtd => {
+                if let Some(e) = nesting::vtd_entry(inv) {
+                    sys::hwpt_invalidate(
+                        self.fd(),
+                        nested,
+                        sys::IOMMU_HWPT_INVALIDATE_DATA_VTD_S1,
+                        nesting::VtdInvalidate::SIZE,
+                        &e.bytes(),
+                    )?;
+                }
+            }
+            NestKind::Smmuv3 => {
+                let sids: Vec<u32> = users
+                    .iter()
+                    .filter(|(_, v)| v.is_some())
+                    .map(|(ep, _)| *ep)
+                    .collect();
+                let cmds = nesting::smmu_commands(inv, &sids);
+                if let (Some(v), false) = (viommu, cmds.is_empty()) {
+                    sys::hwpt_invalidate(
+                        self.fd(),
+                        v,
+                        sys::IOMMU_VIOMMU_INVALIDATE_DATA_ARM_SMMUV3,
+                        16,
+                        &nesting::le_bytes64(&cmds),
+                    )?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn page_request_fd(&self) -> Option<std::os::fd::RawFd> {
+        self.nest
+            .as_ref()
+            .and_then(|n| n.fault.as_ref())
+            .map(|f| f.1.as_raw_fd())
+    }
+
+    fn page_requests(&mut self) -> Vec<HostPageRequest> {
+        let Some(ffd) = self.page_request_fd() else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        let mut buf = [0u8; nesting::PGFAULT_SIZE * 16];
+        loop {
+            // SAFETY: reads into a live local buffer of the given length from an fd we own.
+            let r = unsafe { libc::read(ffd, buf.as_mut_ptr().cast(), buf.len()) };
+            let Ok(n) = usize::try_from(r) else { break };
+            if n == 0 {
+                break;
+            }
+            for rec in buf[..n].chunks_exact(nesting::PGFAULT_SIZE) {
+                let Some(f) = nesting::PgFault::parse(rec) else {
+                    continue;
+                };
+                let endpoint = self
+                    .endpoints
+                    .iter()
+                    .find(|(_, e)| e.dev.dev_id() == f.dev_id)
+                    .map(|(id, _)| *id);
+                let last = f.flags & nesting::PGFAULT_FLAGS_LAST_PAGE != 0;
+                let Some(endpoint) = endpoint else {
+                    warn!(
+                        "page request of unknown device {}: answered INVALID",
+                        f.dev_id
+                    );
+                    if last {
+                        if let Err(e) =
+                            self.write_response(f.cookie, crate::protocol::PAGE_RESP_INVALID)
+                        {
+                            warn!("{e}");
+                        }
+                    }
+                    continue;
+                };
+                out.push(HostPageRequest {
+                    endpoint,
+                    pasid: (f.flags & nesting::PGFAULT_FLAGS_PASID_VALID != 0).then_some(f.pasid),
+                    grpid: f.grpid,
+                    perm: f.perm & nesting::PGFAULT_PERM_MASK,
+                    address: f.addr,
+                    last,
+                    cookie: f.cookie,
+                });
+            }
+            if n < buf.len() {
+                break;
+            }
+        }
+        if let Some(n) = self.nest.as_mut() {
+            n.requests += out.len() as u64;
+        }
+        out
+    }
+
+    fn page_response(&mut self, cookie: u32, code: u16) -> Result<(), BackendError> {
+        self.write_response(cookie, code)
+    }
+
     fn serving_ioctls(&self) -> &'static [u64] {
         let mock = self
             .endpoints
@@ -602,13 +1365,37 @@ impl HostBackend for IommufdBackend {
                         json!({"kind": "mock", "stdev_id": stdev, "dev_id": idev})
                     }
                 };
-                json!({"endpoint": id, "device": dev, "domain": e.domain, "hwpt": e.hwpt})
+                let pasids: Vec<_> = e
+                    .pasids
+                    .iter()
+                    .map(|(p, d)| json!({"pasid": p, "domain": d}))
+                    .collect();
+                json!({"endpoint": id, "device": dev, "domain": e.domain, "hwpt": e.hwpt,
+                       "pasids": pasids, "vdevice": e.vdevice})
             })
             .collect();
         let domains: Vec<_> = self
             .domains
             .iter()
-            .map(|(id, d)| json!({"domain": id, "ioas": d.ioas, "bypass": d.bypass}))
+            .map(|(id, d)| {
+                json!({"domain": id, "ioas": d.ioas, "bypass": d.bypass, "nested_hwpt": d.nested})
+            })
+            .collect();
+        let nest = self.nest.as_ref().map(|n| {
+            json!({
+                "kind": format!("{:?}", n.kind),
+                "parent_hwpt": n.parent,
+                "viommu": n.viommu,
+                "fault_queue": n.fault.as_ref().map(|f| f.0),
+                "pasid": n.pasid,
+                "page_requests": n.requests,
+                "page_responses": n.responses,
+            })
+        });
+        let paging: Vec<_> = self
+            .paging
+            .iter()
+            .map(|(ioas, h)| json!({"ioas": ioas, "hwpt": h}))
             .collect();
         let stage2: Vec<_> = self
             .stage2_pieces
@@ -626,6 +1413,8 @@ impl HostBackend for IommufdBackend {
             "allowed_iovas": self.allowed,
             "iova_alignment": self.iova_alignment,
             "map_by_file": self.map_file,
+            "nesting": nest,
+            "paging_hwpts": paging,
         })
     }
 }
@@ -644,6 +1433,20 @@ impl Drop for IommufdBackend {
                 }
                 // Closing the cdev unbinds the device from the iommufd.
                 HostDevice::Vfio { file, .. } => drop(file),
+            }
+        }
+        for ioas in [self.stage2, self.blocked] {
+            self.drop_paging(ioas);
+        }
+        if let Some(n) = self.nest.take() {
+            let fault = n.fault.map(|(id, ffd)| {
+                drop(ffd);
+                id
+            });
+            for id in [n.viommu, n.parent, fault].into_iter().flatten() {
+                if let Err(err) = sys::destroy(self.fd(), id) {
+                    warn!("cannot destroy nesting object {id}: {err}");
+                }
             }
         }
         for ioas in [self.stage2, self.blocked] {
@@ -687,6 +1490,8 @@ mod tests {
             allowed,
             iova_alignment: align,
             unattached_bypass: false,
+            nest: None,
+            paging: BTreeMap::new(),
         }
     }
 
@@ -741,6 +1546,7 @@ mod tests {
             DomainObj {
                 ioas: 7,
                 bypass: false,
+                nested: None,
             },
         );
         b.memory.push(Ram {
