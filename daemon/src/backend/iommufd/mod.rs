@@ -1591,6 +1591,95 @@ mod tests {
     }
 
     #[test]
+    fn host_kinds_from_hw_info() {
+        // struct iommu_hw_info_vtd: flags@0, rsvd@4, cap_reg@8, ecap_reg@16.
+        let mut vtd = [0u8; 64];
+        assert_eq!(nest_kind(sys::IOMMU_HW_INFO_TYPE_INTEL_VTD, &vtd), None);
+        vtd[16..24].copy_from_slice(&(1u64 << 26).to_le_bytes());
+        assert_eq!(
+            nest_kind(sys::IOMMU_HW_INFO_TYPE_INTEL_VTD, &vtd),
+            Some(NestKind::Vtd)
+        );
+        // struct iommu_hw_info_arm_smmuv3: flags@0, rsvd@4, idr[0]@8: S2P bit 0, S1P bit 1.
+        let mut smmu = [0u8; 64];
+        smmu[8] = 0b10;
+        assert_eq!(nest_kind(sys::IOMMU_HW_INFO_TYPE_ARM_SMMUV3, &smmu), None);
+        smmu[8] = 0b11;
+        assert_eq!(
+            nest_kind(sys::IOMMU_HW_INFO_TYPE_ARM_SMMUV3, &smmu),
+            Some(NestKind::Smmuv3)
+        );
+        assert_eq!(
+            nest_kind(sys::IOMMU_HW_INFO_TYPE_SELFTEST, &[0; 64]),
+            Some(NestKind::Selftest)
+        );
+        // IOMMU_HW_INFO_TYPE_NONE (e.g. virtio-iommu): no nesting.
+        assert_eq!(nest_kind(0, &[0xff; 64]), None);
+    }
+
+    #[test]
+    fn nested_data_per_host_kind() {
+        use pagetables::vtd::{FirstStage, FirstStageParams, VtdFlags};
+        let fs = FirstStage::new(FirstStageParams {
+            pgtbl: 0x1234_5000,
+            addr_width: 57,
+            flags: VtdFlags {
+                sre: false,
+                eafe: true,
+                wpe: false,
+            },
+            haw: 48,
+            pages_1g: true,
+        })
+        .unwrap();
+        let vtd = Binding::Vtd(fs);
+        // struct iommu_hwpt_vtd_s1 {u64 flags; u64 pgtbl_addr; u32 addr_width; u32 rsvd}.
+        let (t, d) = nested_data(NestKind::Vtd, &vtd).unwrap();
+        assert_eq!(t, sys::IOMMU_HWPT_DATA_VTD_S1);
+        assert_eq!(d.len(), 24);
+        assert_eq!(&d[0..8], &2u64.to_le_bytes(), "EAFE is bit 1");
+        assert_eq!(&d[8..16], &0x1234_5000u64.to_le_bytes());
+        assert_eq!(&d[16..20], &57u32.to_le_bytes());
+        assert_eq!(&d[20..24], &[0; 4]);
+        // The mock: {u32 iotlb} = IOMMU_TEST_IOTLB_DEFAULT, whatever the format.
+        let (t, d) = nested_data(NestKind::Selftest, &vtd).unwrap();
+        assert_eq!((t, d), (0xdead, 0x0bad_beefu32.to_le_bytes().to_vec()));
+        // Another architecture's table: UNSUPP, before any kernel call.
+        let e = nested_data(NestKind::Smmuv3, &vtd).unwrap_err();
+        assert_eq!(e.status(), crate::protocol::Status::Unsupp);
+    }
+
+    #[test]
+    fn guest_tables_need_a_nesting_host() {
+        let mut b = offline(vec![(0, u64::MAX)], 4096);
+        assert!(!b.guest_tables());
+        b.domains.insert(
+            1,
+            DomainObj {
+                ioas: 7,
+                bypass: false,
+                nested: None,
+            },
+        );
+        let fs = pagetables::vtd::FirstStage::new(pagetables::vtd::FirstStageParams {
+            pgtbl: 0x1000,
+            addr_width: 48,
+            flags: Default::default(),
+            haw: 48,
+            pages_1g: false,
+        })
+        .unwrap();
+        let e = b.attach_table(1, &Binding::Vtd(fs)).unwrap_err();
+        assert_eq!(e.status(), crate::protocol::Status::Unsupp);
+        // PASIDs of endpoints without a host device need nothing on the host; invalidations of
+        // a domain without a nested HWPT neither.
+        b.attach_pasid(5, 1, 1).unwrap();
+        b.detach_pasid(5, 1).unwrap();
+        assert!(b.page_requests().is_empty());
+        assert_eq!(b.page_request_fd(), None);
+    }
+
+    #[test]
     fn opening_a_missing_iommufd_names_the_path() {
         let cfg = IommufdConfig {
             iommufd: Some("/nonexistent/iommu".into()),
