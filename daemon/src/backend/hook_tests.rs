@@ -13,6 +13,8 @@ use crate::protocol::*;
 struct Recorder {
     log: Arc<Mutex<Vec<String>>>,
     fail: Arc<Mutex<Option<(&'static str, i32)>>>,
+    /// Page requests the "host" reports at the next `page_requests`.
+    host_reqs: Arc<Mutex<Vec<HostPageRequest>>>,
 }
 
 impl Recorder {
@@ -62,6 +64,33 @@ impl HostBackend for Recorder {
     }
     fn describe(&self) -> serde_json::Value {
         serde_json::json!({"backend": "recorder"})
+    }
+    fn guest_tables(&self) -> bool {
+        true
+    }
+    fn attach_table(&mut self, d: u32, b: &Binding) -> Result<(), BackendError> {
+        self.call("table", format!("attach_table d{d} format {}", b.format()))
+    }
+    fn detach_table(&mut self, d: u32) -> Result<(), BackendError> {
+        self.call("table", format!("detach_table d{d}"))
+    }
+    fn attach_pasid(&mut self, ep: u32, p: u32, d: u32) -> Result<(), BackendError> {
+        self.call("pasid", format!("attach_pasid ep{ep} pasid{p} d{d}"))
+    }
+    fn detach_pasid(&mut self, ep: u32, p: u32) -> Result<(), BackendError> {
+        self.call("pasid", format!("detach_pasid ep{ep} pasid{p}"))
+    }
+    fn invalidate(&mut self, d: u32, inv: &Invalidate) -> Result<(), BackendError> {
+        self.call(
+            "invalidate",
+            format!("invalidate d{d} {:?} caches {}", inv.scope, inv.caches),
+        )
+    }
+    fn page_requests(&mut self) -> Vec<HostPageRequest> {
+        std::mem::take(&mut *self.host_reqs.lock().unwrap())
+    }
+    fn page_response(&mut self, cookie: u32, code: u16) -> Result<(), BackendError> {
+        self.call("resp", format!("page_response cookie {cookie} code {code}"))
     }
 }
 
@@ -253,4 +282,206 @@ fn a_backend_failure_changes_nothing_and_sets_the_status() {
     assert_eq!(status(&mut d, &detach(1, 3)), Status::Range);
     assert_eq!(d.endpoint_list().collect::<Vec<_>>(), [(3, Some(1))]);
     assert_eq!(d.total_mappings(), 1);
+}
+
+/// A device with the extension negotiated and 64 KiB of guest RAM at 0x10000.
+fn ext_device() -> (Device, Log, Fail, Arc<Mutex<Vec<HostPageRequest>>>) {
+    let r = Recorder::default();
+    let (log, fail, reqs) = (r.log.clone(), r.fail.clone(), r.host_reqs.clone());
+    let cfg = DeviceConfig {
+        endpoints: EndpointSet::Ranges(vec![(0, 15)]),
+        ..DeviceConfig::default()
+    };
+    let mut d = Device::with_backend(cfg, Box::new(r));
+    let mem = vm_memory::GuestMemoryMmap::<()>::from_ranges(&[(
+        vm_memory::GuestAddress(0x10000),
+        0x10000,
+    )])
+    .unwrap();
+    d.set_walk_memory(vm_memory::GuestMemoryAtomic::new(mem));
+    d.set_acked_features(FEATURES | (1 << F_ATTACH_TABLE) | (1 << F_PAGE_REQUEST));
+    log.lock().unwrap().clear();
+    (d, log, fail, reqs)
+}
+
+fn attach_table_vtd(domain: u32, pgd: u64) -> Vec<u8> {
+    let mut desc = [0u8; 48];
+    desc[0..4].copy_from_slice(&48u32.to_le_bytes());
+    desc[8..16].copy_from_slice(&pgd.to_le_bytes());
+    req(
+        T_ATTACH_TABLE,
+        &[&domain.to_le_bytes(), &4u16.to_le_bytes(), &[0; 6], &desc],
+    )
+}
+
+fn invalidate_domain(domain: u32) -> Vec<u8> {
+    req(
+        T_INVALIDATE,
+        &[
+            &1u16.to_le_bytes(),
+            &1u16.to_le_bytes(),
+            &[0; 4],
+            &domain.to_le_bytes(),
+            &[0; 48],
+        ],
+    )
+}
+
+fn pasid_req(type_: u8, domain: u32, ep: u32, pasid: u32) -> Vec<u8> {
+    req(
+        type_,
+        &[
+            &domain.to_le_bytes(),
+            &ep.to_le_bytes(),
+            &pasid.to_le_bytes(),
+            &[0; 8],
+        ],
+    )
+}
+
+fn page_resp(ep: u32, grpid: u32, code: u16) -> Vec<u8> {
+    req(
+        T_PAGE_RESP,
+        &[
+            &ep.to_le_bytes(),
+            &[0; 4],
+            &grpid.to_le_bytes(),
+            &code.to_le_bytes(),
+            &[0; 14],
+        ],
+    )
+}
+
+#[test]
+fn extension_requests_reach_the_backend_before_they_commit() {
+    let (mut d, log, fail, _) = ext_device();
+    let fail_next = |k: &'static str, e: i32| *fail.lock().unwrap() = Some((k, e));
+    assert_eq!(status(&mut d, &attach(1, 3, 0)), Status::Ok);
+    take(&log);
+
+    // ATTACH_TABLE refused by the host: no table, the error's status.
+    fail_next("table", libc::ENOMEM);
+    assert_eq!(status(&mut d, &attach_table_vtd(1, 0x10000)), Status::NoMem);
+    assert_eq!(d.domain_table(1), None);
+    // Refused by the model (pgd outside guest RAM): the host never hears of it.
+    assert_eq!(
+        status(&mut d, &attach_table_vtd(1, 0x9000_0000)),
+        Status::Range
+    );
+    assert_eq!(status(&mut d, &attach_table_vtd(1, 0x10000)), Status::Ok);
+    assert!(d.domain_table(1).is_some());
+    assert_eq!(
+        take(&log),
+        ["attach_table d1 format 4", "attach_table d1 format 4"]
+    );
+
+    // INVALIDATE: the host's error is the status (the model's IOTLB is untouched either way).
+    fail_next("invalidate", libc::EIO);
+    assert_eq!(status(&mut d, &invalidate_domain(1)), Status::DevErr);
+    assert_eq!(status(&mut d, &invalidate_domain(1)), Status::Ok);
+    assert_eq!(
+        take(&log),
+        [
+            "invalidate d1 Domain caches 1",
+            "invalidate d1 Domain caches 1"
+        ]
+    );
+
+    // ATTACH_PASID / DETACH_PASID.
+    fail_next("pasid", libc::EOPNOTSUPP);
+    assert_eq!(
+        status(&mut d, &pasid_req(T_ATTACH_PASID, 1, 4, 7)),
+        Status::DevErr
+    );
+    assert_eq!(d.pasid_attach_list().count(), 0);
+    assert_eq!(
+        status(&mut d, &pasid_req(T_ATTACH_PASID, 1, 4, 7)),
+        Status::Ok
+    );
+    fail_next("pasid", libc::EBUSY);
+    assert_eq!(
+        status(&mut d, &pasid_req(T_DETACH_PASID, 1, 4, 7)),
+        Status::DevErr
+    );
+    assert_eq!(d.pasid_attach_list().collect::<Vec<_>>(), [(4, 7, 1)]);
+    assert_eq!(
+        status(&mut d, &pasid_req(T_DETACH_PASID, 1, 4, 7)),
+        Status::Ok
+    );
+    assert_eq!(d.pasid_attach_list().count(), 0);
+
+    // DETACH_TABLE refused: the table stays.
+    take(&log);
+    fail_next("table", libc::EBUSY);
+    assert_eq!(
+        status(
+            &mut d,
+            &req(T_DETACH_TABLE, &[&1u32.to_le_bytes(), &[0; 8]])
+        ),
+        Status::DevErr
+    );
+    assert!(d.domain_table(1).is_some());
+    assert_eq!(
+        status(
+            &mut d,
+            &req(T_DETACH_TABLE, &[&1u32.to_le_bytes(), &[0; 8]])
+        ),
+        Status::Ok
+    );
+    assert_eq!(d.domain_table(1), None);
+    assert_eq!(take(&log), ["detach_table d1", "detach_table d1"]);
+}
+
+#[test]
+fn host_page_requests_become_records_and_responses_go_back() {
+    let (mut d, log, fail, reqs) = ext_device();
+    let fail_next = |k: &'static str, e: i32| *fail.lock().unwrap() = Some((k, e));
+    let pr = |grpid, last, cookie| HostPageRequest {
+        endpoint: 3,
+        pasid: None,
+        grpid,
+        perm: 0b1011, // READ | WRITE | PRIV
+        address: 0x1234_5678,
+        last,
+        cookie,
+    };
+    // A group of two records: one guest group index, the LAST one carries the cookie.
+    reqs.lock()
+        .unwrap()
+        .extend([pr(5, false, 70), pr(5, true, 71)]);
+    assert_eq!(d.host_page_requests(), 2);
+    let e1 = d.pop_event().unwrap();
+    let e2 = d.pop_event().unwrap();
+    assert_eq!(e1.bytes().len(), 32);
+    let b = e2.bytes();
+    assert_eq!(b[0], FAULT_R_PAGE_REQUEST);
+    let le32 = |b: &[u8], o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
+    assert_eq!(le32(b, 4), 0b1011 | FAULT_F_ADDRESS | FAULT_F_LAST);
+    assert_eq!(le32(e1.bytes(), 4), 0b1011 | FAULT_F_ADDRESS, "not LAST");
+    assert_eq!(le32(b, 8), 3);
+    assert_eq!(&b[16..24], &0x1234_5000u64.to_le_bytes());
+    let g = le32(b, 24);
+    assert_eq!(le32(e1.bytes(), 24), g, "one group");
+
+    // The host refuses the response: the request stays outstanding.
+    fail_next("resp", libc::EINVAL);
+    assert_eq!(status(&mut d, &page_resp(3, g, 0)), Status::Range);
+    assert_eq!(d.page_request_list().count(), 1);
+    assert_eq!(status(&mut d, &page_resp(3, g, 0)), Status::Ok);
+    assert_eq!(d.page_request_list().count(), 0);
+    assert_eq!(
+        take(&log),
+        [
+            "page_response cookie 71 code 0",
+            "page_response cookie 71 code 0"
+        ]
+    );
+
+    // Page requests not negotiated: the host gets INVALID at once, the guest nothing.
+    d.set_acked_features(FEATURES | (1 << F_ATTACH_TABLE));
+    take(&log);
+    reqs.lock().unwrap().push(pr(6, true, 72));
+    assert_eq!(d.host_page_requests(), 0);
+    assert!(d.pop_event().is_none());
+    assert_eq!(take(&log), ["page_response cookie 72 code 1"]);
 }
