@@ -197,12 +197,16 @@ fn pasid_attach(type_: u8, domain: u32, endpoint: u32, pasid: u32) -> Request {
 }
 
 fn page_resp(endpoint: u32, grpid: u32, code: u16) -> Request {
+    page_resp_pasid(endpoint, None, grpid, code)
+}
+
+fn page_resp_pasid(endpoint: u32, pasid: Option<u32>, grpid: u32, code: u16) -> Request {
     let mut r = vec![8u8, 0, 0, 0];
     r.extend(endpoint.to_le_bytes());
-    r.extend(0u32.to_le_bytes());
+    r.extend(pasid.unwrap_or(0).to_le_bytes());
     r.extend(grpid.to_le_bytes());
     r.extend(code.to_le_bytes());
-    r.extend(0u16.to_le_bytes());
+    r.extend(u16::from(pasid.is_some()).to_le_bytes());
     r.extend([0u8; 12]);
     Request::new(r)
 }
@@ -336,6 +340,36 @@ fn mock_nested(
     let s = dev.status_of(&pasid_attach(10, 50, 2, 5));
     let attached = check_pasid_hwpt(fd, stdev2, 5, n);
     let b = backend(ctl);
+    // A page request with PASID 5 of endpoint 2's device (INVALID: the guest cannot serve it).
+    dev.post_event_buffers(1, 32);
+    let ptrig = trigger_iopf(fd, idev2, 5, 0x4, 0x1, 0x2000_0000);
+    let pev = dev.wait_event_raw(Duration::from_secs(5), 32);
+    let pg = pev
+        .as_ref()
+        .map(|(_, b)| u32::from_le_bytes([b[24], b[25], b[26], b[27]]));
+    let pwrong = pg.map(|g| dev.status_of(&page_resp(2, g, 1)));
+    let pr = pg.map(|g| dev.status_of(&page_resp_pasid(2, Some(5), g, 1)));
+    rep.check(
+        "pasid-page-request",
+        (|| {
+            ptrig.map_err(|e| format!("TRIGGER_IOPF errno {e}"))?;
+            let (len, rec) = pev.ok_or("no page-request record")?;
+            let le32 = |o: usize| u32::from_le_bytes([rec[o], rec[o + 1], rec[o + 2], rec[o + 3]]);
+            ensure(len == 32 && rec[0] == 3, || format!("{len} bytes, reason {}", rec[0]))?;
+            // READ | ADDRESS | PASID_VALID | LAST.
+            ensure(le32(4) == (1 | (1 << 8) | (1 << 9) | (1 << 10)), || {
+                format!("flags {:#x}", le32(4))
+            })?;
+            ensure(le32(8) == 2 && le32(12) == 5 && le32(16) == 0x2000_0000, || {
+                format!("endpoint {} pasid {} address {:#x}", le32(8), le32(12), le32(16))
+            })?;
+            ensure(pwrong == Some(status::NOENT), || {
+                format!("PAGE_RESP without the PASID: {pwrong:?}")
+            })?;
+            ensure(pr == Some(status::OK), || format!("PAGE_RESP status {pr:?}"))?;
+            Ok("TRIGGER_IOPF with PASID 5 -> record (endpoint 2, PASID_VALID, pasid 5, READ, LAST); PAGE_RESP must name the PASID (without: NOENT), INVALID written back".into())
+        })(),
+    );
     let sd = dev.status_of(&pasid_attach(11, 50, 2, 5));
     let detached = check_pasid_hwpt(fd, stdev2, 5, 0);
     rep.check(
@@ -380,7 +414,8 @@ fn mock_nested(
             })?;
             ensure(sr == Some(status::OK), || format!("PAGE_RESP status {sr:?}"))?;
             ensure(sr2 == Some(status::NOENT), || format!("second PAGE_RESP status {sr2:?}"))?;
-            ensure(b["nesting"]["page_responses"] == 1 && b["nesting"]["page_requests"] == 1, || {
+            // The PASID request above and this one.
+            ensure(b["nesting"]["page_responses"] == 2 && b["nesting"]["page_requests"] == 2, || {
                 format!("{}", b["nesting"])
             })?;
             Ok(format!(
