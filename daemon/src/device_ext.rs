@@ -437,6 +437,45 @@ impl Device {
             .count()
     }
 
+    /// Everything the host reported on its event fd: page requests, and faults of guest tables
+    /// (iommufd vEVENTQ), which become 24-byte fault records. Returns how many records were
+    /// queued.
+    pub fn host_events(&mut self) -> usize {
+        let n = self.host_page_requests();
+        let faults = self.backend.host_faults();
+        let mut queued = 0;
+        for f in faults {
+            let mut flags = f.access & (FAULT_F_READ | FAULT_F_WRITE | FAULT_F_EXEC | FAULT_F_PRIV);
+            if f.address.is_some() {
+                flags |= FAULT_F_ADDRESS;
+            }
+            if f.pasid.is_some() {
+                flags |= FAULT_F_PASID_VALID;
+            }
+            let address = f.address.unwrap_or(0);
+            let rec = FaultRecord {
+                reason: f.reason,
+                reserved: [0; 3],
+                flags: flags.into(),
+                endpoint: f.endpoint.into(),
+                reserved2: f.pasid.unwrap_or(0).to_le_bytes(),
+                address: address.into(),
+            };
+            if self.pending_events.len() >= PENDING_EVENTS_MAX {
+                self.stats.faults_dropped += 1;
+                continue;
+            }
+            self.pending_events.push_back(EventRecord::new(
+                rec.as_bytes(),
+                f.endpoint,
+                address,
+                None,
+            ));
+            queued += 1;
+        }
+        n + queued
+    }
+
     /// The host gets INVALID at once for a request nobody will answer.
     fn refuse_host_page_request(&mut self, r: &HostPageRequest) {
         self.stats.faults_dropped += 1;

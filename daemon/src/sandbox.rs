@@ -222,8 +222,14 @@ pub fn role_calls(role: Role) -> Vec<Call> {
             ]);
         }
         Role::Worker => {
-            // shutdown: an invalidation subscriber that cannot keep up is cut off.
-            v.extend(sys![libc::SYS_epoll_pwait, libc::SYS_shutdown]);
+            // shutdown: an invalidation subscriber that cannot keep up is cut off; epoll_ctl:
+            // the iommufd backend adds a vIOMMU's event queue to its page-request epoll set
+            // when a guest binds its first table.
+            v.extend(sys![
+                libc::SYS_epoll_pwait,
+                libc::SYS_shutdown,
+                libc::SYS_epoll_ctl
+            ]);
             #[cfg(target_arch = "x86_64")]
             v.extend(sys![libc::SYS_epoll_wait]);
         }

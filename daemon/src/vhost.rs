@@ -615,7 +615,7 @@ impl VhostUserBackendMut for IommuBackend {
                 self.process_requests(vring(REQUEST_QUEUE)?)?
             }
             PAGE_REQUEST_EVENT_ID => {
-                self.shared.device().host_page_requests();
+                self.shared.device().host_events();
                 self.deliver_events(vring(EVENT_QUEUE)?)?;
             }
             other => return Err(VhostError::UnknownEvent(other).into()),

@@ -197,6 +197,20 @@ pub struct HostPageRequest {
     pub cookie: u32,
 }
 
+/// A fault the host IOMMU reported about a guest table (iommufd vEVENTQ: SMMUv3 event records,
+/// the mock's events), to become a fault record on the event queue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HostFault {
+    pub endpoint: u32,
+    pub pasid: Option<u32>,
+    /// FAULT_R_UNKNOWN, FAULT_R_DOMAIN (a bad configuration: CD, substream) or FAULT_R_MAPPING
+    /// (a translation, access or permission fault of the guest's table).
+    pub reason: u8,
+    /// READ 1, WRITE 2, EXEC 4, PRIV 8 (fault record flag bits).
+    pub access: u32,
+    pub address: Option<u64>,
+}
+
 /// The operations of the device model that reach the host. Called with the device lock held,
 /// after validation; `Err` means nothing changed on the host either.
 pub trait HostBackend: Send + fmt::Debug {
@@ -281,6 +295,11 @@ pub trait HostBackend: Send + fmt::Debug {
     }
     /// The page requests the host reported since the last call.
     fn page_requests(&mut self) -> Vec<HostPageRequest> {
+        Vec::new()
+    }
+    /// The faults the host reported since the last call (read with `page_requests`, when the
+    /// same fd is readable).
+    fn host_faults(&mut self) -> Vec<HostFault> {
         Vec::new()
     }
     /// Answer a host page request (`cookie` from [`HostPageRequest`]) with a PAGE_RESP code.

@@ -38,6 +38,7 @@ const OP_MD_CHECK_REFS: u32 = 4;
 const OP_MD_CHECK_IOTLB: u32 = 14;
 const OP_TRIGGER_IOPF: u32 = 15;
 const OP_DEV_CHECK_CACHE: u32 = 16;
+const OP_TRIGGER_VEVENT: u32 = 17;
 const OP_PASID_CHECK_HWPT: u32 = 21;
 /// IOMMU_TEST_IOTLB_DEFAULT / IOMMU_TEST_DEV_CACHE_DEFAULT: what a new mock nested HWPT's
 /// IOTLB entries and a new mock device's cache entries hold.
@@ -311,6 +312,26 @@ fn mock_nested(
         })(),
     );
     let n = nested.unwrap_or(0);
+
+    // A vIOMMU event of endpoint 1's device (TRIGGER_VEVENT: the mock reports its virtual id)
+    // comes out of the event queue as a fault record.
+    dev.post_event_buffers(1, 32);
+    let vtrig = test_cmd(fd, OP_TRIGGER_VEVENT, 0, [u64::from(idev1), 0, 0, 0, 0, 0]);
+    let vev = dev.wait_event_raw(Duration::from_secs(5), 32);
+    rep.check(
+        "viommu-event-fault-record",
+        (|| {
+            vtrig.map_err(|e| format!("TRIGGER_VEVENT errno {e}"))?;
+            let (len, rec) = vev.ok_or("no fault record on the event queue")?;
+            let le32 = |o: usize| u32::from_le_bytes([rec[o], rec[o + 1], rec[o + 2], rec[o + 3]]);
+            ensure(len == 24, || format!("record of {len} bytes"))?;
+            // Reason UNKNOWN, no flags (the mock says only which device), endpoint 1.
+            ensure(rec[0] == 0 && le32(4) == 0 && le32(8) == 1, || {
+                format!("reason {} flags {:#x} endpoint {}", rec[0], le32(4), le32(8))
+            })?;
+            Ok("TRIGGER_VEVENT -> vEVENTQ {virt_id 1} -> 24-byte fault record (UNKNOWN, endpoint 1)".into())
+        })(),
+    );
 
     // INVALIDATE: PASID 6's IOTLB (mock entry 6 % 4 = 2), then the whole domain with DEV_IOTLB.
     let s = dev.status_of(&invalidate(50, 2, 1, Some(6)));

@@ -38,7 +38,9 @@ use log::{info, warn};
 use serde_json::json;
 
 use super::fdpass::Handover;
-use super::{BackendError, GuestRegion, HostBackend, HostLimits, HostPageRequest, ResetKind};
+use super::{
+    BackendError, GuestRegion, HostBackend, HostFault, HostLimits, HostPageRequest, ResetKind,
+};
 use crate::protocol::{MAP_F_MMIO, MAP_F_READ, MAP_F_WRITE};
 use crate::tables::{Binding, Invalidate};
 
@@ -149,6 +151,13 @@ struct Nest {
     pasid: bool,
     /// A host device to allocate HWPTs for.
     dev_id: u32,
+    /// An epoll set of the fault queue and the vEVENTQ, the fd the vhost worker watches (the
+    /// vEVENTQ comes and goes with the vIOMMU).
+    epoll: Option<OwnedFd>,
+    /// IOMMU_VEVENTQ_ALLOC on the vIOMMU: object id and fd.
+    veventq: Option<(u32, OwnedFd)>,
+    /// Faults read from the vEVENTQ.
+    faults: u64,
     /// Page responses written back to the fault queue.
     responses: u64,
     /// Page requests read from the fault queue.
@@ -253,6 +262,24 @@ pub struct IommufdBackend {
     nest: Option<Nest>,
     /// Explicit paging HWPTs of IOASes (PASID-capable hosts): IOAS -> HWPT.
     paging: BTreeMap<u32, u32>,
+}
+
+/// Turns one vEVENT's data into a fault.
+type EventParser = fn(&[u8]) -> Option<HostFault>;
+
+/// Add `fd` (readable events, level-triggered) to the epoll set `ep`.
+fn epoll_add(ep: BorrowedFd<'_>, fd: BorrowedFd<'_>) -> std::io::Result<()> {
+    let mut ev = libc::epoll_event {
+        events: libc::EPOLLIN as u32,
+        u64: fd.as_raw_fd() as u64,
+    };
+    // SAFETY: both fds are open for the call; `ev` is a live epoll_event the kernel only reads.
+    let r =
+        unsafe { libc::epoll_ctl(ep.as_raw_fd(), libc::EPOLL_CTL_ADD, fd.as_raw_fd(), &mut ev) };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 fn open_rw(path: &Path) -> Result<OwnedFd, SetupError> {
@@ -429,12 +456,31 @@ impl IommufdBackend {
                 None
             }
         };
+        // SAFETY: epoll_create1 has no memory arguments; a non-negative result is a new fd we own.
+        let epoll = match unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) } {
+            r if r >= 0 => {
+                // SAFETY: `r` is a new fd nobody else owns.
+                Some(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(r) })
+            }
+            _ => {
+                warn!("epoll_create1: {}", std::io::Error::last_os_error());
+                None
+            }
+        };
+        if let (Some(ep), Some((_, ffd))) = (epoll.as_ref(), fault.as_ref()) {
+            if let Err(e) = epoll_add(ep.as_fd(), ffd.as_fd()) {
+                warn!("cannot watch the fault queue: {e}");
+            }
+        }
         self.nest = Some(Nest {
             kind,
             viommu_type,
             parent: None,
             viommu: None,
             fault,
+            epoll,
+            veventq: None,
+            faults: 0,
             pasid,
             dev_id,
             responses: 0,
@@ -452,8 +498,11 @@ impl IommufdBackend {
             }
             Err(e) => {
                 warn!("no guest tables: {e}");
-                if let Some((_, ffd)) = self.nest.take().and_then(|n| n.fault) {
+                if let Some((id, ffd)) = self.nest.take().and_then(|n| n.fault) {
                     drop(ffd);
+                    if let Err(e) = sys::destroy(self.fd(), id) {
+                        warn!("cannot destroy the fault queue {id}: {e}");
+                    }
                 }
                 return;
             }
@@ -520,7 +569,39 @@ impl IommufdBackend {
             n.parent = Some(parent);
             n.viommu = viommu;
         }
+        self.open_veventq();
         Ok((parent, viommu))
+    }
+
+    /// The vIOMMU's event queue (Linux 6.15), watched through the epoll set. Without it (older
+    /// kernel, VT-d) host faults of guest tables are not reported to the guest.
+    fn open_veventq(&mut self) {
+        let Some(n) = self.nest.as_ref() else { return };
+        let (Some(v), Some(ep)) = (n.viommu, n.epoll.as_ref()) else {
+            return;
+        };
+        let t = match n.kind {
+            NestKind::Smmuv3 => sys::IOMMU_VEVENTQ_TYPE_ARM_SMMUV3,
+            NestKind::Selftest => sys::IOMMU_VEVENTQ_TYPE_SELFTEST,
+            NestKind::Vtd => return,
+        };
+        let q = match sys::veventq_alloc(self.fd(), v, t, 64) {
+            Ok(q) => q,
+            Err(e) => {
+                warn!("no vEVENTQ (host faults are not reported): {e}");
+                return;
+            }
+        };
+        // SAFETY: fcntl on an fd we own; F_SETFL takes an int.
+        if unsafe { libc::fcntl(q.1.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) } < 0 {
+            warn!("vEVENTQ: cannot make it non-blocking");
+        }
+        if let Err(e) = epoll_add(ep.as_fd(), q.1.as_fd()) {
+            warn!("cannot watch the vEVENTQ: {e}");
+        }
+        if let Some(n) = self.nest.as_mut() {
+            n.veventq = Some(q);
+        }
     }
 
     /// Destroy the vDEVICEs, the vIOMMU and the nesting parent (no nested HWPT may be left).
@@ -535,7 +616,12 @@ impl IommufdBackend {
             }
         }
         let Some(n) = self.nest.as_mut() else { return };
-        let ids = [n.viommu.take(), n.parent.take()];
+        // Closing the fd also takes it out of the epoll set.
+        let q = n.veventq.take().map(|(id, qfd)| {
+            drop(qfd);
+            id
+        });
+        let ids = [q, n.viommu.take(), n.parent.take()];
         for id in ids.into_iter().flatten() {
             if let Err(e) = sys::destroy(self.fd(), id) {
                 warn!("cannot destroy nesting object {id}: {e}");
@@ -1096,7 +1182,10 @@ impl HostBackend for IommufdBackend {
             NestKind::Smmuv3 => {
                 viommu.ok_or(BackendError::Internal("SMMUv3 nesting without a vIOMMU"))?
             }
-            _ => parent,
+            // On the vIOMMU, as on SMMUv3, when there is one: the mock then knows the device's
+            // vIOMMU and virtual id (its events carry them).
+            NestKind::Selftest => viommu.unwrap_or(parent),
+            NestKind::Vtd => parent,
         };
         let mut flags = if n.pasid {
             sys::IOMMU_HWPT_ALLOC_PASID
@@ -1275,14 +1364,63 @@ impl HostBackend for IommufdBackend {
     }
 
     fn page_request_fd(&self) -> Option<std::os::fd::RawFd> {
-        self.nest
-            .as_ref()
-            .and_then(|n| n.fault.as_ref())
-            .map(|f| f.1.as_raw_fd())
+        let n = self.nest.as_ref()?;
+        match (&n.epoll, &n.fault) {
+            (Some(ep), _) => Some(ep.as_raw_fd()),
+            (None, Some(f)) => Some(f.1.as_raw_fd()),
+            (None, None) => None,
+        }
+    }
+
+    fn host_faults(&mut self) -> Vec<HostFault> {
+        let Some(n) = self.nest.as_ref() else {
+            return Vec::new();
+        };
+        let Some(qfd) = n.veventq.as_ref().map(|q| q.1.as_raw_fd()) else {
+            return Vec::new();
+        };
+        let (size, parse): (usize, EventParser) = match n.kind {
+            NestKind::Smmuv3 => (nesting::VEVENT_SMMUV3_SIZE, nesting::smmu_event_fault),
+            _ => (nesting::VEVENT_SELFTEST_SIZE, nesting::mock_event_fault),
+        };
+        let mut out = Vec::new();
+        let mut buf = [0u8; 1024];
+        loop {
+            // SAFETY: reads into a live local buffer of the given length from an fd we own.
+            let r = unsafe { libc::read(qfd, buf.as_mut_ptr().cast(), buf.len()) };
+            let Ok(len) = usize::try_from(r) else { break };
+            if len == 0 {
+                break;
+            }
+            let (events, lost) = nesting::split_vevents(&buf[..len], size);
+            if lost > 0 {
+                warn!("the host's vEVENTQ overflowed: events lost");
+            }
+            for f in events.into_iter().filter_map(parse) {
+                if self.endpoints.contains_key(&f.endpoint) {
+                    out.push(f);
+                } else {
+                    warn!("host event for unknown virtual id {}", f.endpoint);
+                }
+            }
+            if len + nesting::VEVENT_HEADER_SIZE + size > buf.len() {
+                continue;
+            }
+            break;
+        }
+        if let Some(n) = self.nest.as_mut() {
+            n.faults += out.len() as u64;
+        }
+        out
     }
 
     fn page_requests(&mut self) -> Vec<HostPageRequest> {
-        let Some(ffd) = self.page_request_fd() else {
+        let Some(ffd) = self
+            .nest
+            .as_ref()
+            .and_then(|n| n.fault.as_ref())
+            .map(|f| f.1.as_raw_fd())
+        else {
             return Vec::new();
         };
         let mut out = Vec::new();
@@ -1390,6 +1528,8 @@ impl HostBackend for IommufdBackend {
                 "pasid": n.pasid,
                 "page_requests": n.requests,
                 "page_responses": n.responses,
+                "veventq": n.veventq.as_ref().map(|q| q.0),
+                "faults": n.faults,
             })
         });
         let paging: Vec<_> = self

@@ -15,7 +15,12 @@
 //!   `{u32 flags, u32 vdev_id, u32 cache_id}` on the vIOMMU.
 //! - Fault queue records: `struct iommu_hwpt_pgfault` (40 bytes) and the response
 //!   `struct iommu_hwpt_page_response {u32 cookie, u32 code}`.
+//! - vEVENTQ records: `struct iommufd_vevent_header {u32 flags, u32 sequence}` then the event:
+//!   SMMUv3 `struct iommu_vevent_arm_smmuv3 {le64 evt[4]}` (the event record of IHI 0070 §7.3,
+//!   StreamID already the virtual one), the mock's `{u32 virt_id}`.
 
+use crate::backend::HostFault;
+use crate::protocol::{FAULT_R_DOMAIN, FAULT_R_MAPPING, FAULT_R_UNKNOWN};
 use crate::tables::{Invalidate, Scope};
 
 /// SMMUv3 command opcodes (CMDQ_OP_*).
@@ -309,6 +314,97 @@ pub fn page_response(cookie: u32, virtio_code: u16) -> [u8; 8] {
     b
 }
 
+/// IOMMU_VEVENTQ_FLAG_LOST_EVENTS: a header without data saying events were dropped.
+pub const VEVENT_FLAG_LOST_EVENTS: u32 = 1 << 0;
+pub const VEVENT_HEADER_SIZE: usize = 8;
+/// Event data sizes.
+pub const VEVENT_SMMUV3_SIZE: usize = 32;
+pub const VEVENT_SELFTEST_SIZE: usize = 4;
+
+/// Split what a read of a vEVENTQ fd returned into event data (`data_len` bytes each); also
+/// returns how many LOST_EVENTS headers were seen.
+pub fn split_vevents(buf: &[u8], data_len: usize) -> (Vec<&[u8]>, usize) {
+    let mut out = Vec::new();
+    let mut lost = 0;
+    let mut at = 0;
+    while let Some(h) = buf.get(at..at + VEVENT_HEADER_SIZE) {
+        let flags = u32::from_le_bytes([h[0], h[1], h[2], h[3]]);
+        at += VEVENT_HEADER_SIZE;
+        if flags & VEVENT_FLAG_LOST_EVENTS != 0 {
+            lost += 1;
+            continue;
+        }
+        let Some(d) = buf.get(at..at + data_len) else {
+            break;
+        };
+        out.push(d);
+        at += data_len;
+    }
+    (out, lost)
+}
+
+/// SMMUv3 event numbers (IHI 0070 §7.3) of stage-1 translation faults.
+pub const EVT_F_TRANSLATION: u8 = 0x10;
+pub const EVT_F_PERMISSION: u8 = 0x13;
+/// Event record fields: DW0 [7:0] type, [11] SSV, [31:12] SubstreamID, [63:32] StreamID;
+/// DW1 [33] PnU, [34] InD, [35] RnW; DW2 InputAddr.
+const EVTQ_0_SSV: u64 = 1 << 11;
+const EVTQ_1_PNU: u64 = 1 << 33;
+const EVTQ_1_IND: u64 = 1 << 34;
+const EVTQ_1_RNW: u64 = 1 << 35;
+
+/// A fault record for an SMMUv3 event the host forwarded: translation, address size, access
+/// flag and permission faults (0x10..=0x13) are MAPPING faults at InputAddr with the access
+/// (RnW: read, else write; InD: exec; PnU: privileged); every other event (C_BAD_CD,
+/// C_BAD_SUBSTREAMID, F_CD_FETCH, F_WALK_EABT...) is about the guest's configuration: DOMAIN,
+/// without address.
+pub fn smmu_event_fault(data: &[u8]) -> Option<HostFault> {
+    let w = |i: usize| -> Option<u64> {
+        let b: [u8; 8] = data.get(i * 8..i * 8 + 8)?.try_into().ok()?;
+        Some(u64::from_le_bytes(b))
+    };
+    let (w0, w1, w2) = (w(0)?, w(1)?, w(2)?);
+    let id = (w0 & 0xff) as u8;
+    let endpoint = (w0 >> 32) as u32;
+    let pasid = (w0 & EVTQ_0_SSV != 0).then_some(((w0 >> 12) & 0xf_ffff) as u32);
+    if (EVT_F_TRANSLATION..=EVT_F_PERMISSION).contains(&id) {
+        let mut access = if w1 & EVTQ_1_RNW != 0 { 1 } else { 2 };
+        if w1 & EVTQ_1_IND != 0 {
+            access |= 4;
+        }
+        if w1 & EVTQ_1_PNU != 0 {
+            access |= 8;
+        }
+        Some(HostFault {
+            endpoint,
+            pasid,
+            reason: FAULT_R_MAPPING,
+            access,
+            address: Some(w2),
+        })
+    } else {
+        Some(HostFault {
+            endpoint,
+            pasid,
+            reason: FAULT_R_DOMAIN,
+            access: 0,
+            address: None,
+        })
+    }
+}
+
+/// A fault record for a mock event `{u32 virt_id}`: the mock says only which device.
+pub fn mock_event_fault(data: &[u8]) -> Option<HostFault> {
+    let b: [u8; 4] = data.get(..4)?.try_into().ok()?;
+    Some(HostFault {
+        endpoint: u32::from_le_bytes(b),
+        pasid: None,
+        reason: FAULT_R_UNKNOWN,
+        access: 0,
+        address: None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -544,6 +640,63 @@ mod tests {
             le_bytes(&[[1u32, 2, 3]]),
             vec![1, 0, 0, 0, 2, 0, 0, 0, 3, 0, 0, 0]
         );
+    }
+
+    #[test]
+    fn vevents_split_and_map() {
+        // A mock event, a LOST_EVENTS header (no data), a second mock event.
+        let mut buf = Vec::new();
+        buf.extend(0u32.to_le_bytes());
+        buf.extend(7u32.to_le_bytes());
+        buf.extend(3u32.to_le_bytes());
+        buf.extend(1u32.to_le_bytes());
+        buf.extend(8u32.to_le_bytes());
+        buf.extend(0u32.to_le_bytes());
+        buf.extend(9u32.to_le_bytes());
+        buf.extend(4u32.to_le_bytes());
+        let (ev, lost) = split_vevents(&buf, VEVENT_SELFTEST_SIZE);
+        assert_eq!(lost, 1);
+        assert_eq!(ev.len(), 2);
+        let f = mock_event_fault(ev[0]).unwrap();
+        assert_eq!(
+            (f.endpoint, f.reason, f.address),
+            (3, FAULT_R_UNKNOWN, None)
+        );
+        assert_eq!(mock_event_fault(ev[1]).unwrap().endpoint, 4);
+        // A truncated event is not parsed.
+        assert_eq!(split_vevents(&buf[..10], 4).0.len(), 0);
+
+        // SMMUv3 F_PERMISSION of vSID 5, SSV with SubstreamID 0x12345, write (RnW 0), PnU,
+        // InputAddr 0xdead_b000.
+        let mut e = [0u8; 32];
+        let w0: u64 = 0x13 | (1 << 11) | (0x12345 << 12) | (5 << 32);
+        let w1: u64 = 1 << 33;
+        e[0..8].copy_from_slice(&w0.to_le_bytes());
+        e[8..16].copy_from_slice(&w1.to_le_bytes());
+        e[16..24].copy_from_slice(&0xdead_b000u64.to_le_bytes());
+        let f = smmu_event_fault(&e).unwrap();
+        assert_eq!(
+            f,
+            HostFault {
+                endpoint: 5,
+                pasid: Some(0x12345),
+                reason: FAULT_R_MAPPING,
+                access: 2 | 8,
+                address: Some(0xdead_b000)
+            }
+        );
+        // Read (RnW 1), instruction fetch (InD), no SSV.
+        let w0: u64 = 0x10 | (6 << 32);
+        let w1: u64 = (1 << 35) | (1 << 34);
+        e[0..8].copy_from_slice(&w0.to_le_bytes());
+        e[8..16].copy_from_slice(&w1.to_le_bytes());
+        let f = smmu_event_fault(&e).unwrap();
+        assert_eq!((f.endpoint, f.pasid, f.access), (6, None, 1 | 4));
+        // C_BAD_CD (0x0a): the guest's configuration, no address.
+        e[0..8].copy_from_slice(&(0x0au64 | (6 << 32)).to_le_bytes());
+        let f = smmu_event_fault(&e).unwrap();
+        assert_eq!((f.reason, f.address), (FAULT_R_DOMAIN, None));
+        assert_eq!(smmu_event_fault(&e[..20]), None);
     }
 
     #[test]

@@ -40,12 +40,15 @@ pub const IOMMU_HWPT_INVALIDATE: u64 = io(0x8d);
 pub const IOMMU_FAULT_QUEUE_ALLOC: u64 = io(0x8e);
 pub const IOMMU_VIOMMU_ALLOC: u64 = io(0x90);
 pub const IOMMU_VDEVICE_ALLOC: u64 = io(0x91);
+/// Linux 6.15.
+pub const IOMMU_VEVENTQ_ALLOC: u64 = io(0x93);
 
 /// The ioctls the backend makes after start-up (the seccomp filter of the serving threads
 /// allows exactly these, besides FIONBIO). Binding VFIO devices and creating mock devices happen
 /// before the filters are installed. IOMMU_TEST_CMD (MOCK_DOMAIN_REPLACE, PASID_ATTACH...) only
 /// with mock devices: [`SERVING_IOCTLS_MOCK`].
-pub const SERVING_IOCTLS: [u64; 13] = [
+pub const SERVING_IOCTLS: [u64; 14] = [
+    IOMMU_VEVENTQ_ALLOC,
     IOMMU_IOAS_MAP_FILE,
     IOMMU_DESTROY,
     IOMMU_IOAS_ALLOC,
@@ -60,7 +63,8 @@ pub const SERVING_IOCTLS: [u64; 13] = [
     IOMMU_VDEVICE_ALLOC,
     IOMMU_GET_HW_INFO,
 ];
-pub const SERVING_IOCTLS_MOCK: [u64; 14] = [
+pub const SERVING_IOCTLS_MOCK: [u64; 15] = [
+    IOMMU_VEVENTQ_ALLOC,
     IOMMU_IOAS_MAP_FILE,
     IOMMU_DESTROY,
     IOMMU_IOAS_ALLOC,
@@ -115,6 +119,9 @@ pub const IOMMU_VIOMMU_INVALIDATE_DATA_SELFTEST: u32 = 0xdead_beef;
 /// `enum iommu_viommu_type`.
 pub const IOMMU_VIOMMU_TYPE_ARM_SMMUV3: u32 = 1;
 pub const IOMMU_VIOMMU_TYPE_SELFTEST: u32 = 0xdead_beef;
+/// `enum iommu_veventq_type`.
+pub const IOMMU_VEVENTQ_TYPE_ARM_SMMUV3: u32 = 1;
+pub const IOMMU_VEVENTQ_TYPE_SELFTEST: u32 = 0xbeef_beef;
 /// VFIO_DEVICE_ATTACH_PASID / VFIO_DEVICE_DETACH_PASID.
 pub const VFIO_DEVICE_PASID: u32 = 1 << 0;
 
@@ -306,6 +313,20 @@ pub struct IommuVdeviceAlloc {
     pub virt_id: u64,
 }
 
+/// `struct iommu_veventq_alloc`.
+#[repr(C)]
+#[derive(Debug, Default)]
+pub struct IommuVeventqAlloc {
+    pub size: u32,
+    pub flags: u32,
+    pub viommu_id: u32,
+    pub type_: u32,
+    pub veventq_depth: u32,
+    pub out_veventq_id: u32,
+    pub out_veventq_fd: u32,
+    pub reserved: u32,
+}
+
 /// `struct vfio_device_detach_iommufd_pt`.
 #[repr(C)]
 #[derive(Debug, Default)]
@@ -322,6 +343,7 @@ const _: () = assert!(std::mem::size_of::<IommuHwptInvalidate>() == 32);
 const _: () = assert!(std::mem::size_of::<IommuFaultAlloc>() == 16);
 const _: () = assert!(std::mem::size_of::<IommuViommuAlloc>() == 40);
 const _: () = assert!(std::mem::size_of::<IommuVdeviceAlloc>() == 24);
+const _: () = assert!(std::mem::size_of::<IommuVeventqAlloc>() == 32);
 const _: () = assert!(std::mem::size_of::<IommuIoasMap>() == 40);
 const _: () = assert!(std::mem::size_of::<IommuIoasUnmap>() == 24);
 const _: () = assert!(std::mem::size_of::<IommuIoasMapFile>() == 40);
@@ -707,6 +729,31 @@ pub fn vdevice_alloc(
     Ok(a.out_vdevice_id)
 }
 
+/// VEVENTQ_ALLOC of `type_` on `viommu_id`, holding up to `depth` events: (object id, fd).
+pub fn veventq_alloc(
+    fd: BorrowedFd<'_>,
+    viommu_id: u32,
+    type_: u32,
+    depth: u32,
+) -> Result<(u32, std::os::fd::OwnedFd), SysError> {
+    let mut a = IommuVeventqAlloc {
+        size: std::mem::size_of::<IommuVeventqAlloc>() as u32,
+        viommu_id,
+        type_,
+        veventq_depth: depth,
+        ..Default::default()
+    };
+    // SAFETY: IOMMU_VEVENTQ_ALLOC takes struct iommu_veventq_alloc, which `a` mirrors.
+    unsafe { ioctl(fd, IOMMU_VEVENTQ_ALLOC, "IOMMU_VEVENTQ_ALLOC", &mut a) }?;
+    // SAFETY: on success the kernel installed a new fd in our table and gave it to us alone.
+    let owned = unsafe {
+        <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(
+            a.out_veventq_fd.cast_signed(),
+        )
+    };
+    Ok((a.out_veventq_id, owned))
+}
+
 /// MOCK_DOMAIN_FLAGS: a mock device with `dev_flags` (e.g. MOCK_FLAGS_DEVICE_PASID) attached
 /// to `pt_id`. Returns (stdev_id, hwpt_id, idev_id).
 pub fn mock_domain_flags(
@@ -789,6 +836,7 @@ mod tests {
         assert_eq!(IOMMU_FAULT_QUEUE_ALLOC, 0x3b8e);
         assert_eq!(IOMMU_VIOMMU_ALLOC, 0x3b90);
         assert_eq!(IOMMU_VDEVICE_ALLOC, 0x3b91);
+        assert_eq!(IOMMU_VEVENTQ_ALLOC, 0x3b93);
     }
 
     #[test]
