@@ -15,6 +15,8 @@ struct Recorder {
     fail: Arc<Mutex<Option<(&'static str, i32)>>>,
     /// Page requests the "host" reports at the next `page_requests`.
     host_reqs: Arc<Mutex<Vec<HostPageRequest>>>,
+    /// Faults the "host" reports at the next `host_faults`.
+    host_faults: Arc<Mutex<Vec<HostFault>>>,
 }
 
 impl Recorder {
@@ -88,6 +90,9 @@ impl HostBackend for Recorder {
     }
     fn page_requests(&mut self) -> Vec<HostPageRequest> {
         std::mem::take(&mut *self.host_reqs.lock().unwrap())
+    }
+    fn host_faults(&mut self) -> Vec<HostFault> {
+        std::mem::take(&mut *self.host_faults.lock().unwrap())
     }
     fn page_response(&mut self, cookie: u32, code: u16) -> Result<(), BackendError> {
         self.call("resp", format!("page_response cookie {cookie} code {code}"))
@@ -484,4 +489,50 @@ fn host_page_requests_become_records_and_responses_go_back() {
     assert_eq!(d.host_page_requests(), 0);
     assert!(d.pop_event().is_none());
     assert_eq!(take(&log), ["page_response cookie 72 code 1"]);
+}
+
+#[test]
+fn host_faults_become_fault_records() {
+    let r = Recorder::default();
+    let faults = r.host_faults.clone();
+    let cfg = DeviceConfig {
+        endpoints: EndpointSet::Ranges(vec![(0, 15)]),
+        ..DeviceConfig::default()
+    };
+    let mut d = Device::with_backend(cfg, Box::new(r));
+    d.set_acked_features(FEATURES | (1 << F_ATTACH_TABLE) | (1 << F_PAGE_REQUEST));
+    faults.lock().unwrap().extend([
+        HostFault {
+            endpoint: 5,
+            pasid: Some(9),
+            reason: FAULT_R_MAPPING,
+            access: 2 | 8,
+            address: Some(0xdead_b000),
+        },
+        HostFault {
+            endpoint: 6,
+            pasid: None,
+            reason: FAULT_R_UNKNOWN,
+            access: 0,
+            address: None,
+        },
+    ]);
+    assert_eq!(d.host_events(), 2);
+    let le32 = |b: &[u8], o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
+    let e = d.pop_event().unwrap();
+    let b = e.bytes();
+    assert_eq!(b.len(), 24);
+    assert_eq!(b[0], FAULT_R_MAPPING);
+    assert_eq!(
+        le32(b, 4),
+        FAULT_F_WRITE | FAULT_F_PRIV | FAULT_F_ADDRESS | FAULT_F_PASID_VALID
+    );
+    assert_eq!((le32(b, 8), le32(b, 12)), (5, 9));
+    assert_eq!(&b[16..24], &0xdead_b000u64.to_le_bytes());
+    let b = d.pop_event().unwrap();
+    assert_eq!(
+        (b.bytes()[0], le32(b.bytes(), 4), le32(b.bytes(), 8)),
+        (FAULT_R_UNKNOWN, 0, 6)
+    );
+    assert!(d.pop_event().is_none());
 }
