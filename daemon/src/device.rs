@@ -676,7 +676,13 @@ impl Device {
             off += std::mem::size_of::<ProbeResvMem>();
         }
         if self.acked(F_ATTACH_TABLE)
-            && crate::tables::probe_properties(&self.soft, props, off).is_none()
+            && crate::tables::probe_properties(
+                &self.soft,
+                self.backend.host_iommu().as_ref(),
+                props,
+                off,
+            )
+            .is_none()
         {
             return Status::DevErr;
         }

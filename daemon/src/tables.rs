@@ -11,9 +11,10 @@ use pagetables::vmsa::{Stage1, Stage1Caps, Stage1Params};
 use pagetables::vtd::FirstStage;
 use pagetables::{AccessRequest, Fault, GuestMemoryRead, Permissions, TranslationFaultKind};
 use pasid::smmuv3::ste::{SsidResolution, SteError, SteS1};
-use pasid::smmuv3::{CdCaps, GranuleSupport};
+use pasid::smmuv3::{CdCaps, GranuleSupport, SmmuIdrInfo};
 use pasid::vtd::{VtdBindError, VtdHostCaps, VtdS1Binding};
 
+use crate::backend::{HostIommu, HOST_IOMMU_SMMUV3, HOST_IOMMU_VTD};
 use crate::protocol::*;
 
 /// Translations kept per table domain before the cache is emptied wholesale.
@@ -461,9 +462,15 @@ pub fn parse_invalidate(b: &InvalidateBody, pasid_bits: u8) -> Result<Invalidate
     })
 }
 
-/// The extension's PROBE properties for the software backend, appended after `off`.
+/// The extension's PROBE properties (docs/PASID.md §5), appended after `off`: what the software
+/// backend walks, or, with `host`, what the host IOMMU behind the iommufd backend supports.
 /// Returns the new offset, or None if they do not fit.
-pub fn probe_properties(caps: &SoftCaps, props: &mut [u8], mut off: usize) -> Option<usize> {
+pub fn probe_properties(
+    caps: &SoftCaps,
+    host: Option<&HostIommu>,
+    props: &mut [u8],
+    mut off: usize,
+) -> Option<usize> {
     let mut put = |type_: u16, value: &[u8]| -> Option<()> {
         let len = u16::try_from(value.len()).ok()?;
         let dst = props.get_mut(off..off + 4 + value.len())?;
@@ -473,38 +480,92 @@ pub fn probe_properties(caps: &SoftCaps, props: &mut [u8], mut off: usize) -> Op
         off += 4 + value.len();
         Some(())
     };
-    put(
-        PROBE_T_OUTPUT_SIZE,
-        &u32::from(caps.stage1.max_oas).to_le_bytes(),
-    )?;
-    put(
-        PROBE_T_PASID_SIZE,
-        &u32::from(caps.pasid_bits).to_le_bytes(),
-    )?;
-    // ARM_VMSA_S1: 4K/16K/64K granules; no hardware A/D update.
-    let mut v = [0u8; 8];
-    v[0..2].copy_from_slice(&FMT_ARM_VMSA_S1.to_le_bytes());
-    v[4..8].copy_from_slice(&0b111u32.to_le_bytes());
-    put(PROBE_T_PAGE_TABLE_FMT, &v)?;
-    // INTEL_VTD_S1: 48- and 57-bit; SRE, EAFE, WPE as the host grants.
-    let mut caps_vtd = 0b01u32 | if caps.vtd.five_level { 0b10 } else { 0 };
-    if caps.vtd.srs && caps.vtd.grant_supervisor {
-        caps_vtd |= (1 << 8) | (1 << 10);
+    let fmt = |format: u16, bits: u32| {
+        let mut v = [0u8; 8];
+        v[0..2].copy_from_slice(&format.to_le_bytes());
+        v[4..8].copy_from_slice(&bits.to_le_bytes());
+        v
+    };
+    let vtd_bits = |v: &VtdHostCaps| {
+        let mut b = 0b01u32 | if v.five_level { 0b10 } else { 0 };
+        if v.srs && v.grant_supervisor {
+            b |= (1 << 8) | (1 << 10);
+        }
+        if v.eafs {
+            b |= 1 << 9;
+        }
+        b
+    };
+    let pasid_table = |fmts: u32, cdmax: u8| {
+        let mut t = [0u8; 12];
+        t[0..2].copy_from_slice(&FMT_ARM_SMMUV3.to_le_bytes());
+        t[4..8].copy_from_slice(&fmts.to_le_bytes());
+        t[8..12].copy_from_slice(&u32::from(cdmax).to_le_bytes());
+        t
+    };
+    let reg64 = |regs: &[u8], at: usize| {
+        let mut w = [0u8; 8];
+        if let Some(s) = regs.get(at..at + 8) {
+            w.copy_from_slice(s);
+        }
+        u64::from_le_bytes(w)
+    };
+    let pasid_bits = host.map_or(caps.pasid_bits, |h| h.pasid_bits.min(caps.pasid_bits));
+    match host.map(|h| h.kind) {
+        Some(HOST_IOMMU_SMMUV3) => {
+            let regs = host.map(|h| h.regs.as_slice()).unwrap_or(&[]);
+            let mut idr = [0u32; 6];
+            for (k, w) in idr.iter_mut().enumerate() {
+                let mut b = [0u8; 4];
+                if let Some(s) = regs.get(k * 4..k * 4 + 4) {
+                    b.copy_from_slice(s);
+                }
+                *w = u32::from_le_bytes(b);
+            }
+            let info = SmmuIdrInfo::from_idr(&idr);
+            put(
+                PROBE_T_OUTPUT_SIZE,
+                &u32::from(info.cd_caps.max_oas).to_le_bytes(),
+            )?;
+            let bits = pasid_bits.min(info.ssid_bits);
+            put(PROBE_T_PASID_SIZE, &u32::from(bits).to_le_bytes())?;
+            // The host SMMU walks the guest's CD table: LINEAR always, 2-level with CD2L.
+            let fmts = if info.cd2l { 0b111 } else { 0b001 };
+            put(PROBE_T_PASID_TABLE_FMT, &pasid_table(fmts, bits))?;
+        }
+        Some(HOST_IOMMU_VTD) => {
+            let regs = host.map(|h| h.regs.as_slice()).unwrap_or(&[]);
+            let v = VtdHostCaps::from_regs(reg64(regs, 0), reg64(regs, 8));
+            put(PROBE_T_OUTPUT_SIZE, &u32::from(v.haw).to_le_bytes())?;
+            put(
+                PROBE_T_PASID_SIZE,
+                &u32::from(pasid_bits.min(v.pasid_bits)).to_le_bytes(),
+            )?;
+            put(PROBE_T_PAGE_TABLE_FMT, &fmt(FMT_INTEL_VTD_S1, vtd_bits(&v)))?;
+        }
+        // The software walkers (and the selftest mock, which checks the uAPI whatever the
+        // format): every format.
+        _ => {
+            put(
+                PROBE_T_OUTPUT_SIZE,
+                &u32::from(caps.stage1.max_oas).to_le_bytes(),
+            )?;
+            put(PROBE_T_PASID_SIZE, &u32::from(pasid_bits).to_le_bytes())?;
+            // ARM_VMSA_S1: 4K/16K/64K granules; no hardware A/D update.
+            put(PROBE_T_PAGE_TABLE_FMT, &fmt(FMT_ARM_VMSA_S1, 0b111))?;
+            put(
+                PROBE_T_PAGE_TABLE_FMT,
+                &fmt(FMT_INTEL_VTD_S1, vtd_bits(&caps.vtd)),
+            )?;
+            put(PROBE_T_PASID_TABLE_FMT, &pasid_table(0b111, pasid_bits))?;
+        }
     }
-    if caps.vtd.eafs {
-        caps_vtd |= 1 << 9;
-    }
-    v[0..2].copy_from_slice(&FMT_INTEL_VTD_S1.to_le_bytes());
-    v[4..8].copy_from_slice(&caps_vtd.to_le_bytes());
-    put(PROBE_T_PAGE_TABLE_FMT, &v)?;
-    // ARM_SMMUV3 PASID table: LINEAR, 4KL2, 64KL2; max S1CDMax = PASID width.
-    let mut t = [0u8; 12];
-    t[0..2].copy_from_slice(&FMT_ARM_SMMUV3.to_le_bytes());
-    t[4..8].copy_from_slice(&0b111u32.to_le_bytes());
-    t[8..12].copy_from_slice(&u32::from(caps.pasid_bits).to_le_bytes());
-    put(PROBE_T_PASID_TABLE_FMT, &t)?;
-    // HOST_IOMMU: software (kind 0), no registers.
-    put(PROBE_T_HOST_IOMMU, &[0u8; 4])?;
+    // HOST_IOMMU: kind (0 software), reserved, then the host's registers.
+    let mut h = Vec::with_capacity(4 + 32);
+    h.extend_from_slice(&host.map_or(0u16, |h| h.kind).to_le_bytes());
+    h.extend_from_slice(&[0, 0]);
+    h.extend_from_slice(host.map_or(&[][..], |h| h.regs.as_slice()));
+    put(PROBE_T_HOST_IOMMU, &h)?;
     put(
         PROBE_T_PAGE_REQUEST,
         &(MAX_PAGE_REQUEST_GROUPS as u32).to_le_bytes(),
@@ -512,8 +573,126 @@ pub fn probe_properties(caps: &SoftCaps, props: &mut [u8], mut off: usize) -> Op
     Some(off)
 }
 
-/// Bytes `probe_properties` writes.
-pub const PROBE_PROPERTIES_SIZE: usize = (4 + 4) * 2 + (4 + 8) * 2 + (4 + 12) + (4 + 4) + (4 + 4);
+/// The most bytes `probe_properties` writes (the software set, with an SMMUv3 host's 32 bytes
+/// of registers in HOST_IOMMU).
+pub const PROBE_PROPERTIES_SIZE: usize =
+    (4 + 4) * 2 + (4 + 8) * 2 + (4 + 12) + (4 + 4 + 32) + (4 + 4);
 
 /// Outstanding page-request groups per endpoint.
 pub const MAX_PAGE_REQUEST_GROUPS: usize = 512;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// (type, value) of every property in a PROBE buffer.
+    fn parse(props: &[u8]) -> Vec<(u16, Vec<u8>)> {
+        let mut out = Vec::new();
+        let mut off = 0;
+        while off + 4 <= props.len() {
+            let t = u16::from_le_bytes([props[off], props[off + 1]]);
+            let l = usize::from(u16::from_le_bytes([props[off + 2], props[off + 3]]));
+            if t == 0 {
+                break;
+            }
+            out.push((t, props[off + 4..off + 4 + l].to_vec()));
+            off += 4 + l;
+        }
+        out
+    }
+
+    fn u32_at(v: &[u8], at: usize) -> u32 {
+        u32::from_le_bytes(v[at..at + 4].try_into().unwrap())
+    }
+
+    #[test]
+    fn software_probe_properties() {
+        let mut props = [0u8; 256];
+        let end = probe_properties(&SoftCaps::new(20), None, &mut props, 0).unwrap();
+        let p = parse(&props);
+        let types: Vec<u16> = p.iter().map(|(t, _)| *t).collect();
+        assert_eq!(types, vec![4, 5, 6, 6, 7, 8, 9]);
+        assert_eq!(u32_at(&p[0].1, 0), 48, "OUTPUT_SIZE");
+        assert_eq!(u32_at(&p[1].1, 0), 20, "PASID_SIZE");
+        assert_eq!(p[2].1[0..2], FMT_ARM_VMSA_S1.to_le_bytes());
+        assert_eq!(p[3].1[0..2], FMT_INTEL_VTD_S1.to_le_bytes());
+        assert_eq!(
+            u32_at(&p[3].1, 4),
+            0b11,
+            "48- and 57-bit, no SRE/EAFE/WPE granted"
+        );
+        assert_eq!(u32_at(&p[4].1, 4), 0b111, "LINEAR, 4KL2, 64KL2");
+        assert_eq!(
+            p[5].1,
+            vec![0, 0, 0, 0],
+            "HOST_IOMMU software, no registers"
+        );
+        assert!(end <= PROBE_PROPERTIES_SIZE);
+    }
+
+    #[test]
+    fn vtd_host_probe_properties() {
+        // CAP: FS5LP (bit 60) clear, MGAW (21:16) = 38 -> 39-bit HAW. ECAP: PSS (39:35) = 9
+        // -> 10-bit PASIDs, EAFS (34) set, NEST (26).
+        let cap: u64 = 38 << 16;
+        let ecap: u64 = (9 << 35) | (1 << 34) | (1 << 26);
+        let mut regs = cap.to_le_bytes().to_vec();
+        regs.extend(ecap.to_le_bytes());
+        let host = HostIommu {
+            kind: HOST_IOMMU_VTD,
+            regs: regs.clone(),
+            pasid_bits: 16,
+        };
+        let mut props = [0u8; 256];
+        probe_properties(&SoftCaps::new(20), Some(&host), &mut props, 0).unwrap();
+        let p = parse(&props);
+        let types: Vec<u16> = p.iter().map(|(t, _)| *t).collect();
+        assert_eq!(types, vec![4, 5, 6, 8, 9], "only the VT-d table format");
+        assert_eq!(u32_at(&p[0].1, 0), 39, "OUTPUT_SIZE = HAW");
+        assert_eq!(
+            u32_at(&p[1].1, 0),
+            10,
+            "PASID width: the narrowest of config, device, ECAP"
+        );
+        assert_eq!(p[2].1[0..2], FMT_INTEL_VTD_S1.to_le_bytes());
+        assert_eq!(u32_at(&p[2].1, 4), 0b01 | (1 << 9), "48-bit only, EAFE");
+        assert_eq!(u32_at(&p[3].1, 0), u32::from(HOST_IOMMU_VTD));
+        assert_eq!(p[3].1[4..], regs[..], "cap_reg, ecap_reg");
+    }
+
+    #[test]
+    fn smmuv3_host_probe_properties() {
+        // IDR0: S1P|S2P, CD2L (19); IDR1: SSIDSIZE (10:6) = 12; IDR5: OAS 44-bit (4), GRAN4K.
+        let mut idr = [0u32; 8];
+        idr[0] = 0b11 | (1 << 19);
+        idr[1] = 12 << 6;
+        idr[5] = 4 | (1 << 4);
+        let regs: Vec<u8> = idr.iter().flat_map(|w| w.to_le_bytes()).collect();
+        let host = HostIommu {
+            kind: HOST_IOMMU_SMMUV3,
+            regs: regs.clone(),
+            pasid_bits: 20,
+        };
+        let mut props = [0u8; 256];
+        let end = probe_properties(&SoftCaps::new(20), Some(&host), &mut props, 0).unwrap();
+        let p = parse(&props);
+        let types: Vec<u16> = p.iter().map(|(t, _)| *t).collect();
+        assert_eq!(types, vec![4, 5, 7, 8, 9], "only the CD-table format");
+        assert_eq!(u32_at(&p[0].1, 0), 44);
+        assert_eq!(u32_at(&p[1].1, 0), 12, "SSIDSIZE");
+        assert_eq!(u32_at(&p[2].1, 4), 0b111, "CD2L: 2-level tables too");
+        assert_eq!(u32_at(&p[2].1, 8), 12, "max S1CDMax");
+        assert_eq!(u32_at(&p[3].1, 0), u32::from(HOST_IOMMU_SMMUV3));
+        assert_eq!(p[3].1[4..], regs[..], "idr[6], iidr, aidr");
+        assert!(
+            end <= PROBE_PROPERTIES_SIZE,
+            "the largest set fits the size validation uses"
+        );
+        // Without CD2L: linear tables only.
+        let mut idr0 = host.clone();
+        idr0.regs[2] &= !(1 << 3); // bit 19 of IDR0
+        let mut props = [0u8; 256];
+        probe_properties(&SoftCaps::new(20), Some(&idr0), &mut props, 0).unwrap();
+        assert_eq!(u32_at(&parse(&props)[2].1, 4), 0b001);
+    }
+}

@@ -213,6 +213,22 @@ pub struct HostFault {
 
 /// The operations of the device model that reach the host. Called with the device lock held,
 /// after validation; `Err` means nothing changed on the host either.
+/// What PROBE tells the guest about the host IOMMU that will walk its tables.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostIommu {
+    /// HOST_IOMMU kind: 1 Arm SMMUv3, 2 Intel VT-d, 3 the iommufd selftest mock.
+    pub kind: u16,
+    /// The GET_HW_INFO registers: SMMUv3 `idr[6], iidr, aidr` (32 bytes), VT-d `cap_reg,
+    /// ecap_reg` (16 bytes), none for the mock.
+    pub regs: Vec<u8>,
+    /// PASID width every host device supports (0: none).
+    pub pasid_bits: u8,
+}
+
+pub const HOST_IOMMU_SMMUV3: u16 = 1;
+pub const HOST_IOMMU_VTD: u16 = 2;
+pub const HOST_IOMMU_SELFTEST: u16 = 3;
+
 pub trait HostBackend: Send + fmt::Debug {
     /// A name for logs and the control socket.
     fn name(&self) -> &'static str;
@@ -220,6 +236,11 @@ pub trait HostBackend: Send + fmt::Debug {
     /// backend. Only then does the device offer the extension's feature bits.
     fn guest_tables(&self) -> bool {
         false
+    }
+    /// The host IOMMU behind guest tables, for the PROBE properties of docs/PASID.md §5
+    /// (None: the software backend walks the tables itself and advertises its own formats).
+    fn host_iommu(&self) -> Option<HostIommu> {
+        None
     }
     /// `endpoint` joins `domain` (created by this call when `new_domain`). When it was attached
     /// elsewhere it moves atomically (no window without translation).

@@ -272,6 +272,31 @@ fn mock_nested(
             ))
         })(),
     );
+    // PROBE describes the host IOMMU that will walk the guest's tables (docs/PASID.md §5):
+    // HOST_IOMMU kind 3 (the selftest mock) and the PASID width the mock devices have.
+    let probe_size = dev.config().probe_size as usize;
+    let probe = dev.run(&Request::probe(1, probe_size));
+    rep.check(
+        "probe-host-iommu",
+        (|| {
+            ensure(probe.status() == status::OK, || "PROBE failed".into())?;
+            let (props, _) = proto::parse_properties(probe.properties());
+            let find = |ty: u16| props.iter().find(|p| p.ty == ty).map(|p| p.data.clone());
+            let host = find(8).ok_or_else(|| format!("no HOST_IOMMU property: {props:?}"))?;
+            ensure(
+                host.len() >= 2 && u16::from_le_bytes([host[0], host[1]]) == 3,
+                || format!("HOST_IOMMU {host:02x?}"),
+            )?;
+            let pasid = find(5).ok_or("no PASID_SIZE property")?;
+            let bits = u32::from_le_bytes(pasid[..4].try_into().map_err(|_| "short PASID_SIZE")?);
+            ensure(bits > 0, || {
+                "PASID_SIZE 0 with PASID-capable mock devices".into()
+            })?;
+            Ok(format!(
+                "HOST_IOMMU kind 3 (selftest); PASID_SIZE {bits} bits"
+            ))
+        })(),
+    );
     let (Some((stdev1, idev1)), Some((stdev2, idev2))) = (mock_ids(&b0, 1), mock_ids(&b0, 2))
     else {
         rep.check("mock-ids", Err(format!("{b0}")));

@@ -39,7 +39,8 @@ use serde_json::json;
 
 use super::fdpass::Handover;
 use super::{
-    BackendError, GuestRegion, HostBackend, HostFault, HostLimits, HostPageRequest, ResetKind,
+    BackendError, GuestRegion, HostBackend, HostFault, HostIommu, HostLimits, HostPageRequest,
+    ResetKind, HOST_IOMMU_SELFTEST, HOST_IOMMU_SMMUV3, HOST_IOMMU_VTD,
 };
 use crate::protocol::{MAP_F_MMIO, MAP_F_READ, MAP_F_WRITE};
 use crate::tables::{Binding, Invalidate};
@@ -189,6 +190,22 @@ pub fn nest_kind(info_type: u32, data: &[u8; 64]) -> Option<NestKind> {
     }
 }
 
+/// The PROBE view of a host IOMMU from its GET_HW_INFO data (`nest_kind` has classified it).
+pub fn host_iommu(kind: Option<NestKind>, data: &[u8; 64]) -> HostIommu {
+    let (kind, regs) = match kind {
+        // struct iommu_hw_info_arm_smmuv3: idr[6], iidr, aidr after {u32 flags, u32 rsvd}.
+        Some(NestKind::Smmuv3) => (HOST_IOMMU_SMMUV3, data[8..40].to_vec()),
+        // struct iommu_hw_info_vtd: cap_reg, ecap_reg after {u32 flags, u32 rsvd}.
+        Some(NestKind::Vtd) => (HOST_IOMMU_VTD, data[8..24].to_vec()),
+        Some(NestKind::Selftest) | None => (HOST_IOMMU_SELFTEST, Vec::new()),
+    };
+    HostIommu {
+        kind,
+        regs,
+        pasid_bits: 0,
+    }
+}
+
 /// The nested HWPT data for `binding` on a `kind` host: (data type, bytes).
 pub fn nested_data(kind: NestKind, binding: &Binding) -> Result<(u32, Vec<u8>), BackendError> {
     match (kind, binding) {
@@ -260,6 +277,8 @@ pub struct IommufdBackend {
     unattached_bypass: bool,
     /// Guest-table nesting, when the host IOMMU does it.
     nest: Option<Nest>,
+    /// The host IOMMU as PROBE describes it, when guest tables are supported.
+    host: Option<HostIommu>,
     /// Explicit paging HWPTs of IOASes (PASID-capable hosts): IOAS -> HWPT.
     paging: BTreeMap<u32, u32>,
 }
@@ -358,6 +377,7 @@ impl IommufdBackend {
             iova_alignment: 1,
             unattached_bypass: false,
             nest: None,
+            host: None,
             paging: BTreeMap::new(),
         };
         // From here on, Drop releases what was created if a later step fails.
@@ -415,6 +435,7 @@ impl IommufdBackend {
     fn setup_nesting(&mut self) {
         let mut kind = None;
         let mut pasid = true;
+        let mut host: Option<HostIommu> = None;
         for (ep, e) in &self.endpoints {
             match sys::get_hw_info(self.fd(), e.dev.dev_id()) {
                 Ok((t, data, pasid_log2)) => {
@@ -425,6 +446,13 @@ impl IommufdBackend {
                     }
                     kind = k;
                     pasid &= pasid_log2 > 0;
+                    // PROBE reports the first device's registers and the narrowest PASID width.
+                    let bits = host
+                        .as_ref()
+                        .map_or(pasid_log2, |h| h.pasid_bits.min(pasid_log2));
+                    let mut h = host.take().unwrap_or_else(|| host_iommu(k, &data));
+                    h.pasid_bits = bits;
+                    host = Some(h);
                 }
                 Err(e) => {
                     info!("endpoint {ep}: {e}: no guest tables on this host");
@@ -472,6 +500,7 @@ impl IommufdBackend {
                 warn!("cannot watch the fault queue: {e}");
             }
         }
+        self.host = host;
         self.nest = Some(Nest {
             kind,
             viommu_type,
@@ -1166,6 +1195,10 @@ impl HostBackend for IommufdBackend {
         self.nest.is_some()
     }
 
+    fn host_iommu(&self) -> Option<HostIommu> {
+        self.nest.as_ref().and(self.host.clone())
+    }
+
     fn attach_table(&mut self, domain: u32, binding: &Binding) -> Result<(), BackendError> {
         let kind = self
             .nest
@@ -1631,6 +1664,7 @@ mod tests {
             iova_alignment: align,
             unattached_bypass: false,
             nest: None,
+            host: None,
             paging: BTreeMap::new(),
         }
     }
