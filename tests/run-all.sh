@@ -3,6 +3,7 @@
 # frontend against the daemon binary), then the whole-system tests in a VM (real QEMU, the stock
 # Linux guest driver). Run from anywhere; needs root for the VM part (debootstrap, chroot).
 #   VUI_SKIP_VM=1 tests/run-all.sh   skips the VM tests (they are part of CI).
+#   VUI_SKIP_FUZZ=1 skips the fuzz smoke run (run when cargo-fuzz is installed; fuzz/README.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,6 +18,10 @@ if cargo nextest --version >/dev/null 2>&1; then
     cargo nextest run --workspace --no-fail-fast
 else
     cargo test --workspace --no-fail-fast
+fi
+if [ "${VUI_SKIP_FUZZ:-0}" != 1 ] && cargo fuzz --version >/dev/null 2>&1; then
+    echo "== fuzz smoke run (fuzz/smoke.sh)"
+    FUZZ_SECONDS=${FUZZ_SECONDS:-10} fuzz/smoke.sh
 fi
 if [ "${VUI_SKIP_VM:-0}" != 1 ]; then
     echo "== whole-system tests (VM)"
