@@ -409,27 +409,17 @@ impl Device {
         };
         let body = req.get(HEAD_SIZE..).unwrap_or(&[]);
         let status = match type_ {
-            T_ATTACH => AttachBody::read_from_prefix(body)
-                .ok()
-                .map(|(b, _)| self.attach(&b)),
-            T_DETACH => DetachBody::read_from_prefix(body)
-                .ok()
-                .map(|(b, _)| self.detach(&b)),
-            T_MAP => MapBody::read_from_prefix(body)
-                .ok()
-                .map(|(b, _)| self.map(&b)),
-            T_UNMAP => UnmapBody::read_from_prefix(body)
-                .ok()
-                .map(|(b, _)| self.unmap(&b)),
+            T_ATTACH => parse::<AttachBody>(body).map(|b| self.attach(&b)),
+            T_DETACH => parse::<DetachBody>(body).map(|b| self.detach(&b)),
+            T_MAP => parse::<MapBody>(body).map(|b| self.map(&b)),
+            T_UNMAP => parse::<UnmapBody>(body).map(|b| self.unmap(&b)),
             T_PROBE => {
                 if !self.acked(F_PROBE) {
                     // PROBE not negotiated: the request type is not recognised.
                     self.stats.ignored += 1;
                     return Reply::Ignore;
                 }
-                ProbeBody::read_from_prefix(body)
-                    .ok()
-                    .map(|(b, _)| self.probe(&b, props))
+                parse::<ProbeBody>(body).map(|b| self.probe(&b, props))
             }
             t if self.ext_type_negotiated(t) => self.ext_request(t, body),
             _ => {
@@ -828,6 +818,11 @@ impl Device {
 
 /// RESV_MEM property length field: the property size without its 4-byte header.
 const RESV_MEM_PROP_LEN: usize = std::mem::size_of::<ProbeResvMem>() - 4;
+
+/// A request body as `T`, or None when the buffer is too short for its type.
+fn parse<T: FromBytes>(body: &[u8]) -> Option<T> {
+    T::read_from_prefix(body).ok().map(|(b, _)| b)
+}
 
 #[path = "device_ext.rs"]
 mod ext;

@@ -27,24 +27,12 @@ impl Device {
     /// Requests of the extension; `None` if the body is too short to parse.
     pub(super) fn ext_request(&mut self, type_: u8, body: &[u8]) -> Option<Status> {
         match type_ {
-            T_ATTACH_TABLE => AttachTableBody::read_from_prefix(body)
-                .ok()
-                .map(|(b, _)| self.attach_table(&b)),
-            T_DETACH_TABLE => DetachTableBody::read_from_prefix(body)
-                .ok()
-                .map(|(b, _)| self.detach_table(&b)),
-            T_ATTACH_PASID => PasidAttachBody::read_from_prefix(body)
-                .ok()
-                .map(|(b, _)| self.attach_pasid(&b)),
-            T_DETACH_PASID => PasidAttachBody::read_from_prefix(body)
-                .ok()
-                .map(|(b, _)| self.detach_pasid(&b)),
-            T_INVALIDATE => InvalidateBody::read_from_prefix(body)
-                .ok()
-                .map(|(b, _)| self.invalidate_request(&b)),
-            T_PAGE_RESP => PageRespBody::read_from_prefix(body)
-                .ok()
-                .map(|(b, _)| self.page_resp(&b)),
+            T_ATTACH_TABLE => parse::<AttachTableBody>(body).map(|b| self.attach_table(&b)),
+            T_DETACH_TABLE => parse::<DetachTableBody>(body).map(|b| self.detach_table(&b)),
+            T_ATTACH_PASID => parse::<PasidAttachBody>(body).map(|b| self.attach_pasid(&b)),
+            T_DETACH_PASID => parse::<PasidAttachBody>(body).map(|b| self.detach_pasid(&b)),
+            T_INVALIDATE => parse::<InvalidateBody>(body).map(|b| self.invalidate_request(&b)),
+            T_PAGE_RESP => parse::<PageRespBody>(body).map(|b| self.page_resp(&b)),
             _ => None,
         }
     }
