@@ -147,6 +147,8 @@ struct Domain {
     mappings: MappingTable,
     /// The guest table this domain translates through (PASID extension), if any.
     table: Option<Box<TableDomain>>,
+    /// The ATTACH_TABLE request that bound it (the device state replays it).
+    table_req: Option<AttachTableBody>,
     /// (endpoint, PASID) pairs attached with ATTACH_PASID.
     pasid_endpoints: BTreeSet<(u32, u32)>,
 }
@@ -827,6 +829,9 @@ fn parse<T: FromBytes>(body: &[u8]) -> Option<T> {
 #[path = "device_ext.rs"]
 mod ext;
 pub use ext::{EventRecord, PageRequest};
+
+#[path = "device_state.rs"]
+pub mod state;
 
 #[cfg(test)]
 #[path = "device_tests.rs"]

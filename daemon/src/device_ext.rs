@@ -92,6 +92,7 @@ impl Device {
         };
         // Replacing a table drops everything cached from the old one.
         d.table = Some(Box::new(TableDomain::new(binding)));
+        d.table_req = Some(*b);
         let endpoints: Vec<u32> = d.endpoints.iter().copied().collect();
         for endpoint in endpoints {
             self.invalidate(|| Invalidation::Endpoint { endpoint });
@@ -117,6 +118,7 @@ impl Device {
             return Status::NoEnt;
         };
         d.table = None;
+        d.table_req = None;
         let endpoints: Vec<u32> = d.endpoints.iter().copied().collect();
         for endpoint in endpoints {
             self.invalidate(|| Invalidation::Endpoint { endpoint });
