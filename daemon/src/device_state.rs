@@ -880,7 +880,8 @@ mod tests {
             push_end(&mut out, recs.len());
             out
         };
-        let cases: Vec<(&str, Vec<(u8, Vec<u8>)>, StateError)> = vec![
+        type Records = Vec<(u8, Vec<u8>)>;
+        let cases: Vec<(&str, Records, StateError)> = vec![
             (
                 "MAP before its domain exists",
                 vec![(REC_REQUEST, map(1, 0, 0xfff, 0, MAP_F_READ))],
