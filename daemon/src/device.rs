@@ -305,6 +305,11 @@ impl Device {
         self.mem = Some(mem);
     }
 
+    /// Has the transport given the device guest memory (a memory table) yet?
+    pub fn has_walk_memory(&self) -> bool {
+        self.mem.is_some()
+    }
+
     /// The extension's feature bits, offered when PASIDs are configured and the backend makes
     /// guest tables take effect.
     fn ext_features(&self) -> u64 {
@@ -339,6 +344,9 @@ impl Device {
         }
         self.reset_guest_state();
         if !keep_bypass {
+            // The connection's memory goes with it (its mappings are released with the last
+            // reference).
+            self.mem = None;
             self.backend.reset(ResetKind::Connection);
         }
         self.sync_unattached_bypass();

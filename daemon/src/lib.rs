@@ -3,6 +3,7 @@
 //! - [`protocol`]: the wire format of requests, events and the config space;
 //! - [`device`]: the device model and the software backend (`translate`);
 //! - [`mapping`]: per-domain mapping storage;
+//! - [`migration`]: device state transfer over vhost-user (live migration);
 //! - [`backend`]: host backends (software, iommufd) and the fd hand-over protocol;
 //! - [`vhost`]: virtqueue processing and the vhost-user backend;
 //! - [`control`]: the inspection socket;
@@ -19,6 +20,7 @@ pub mod control;
 pub mod device;
 pub mod invalidation;
 pub mod mapping;
+pub mod migration;
 pub mod privilege;
 pub mod protocol;
 pub mod sandbox;

@@ -55,16 +55,20 @@ pub enum Role {
     /// eventfds). Installed by the thread itself when the frontend sets the features
     /// ([`enter_handler`]).
     Handler,
+    /// The device state transfer thread (live migration): reads or writes the pipe the frontend
+    /// passed; nothing beyond the calls every thread makes.
+    Transfer,
 }
 
 impl Role {
-    pub const ALL: [Role; 6] = [
+    pub const ALL: [Role; 7] = [
         Role::Main,
         Role::Control,
         Role::Signals,
         Role::Watchdog,
         Role::Worker,
         Role::Handler,
+        Role::Transfer,
     ];
 }
 
@@ -221,6 +225,7 @@ pub fn role_calls(role: Role) -> Vec<Call> {
                 libc::SYS_ioctl,
             ]);
         }
+        Role::Transfer => {}
         Role::Worker => {
             // shutdown: an invalidation subscriber that cannot keep up is cut off; epoll_ctl:
             // the iommufd backend adds a vIOMMU's event queue to its page-request epoll set

@@ -222,6 +222,14 @@ pub fn run(cfg: ServerConfig) -> Result<(), ServerError> {
         .device()
         .set_invalidation_sink(conn.subscribers.clone());
     let seccomp = cfg.seccomp;
+    let transfer = crate::migration::Transfer::spawn(move || {
+        if seccomp {
+            sandbox::install(Role::Transfer).map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    })
+    .map_err(|e| ServerError::Thread("state-transfer", e))?;
+    shared.set_transfer(transfer);
     control::spawn(control_listener, shared.clone(), conn.clone(), move || {
         if seccomp {
             sandbox::install(Role::Control).map_err(|e| e.to_string())?;
@@ -297,12 +305,18 @@ pub fn run(cfg: ServerConfig) -> Result<(), ServerError> {
             )) => info!("frontend disconnected (connection {n})"),
             Err(e) => error!("connection {n} ended with an error: {e}"),
         }
-        conn.connected.store(false, Ordering::Relaxed);
-        activation::notify_status(&format!("waiting for a frontend on {where_}"));
         for h in daemon.get_epoll_handlers() {
             h.send_exit_event();
         }
-        // Everything the guest built is gone with the connection.
+        // Stop the workers before the reset: one may still be draining a batch the frontend
+        // made available before it went away (its memory stays mapped here until the daemon
+        // object goes), and nothing it makes may outlive the reset. Dropping the daemon joins
+        // them.
+        drop(daemon);
+        // Everything the guest built is gone with the connection; `connected` turns false only
+        // then, so whoever sees it sees the released state.
         shared.device().reset(false);
+        conn.connected.store(false, Ordering::Relaxed);
+        activation::notify_status(&format!("waiting for a frontend on {where_}"));
     }
 }

@@ -10,7 +10,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use log::{debug, warn};
-use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost::vhost_user::message::{
+    VhostTransferStateDirection, VhostTransferStatePhase, VhostUserProtocolFeatures,
+    VhostUserVirtioFeatures,
+};
 use vhost_user_backend::{VhostUserBackendMut, VringRwLock, VringT};
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use virtio_queue::{DescriptorChain, QueueT};
@@ -24,7 +27,9 @@ use vmm_sys_util::event::{
 };
 use zerocopy::IntoBytes;
 
+use crate::device::state::{parse_state, StreamKind};
 use crate::device::{Device, Reply};
+use crate::migration::{load_limit, Finished, Pending, Transfer};
 use crate::protocol::*;
 
 /// Epoll id of the wake notifier: fault records are waiting, or a polling burst yielded (ids
@@ -75,6 +80,8 @@ pub struct Shared {
     /// yielded with requests possibly pending.
     wake_notifier: EventNotifier,
     wake_consumer: EventConsumer,
+    /// The device state transfer thread (live migration), once started.
+    transfer: std::sync::OnceLock<Transfer>,
 }
 
 impl Shared {
@@ -86,6 +93,7 @@ impl Shared {
             device: Mutex::new(device),
             wake_notifier,
             wake_consumer,
+            transfer: std::sync::OnceLock::new(),
         })
     }
 
@@ -99,6 +107,13 @@ impl Shared {
     pub fn wake(&self) {
         if let Err(e) = self.wake_notifier.notify() {
             warn!("cannot wake the event queue worker: {e}");
+        }
+    }
+
+    /// Offer live migration (DEVICE_STATE) through this transfer thread.
+    pub fn set_transfer(&self, t: Transfer) {
+        if self.transfer.set(t).is_err() {
+            warn!("device state transfer thread started twice");
         }
     }
 
@@ -121,6 +136,10 @@ pub struct IommuBackend {
     /// Where the request queue stood when the frontend stopped it (GET_VRING_BASE), until the
     /// first event after it is restarted.
     stopped_at: Option<u16>,
+    /// A device state transfer started with SET_DEVICE_STATE_FD, until CHECK_DEVICE_STATE.
+    transfer: Mutex<Option<Pending>>,
+    /// A loaded device state waiting for the memory table (its requests need guest RAM).
+    deferred_state: Mutex<Option<Vec<u8>>>,
 }
 
 impl IommuBackend {
@@ -132,6 +151,8 @@ impl IommuBackend {
             poll: poll.filter(|d| !d.is_zero()),
             last_avail: 0,
             stopped_at: None,
+            transfer: Mutex::new(None),
+            deferred_state: Mutex::new(None),
         }
     }
 
@@ -515,9 +536,104 @@ impl VhostUserBackendMut for IommuBackend {
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
-        VhostUserProtocolFeatures::CONFIG
+        let mut f = VhostUserProtocolFeatures::CONFIG
             | VhostUserProtocolFeatures::REPLY_ACK
-            | VhostUserProtocolFeatures::RESET_DEVICE
+            | VhostUserProtocolFeatures::RESET_DEVICE;
+        if self.shared.transfer.get().is_some() {
+            f |= VhostUserProtocolFeatures::DEVICE_STATE;
+        }
+        f
+    }
+
+    fn set_device_state_fd(
+        &mut self,
+        direction: VhostTransferStateDirection,
+        phase: VhostTransferStatePhase,
+        file: std::fs::File,
+    ) -> io::Result<Option<std::fs::File>> {
+        let transfer = self.shared.transfer.get().ok_or_else(|| {
+            io::Error::new(io::ErrorKind::Unsupported, "no device state transfer")
+        })?;
+        if phase != VhostTransferStatePhase::STOPPED {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("device state transfer in phase {phase:?}"),
+            ));
+        }
+        let pending = match direction {
+            VhostTransferStateDirection::SAVE => {
+                let data = self.shared.device().save_state();
+                log::info!("saving the device state for migration: {} bytes", data.len());
+                transfer.save(file, data)
+            }
+            VhostTransferStateDirection::LOAD => {
+                let dev = self.shared.device();
+                if !dev.is_pristine() {
+                    return Err(io::Error::other(
+                        "the device already has guest state; a state is loaded into a reset device only",
+                    ));
+                }
+                let limit = load_limit(dev.config().max_mappings);
+                drop(dev);
+                transfer.load(file, limit)
+            }
+        }
+        .map_err(io::Error::other)?;
+        let mut slot = self.transfer.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.replace(pending).is_some() {
+            warn!("a device state transfer was started and never checked; its result is dropped");
+        }
+        Ok(None)
+    }
+
+    fn check_device_state(&self) -> io::Result<()> {
+        let pending = self
+            .transfer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .ok_or_else(|| {
+                warn!("CHECK_DEVICE_STATE without a transfer (SET_DEVICE_STATE_FD) to check");
+                io::Error::other("no device state transfer to check")
+            })?;
+        let finished = pending.wait().map_err(|e| {
+            warn!("{e}");
+            io::Error::other(e)
+        })?;
+        let data = match finished {
+            Finished::Saved(n) => {
+                log::info!("device state saved: {n} bytes written");
+                return Ok(());
+            }
+            Finished::Loaded(data) => data,
+        };
+        let mut dev = self.shared.device();
+        if dev.has_walk_memory() {
+            let s = dev.load_state(&data).map_err(|e| {
+                warn!("{e}");
+                io::Error::other(e)
+            })?;
+            log::info!("device state loaded ({} bytes): {s:?}", data.len());
+            return Ok(());
+        }
+        // No memory table yet: check everything that can be checked now, replay when guest RAM
+        // is known (mappings and tables point into it).
+        let refuse = |e: crate::device::state::StateError| {
+            warn!("{e}");
+            io::Error::other(e)
+        };
+        let parsed = parse_state(&data, StreamKind::Migration).map_err(refuse)?;
+        dev.check_state_header(&parsed.header).map_err(refuse)?;
+        log::info!(
+            "device state received ({} bytes, {} records): applied once the memory table arrives",
+            data.len(),
+            parsed.records.len()
+        );
+        *self
+            .deferred_state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(data);
+        Ok(())
     }
 
     fn reset_device(&mut self) {
@@ -579,6 +695,18 @@ impl VhostUserBackendMut for IommuBackend {
             dev.set_guest_memory(&regions).map_err(io::Error::other)?;
             // The software backend walks guest tables in the same memory.
             dev.set_walk_memory(mem.clone());
+            let deferred = self
+                .deferred_state
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take();
+            if let Some(data) = deferred {
+                match dev.load_state(&data) {
+                    Ok(s) => log::info!("migrated device state applied: {s:?}"),
+                    // Too late to fail CHECK_DEVICE_STATE: the guest finds a reset device.
+                    Err(e) => log::error!("migrated device state not applied: {e}"),
+                }
+            }
         }
         self.mem = mem;
         Ok(())

@@ -4,7 +4,9 @@
 use std::path::Path;
 use std::time::Duration;
 
-use vhost::vhost_user::message::{VhostUserConfigFlags, VhostUserHeaderFlag};
+use vhost::vhost_user::message::{
+    VhostTransferStateDirection, VhostTransferStatePhase, VhostUserConfigFlags, VhostUserHeaderFlag,
+};
 use vhost::vhost_user::{Frontend, VhostUserFrontend, VhostUserProtocolFeatures};
 use vhost::VhostBackend;
 
@@ -217,6 +219,23 @@ impl std::fmt::Debug for Device {
     }
 }
 
+/// A pipe: (read end, write end).
+fn pipe() -> std::io::Result<(std::fs::File, std::fs::File)> {
+    use std::os::fd::FromRawFd;
+    let mut fds = [0; 2];
+    // SAFETY: `fds` is a valid array of two ints for pipe2 to fill.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: pipe2 succeeded: both fds are open and owned by nobody else.
+    Ok(unsafe {
+        (
+            std::fs::File::from_raw_fd(fds[0]),
+            std::fs::File::from_raw_fd(fds[1]),
+        )
+    })
+}
+
 fn err<E: std::fmt::Debug>(what: &str) -> impl FnOnce(E) -> String + '_ {
     move |e| format!("{what}: {e:?}")
 }
@@ -251,7 +270,8 @@ impl Device {
                 .map_err(err("GET_PROTOCOL_FEATURES"))?;
             let wanted = VhostUserProtocolFeatures::CONFIG
                 | VhostUserProtocolFeatures::REPLY_ACK
-                | VhostUserProtocolFeatures::RESET_DEVICE;
+                | VhostUserProtocolFeatures::RESET_DEVICE
+                | VhostUserProtocolFeatures::DEVICE_STATE;
             fe.set_protocol_features(protocol_offered & wanted)
                 .map_err(err("SET_PROTOCOL_FEATURES"))?;
             if protocol_offered.contains(VhostUserProtocolFeatures::REPLY_ACK) {
@@ -361,6 +381,91 @@ impl Device {
                     .map_err(err("SET_VRING_ENABLE"))?;
             }
         }
+        Ok(())
+    }
+
+    /// Live migration, source side: with the rings stopped, SET_DEVICE_STATE_FD(SAVE) and read
+    /// the pipe to its end, then CHECK_DEVICE_STATE (what QEMU's vhost_save_backend_state does).
+    pub fn save_state(&mut self) -> Result<Vec<u8>, String> {
+        use std::io::Read;
+        let (r, w) = pipe().map_err(err("pipe"))?;
+        let ret = self
+            .fe
+            .set_device_state_fd(
+                VhostTransferStateDirection::SAVE,
+                VhostTransferStatePhase::STOPPED,
+                w.into(),
+            )
+            .map_err(err("SET_DEVICE_STATE_FD(SAVE)"))?;
+        let mut data = Vec::new();
+        let mut r = ret.unwrap_or(r);
+        r.read_to_end(&mut data).map_err(err("reading the state"))?;
+        self.fe
+            .check_device_state()
+            .map_err(err("CHECK_DEVICE_STATE"))?;
+        Ok(data)
+    }
+
+    /// Live migration, destination side: connect to `socket`, negotiate the features this
+    /// driver had, give the same guest memory, load `state` (before or after the memory table),
+    /// and restart the rings at `bases`. The device then serves this driver from the new daemon.
+    pub fn resume_on(
+        &mut self,
+        socket: &Path,
+        state: &[u8],
+        bases: [u32; 2],
+        state_before_memory: bool,
+    ) -> Result<(), String> {
+        let mut fe = Frontend::connect(socket, 2).map_err(err("connect"))?;
+        fe.set_owner().map_err(err("SET_OWNER"))?;
+        let offered = fe.get_features().map_err(err("GET_FEATURES"))?;
+        if offered & self.acked != self.acked {
+            return Err(format!(
+                "destination offers {offered:#x}, the driver acked {:#x}",
+                self.acked
+            ));
+        }
+        fe.set_features(self.acked).map_err(err("SET_FEATURES"))?;
+        let proto = fe
+            .get_protocol_features()
+            .map_err(err("GET_PROTOCOL_FEATURES"))?;
+        fe.set_protocol_features(
+            proto
+                & (VhostUserProtocolFeatures::CONFIG
+                    | VhostUserProtocolFeatures::REPLY_ACK
+                    | VhostUserProtocolFeatures::DEVICE_STATE),
+        )
+        .map_err(err("SET_PROTOCOL_FEATURES"))?;
+        let load = |fe: &mut Frontend| -> Result<(), String> {
+            use std::io::Write;
+            let (r, w) = pipe().map_err(err("pipe"))?;
+            let ret = fe
+                .set_device_state_fd(
+                    VhostTransferStateDirection::LOAD,
+                    VhostTransferStatePhase::STOPPED,
+                    r.into(),
+                )
+                .map_err(err("SET_DEVICE_STATE_FD(LOAD)"))?;
+            let mut w = ret.unwrap_or(w);
+            // The daemon may refuse a stream before reading all of it: a short write is then
+            // the daemon's answer, and CHECK_DEVICE_STATE says why.
+            let _ = w.write_all(state);
+            drop(w);
+            fe.check_device_state().map_err(err("CHECK_DEVICE_STATE"))
+        };
+        if state_before_memory {
+            load(&mut fe)?;
+        }
+        fe.set_mem_table(&self.mem.region_infos())
+            .map_err(err("SET_MEM_TABLE"))?;
+        if !state_before_memory {
+            load(&mut fe)?;
+        }
+        self.fe = fe;
+        self.start_rings(bases)?;
+        self.fe
+            .get_features()
+            .map_err(err("GET_FEATURES (barrier)"))?;
         Ok(())
     }
 
