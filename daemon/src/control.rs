@@ -303,20 +303,34 @@ fn execute(req: Request, shared: &Shared, conn: &ConnectionInfo) -> Result<Value
             privileged,
         } => {
             let access = parse_access(&access)?;
-            let t = shared
-                .device()
-                .translate_pasid(endpoint, pasid, iova, access, privileged)
-                .map_err(|e| e.to_string())?;
+            // `guest_ram`: whether the address is in the current memory table (a mapping
+            // outlives the RAM it was made to when the VMM removes a region; null before the
+            // first table, or when the backend does not know).
+            let (t, ram) = {
+                let mut dev = shared.device();
+                let t = dev
+                    .translate_pasid(endpoint, pasid, iova, access, privileged)
+                    .map_err(|e| e.to_string())?;
+                let ram = match t {
+                    Translation::Translated { phys, .. } | Translation::Bypass { phys } => {
+                        dev.guest_ram_at(phys)
+                    }
+                    _ => None,
+                };
+                (t, ram)
+            };
             Ok(match t {
                 Translation::Translated { phys, mapping } => json!({
-                    "outcome": "translated", "phys": phys,
+                    "outcome": "translated", "phys": phys, "guest_ram": ram,
                     "mapping": mapping.map(|m| json!({
                         "virt_start": m.virt_start, "virt_end": m.virt_end,
                         "phys_start": m.phys_start,
                         "read": m.readable(), "write": m.writable(),
                     })),
                 }),
-                Translation::Bypass { phys } => json!({"outcome": "bypass", "phys": phys}),
+                Translation::Bypass { phys } => {
+                    json!({"outcome": "bypass", "phys": phys, "guest_ram": ram})
+                }
                 Translation::Fault { reason } => {
                     shared.wake();
                     json!({"outcome": "fault", "reason": reason})

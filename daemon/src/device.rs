@@ -211,7 +211,7 @@ pub struct Device {
 impl Device {
     /// A device with the software backend.
     pub fn new(cfg: DeviceConfig) -> Self {
-        Self::with_backend(cfg, Box::new(Software))
+        Self::with_backend(cfg, Box::<Software>::default())
     }
 
     /// A device whose requests also take effect on `backend`.
@@ -264,6 +264,11 @@ impl Device {
     /// The backend's host objects, for the control socket.
     pub fn backend_info(&self) -> serde_json::Value {
         self.backend.describe()
+    }
+
+    /// Whether guest-physical `phys` is in the current memory table (None: not known).
+    pub fn guest_ram_at(&self, phys: u64) -> Option<bool> {
+        self.backend.guest_ram_at(phys)
     }
 
     /// Report invalidations (UNMAP, domain changes, resets) to `sink` from now on.

@@ -73,7 +73,7 @@ pub fn build(
     device: &mut crate::config::DeviceConfig,
 ) -> Result<Box<dyn HostBackend>, BackendSetupError> {
     match cfg {
-        BackendConfig::Software => Ok(Box::new(Software)),
+        BackendConfig::Software => Ok(Box::<Software>::default()),
         BackendConfig::Iommufd(c) => {
             if let Some(&ep) = c.devices.keys().find(|&&ep| !device.endpoints.contains(ep)) {
                 return Err(BackendSetupError::UnknownEndpoint(ep));
@@ -271,8 +271,15 @@ pub trait HostBackend: Send + fmt::Debug {
     fn set_unattached_bypass(&mut self, bypass: bool) -> Result<(), BackendError>;
     /// Release every object the guest caused (domains, mappings; guest memory on `Connection`).
     fn reset(&mut self, kind: ResetKind);
-    /// The vhost-user memory table changed.
+    /// The vhost-user memory table changed. Mappings made earlier stay guest-visible; a backend
+    /// that maps guest RAM on the host must release what left it and map again what came back
+    /// (docs/DEVICE.md, "Guest memory changes").
     fn set_guest_memory(&mut self, regions: &[GuestRegion]) -> Result<(), BackendError>;
+    /// Whether guest-physical `phys` is guest RAM in the current memory table (None: the
+    /// backend does not know, or there is no table yet).
+    fn guest_ram_at(&self, _phys: u64) -> Option<bool> {
+        None
+    }
     /// Host objects, for the control socket (`backend` request).
     fn describe(&self) -> serde_json::Value;
     /// The ioctl requests the backend makes while serving (the seccomp filters of the serving
@@ -329,9 +336,13 @@ pub trait HostBackend: Send + fmt::Debug {
     }
 }
 
-/// The software backend: the device model's tables are the whole IOMMU.
+/// The software backend: the device model's tables are the whole IOMMU. It remembers the
+/// memory table only to say whether a translation lands in guest RAM.
 #[derive(Debug, Default)]
-pub struct Software;
+pub struct Software {
+    /// `(gpa, size)` of each region; None before the first table.
+    ram: Option<Vec<(u64, u64)>>,
+}
 
 impl HostBackend for Software {
     fn name(&self) -> &'static str {
@@ -357,12 +368,30 @@ impl HostBackend for Software {
     fn set_unattached_bypass(&mut self, _: bool) -> Result<(), BackendError> {
         Ok(())
     }
-    fn reset(&mut self, _: ResetKind) {}
-    fn set_guest_memory(&mut self, _: &[GuestRegion]) -> Result<(), BackendError> {
+    fn reset(&mut self, kind: ResetKind) {
+        if kind == ResetKind::Connection {
+            self.ram = None;
+        }
+    }
+    fn set_guest_memory(&mut self, regions: &[GuestRegion]) -> Result<(), BackendError> {
+        self.ram = Some(regions.iter().map(|r| (r.gpa, r.size)).collect());
         Ok(())
     }
+    fn guest_ram_at(&self, phys: u64) -> Option<bool> {
+        let ram = self.ram.as_ref()?;
+        Some(
+            ram.iter()
+                .any(|&(gpa, size)| phys >= gpa && phys - gpa < size),
+        )
+    }
     fn describe(&self) -> serde_json::Value {
-        serde_json::json!({"backend": "software"})
+        let ram: Vec<_> = self
+            .ram
+            .iter()
+            .flatten()
+            .map(|(gpa, size)| serde_json::json!({"gpa": gpa, "size": size}))
+            .collect();
+        serde_json::json!({"backend": "software", "guest_ram": ram})
     }
 }
 

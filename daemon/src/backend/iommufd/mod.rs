@@ -28,6 +28,7 @@
 //!   IOAS (`paging`).
 
 pub mod nesting;
+mod ram;
 pub mod sys;
 
 use std::collections::BTreeMap;
@@ -44,6 +45,7 @@ use super::{
 };
 use crate::protocol::{MAP_F_MMIO, MAP_F_READ, MAP_F_WRITE};
 use crate::tables::{Binding, Invalidate};
+use ram::{HostMap, MemStats, Piece, Ram};
 
 /// Where the host device of an endpoint comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -126,6 +128,23 @@ struct DomainObj {
     bypass: bool,
     /// The nested HWPT of the guest table bound to it.
     nested: Option<u32>,
+    /// Guest mappings with access, by first IOVA, as the IOAS holds them (ram.rs).
+    maps: BTreeMap<u64, HostMap>,
+    /// Pieces a failed MAP could not take back (no guest mapping owns them); retried on every
+    /// memory-table change, gone with an UNMAP over them or with the domain.
+    orphans: Vec<Piece>,
+}
+
+impl DomainObj {
+    fn new(ioas: u32, bypass: bool) -> DomainObj {
+        DomainObj {
+            ioas,
+            bypass,
+            nested: None,
+            maps: BTreeMap::new(),
+            orphans: Vec::new(),
+        }
+    }
 }
 
 /// The host IOMMU kinds that nest guest tables.
@@ -241,24 +260,6 @@ pub fn nested_data(kind: NestKind, binding: &Binding) -> Result<(u32, Vec<u8>), 
     }
 }
 
-/// A region of guest RAM: where the daemon mapped it and, when it is backed by a file (the
-/// frontend's memfd), a duplicate of that file and the region's offset in it.
-#[derive(Debug)]
-struct Ram {
-    gpa: u64,
-    size: u64,
-    host: u64,
-    file: Option<(OwnedFd, u64)>,
-}
-
-/// One IOAS_MAP of guest RAM in the stage-2 IOAS.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Piece {
-    iova: u64,
-    len: u64,
-    host: u64,
-}
-
 #[derive(Debug)]
 pub struct IommufdBackend {
     fd: OwnedFd,
@@ -267,7 +268,10 @@ pub struct IommufdBackend {
     endpoints: BTreeMap<u32, HostEndpoint>,
     domains: BTreeMap<u32, DomainObj>,
     memory: Vec<Ram>,
+    /// The IOAS_MAPs of the stage-2 IOAS (what the kernel holds).
     stage2_pieces: Vec<Piece>,
+    /// What memory-table changes did (control socket).
+    mem_stats: MemStats,
     /// Map guest RAM by file (IOAS_MAP_FILE, Linux 6.13) rather than by address; cleared when
     /// the kernel does not know the call.
     map_file: bool,
@@ -372,6 +376,7 @@ impl IommufdBackend {
             domains: BTreeMap::new(),
             memory: Vec::new(),
             stage2_pieces: Vec::new(),
+            mem_stats: MemStats::default(),
             map_file: true,
             allowed: Vec::new(),
             iova_alignment: 1,
@@ -867,10 +872,10 @@ impl IommufdBackend {
         Ok(())
     }
 
-    /// Guest RAM clipped to the IOVA ranges the host devices accept.
-    fn pieces_for(&self, regions: &[GuestRegion]) -> Vec<Piece> {
+    /// Guest RAM clipped to the IOVA ranges the host devices accept (the stage-2 pieces).
+    fn pieces_for(&self, memory: &[Ram]) -> Vec<Piece> {
         let mut out = Vec::new();
-        for r in regions {
+        for r in memory {
             let Some(last) = r.gpa.checked_add(r.size.saturating_sub(1)) else {
                 continue;
             };
@@ -885,7 +890,8 @@ impl IommufdBackend {
                 out.push(Piece {
                     iova: ps,
                     len: pe - ps + 1,
-                    host: r.host_addr + (ps - r.gpa),
+                    gpa: ps,
+                    backing: r.backing.at(ps - r.gpa),
                 });
             }
         }
@@ -894,7 +900,8 @@ impl IommufdBackend {
 
     /// IOAS_MAP guest-physical `[phys, phys + len)` at `iova` in `ioas`. By file when the region
     /// has one: the IOAS then refers to the memfd's pages, not to an address in this process that
-    /// a later memory table could unmap and reuse; by address otherwise.
+    /// a later memory table could unmap and reuse; by address otherwise. Returns what the new
+    /// mapping refers to.
     fn map_guest(
         &mut self,
         ioas: u32,
@@ -902,7 +909,7 @@ impl IommufdBackend {
         phys: u64,
         len: u64,
         prot: u32,
-    ) -> Result<(), BackendError> {
+    ) -> Result<ram::Backing, BackendError> {
         let not_ram = BackendError::NotGuestRam {
             start: phys,
             end: phys.saturating_add(len - 1),
@@ -916,17 +923,9 @@ impl IommufdBackend {
         let off = phys - ram.gpa;
         let host = ram.host + off;
         if self.map_file {
-            if let Some((file, start)) = &ram.file {
-                match sys::ioas_map_file(
-                    self.fd(),
-                    ioas,
-                    iova,
-                    file.as_fd(),
-                    start + off,
-                    len,
-                    prot,
-                ) {
-                    Ok(()) => return Ok(()),
+            if let Some((file, start)) = ram.file() {
+                match sys::ioas_map_file(self.fd(), ioas, iova, file, start + off, len, prot) {
+                    Ok(()) => return Ok(ram.backing.at(off)),
                     Err(e) if e.errno == libc::ENOTTY || e.errno == libc::EOPNOTSUPP => {
                         warn!("{e}: mapping guest RAM by address from now on");
                         self.map_file = false;
@@ -936,7 +935,7 @@ impl IommufdBackend {
             }
         }
         sys::ioas_map(self.fd(), ioas, iova, host, len, prot)?;
-        Ok(())
+        Ok(ram::Backing::Addr(host))
     }
 
     fn unmap_stage2_piece(&self, p: &Piece) {
@@ -985,14 +984,7 @@ impl HostBackend for IommufdBackend {
             return Err(e);
         }
         if new_domain {
-            self.domains.insert(
-                domain,
-                DomainObj {
-                    ioas,
-                    bypass,
-                    nested: None,
-                },
-            );
+            self.domains.insert(domain, DomainObj::new(ioas, bypass));
         }
         Ok(())
     }
@@ -1026,14 +1018,12 @@ impl HostBackend for IommufdBackend {
         phys: u64,
         flags: u32,
     ) -> Result<(), BackendError> {
-        let d = self
-            .domains
-            .get(&domain)
-            .ok_or(BackendError::Internal("map in unknown domain"))?;
+        if !self.domains.contains_key(&domain) {
+            return Err(BackendError::Internal("map in unknown domain"));
+        }
         if flags & MAP_F_MMIO != 0 {
             return Err(BackendError::Mmio);
         }
-        let ioas = d.ioas;
         let len = (end - iova)
             .checked_add(1)
             .ok_or(BackendError::NotGuestRam {
@@ -1050,13 +1040,7 @@ impl HostBackend for IommufdBackend {
         if prot == 0 {
             // No access allowed: nothing to put in the host page table (but the physical range
             // must still be guest RAM).
-            let last = phys.checked_add(len - 1);
-            let ram = last.is_some_and(|last| {
-                self.memory
-                    .iter()
-                    .any(|r| phys >= r.gpa && last - r.gpa < r.size)
-            });
-            if !ram {
+            if !ram::is_ram(&self.memory, phys, len) {
                 return Err(BackendError::NotGuestRam {
                     start: phys,
                     end: phys.saturating_add(len - 1),
@@ -1064,7 +1048,19 @@ impl HostBackend for IommufdBackend {
             }
             return Ok(());
         }
-        self.map_guest(ioas, iova, phys, len, prot)
+        let pieces = self.map_pieces(domain, iova, phys, len, prot)?;
+        if let Some(d) = self.domains.get_mut(&domain) {
+            d.maps.insert(
+                iova,
+                HostMap {
+                    last: end,
+                    phys,
+                    prot,
+                    pieces,
+                },
+            );
+        }
+        Ok(())
     }
 
     fn unmap(&mut self, domain: u32, start: u64, end: u64) -> Result<(), BackendError> {
@@ -1075,14 +1071,7 @@ impl HostBackend for IommufdBackend {
         if d.bypass {
             return Ok(());
         }
-        // (0, u64::MAX) is iommufd's "everything".
-        let len = (end - start).saturating_add(1);
-        match sys::ioas_unmap(self.fd(), d.ioas, start, len) {
-            Ok(_) => Ok(()),
-            // Nothing mapped in the range (gaps, or mappings without access).
-            Err(e) if e.errno == libc::ENOENT => Ok(()),
-            Err(e) => Err(e.into()),
-        }
+        self.unmap_range(domain, start, end)
     }
 
     fn set_unattached_bypass(&mut self, bypass: bool) -> Result<(), BackendError> {
@@ -1145,50 +1134,17 @@ impl HostBackend for IommufdBackend {
         }
     }
 
+    fn guest_ram_at(&self, phys: u64) -> Option<bool> {
+        Some(ram::is_ram(&self.memory, phys, 1))
+    }
+
+    /// Never fails: the VMM has changed its memory whatever the daemon thinks of it (a
+    /// refused SET_MEM_TABLE would leave vhost-user-backend half updated), so the table is
+    /// always taken and kernel refusals are logged and counted (ram.rs).
     fn set_guest_memory(&mut self, regions: &[GuestRegion]) -> Result<(), BackendError> {
-        let mut memory = Vec::with_capacity(regions.len());
-        for r in regions {
-            let file = match r.file {
-                Some((fd, start)) => {
-                    // SAFETY: the caller guarantees `fd` is open for the duration of the call.
-                    let b = unsafe { BorrowedFd::borrow_raw(fd) };
-                    let dup = b.try_clone_to_owned().map_err(|e| BackendError::Os {
-                        call: "dup",
-                        errno: e.raw_os_error().unwrap_or(libc::EIO),
-                    })?;
-                    Some((dup, start))
-                }
-                None => None,
-            };
-            memory.push(Ram {
-                gpa: r.gpa,
-                size: r.size,
-                host: r.host_addr,
-                file,
-            });
-        }
-        let new = self.pieces_for(regions);
-        let old = std::mem::take(&mut self.stage2_pieces);
-        for p in old.iter().filter(|p| !new.contains(p)) {
-            self.unmap_stage2_piece(p);
-        }
-        self.memory = memory;
-        let mut mapped: Vec<Piece> = old.iter().filter(|p| new.contains(p)).copied().collect();
-        let mut result = Ok(());
-        let rw = sys::IOMMU_IOAS_MAP_READABLE | sys::IOMMU_IOAS_MAP_WRITEABLE;
-        for p in new.iter().filter(|p| !old.contains(p)) {
-            // Guest-physical == IOVA in the stage-2 IOAS.
-            match self.map_guest(self.stage2, p.iova, p.iova, p.len, rw) {
-                Ok(()) => mapped.push(*p),
-                Err(e) => {
-                    warn!("stage-2 map of guest RAM {:#x}+{:#x}: {e}", p.iova, p.len);
-                    result = Err(e);
-                    break;
-                }
-            }
-        }
-        self.stage2_pieces = mapped;
-        result
+        let memory = regions.iter().map(|r| Ram::new(r, self.map_file)).collect();
+        self.follow_memory(memory);
+        Ok(())
     }
 
     fn guest_tables(&self) -> bool {
@@ -1549,7 +1505,8 @@ impl HostBackend for IommufdBackend {
             .domains
             .iter()
             .map(|(id, d)| {
-                json!({"domain": id, "ioas": d.ioas, "bypass": d.bypass, "nested_hwpt": d.nested})
+                json!({"domain": id, "ioas": d.ioas, "bypass": d.bypass, "nested_hwpt": d.nested,
+                       "mappings": self.describe_maps(d)})
             })
             .collect();
         let nest = self.nest.as_ref().map(|n| {
@@ -1575,6 +1532,14 @@ impl HostBackend for IommufdBackend {
             .iter()
             .map(|p| json!({"iova": p.iova, "length": p.len}))
             .collect();
+        let guest_ram: Vec<_> = self
+            .memory
+            .iter()
+            .map(|r| {
+                json!({"gpa": r.gpa, "size": r.size,
+                       "by_file": matches!(r.backing, ram::Backing::File { .. })})
+            })
+            .collect();
         json!({
             "backend": "iommufd",
             "blocked_ioas": self.blocked,
@@ -1583,6 +1548,8 @@ impl HostBackend for IommufdBackend {
             "endpoints": endpoints,
             "domains": domains,
             "stage2": stage2,
+            "guest_ram": guest_ram,
+            "memory_tables": self.mem_stats.to_json(),
             "allowed_iovas": self.allowed,
             "iova_alignment": self.iova_alignment,
             "map_by_file": self.map_file,
@@ -1659,6 +1626,7 @@ mod tests {
             domains: BTreeMap::new(),
             memory: Vec::new(),
             stage2_pieces: Vec::new(),
+            mem_stats: MemStats::default(),
             map_file: true,
             allowed,
             iova_alignment: align,
@@ -1682,23 +1650,30 @@ mod tests {
     fn guest_ram_is_clipped_to_the_host_ranges() {
         // The mock's aperture; RAM below, across and inside it.
         let b = offline(vec![(1 << 24, (1 << 31) - 1)], 0x800);
-        let p = b.pieces_for(&[
+        let mem: Vec<Ram> = [
             region(0, 16 << 20),
             region(0x7ff0_0000, 2 << 20),
             region(1 << 30, 4096),
-        ]);
+        ]
+        .iter()
+        .map(|r| Ram::new(r, true))
+        .collect();
+        let p = b.pieces_for(&mem);
+        // Regions without a file are mapped by address.
         assert_eq!(
             p,
             vec![
                 Piece {
                     iova: 0x7ff0_0000,
                     len: 1 << 20,
-                    host: 0x7f00_0000_0000 + 0x7ff0_0000
+                    gpa: 0x7ff0_0000,
+                    backing: ram::Backing::Addr(0x7f00_0000_0000 + 0x7ff0_0000),
                 },
                 Piece {
                     iova: 1 << 30,
                     len: 4096,
-                    host: 0x7f00_4000_0000
+                    gpa: 1 << 30,
+                    backing: ram::Backing::Addr(0x7f00_4000_0000),
                 },
             ]
         );
@@ -1715,20 +1690,9 @@ mod tests {
     #[test]
     fn refusals_before_the_kernel() {
         let mut b = offline(vec![(0, u64::MAX)], 4096);
-        b.domains.insert(
-            1,
-            DomainObj {
-                ioas: 7,
-                bypass: false,
-                nested: None,
-            },
-        );
-        b.memory.push(Ram {
-            gpa: 0x1000_0000,
-            size: 0x10_0000,
-            host: 0x7f00_0000_0000,
-            file: None,
-        });
+        b.domains.insert(1, DomainObj::new(7, false));
+        b.memory
+            .push(Ram::new(&region(0x1000_0000, 0x10_0000), true));
         let rw = MAP_F_READ | MAP_F_WRITE;
         // Not guest RAM: before, after, across the end of the region.
         for phys in [0x0fff_f000, 0x1010_0000, 0x100f_f000] {
@@ -1762,6 +1726,93 @@ mod tests {
         // Endpoints without a host device move without kernel calls.
         b.attach(5, 1, false, false).unwrap();
         b.detach(5).unwrap();
+        // RAM in two adjacent regions is RAM: the first piece reaches the kernel.
+        b.memory
+            .push(Ram::new(&region(0x1010_0000, 0x10_0000), true));
+        let e = b.map(1, 0, 0x1fff, 0x100f_f000, rw).unwrap_err();
+        assert!(matches!(e, BackendError::Os { .. }), "{e}");
+        // A failed MAP leaves no bookkeeping behind.
+        assert!(b.domains[&1].maps.is_empty() && b.domains[&1].orphans.is_empty());
+    }
+
+    /// A mapping of `[iova, iova + len)` to `phys`, as if its one piece were in the kernel.
+    fn mapped(b: &mut IommufdBackend, domain: u32, iova: u64, len: u64, phys: u64) {
+        let r = b
+            .memory
+            .iter()
+            .find(|r| r.contains(phys, len))
+            .expect("RAM");
+        let backing = r.backing.at(phys - r.gpa);
+        b.domains.get_mut(&domain).unwrap().maps.insert(
+            iova,
+            HostMap {
+                last: iova + len - 1,
+                phys,
+                prot: sys::IOMMU_IOAS_MAP_READABLE,
+                pieces: ram::Pieces::One(Piece {
+                    iova,
+                    len,
+                    gpa: phys,
+                    backing,
+                }),
+            },
+        );
+    }
+
+    #[test]
+    fn memory_table_changes_keep_the_bookkeeping_true() {
+        let mut b = offline(vec![(0, u64::MAX)], 4096);
+        b.domains.insert(1, DomainObj::new(7, false));
+        let low = region(0x1000_0000, 0x10_0000);
+        let hot = region(0x2000_0000, 0x10_0000);
+        b.set_guest_memory(&[low, hot]).unwrap();
+        mapped(&mut b, 1, 0x10_0000, 0x1000, 0x1000_0000);
+        mapped(&mut b, 1, 0x20_0000, 0x2000, 0x2000_0000);
+        let before = b.domains[&1].maps.clone();
+        // Stage 2 cannot be mapped on /dev/null: every table tries all of it again, one failure
+        // a region; any other failure would be a kernel call for the guest's mappings.
+        let failures = |b: &IommufdBackend| b.mem_stats.failures;
+        // The same regions again (a region added elsewhere): no kernel call for the mappings,
+        // nothing changes.
+        let f = failures(&b);
+        b.set_guest_memory(&[low, hot, region(0x3000_0000, 0x1000)])
+            .unwrap();
+        assert_eq!(b.domains[&1].maps, before);
+        assert_eq!(b.mem_stats.domain_unmapped + b.mem_stats.domain_mapped, 0);
+        assert_eq!(failures(&b), f + 3);
+        // The hot region leaves: its piece must be unmapped; /dev/null refuses, so the piece
+        // stays recorded (it is still in the kernel) and shows as stale.
+        let f = failures(&b);
+        b.set_guest_memory(&[low]).unwrap();
+        assert_eq!(
+            b.domains[&1].maps, before,
+            "refused unmap: still in the kernel"
+        );
+        assert_eq!(b.mem_stats.domain_unmapped, 0);
+        assert_eq!(failures(&b), f + 2, "the unmap and low's stage 2");
+        let d = b.describe();
+        let maps = &d["domains"][0]["mappings"];
+        assert_eq!(maps["with_access"], 2, "{d}");
+        assert_eq!(maps["stale"].as_array().unwrap().len(), 1, "{d}");
+        assert_eq!(maps["stale"][0]["iova"], 0x20_0000, "{d}");
+        assert!(maps["unbacked"].as_array().unwrap().is_empty(), "{d}");
+        assert_eq!(d["guest_ram"].as_array().unwrap().len(), 1, "{d}");
+        // Guest RAM queries follow the table.
+        assert_eq!(b.guest_ram_at(0x1000_0000), Some(true));
+        assert_eq!(b.guest_ram_at(0x2000_0000), Some(false));
+        // Back again with the same backing: the piece is valid again, nothing to do.
+        let f = failures(&b);
+        b.set_guest_memory(&[low, hot]).unwrap();
+        assert_eq!(b.domains[&1].maps, before);
+        assert!(b.describe()["domains"][0]["mappings"]["stale"]
+            .as_array()
+            .unwrap()
+            .is_empty());
+        assert_eq!(failures(&b), f + 2, "stage 2 only");
+        // Disconnect: no memory, no domain.
+        b.reset(ResetKind::Connection);
+        assert!(b.memory.is_empty() && b.domains.is_empty());
+        assert_eq!(b.guest_ram_at(0x1000_0000), Some(false));
     }
 
     #[test]
@@ -1827,14 +1878,7 @@ mod tests {
     fn guest_tables_need_a_nesting_host() {
         let mut b = offline(vec![(0, u64::MAX)], 4096);
         assert!(!b.guest_tables());
-        b.domains.insert(
-            1,
-            DomainObj {
-                ioas: 7,
-                bypass: false,
-                nested: None,
-            },
-        );
+        b.domains.insert(1, DomainObj::new(7, false));
         let fs = pagetables::vtd::FirstStage::new(pagetables::vtd::FirstStageParams {
             pgtbl: 0x1000,
             addr_width: 48,
