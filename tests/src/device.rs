@@ -336,6 +336,42 @@ impl Device {
             .mem
             .add_region(gpa, size)
             .map_err(err("guest memory"))?;
+        if self.buf_region >= i {
+            self.buf_region += 1;
+        }
+        self.fe
+            .set_mem_table(&self.mem.region_infos())
+            .map_err(err("SET_MEM_TABLE"))?;
+        Ok(i)
+    }
+
+    /// Hot-unplug the region at `gpa`: send a memory table without it (SET_MEM_TABLE). The
+    /// region stays mapped in this process (its pages can still be checked) until
+    /// `replug_region`. `buf_region` keeps pointing at the same region if it is another one.
+    pub fn unplug_region(&mut self, gpa: u64) -> Result<(), String> {
+        let i = self
+            .mem
+            .unplug(gpa)
+            .ok_or_else(|| format!("no region at {gpa:#x}"))?;
+        if self.buf_region > i {
+            self.buf_region -= 1;
+        }
+        self.fe
+            .set_mem_table(&self.mem.region_infos())
+            .map_err(err("SET_MEM_TABLE"))?;
+        Ok(())
+    }
+
+    /// Put an unplugged region back (the same memfd and pages) and send the new table.
+    /// Returns its index.
+    pub fn replug_region(&mut self, gpa: u64) -> Result<usize, String> {
+        let i = self
+            .mem
+            .replug(gpa)
+            .ok_or_else(|| format!("no unplugged region at {gpa:#x}"))?;
+        if self.buf_region >= i {
+            self.buf_region += 1;
+        }
         self.fe
             .set_mem_table(&self.mem.region_infos())
             .map_err(err("SET_MEM_TABLE"))?;

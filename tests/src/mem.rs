@@ -81,7 +81,10 @@ impl Region {
 /// The guest's RAM: one or more memfd-backed regions.
 #[derive(Debug)]
 pub struct GuestMemory {
+    /// Sorted by guest-physical address (vhost-user backends want the table sorted).
     regions: Vec<Region>,
+    /// Regions taken out of the table (hot-unplugged) but still mapped here.
+    unplugged: Vec<Region>,
 }
 
 impl GuestMemory {
@@ -92,20 +95,46 @@ impl GuestMemory {
             .iter()
             .map(|&(gpa, size)| Region::new(gpa, size, reserve.min(size)))
             .collect::<io::Result<Vec<_>>>()?;
-        Ok(GuestMemory { regions })
+        Ok(GuestMemory {
+            regions,
+            unplugged: Vec::new(),
+        })
     }
 
-    /// Add a region (memory hot-plug); returns its index. Hand the new table to the daemon with
+    /// Add a region (memory hot-plug); returns its index (regions stay sorted by address, so
+    /// the indexes of regions above it move up). Hand the new table to the daemon with
     /// SET_MEM_TABLE afterwards.
     pub fn add_region(&mut self, gpa: u64, size: u64) -> io::Result<usize> {
+        let r = Region::new(gpa, size, 0)?;
+        Ok(self.insert(r))
+    }
+
+    fn insert(&mut self, r: Region) -> usize {
         assert!(
             self.regions
                 .iter()
-                .all(|r| gpa + size <= r.gpa || r.gpa + r.size <= gpa),
+                .all(|o| r.gpa + r.size <= o.gpa || o.gpa + o.size <= r.gpa),
             "new region overlaps an existing one"
         );
-        self.regions.push(Region::new(gpa, size, 0)?);
-        Ok(self.regions.len() - 1)
+        let i = self.regions.partition_point(|o| o.gpa < r.gpa);
+        self.regions.insert(i, r);
+        i
+    }
+
+    /// Take the region at `gpa` out of the table (memory hot-unplug); it stays mapped in this
+    /// process, so its pages can still be examined, until `replug` puts it back or the memory
+    /// is dropped. Returns the index it had. Hand the new table to the daemon afterwards.
+    pub fn unplug(&mut self, gpa: u64) -> Option<usize> {
+        let i = self.regions.iter().position(|r| r.gpa == gpa)?;
+        self.unplugged.push(self.regions.remove(i));
+        Some(i)
+    }
+
+    /// Put an unplugged region back (same memfd, same pages); returns its index.
+    pub fn replug(&mut self, gpa: u64) -> Option<usize> {
+        let i = self.unplugged.iter().position(|r| r.gpa == gpa)?;
+        let r = self.unplugged.remove(i);
+        Some(self.insert(r))
     }
 
     /// The region table handed to the daemon with SET_MEM_TABLE.
@@ -127,9 +156,12 @@ impl GuestMemory {
         self.regions.iter().map(|r| (r.gpa, r.size)).collect()
     }
 
+    /// The region holding `[gpa, gpa+len)`; an unplugged region still counts (the frontend
+    /// keeps its memory, only the daemon's table lost it).
     fn region_for(&self, gpa: u64, len: u64) -> &Region {
         self.regions
             .iter()
+            .chain(&self.unplugged)
             .find(|r| r.contains(gpa, len))
             .unwrap_or_else(|| panic!("guest range {gpa:#x}+{len:#x} is outside guest memory"))
     }

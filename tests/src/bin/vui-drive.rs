@@ -11,19 +11,22 @@
 //! (its DMA engine checks the translations); the daemon binary comes from
 //! $VHOST_USER_IOMMU_BIN. Prints
 //! `VUI-RESULT <name> PASS|FAIL <detail>` lines; exits 1 if any check failed.
+//! `vui-drive batch-child SOCKET ENDPOINT DOMAIN` is the frontend that `mock` (and the host
+//! test tests/tests/memory_table.rs) kill with SIGKILL in the middle of a batch of MAPs.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use vhost::vhost_user::VhostUserFrontend;
 use vhost_user_iommu_tests::proto::{self, status};
-use vhost_user_iommu_tests::{Control, Daemon, Options, Request};
+use vhost_user_iommu_tests::{Control, Daemon, Device, Options, Request};
 
 // --- The kernel ABI, written from include/uapi/linux/iommufd.h and iommufd_test.h -------------
 
@@ -1045,6 +1048,10 @@ fn mock(iommufd: &OwnedFd) -> usize {
         std::thread::sleep(Duration::from_millis(20));
     }
     let census_start = census(fd);
+    mock_memory_table(fd, &daemon, &mut ctl, &mut rep, &census_start);
+    mock_vring_reset(fd, &daemon, &mut ctl, &mut rep, &census_start);
+    mock_killed_mid_batch(fd, &daemon, &mut ctl, &mut rep, &census_start);
+    let census_start = census(fd);
     mock_nested(fd, &daemon, &mut ctl, &mut rep, &census_start);
     if rep.failed > 0 {
         for line in daemon.stderr().lines() {
@@ -1054,6 +1061,607 @@ fn mock(iommufd: &OwnedFd) -> usize {
     drop(daemon);
     let _ = std::fs::remove_dir_all(&dir);
     rep.failed
+}
+
+// --- Memory-table changes, vring resets and a frontend killed mid-batch (issue 8) -------------
+
+/// A second and a third RAM region in the mock aperture.
+const HOT_GPA: u64 = 0x5000_0000;
+const EXTRA_GPA: u64 = 0x6000_0000;
+const RW: u32 = proto::MAP_F_READ | proto::MAP_F_WRITE;
+
+/// Wait (bounded) until the daemon reports no frontend (it has released the connection's state
+/// by then).
+fn wait_disconnected(ctl: &mut Control) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while ctl.status()["connected"].as_bool() != Some(false) {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    true
+}
+
+/// The census after a disconnect is the census at `before`: the same IOASes, as many HWPTs, and
+/// the HWPTs that differ are the ones the devices sit on now (an automatic domain of the blocked
+/// IOAS may be re-created with a new id).
+fn census_as_before(
+    fd: RawFd,
+    before: &(Vec<u32>, Vec<u32>),
+    b: &Value,
+) -> Result<(Vec<u32>, Vec<u32>), String> {
+    let after = census(fd);
+    let ep_hwpts: Vec<u32> = [1, 2]
+        .iter()
+        .filter_map(|&e| ep_state(b, e).map(|s| s.1))
+        .collect();
+    let same = after.0 == before.0
+        && after.1.len() == before.1.len()
+        && after
+            .1
+            .iter()
+            .all(|h| before.1.contains(h) || ep_hwpts.contains(h));
+    ensure(same, || {
+        format!("objects before {before:?}, after {after:?}, endpoint hwpts {ep_hwpts:?}")
+    })?;
+    Ok(after)
+}
+
+/// The domain's `mappings` object in the backend's description.
+fn domain_maps(b: &Value, d: u32) -> Value {
+    b["domains"]
+        .as_array()
+        .and_then(|a| a.iter().find(|e| u32_of(e, "domain") == Some(d)))
+        .map(|e| e["mappings"].clone())
+        .unwrap_or(Value::Null)
+}
+
+/// The (iova, length) ranges of a domain's unbacked mappings.
+fn unbacked(b: &Value, d: u32) -> Vec<(u64, u64)> {
+    domain_maps(b, d)["unbacked"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|u| Some((u["iova"].as_u64()?, u["length"].as_u64()?)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn has_stage2(b: &Value, gpa: u64) -> bool {
+    b["stage2"]
+        .as_array()
+        .is_some_and(|a| a.iter().any(|p| p["iova"].as_u64() == Some(gpa)))
+}
+
+/// Guest RAM added and removed under live mappings: a removed region is neither pinned nor
+/// mapped in the domain's HWPT, while the guest's mappings stay in the device's table (and
+/// UNMAP works); when RAM comes back at that address the IOVAs map it again; adding a region
+/// disturbs nothing.
+fn mock_memory_table(
+    fd: RawFd,
+    daemon: &Daemon,
+    ctl: &mut Control,
+    rep: &mut Report,
+    census_start: &(Vec<u32>, Vec<u32>),
+) {
+    const IOVA_B1: u64 = 0x400_0000;
+    const IOVA_B2: u64 = 0x410_0000;
+    let mut dev = daemon.connect_with(&opts());
+    let plugged = dev
+        .hotplug_region(RAM_GPA, RAM_SIZE)
+        .and_then(|_| dev.hotplug_region(HOT_GPA, RAM_SIZE));
+    let host_a = dev.mem.host_addr(RAM_GPA);
+    let host_b = dev.mem.host_addr(HOT_GPA);
+    let s = [
+        dev.attach(60, 1),
+        dev.map(60, IOVA, IOVA + LEN - 1, RAM_GPA, RW),
+        dev.map(60, IOVA_B1, IOVA_B1 + LEN - 1, HOT_GPA, RW),
+        dev.map(60, IOVA_B2, IOVA_B2 + LEN - 1, HOT_GPA + LEN, RW),
+    ];
+    let b = backend(ctl);
+    let h = ep_state(&b, 1).map_or(0, |s| s.1);
+    rep.check(
+        "memtable-hot-region-mapped",
+        (|| {
+            plugged.clone()?;
+            ensure(s.iter().all(|&s| s == status::OK), || format!("statuses {s:?}"))?;
+            check_map(fd, h, IOVA, LEN, host_a).map_err(|e| format!("MD_CHECK_MAP A: errno {e}"))?;
+            check_map(fd, h, IOVA_B1, LEN, host_b)
+                .map_err(|e| format!("MD_CHECK_MAP B1: errno {e}"))?;
+            check_map(fd, h, IOVA_B2, LEN, host_b + LEN)
+                .map_err(|e| format!("MD_CHECK_MAP B2: errno {e}"))?;
+            check_refs(fd, host_b, 2 * LEN, 1).map_err(|e| format!("MD_CHECK_REFS(1): errno {e}"))?;
+            ensure(has_stage2(&b, HOT_GPA), || format!("{b}"))?;
+            Ok(format!(
+                "domain 60 (hwpt {h}): IOVA {IOVA:#x} -> region A {RAM_GPA:#x}, {IOVA_B1:#x} and {IOVA_B2:#x} -> hot region B {HOT_GPA:#x}; MD_CHECK_MAP ok, B's pages pinned once"
+            ))
+        })(),
+    );
+
+    // A region added while mappings exist: nothing is unmapped or mapped again.
+    let before = b["memory_tables"].clone();
+    let added = dev.hotplug_region(EXTRA_GPA, RAM_SIZE);
+    let b = backend(ctl);
+    let after = b["memory_tables"].clone();
+    let delta = |k: &str| after[k].as_u64().unwrap_or(0) - before[k].as_u64().unwrap_or(0);
+    rep.check(
+        "memtable-add-region-disturbs-nothing",
+        (|| {
+            added?;
+            check_map(fd, h, IOVA, LEN, host_a).map_err(|e| format!("MD_CHECK_MAP A: errno {e}"))?;
+            check_map(fd, h, IOVA_B1, LEN, host_b)
+                .map_err(|e| format!("MD_CHECK_MAP B1: errno {e}"))?;
+            check_map(fd, h, IOVA_B2, LEN, host_b + LEN)
+                .map_err(|e| format!("MD_CHECK_MAP B2: errno {e}"))?;
+            check_refs(fd, host_b, 2 * LEN, 1)
+                .map_err(|e| format!("MD_CHECK_REFS(1) after the new table: errno {e}"))?;
+            let d = (
+                delta("domain_pieces_unmapped"),
+                delta("domain_pieces_mapped"),
+                delta("stage2_pieces_unmapped"),
+                delta("stage2_pieces_mapped"),
+                delta("failures"),
+            );
+            ensure(d == (0, 0, 0, 1, 0), || {
+                format!("(domain unmapped, mapped, stage-2 unmapped, mapped, failures) = {d:?}: {after}")
+            })?;
+            ensure(has_stage2(&b, EXTRA_GPA), || format!("{b}"))?;
+            Ok(format!(
+                "region C {EXTRA_GPA:#x} added: 0 domain pieces unmapped or remapped, 1 stage-2 piece mapped (C), 0 failures; A and B still mapped, B pinned once"
+            ))
+        })(),
+    );
+
+    // Region B goes away with a new memory table.
+    let unplugged = dev.unplug_region(HOT_GPA);
+    let b = backend(ctl);
+    let maps = ctl.mappings(60).map(|m| m.len());
+    let t = ctl.translate(1, IOVA_B1 + 0x10, "r");
+    rep.check(
+        "memtable-remove-region-unpins",
+        (|| {
+            unplugged.clone()?;
+            check_refs(fd, host_b, 2 * LEN, 0)
+                .map_err(|e| format!("MD_CHECK_REFS(0) on B after removal: errno {e}"))?;
+            ensure(check_map(fd, h, IOVA_B1, 0x1000, host_b).is_err(), || {
+                "IOVA B1 still mapped in the HWPT".into()
+            })?;
+            ensure(check_map(fd, h, IOVA_B2, 0x1000, host_b + LEN).is_err(), || {
+                "IOVA B2 still mapped in the HWPT".into()
+            })?;
+            check_map(fd, h, IOVA, LEN, host_a)
+                .map_err(|e| format!("MD_CHECK_MAP A after removing B: errno {e}"))?;
+            ensure(maps == Ok(3), || format!("device table: {maps:?} mappings"))?;
+            let u = unbacked(&b, 60);
+            ensure(u == vec![(IOVA_B1, LEN), (IOVA_B2, LEN)], || {
+                format!("unbacked {u:?}: {}", domain_maps(&b, 60))
+            })?;
+            ensure(
+                domain_maps(&b, 60)["stale"].as_array().is_some_and(Vec::is_empty),
+                || format!("{b}"),
+            )?;
+            ensure(!has_stage2(&b, HOT_GPA), || format!("stage 2 still maps B: {b}"))?;
+            ensure(
+                t["outcome"] == "translated" && t["guest_ram"] == false,
+                || format!("translate: {t}"),
+            )?;
+            Ok(format!(
+                "B's pages: MD_CHECK_REFS 0; MD_CHECK_MAP of IOVA B1/B2: not mapped; A still mapped; device table still has 3 mappings; backend: unbacked {u:?}, no stale piece, stage 2 without B; translate {t}"
+            ))
+        })(),
+    );
+    let st = dev.unmap(60, IOVA_B2, IOVA_B2 + LEN - 1);
+    let maps = ctl.mappings(60).map(|m| m.len());
+    let u = unbacked(&backend(ctl), 60);
+    rep.check(
+        "memtable-unmap-without-ram",
+        (|| {
+            ensure(st == status::OK, || format!("UNMAP status {st}"))?;
+            ensure(maps == Ok(2), || format!("device table: {maps:?} mappings"))?;
+            ensure(u == vec![(IOVA_B1, LEN)], || format!("unbacked {u:?}"))?;
+            Ok("UNMAP of IOVA B2 (no RAM behind it): OK, device table 2 mappings, unbacked only B1".into())
+        })(),
+    );
+
+    // B comes back (the same memfd): IOVA B1 maps it again, B2 (unmapped meanwhile) does not.
+    let before = backend(ctl)["memory_tables"].clone();
+    let replugged = dev.replug_region(HOT_GPA);
+    let b = backend(ctl);
+    let after = b["memory_tables"].clone();
+    let delta = |k: &str| after[k].as_u64().unwrap_or(0) - before[k].as_u64().unwrap_or(0);
+    rep.check(
+        "memtable-region-back-maps-again",
+        (|| {
+            replugged.clone()?;
+            check_map(fd, h, IOVA_B1, LEN, host_b)
+                .map_err(|e| format!("MD_CHECK_MAP B1 after re-adding B: errno {e}"))?;
+            check_refs(fd, host_b, LEN, 1).map_err(|e| format!("MD_CHECK_REFS(1) B1: errno {e}"))?;
+            check_refs(fd, host_b + LEN, LEN, 0)
+                .map_err(|e| format!("MD_CHECK_REFS(0) B2 (unmapped): errno {e}"))?;
+            ensure(check_map(fd, h, IOVA_B2, 0x1000, host_b + LEN).is_err(), || {
+                "IOVA B2 mapped again after its UNMAP".into()
+            })?;
+            ensure(unbacked(&b, 60).is_empty(), || format!("{}", domain_maps(&b, 60)))?;
+            ensure(delta("domain_pieces_mapped") == 1 && delta("failures") == 0, || {
+                format!("{after}")
+            })?;
+            ensure(has_stage2(&b, HOT_GPA), || format!("{b}"))?;
+            Ok("B re-added: MD_CHECK_MAP IOVA B1 -> B's page again (1 piece remapped), pinned once; B2 stays unmapped; nothing unbacked".into())
+        })(),
+    );
+
+    // Other RAM at B's address (a new memfd): IOVA B1 now reaches the new pages.
+    let swapped = dev
+        .unplug_region(HOT_GPA)
+        .and_then(|()| dev.hotplug_region(HOT_GPA, RAM_SIZE));
+    let host_b2 = dev.mem.host_addr(HOT_GPA);
+    rep.check(
+        "memtable-new-ram-at-same-address",
+        (|| {
+            swapped.clone()?;
+            ensure(host_b2 != host_b, || "the new region has the old address".into())?;
+            check_map(fd, h, IOVA_B1, LEN, host_b2)
+                .map_err(|e| format!("MD_CHECK_MAP B1 -> new RAM: errno {e}"))?;
+            check_refs(fd, host_b2, LEN, 1).map_err(|e| format!("MD_CHECK_REFS(1) new: errno {e}"))?;
+            check_refs(fd, host_b, LEN, 0).map_err(|e| format!("MD_CHECK_REFS(0) old: errno {e}"))?;
+            Ok("B replaced by a new memfd at the same GPA: IOVA B1 maps the new pages (pinned once), the old ones are unpinned".into())
+        })(),
+    );
+
+    // Disconnect: back to the start.
+    let keep: Vec<_> = [RAM_GPA, HOT_GPA]
+        .iter()
+        .filter_map(|g| {
+            let i = dev.mem.layout().iter().position(|r| r.0 == *g)?;
+            dup(dev.mem.region_infos()[i].mmap_handle).ok()
+        })
+        .collect();
+    drop(dev);
+    let gone = wait_disconnected(ctl);
+    let views: Vec<u64> = keep
+        .iter()
+        .filter_map(|f| map_shared(f.as_raw_fd(), RAM_SIZE))
+        .collect();
+    let b = backend(ctl);
+    rep.check(
+        "memtable-disconnect-releases",
+        (|| {
+            ensure(gone, || "still connected".into())?;
+            ensure(views.len() == 2, || "cannot map guest RAM again".into())?;
+            for v in &views {
+                check_refs(fd, *v, RAM_SIZE, 0).map_err(|e| format!("pages pinned: errno {e}"))?;
+            }
+            let after = census_as_before(fd, census_start, &b)?;
+            ensure(
+                b["domains"].as_array().is_some_and(Vec::is_empty)
+                    && b["stage2"].as_array().is_some_and(Vec::is_empty)
+                    && b["guest_ram"].as_array().is_some_and(Vec::is_empty),
+                || format!("{b}"),
+            )?;
+            Ok(format!("census {after:?} as at start, no page pinned"))
+        })(),
+    );
+}
+
+/// Rings stopped and restarted with live mappings: where they stopped (a pause) keeps
+/// everything; at index 0 (the driver started over) drops the domain and its host objects.
+fn mock_vring_reset(
+    fd: RawFd,
+    daemon: &Daemon,
+    ctl: &mut Control,
+    rep: &mut Report,
+    census_start: &(Vec<u32>, Vec<u32>),
+) {
+    let mut dev = daemon.connect_with(&opts());
+    let plugged = dev.hotplug_region(RAM_GPA, RAM_SIZE);
+    let host = dev.mem.host_addr(RAM_GPA);
+    let s = [
+        dev.attach(90, 1),
+        dev.map(90, IOVA, IOVA + LEN - 1, RAM_GPA, RW),
+    ];
+    let h = ep_state(&backend(ctl), 1).map_or(0, |s| s.1);
+    let paused = dev
+        .stop_rings()
+        .and_then(|b| dev.start_rings(b).map(|()| b));
+    let s2 = dev.attach(91, 2);
+    let maps = ctl.mappings(90).map(|m| m.len());
+    rep.check(
+        "vring-pause-keeps-mappings",
+        (|| {
+            plugged.clone()?;
+            ensure(s.iter().all(|&s| s == status::OK) && s2 == status::OK, || {
+                format!("statuses {s:?} {s2}")
+            })?;
+            let bases = paused.clone()?;
+            check_map(fd, h, IOVA, LEN, host).map_err(|e| format!("MD_CHECK_MAP: errno {e}"))?;
+            check_refs(fd, host, LEN, 1).map_err(|e| format!("MD_CHECK_REFS(1): errno {e}"))?;
+            ensure(maps == Ok(1), || format!("{maps:?}"))?;
+            Ok(format!(
+                "GET_VRING_BASE {bases:?} then SET_VRING_BASE at the same place: domain 90 (hwpt {h}) still maps IOVA {IOVA:#x}, pinned once"
+            ))
+        })(),
+    );
+    // The driver starts over: new rings at index 0.
+    let restarted = dev.stop_rings().and_then(|_| {
+        let (rsize, esize) = (dev.reqq.size, dev.evq.size);
+        dev.reqq = vhost_user_iommu_tests::SplitQueue::new(&dev.mem, 0, rsize);
+        dev.evq = vhost_user_iommu_tests::SplitQueue::new(&dev.mem, 1, esize);
+        dev.start_rings([0, 0])
+    });
+    // The first request after the restart finds the guest state gone.
+    let s3 = dev.attach(92, 2);
+    let b = backend(ctl);
+    let maps = ctl.mappings(90).map(|m| m.len()).unwrap_or(0);
+    rep.check(
+        "vring-restart-at-zero-releases",
+        (|| {
+            restarted.clone()?;
+            ensure(s3 == status::OK, || format!("ATTACH after restart: {s3}"))?;
+            ensure(maps == 0, || format!("{maps} mappings left in domain 90"))?;
+            let (d1, _) = ep_state(&b, 1).ok_or(format!("{b}"))?;
+            let (d2, _) = ep_state(&b, 2).ok_or(format!("{b}"))?;
+            ensure(d1.is_none() && d2 == Some(92), || format!("{b}"))?;
+            let ids: Vec<u32> = b["domains"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|d| u32_of(d, "domain")).collect())
+                .unwrap_or_default();
+            ensure(ids == vec![92], || format!("backend domains {ids:?}"))?;
+            // (HWPT ids are reused: `h` may be domain 92's now, which maps nothing.)
+            let (_, h2) = ep_state(&b, 2).ok_or(format!("{b}"))?;
+            for hw in [h, h2] {
+                ensure(check_map(fd, hw, IOVA, 0x1000, host).is_err(), || {
+                    format!("hwpt {hw} still maps IOVA {IOVA:#x}")
+                })?;
+            }
+            check_refs(fd, host, LEN, 0).map_err(|e| format!("MD_CHECK_REFS(0): errno {e}"))?;
+            ensure(has_stage2(&b, RAM_GPA), || format!("stage 2 lost guest RAM: {b}"))?;
+            Ok(format!(
+                "rings restarted at 0: the first request found domains 90/91 gone (backend domains {ids:?}), IOVA {IOVA:#x} mapped nowhere (hwpts {h}, {h2}), pages unpinned, guest RAM still in stage 2"
+            ))
+        })(),
+    );
+    drop(dev);
+    let gone = wait_disconnected(ctl);
+    let b = backend(ctl);
+    rep.check(
+        "vring-reset-disconnect",
+        (|| {
+            ensure(gone, || "still connected".into())?;
+            let after = census_as_before(fd, census_start, &b)?;
+            Ok(format!("census {after:?} as at start"))
+        })(),
+    );
+}
+
+/// A frontend SIGKILLed while a batch of MAPs is in flight (its request queue kept full):
+/// the daemon survives, releases every host object and pin of that connection, and serves the
+/// next frontend normally.
+fn mock_killed_mid_batch(
+    fd: RawFd,
+    daemon: &Daemon,
+    ctl: &mut Control,
+    rep: &mut Report,
+    census_start: &(Vec<u32>, Vec<u32>),
+) {
+    let maps_ok = |ctl: &mut Control| {
+        ctl.counters()["requests"]["map"]["ok"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    let before = maps_ok(ctl);
+    let run = spawn_batch_child(&daemon.socket, 1, 80);
+    let (pinned, killed) = match &run {
+        Ok(c) => {
+            // The child's hot region, through its memfd (open before the child dies).
+            let view = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(format!("/proc/{}/fd/{}", c.pid, c.memfd))
+                .ok()
+                .and_then(|f| map_shared(f.as_raw_fd(), RAM_SIZE));
+            let pinned = view.map(|v| (v, check_refs(fd, v, RAM_SIZE, 0).is_err()));
+            (pinned, c.kill())
+        }
+        Err(_) => (None, Err("no child".into())),
+    };
+    let gone = wait_disconnected(ctl);
+    let processed = maps_ok(ctl) - before;
+    let b = backend(ctl);
+    let census_after = census_as_before(fd, census_start, &b);
+    rep.check(
+        "killed-mid-batch-releases",
+        (|| {
+            let c = run.as_ref().map_err(Clone::clone)?;
+            killed.clone()?;
+            ensure(gone, || "the daemon still reports the dead frontend".into())?;
+            let (view, was_pinned) = pinned.ok_or("cannot map the child's RAM")?;
+            ensure(was_pinned, || "nothing was pinned while the batch ran".into())?;
+            check_refs(fd, view, RAM_SIZE, 0)
+                .map_err(|e| format!("pages still pinned after the kill: errno {e}"))?;
+            let after = census_after.clone()?;
+            ensure(
+                b["domains"].as_array().is_some_and(Vec::is_empty)
+                    && b["stage2"].as_array().is_some_and(Vec::is_empty),
+                || format!("{b}"),
+            )?;
+            Ok(format!(
+                "child {} SIGKILLed with {} MAP(s) completed and {} in flight (pages pinned at that moment); the daemon completed {processed} MAP(s) for it in all, then released everything: census {after:?} as at start, MD_CHECK_REFS 0",
+                c.pid, c.completed, c.in_flight
+            ))
+        })(),
+    );
+    // The next frontend is served normally.
+    let mut dev = daemon.connect_with(&opts());
+    let plugged = dev.hotplug_region(RAM_GPA, RAM_SIZE);
+    let host = dev.mem.host_addr(RAM_GPA);
+    let s = [
+        dev.attach(80, 1),
+        dev.map(80, IOVA, IOVA + LEN - 1, RAM_GPA, RW),
+    ];
+    let h = ep_state(&backend(ctl), 1).map_or(0, |s| s.1);
+    rep.check(
+        "killed-mid-batch-next-frontend",
+        (|| {
+            plugged.clone()?;
+            ensure(s.iter().all(|&s| s == status::OK), || {
+                format!("statuses {s:?}")
+            })?;
+            check_map(fd, h, IOVA, LEN, host).map_err(|e| format!("MD_CHECK_MAP: errno {e}"))?;
+            check_refs(fd, host, LEN, 1).map_err(|e| format!("MD_CHECK_REFS(1): errno {e}"))?;
+            Ok(format!(
+                "next frontend: the same domain id and IOVA map again (hwpt {h}), pinned once"
+            ))
+        })(),
+    );
+    drop(dev);
+    wait_disconnected(ctl);
+}
+
+/// A running `vui-drive batch-child`.
+struct BatchChild {
+    child: std::process::Child,
+    pid: i32,
+    memfd: i32,
+    completed: u64,
+    in_flight: u64,
+}
+
+impl BatchChild {
+    fn kill(&self) -> Result<(), String> {
+        // SAFETY: kill(2) of our own child, which we have not reaped yet.
+        if unsafe { libc::kill(self.pid, libc::SIGKILL) } != 0 {
+            return Err(format!("kill: errno {}", errno()));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for BatchChild {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Start `vui-drive batch-child` against `socket` and wait (bounded) for its line saying the
+/// batch runs.
+fn spawn_batch_child(socket: &Path, endpoint: u32, domain: u32) -> Result<BatchChild, String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut child = Command::new(exe)
+        .arg("batch-child")
+        .arg(socket)
+        .arg(endpoint.to_string())
+        .arg(domain.to_string())
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("spawn: {e}"))?;
+    let out = child.stdout.take().ok_or("no stdout")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(out).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let pid = i32::try_from(child.id()).map_err(|e| e.to_string())?;
+    let line = rx.recv_timeout(Duration::from_secs(60)).unwrap_or_default();
+    let field = |k: &str| {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(k))
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    let mut c = BatchChild {
+        child,
+        pid,
+        memfd: 0,
+        completed: 0,
+        in_flight: 0,
+    };
+    match (field("memfd="), field("completed="), field("in_flight=")) {
+        (Some(m), Some(done), Some(n)) if line.starts_with("VUI-CHILD") => {
+            c.memfd = i32::try_from(m).map_err(|e| e.to_string())?;
+            c.completed = done;
+            c.in_flight = n;
+            Ok(c)
+        }
+        _ => Err(format!("batch child said {line:?}")),
+    }
+}
+
+/// The child: a frontend whose request queue is kept full of MAPs (every completion is
+/// replaced by a new MAP) until it is killed. One line on stdout once the batch runs:
+/// `VUI-CHILD pid=P memfd=F completed=K in_flight=N`.
+fn batch_child(socket: &Path, endpoint: u32, domain: u32) -> ! {
+    let fail = |what: String| -> ! {
+        eprintln!("batch-child: {what}");
+        std::process::exit(1)
+    };
+    let opts = Options {
+        high_size: 0,
+        requestq_size: 1024,
+        ..Options::default()
+    };
+    let mut dev = Device::connect(socket, &opts).unwrap_or_else(|e| fail(e));
+    let region = dev
+        .hotplug_region(RAM_GPA, RAM_SIZE)
+        .unwrap_or_else(|e| fail(e));
+    let memfd = dev.mem.region_infos()[region].mmap_handle;
+    let st = dev.attach(domain, endpoint);
+    if st != status::OK {
+        fail(format!("ATTACH status {st}"));
+    }
+    let pages = RAM_SIZE / 0x1000;
+    let map = |i: u64| {
+        let iova = IOVA + i * 0x1000;
+        Request::map(
+            domain,
+            iova,
+            iova + 0xfff,
+            RAM_GPA + (i % pages) * 0x1000,
+            RW,
+        )
+    };
+    // Each request takes two descriptors; the bump allocator of the low region holds ~200k.
+    let depth = u64::from(dev.reqq.size / 2);
+    const LIMIT: u64 = 150_000;
+    let mut next = 0u64;
+    while next < depth {
+        dev.submit(&map(next));
+        next += 1;
+    }
+    dev.kick();
+    let mut completed = 0u64;
+    loop {
+        let Some(r) = dev.wait_response(Duration::from_secs(60)) else {
+            fail("no completion in 60 s".into())
+        };
+        if r.status() != status::OK {
+            fail(format!("MAP status {}", r.status()));
+        }
+        completed += 1;
+        if next < LIMIT {
+            dev.submit(&map(next));
+            next += 1;
+            if completed.is_multiple_of(16) || next == LIMIT {
+                dev.kick();
+            }
+        }
+        if completed == 1 {
+            println!(
+                "VUI-CHILD pid={} memfd={memfd} completed={completed} in_flight={}",
+                std::process::id(),
+                next - completed
+            );
+            let _ = std::io::stdout().flush();
+        }
+        if completed == next {
+            // Everything done (the parent was too slow): stay connected until killed.
+            loop {
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
+    }
 }
 
 /// One low region (rings and buffers, GPA 0, inside the mock's IOVA hole); the region in the
@@ -1534,6 +2142,14 @@ fn pci_path(dir: &Path, bdf: &str, rep: &mut Report) {
 
 fn main() {
     let mode = std::env::args().nth(1).unwrap_or_default();
+    if mode == "batch-child" {
+        let arg = |i: usize| std::env::args().nth(i).unwrap_or_default();
+        let (Ok(ep), Ok(domain)) = (arg(3).parse(), arg(4).parse()) else {
+            eprintln!("usage: vui-drive batch-child SOCKET ENDPOINT DOMAIN");
+            std::process::exit(2);
+        };
+        batch_child(Path::new(&arg(2)), ep, domain);
+    }
     let iommufd = match std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -1549,7 +2165,7 @@ fn main() {
         "mock" => mock(&iommufd),
         "vfio" => vfio(&iommufd, &std::env::args().nth(2).unwrap_or_default()),
         other => {
-            eprintln!("usage: vui-drive mock | vui-drive vfio BDF (got {other:?})");
+            eprintln!("usage: vui-drive mock | vui-drive vfio BDF | vui-drive batch-child SOCKET ENDPOINT DOMAIN (got {other:?})");
             std::process::exit(2);
         }
     };
