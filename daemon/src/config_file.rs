@@ -66,6 +66,7 @@ impl Number {
 struct RawFile {
     socket: Option<PathBuf>,
     control_socket: Option<PathBuf>,
+    state_dir: Option<PathBuf>,
     page_size_mask: Option<Number>,
     input_range: Option<String>,
     domain_range: Option<String>,
@@ -140,6 +141,8 @@ impl RawIommufd {
 pub struct Layer {
     pub socket: Option<PathBuf>,
     pub control_socket: Option<PathBuf>,
+    /// Where the state journal lives (docs/STATE.md, "Restart"); None: no journal.
+    pub state_dir: Option<PathBuf>,
     pub page_size_mask: Option<u64>,
     pub input_range: Option<Range64>,
     pub domain_range: Option<Range32>,
@@ -167,6 +170,8 @@ pub struct Settings {
     /// The vhost-user socket path; `None` when the listener must come from socket activation.
     pub socket: Option<PathBuf>,
     pub control_socket: Option<PathBuf>,
+    /// Keep the device state in a journal here, to resume it after a restart.
+    pub state_dir: Option<PathBuf>,
     pub device: DeviceConfig,
     /// Switch to this user (name or numeric uid) once the sockets are open.
     pub user: Option<String>,
@@ -217,6 +222,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Layer, FileError> {
     Ok(Layer {
         socket: raw.socket,
         control_socket: raw.control_socket,
+        state_dir: raw.state_dir,
         page_size_mask: num64(raw.page_size_mask, "page-size-mask")?,
         input_range: raw
             .input_range
@@ -288,6 +294,7 @@ impl Layer {
         Layer {
             socket: self.socket.or(base.socket),
             control_socket: self.control_socket.or(base.control_socket),
+            state_dir: self.state_dir.or(base.state_dir),
             page_size_mask: self.page_size_mask.or(base.page_size_mask),
             input_range: self.input_range.or(base.input_range),
             domain_range: self.domain_range.or(base.domain_range),
@@ -381,6 +388,7 @@ pub fn resolve(flags: Layer, file: Option<(&Path, Layer)>) -> Result<Settings, F
     Ok(Settings {
         socket: merged.socket,
         control_socket: merged.control_socket,
+        state_dir: merged.state_dir,
         device,
         user: merged.user,
         seccomp: merged.seccomp.unwrap_or(true),

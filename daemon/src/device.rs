@@ -204,6 +204,10 @@ pub struct Device {
     host_groups: BTreeMap<(u32, u32), u32>,
     next_grpid: u32,
     invalidation_sink: Option<std::sync::Arc<dyn InvalidationSink>>,
+    /// The state journal (--state-dir), if any.
+    journal: Option<crate::journal::Journal>,
+    /// A journaled state from before a restart, until the driver shows whether it carries on.
+    resume: Option<Vec<u8>>,
     /// Where validated requests take effect outside the model (backend/mod.rs).
     backend: Box<dyn HostBackend>,
 }
@@ -235,6 +239,8 @@ impl Device {
             host_groups: BTreeMap::new(),
             next_grpid: 0,
             invalidation_sink: None,
+            journal: None,
+            resume: None,
             backend,
         }
     }
@@ -327,6 +333,10 @@ impl Device {
 
     pub fn set_acked_features(&mut self, features: u64) {
         self.acked = Some(features & self.features());
+        self.journal_record(
+            state::REC_FEATURES,
+            &(features & self.features()).to_le_bytes(),
+        );
         // Whether unattached endpoints bypass depends on the negotiated features.
         self.invalidate(|| Invalidation::All);
         self.sync_unattached_bypass();
@@ -370,6 +380,7 @@ impl Device {
         self.pending_events.clear();
         self.backend.reset(ResetKind::Device);
         self.invalidate(|| Invalidation::All);
+        self.journal_snapshot();
     }
 
     /// The 40-byte config space.
@@ -395,6 +406,7 @@ impl Device {
             (CONFIG_BYPASS_OFFSET, [v @ (0 | 1)]) if offered => {
                 if self.bypass != *v {
                     self.bypass = *v;
+                    self.journal_record(state::REC_BYPASS, &[*v]);
                     self.invalidate(|| Invalidation::All);
                     self.sync_unattached_bypass();
                 }
@@ -449,6 +461,9 @@ impl Device {
             return Reply::Ignore;
         };
         self.stats.count(type_, status);
+        if status == Status::Ok && self.journal.is_some() {
+            self.journal_request(type_, req);
+        }
         Reply::Status(status)
     }
 

@@ -484,6 +484,113 @@ impl Device {
         self.apply_state(&parsed)
     }
 
+    // --- The restart journal (docs/STATE.md, "Restart") ------------------------------------
+
+    /// Keep the state in `journal` from now on. `saved` is what the journal held: the state of
+    /// a previous run, resumed if the next driver carries on (see [`Device::resume_state`]).
+    pub fn set_journal(&mut self, journal: crate::journal::Journal, saved: Vec<u8>) {
+        self.resume = match parse_state(&saved, StreamKind::Journal) {
+            Ok(p) if !p.records.is_empty() => {
+                log::info!(
+                    "state journal {}: {} records of a previous run, resumed if the driver carries on",
+                    journal.path().display(),
+                    p.records.len()
+                );
+                Some(saved)
+            }
+            Ok(_) => None,
+            Err(e) => {
+                if !saved.is_empty() {
+                    log::warn!(
+                        "state journal {}: {e}; starting without it",
+                        journal.path().display()
+                    );
+                }
+                None
+            }
+        };
+        self.journal = Some(journal);
+        self.journal_snapshot();
+    }
+
+    /// Is a previous run's state waiting for the driver?
+    pub fn has_resume_state(&self) -> bool {
+        self.resume.is_some()
+    }
+
+    /// The driver of a new connection has started. If it carries on from before the restart
+    /// (its request queue did not start over at 0), restore the journaled state; otherwise it
+    /// is a new driver and the old state is dropped. Either way the journal follows the device
+    /// from here on.
+    pub fn resume_state(
+        &mut self,
+        driver_continues: bool,
+    ) -> Option<Result<StateSummary, StateError>> {
+        let data = self.resume.take()?;
+        if !driver_continues {
+            log::info!("a new driver started: the journaled state of the previous run is dropped");
+            self.journal_snapshot();
+            return None;
+        }
+        let acked = self.acked;
+        let result = parse_state(&data, StreamKind::Journal).and_then(|p| self.apply_state(&p));
+        // The features this connection negotiated are the ones in force.
+        if acked.is_some() {
+            self.acked = acked;
+        }
+        self.sync_unattached_bypass();
+        self.journal_snapshot();
+        Some(result)
+    }
+
+    /// Drop a journaled state nobody resumed (its frontend went away).
+    pub fn discard_resume_state(&mut self) {
+        if self.resume.take().is_some() {
+            log::info!("the journaled state was not resumed: dropped");
+            self.journal_snapshot();
+        }
+    }
+
+    /// Journal an accepted request (head and the body its type defines).
+    pub(super) fn journal_request(&mut self, type_: u8, req: &[u8]) {
+        let body = match type_ {
+            T_ATTACH => std::mem::size_of::<AttachBody>(),
+            T_DETACH => std::mem::size_of::<DetachBody>(),
+            T_MAP => std::mem::size_of::<MapBody>(),
+            T_UNMAP => std::mem::size_of::<UnmapBody>(),
+            T_ATTACH_TABLE => std::mem::size_of::<AttachTableBody>(),
+            T_DETACH_TABLE => std::mem::size_of::<DetachTableBody>(),
+            T_ATTACH_PASID | T_DETACH_PASID => std::mem::size_of::<PasidAttachBody>(),
+            _ => return,
+        };
+        if let Some(r) = req.get(..HEAD_SIZE + body) {
+            let mut rec = r.to_vec();
+            // The head's reserved bytes are the driver's; the journal's are 0.
+            rec[1..HEAD_SIZE].fill(0);
+            self.journal_record(REC_REQUEST, &rec);
+        }
+    }
+
+    pub(super) fn journal_record(&mut self, kind: u8, payload: &[u8]) {
+        if self.resume.is_some() {
+            return;
+        }
+        if let Some(j) = self.journal.as_mut() {
+            j.append(kind, payload);
+        }
+    }
+
+    /// Write the whole current state as the journal's new content.
+    pub(super) fn journal_snapshot(&mut self) {
+        if self.resume.is_some() || self.journal.is_none() {
+            return;
+        }
+        let snap = self.save_state();
+        if let Some(j) = self.journal.as_mut() {
+            j.rewrite(&snap);
+        }
+    }
+
     /// Apply a parsed stream into a reset device. All or nothing: on error the device is back
     /// in its power-on state.
     pub fn apply_state(&mut self, parsed: &ParsedState<'_>) -> Result<StateSummary, StateError> {
@@ -493,12 +600,16 @@ impl Device {
         self.check_state_header(&parsed.header)?;
         let (acked, bypass) = (self.acked, self.bypass);
         let stats = self.stats.clone();
+        // Replayed requests are not journaled one by one: the whole state is, once loaded.
+        let journal = self.journal.take();
         let result = self.replay(parsed);
+        self.journal = journal;
         // Replayed requests are not the guest's: the counters stay as they were.
         self.stats = stats;
         match result {
             Ok(s) => {
                 self.sync_unattached_bypass();
+                self.journal_snapshot();
                 Ok(s)
             }
             Err(e) => {

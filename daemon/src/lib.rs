@@ -19,6 +19,7 @@ pub mod config_file;
 pub mod control;
 pub mod device;
 pub mod invalidation;
+pub mod journal;
 pub mod mapping;
 pub mod migration;
 pub mod privilege;

@@ -102,6 +102,11 @@ struct RunArgs {
     /// 0..=20; 0 turns the extension off [default: 20].
     #[arg(long, value_name = "BITS")]
     pasid_bits: Option<u8>,
+    /// Keep the device's state in a journal in this directory (e.g. /run/vhost-user-iommu/VM)
+    /// as it changes; a daemon restarted with the same directory resumes the VM's domains and
+    /// mappings when its driver carries on (docs/STATE.md).
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
     /// Once the sockets are open, switch to this user (name or uid) and its primary group.
     /// Needs root (or CAP_SETUID/CAP_SETGID).
     #[arg(long, value_name = "USER")]
@@ -172,6 +177,7 @@ fn flag_layer(a: &RunArgs) -> Layer {
     Layer {
         socket: a.socket.clone(),
         control_socket: a.control_socket.clone(),
+        state_dir: a.state_dir.clone(),
         page_size_mask: a.page_size_mask,
         input_range: a.input_range,
         domain_range: a.domain_range,
@@ -218,6 +224,7 @@ fn print_settings(s: &Settings) {
     let v = json!({
         "socket": s.socket.as_ref().map(|p| p.display().to_string()),
         "control-socket": s.control_socket.as_ref().map(|p| p.display().to_string()),
+        "state-dir": s.state_dir.as_ref().map(|p| p.display().to_string()),
         "page-size-mask": format!("{:#x}", d.page_size_mask),
         "input-range": format!("{:#x}-{:#x}", d.input_start, d.input_end),
         "domain-range": format!("{}-{}", d.domain_start, d.domain_end),
@@ -346,6 +353,7 @@ fn run_daemon(a: &RunArgs) -> Result<(), String> {
     server::run(server::ServerConfig {
         socket: s.socket,
         control_socket: s.control_socket,
+        state_dir: s.state_dir,
         device: s.device,
         user: s.user,
         seccomp: s.seccomp,

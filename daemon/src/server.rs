@@ -38,6 +38,8 @@ pub enum ServerError {
     Backend(#[from] crate::backend::BackendSetupError),
     #[error(transparent)]
     Sandbox(#[from] SandboxError),
+    #[error(transparent)]
+    Journal(#[from] crate::journal::JournalError),
     #[error("cannot start the {0} thread: {1}")]
     Thread(&'static str, io::Error),
     #[error(transparent)]
@@ -57,6 +59,7 @@ pub struct ServerConfig {
     pub socket: Option<PathBuf>,
     /// The control socket [default: the vhost-user socket path + `.ctl`].
     pub control_socket: Option<PathBuf>,
+    pub state_dir: Option<PathBuf>,
     pub device: DeviceConfig,
     /// Switch to this user once the sockets are open.
     pub user: Option<String>,
@@ -206,6 +209,15 @@ pub fn run(cfg: ServerConfig) -> Result<(), ServerError> {
     };
     let backend_name = backend.name();
     sandbox::allow_backend_ioctls(backend.serving_ioctls());
+    // The journal is opened (and locked) with the daemon's start-up privileges.
+    let journal = match cfg.state_dir.as_deref().map(crate::journal::Journal::open) {
+        Some(Err(e)) => {
+            remove_sockets(&ours);
+            return Err(e.into());
+        }
+        Some(Ok(j)) => Some(j),
+        None => None,
+    };
     if let Some(user) = &cfg.user {
         if let Err(e) = privilege::drop_to(user) {
             remove_sockets(&ours);
@@ -216,7 +228,11 @@ pub fn run(cfg: ServerConfig) -> Result<(), ServerError> {
     // The signal thread removes our socket files on SIGINT/SIGTERM.
     spawn_signal_thread(signals, ours, cfg.seccomp)?;
 
-    let shared = Arc::new(Shared::new(Device::with_backend(device_cfg, backend))?);
+    let mut device = Device::with_backend(device_cfg, backend);
+    if let Some((journal, saved)) = journal {
+        device.set_journal(journal, saved);
+    }
+    let shared = Arc::new(Shared::new(device)?);
     let conn = Arc::new(ConnectionInfo::default());
     shared
         .device()
@@ -314,8 +330,13 @@ pub fn run(cfg: ServerConfig) -> Result<(), ServerError> {
         // them.
         drop(daemon);
         // Everything the guest built is gone with the connection; `connected` turns false only
-        // then, so whoever sees it sees the released state.
-        shared.device().reset(false);
+        // then, so whoever sees it sees the released state. (A journaled state of a previous
+        // run that this frontend did not resume goes too.)
+        {
+            let mut dev = shared.device();
+            dev.discard_resume_state();
+            dev.reset(false);
+        }
         conn.connected.store(false, Ordering::Relaxed);
         activation::notify_status(&format!("waiting for a frontend on {where_}"));
     }

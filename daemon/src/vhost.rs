@@ -140,12 +140,15 @@ pub struct IommuBackend {
     transfer: Mutex<Option<Pending>>,
     /// A loaded device state waiting for the memory table (its requests need guest RAM).
     deferred_state: Mutex<Option<Vec<u8>>>,
+    /// The device holds a journaled state of a previous run: decide at the first event
+    /// whether this connection's driver carries on with it.
+    resume_pending: bool,
 }
 
 impl IommuBackend {
     pub fn new(shared: Arc<Shared>, poll: Option<Duration>) -> Self {
+        let resume_pending = shared.device().has_resume_state();
         IommuBackend {
-            shared,
             mem: GuestMemoryAtomic::new(GuestMemoryMmap::new()),
             event_idx: false,
             poll: poll.filter(|d| !d.is_zero()),
@@ -153,6 +156,8 @@ impl IommuBackend {
             stopped_at: None,
             transfer: Mutex::new(None),
             deferred_state: Mutex::new(None),
+            resume_pending,
+            shared,
         }
     }
 
@@ -162,6 +167,22 @@ impl IommuBackend {
     /// but where we stopped means the driver lost its state, so the guest's domains and
     /// mappings must go too (a rebooted guest must not find its previous life's mappings).
     /// Only a reset that happens to stop at a multiple of 65536 requests goes unnoticed.
+    /// After a daemon restart (state journal, docs/STATE.md): the first event of the new
+    /// connection shows whether the driver carries on from where the previous daemon left it
+    /// (its request queue resumes past 0, the position the frontend kept) or started over.
+    fn resolve_resume(&mut self, vring: &VringRwLock) {
+        let at = vring.queue_next_avail();
+        self.last_avail = at;
+        match self.shared.device().resume_state(at != 0) {
+            Some(Ok(s)) => log::info!(
+                "journaled state resumed: {} domains, {} mappings, {} endpoints (request queue at {at})",
+                s.domains, s.mappings, s.endpoints
+            ),
+            Some(Err(e)) => log::error!("journaled state not resumed: {e}"),
+            None => {}
+        }
+    }
+
     fn check_restart(&mut self, vring: &VringRwLock) {
         let Some(at) = self.stopped_at.take() else {
             return;
@@ -732,6 +753,10 @@ impl VhostUserBackendMut for IommuBackend {
                 .get(usize::from(q))
                 .ok_or(VhostError::UnknownEvent(q))
         };
+        if self.resume_pending {
+            self.resume_pending = false;
+            self.resolve_resume(vring(REQUEST_QUEUE)?);
+        }
         self.check_restart(vring(REQUEST_QUEUE)?);
         match device_event {
             REQUEST_QUEUE => self.process_requests(vring(REQUEST_QUEUE)?)?,

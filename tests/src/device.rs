@@ -452,6 +452,32 @@ impl Device {
         bases: [u32; 2],
         state_before_memory: bool,
     ) -> Result<(), String> {
+        self.reconnect_to(socket, Some(state), bases, state_before_memory)
+    }
+
+    /// A frontend reconnecting after its daemon went away (QEMU's `reconnect` chardev option):
+    /// connect to `socket`, negotiate the features this driver had, give the same guest memory
+    /// and restart the rings where the driver is (`bases`, QEMU takes the used index).
+    pub fn reconnect(&mut self, socket: &Path, bases: [u32; 2]) -> Result<(), String> {
+        self.reconnect_to(socket, None, bases, false)
+    }
+
+    /// The queue positions a frontend restarts the rings at when its daemon died (it cannot ask
+    /// it): every request answered, so the used index.
+    pub fn ring_positions(&self) -> [u32; 2] {
+        [
+            u32::from(self.reqq.used_idx(&self.mem)),
+            u32::from(self.evq.used_idx(&self.mem)),
+        ]
+    }
+
+    fn reconnect_to(
+        &mut self,
+        socket: &Path,
+        state: Option<&[u8]>,
+        bases: [u32; 2],
+        state_before_memory: bool,
+    ) -> Result<(), String> {
         let mut fe = Frontend::connect(socket, 2).map_err(err("connect"))?;
         fe.set_owner().map_err(err("SET_OWNER"))?;
         let offered = fe.get_features().map_err(err("GET_FEATURES"))?;
@@ -474,6 +500,9 @@ impl Device {
         .map_err(err("SET_PROTOCOL_FEATURES"))?;
         let load = |fe: &mut Frontend| -> Result<(), String> {
             use std::io::Write;
+            let Some(state) = state else {
+                return Ok(());
+            };
             let (r, w) = pipe().map_err(err("pipe"))?;
             let ret = fe
                 .set_device_state_fd(

@@ -1,0 +1,170 @@
+//! Restarting the daemon under a running VM (`--state-dir`, docs/STATE.md "Restart"): the
+//! device state is journaled as it changes; a daemon started again on the same directory
+//! resumes it when the VMM reconnects and the driver carries on, and drops it for a new
+//! driver. The frontend here reconnects as QEMU's `reconnect` chardev does: same memory, rings
+//! restarted at the used index.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use serde_json::{json, Value};
+use vhost_user_iommu_tests::daemon::TempDir;
+use vhost_user_iommu_tests::device::Options;
+use vhost_user_iommu_tests::proto::status::OK;
+use vhost_user_iommu_tests::{Daemon, Device, Request};
+
+const R: u32 = 1;
+const W: u32 = 2;
+
+fn start(dir: &TempDir) -> Daemon {
+    Daemon::start(&["--state-dir", dir.path().join("state").to_str().unwrap()])
+}
+
+fn build_state(d: &mut Device) {
+    assert_eq!(d.attach(1, 0), OK);
+    assert_eq!(d.attach(1, 1), OK);
+    assert_eq!(d.map(1, 0x1000, 0x1fff, 0x8000, R), OK);
+    assert_eq!(d.map(1, 0x10_0000, 0x2f_ffff, 0x40_0000, R | W), OK);
+    assert_eq!(d.map(1, 0x3000, 0x3fff, 0x9000, W), OK);
+    assert_eq!(d.unmap(1, 0x3000, 0x3fff), OK);
+    assert_eq!(d.run(&Request::attach(2, 2, 1)).status(), OK);
+    assert_eq!(d.attach(3, 3), OK);
+    assert_eq!(d.map(3, 0x5000, 0x5fff, 0x6000, W), OK);
+    assert_eq!(d.attach(3, 4), OK);
+    assert_eq!(d.detach(3, 4), OK);
+    d.set_bypass(1);
+}
+
+/// The guest-visible state and a few translations, through the control socket.
+fn observe(daemon: &Daemon) -> Value {
+    let mut ctl = daemon.ctl();
+    let mut domains = Vec::new();
+    for d in ctl.domains() {
+        let id = u32::try_from(d["id"].as_u64().unwrap()).unwrap();
+        let maps: Vec<String> = ctl
+            .mappings(id)
+            .unwrap()
+            .iter()
+            .map(|m| format!("{m:?}"))
+            .collect();
+        domains.push(json!({"domain": d, "mappings": maps}));
+    }
+    let mut t = Vec::new();
+    for (ep, iova) in [
+        (0, 0x1800),
+        (1, 0x20_0000),
+        (2, 0x7000),
+        (3, 0x5000),
+        (4, 0x5000),
+    ] {
+        t.push(ctl.translate(ep, iova, "r"));
+    }
+    json!({"bypass": ctl.status()["bypass"], "endpoints": ctl.endpoints(), "domains": domains, "t": t})
+}
+
+/// The driver's next request after the reconnect (any request: it is what tells the new
+/// daemon the driver carries on).
+fn next_request(d: &mut Device) {
+    let size = d.config().probe_size as usize;
+    assert_eq!(d.run(&Request::probe(0, size)).status(), OK);
+}
+
+#[test]
+fn a_killed_daemon_restarted_on_the_same_journal_resumes_the_vm() {
+    let dir = TempDir::new();
+    let a = start(&dir);
+    let mut d = a.connect_with(&Options::default());
+    build_state(&mut d);
+    let before = observe(&a);
+    // A crash: nothing is written at exit.
+    drop(a);
+    let b = start(&dir);
+    d.reconnect(&b.socket, d.ring_positions()).unwrap();
+    next_request(&mut d);
+    assert_eq!(observe(&b), before, "state after the restart");
+    // The driver carries on: its domains take new requests; the journal follows.
+    assert_eq!(d.unmap(1, 0x1000, 0x1fff), OK);
+    assert_eq!(d.map(3, 0x7000, 0x7fff, 0xa000, R), OK);
+    let again = observe(&b);
+    drop(b);
+    // And a second restart (SIGTERM this time) finds the newer state.
+    let c = start(&dir);
+    d.reconnect(&c.socket, d.ring_positions()).unwrap();
+    next_request(&mut d);
+    assert_eq!(observe(&c), again);
+    let mut term = c;
+    term.signal(libc::SIGTERM);
+    assert!(term.wait_exit(std::time::Duration::from_secs(10)).is_some());
+    let e = start(&dir);
+    d.reconnect(&e.socket, d.ring_positions()).unwrap();
+    next_request(&mut d);
+    assert_eq!(observe(&e), again);
+}
+
+#[test]
+fn a_new_driver_does_not_inherit_the_previous_state() {
+    let dir = TempDir::new();
+    let a = start(&dir);
+    let mut d = a.connect_with(&Options::default());
+    build_state(&mut d);
+    drop(a);
+    let b = start(&dir);
+    // A fresh boot: its request queue starts at 0.
+    let mut fresh = b.connect_with(&Options::default());
+    next_request(&mut fresh);
+    assert!(b.ctl().domains().is_empty());
+    assert_eq!(b.ctl().translate(0, 0x1800, "r")["outcome"], "fault");
+    drop(fresh);
+    drop(b);
+    // Nothing left for the next start either.
+    let c = start(&dir);
+    d.reconnect(&c.socket, d.ring_positions()).unwrap();
+    next_request(&mut d);
+    assert!(c.ctl().domains().is_empty());
+}
+
+#[test]
+fn a_vm_that_goes_away_leaves_nothing_to_resume() {
+    let dir = TempDir::new();
+    let a = start(&dir);
+    let mut d = a.connect_with(&Options::default());
+    build_state(&mut d);
+    // The frontend leaves while the daemon lives (the VM is gone): this driver moves to
+    // another daemon, so the test keeps its rings and memory to try resuming later.
+    let elsewhere = Daemon::start(&[]);
+    d.reconnect(&elsewhere.socket, d.ring_positions()).unwrap();
+    let mut ctl = a.ctl();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while ctl.status()["connected"] == true && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(ctl.domains().is_empty());
+    drop(a);
+    // A driver claiming to carry on finds nothing: the journal was emptied at the disconnect.
+    let b = start(&dir);
+    d.reconnect(&b.socket, d.ring_positions()).unwrap();
+    next_request(&mut d);
+    assert!(b.ctl().domains().is_empty());
+}
+
+#[test]
+fn one_daemon_per_state_dir_and_a_corrupt_journal_is_not_fatal() {
+    let dir = TempDir::new();
+    let _a = start(&dir);
+    let state = dir.path().join("state");
+    let (st, err) = vhost_user_iommu_tests::daemon::run_to_exit(
+        &[
+            "--socket",
+            dir.path().join("other.sock").to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
+        ],
+        std::time::Duration::from_secs(10),
+    );
+    assert_eq!(st.and_then(|s| s.code()), Some(1), "{err}");
+    assert!(err.contains("another daemon is using it"), "{err}");
+    drop(_a);
+    std::fs::write(state.join("device-state"), b"VUIOMMUS garbage").unwrap();
+    let b = start(&dir);
+    assert!(b.stderr().contains("starting without it"), "{}", b.stderr());
+    let mut d = b.connect_with(&Options::default());
+    assert_eq!(d.attach(1, 0), OK);
+}
