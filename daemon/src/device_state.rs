@@ -748,9 +748,16 @@ impl Device {
                     | FAULT_F_PRIV
                     | FAULT_F_ADDRESS
                     | FAULT_F_PASID_VALID;
+                // With PASID_VALID the PASID sits where the standard record has reserved bytes.
+                let pasid = u32::from_le_bytes(r.reserved2);
+                let pasid_ok = if r.flags.get() & FAULT_F_PASID_VALID != 0 {
+                    u64::from(pasid) >> self.cfg.pasid_bits == 0
+                } else {
+                    pasid == 0
+                };
                 if r.reason > FAULT_R_MAPPING
                     || r.reserved != [0; 3]
-                    || r.reserved2 != [0; 4]
+                    || !pasid_ok
                     || r.flags.get() & !known != 0
                 {
                     return Err("fault record with an unknown reason, flag or reserved bits".into());
@@ -938,6 +945,21 @@ mod tests {
         assert_eq!(observe(&mut dst), observe(&mut src));
         // Replayed requests are not counted as the guest's.
         assert_eq!(dst.stats().requests, fresh().stats().requests);
+    }
+
+    #[test]
+    fn a_pending_fault_of_pasid_traffic_survives() {
+        let mut d = dev();
+        ok(&mut d, &attach_req(4, 4, 0));
+        ok(&mut d, &pasid_req(T_ATTACH_PASID, 4, 4, 7));
+        assert!(matches!(
+            d.translate_pasid(4, Some(7), 0x1000, Access::Read, false),
+            Ok(Translation::Fault { .. })
+        ));
+        let bytes = d.save_state();
+        let mut e = fresh();
+        assert_eq!(e.load_state(&bytes).map(|s| s.events), Ok(1));
+        assert_eq!(e.save_state(), bytes);
     }
 
     #[test]

@@ -165,10 +165,16 @@ fn standard_state_moves_to_a_second_daemon() {
     // work on the migrated domains.
     d.post_event_buffers(4, 32);
     assert_eq!(b.ctl().translate(3, 0x5000, "r")["outcome"], "fault");
-    let (_, f) = d
-        .wait_fault(Duration::from_secs(5))
-        .expect("fault delivered by the destination");
-    assert_eq!((f.endpoint, f.address), (3, 0x5000));
+    // (Faults the observation above provoked may come first: the worker delivers queued
+    // records as soon as buffers appear.)
+    let mut seen = Vec::new();
+    while let Some((_, f)) = d.wait_fault(Duration::from_secs(5)) {
+        seen.push((f.endpoint, f.address));
+        if seen.last() == Some(&(3, 0x5000)) {
+            break;
+        }
+    }
+    assert_eq!(seen.last(), Some(&(3, 0x5000)), "faults delivered: {seen:x?}");
     assert_eq!(d.unmap(1, 0x1000, 0x1fff), OK);
     assert_eq!(d.map(1, 0x1000, 0x1fff, 0x9000, R), OK);
     assert_eq!(b.ctl().translate(0, 0x1000, "r")["phys"], 0x9000);
