@@ -14,7 +14,7 @@ export RUSTC_BOOTSTRAP=1
 secs=${FUZZ_SECONDS:-20}
 read -r -a flags <<<"${FUZZ_FLAGS:---dev -s none}"
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(device_requests virtqueue pasid_decode walkers)
+[ ${#targets[@]} -gt 0 ] || targets=(device_requests virtqueue pasid_decode walkers device_state)
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
 echo "== cargo fuzz build"

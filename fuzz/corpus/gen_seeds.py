@@ -221,8 +221,46 @@ def walker_seeds():
     write(t, "vmsa_64k", walker_header(1 | 4, 12, 6, 0x10000, 0x8 | 0x20, 6 | 8, 0x10000, 1, 7, 20, iovas, 4) + image(words))
 
 
+# --- device state streams (docs/STATE.md) ------------------------------------------------------
+STD_FEATURES = (1 << 32) | 0x77  # VERSION_1, INPUT_RANGE, DOMAIN_RANGE, MAP_UNMAP, PROBE, MMIO, BYPASS_CONFIG
+
+
+def state_header(acked=None, bypass=0, domain_end=64):
+    flags = 0 if acked is None else 1
+    return (b"VUIOMMUS" + u32(1) + u32(flags) + u64(acked or 0) + u64(0) + u64(~0xfff)
+            + u64(0) + u64(~0) + u32(1) + u32(domain_end) + bytes([20, bypass]) + bytes(6))
+
+
+def rec(kind, payload): return bytes([kind, 0]) + u16(len(payload)) + payload
+
+
+def state(recs, **kw):
+    import zlib
+    body = state_header(**kw) + b"".join(rec(k, p) for k, p in recs)
+    return body + rec(0xff, u32(len(recs)) + u32(zlib.crc32(body)))
+
+
+def state_seeds():
+    t = "device_state"
+    write(t, "empty", state([]))
+    write(t, "standard", state([
+        (1, attach(1, 0)), (1, attach(1, 1)), (1, map_(1, 0x1000, 0x1fff, 0x8000, 1)),
+        (1, map_(1, 0x100000, 0x2fffff, 0x400000, 3)), (1, attach(2, 2, 1)),
+        (1, attach(3, 3)), (1, map_(3, 0x5000, 0x5fff, 0x6000, 2)), (2, u32(5)),
+        (4, bytes([2, 0, 0, 0]) + u32(2) + u32(0) + bytes(4) + u64(0x1000)),
+    ], acked=STD_FEATURES, bypass=1))
+    write(t, "pasid_only_domain", state([
+        (1, attach(4, 4)), (1, map_(4, 0x7000, 0x7fff, 0xa000, 1)), (1, attach_pasid(4, 4, 7)),
+        (1, detach(4, 4)), (1, unmap(4, 0x7000, 0x7fff)), (5, bytes([1])), (6, u64(STD_FEATURES)),
+    ], acked=STD_FEATURES))
+    write(t, "refused_overlap", state([
+        (1, attach(1, 0)), (1, map_(1, 0, 0x1fff, 0)), (1, map_(1, 0x1000, 0x1fff, 0)),
+    ], acked=STD_FEATURES))
+
+
 if __name__ == "__main__":
     device_seeds()
     virtqueue_seeds()
     pasid_seeds()
     walker_seeds()
+    state_seeds()
