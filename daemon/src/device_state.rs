@@ -511,6 +511,10 @@ impl Device {
         };
         self.journal = Some(journal);
         self.journal_snapshot();
+        if self.resume.is_none() {
+            // Nothing to resume: host objects of a previous run can go now.
+            self.backend.resumed(false);
+        }
     }
 
     /// Is a previous run's state waiting for the driver?
@@ -530,6 +534,7 @@ impl Device {
         if !driver_continues {
             log::info!("a new driver started: the journaled state of the previous run is dropped");
             self.journal_snapshot();
+            self.backend.resumed(false);
             return None;
         }
         let acked = self.acked;
@@ -540,6 +545,8 @@ impl Device {
         }
         self.sync_unattached_bypass();
         self.journal_snapshot();
+        // The backend's host objects are complete: it can move its devices onto them.
+        self.backend.resumed(result.is_ok());
         Some(result)
     }
 
@@ -548,6 +555,7 @@ impl Device {
         if self.resume.take().is_some() {
             log::info!("the journaled state was not resumed: dropped");
             self.journal_snapshot();
+            self.backend.resumed(false);
         }
     }
 

@@ -197,19 +197,9 @@ pub fn run(cfg: ServerConfig) -> Result<(), ServerError> {
         }
     };
     let mut listener = Listener::from(listener);
-    // Host devices are opened (and fds received from a launcher) with the daemon's privileges;
-    // the host's limits adjust what the device tells the guest.
-    let mut device_cfg = cfg.device.clone();
-    let backend = match crate::backend::build(&cfg.backend, &mut device_cfg) {
-        Ok(b) => b,
-        Err(e) => {
-            remove_sockets(&ours);
-            return Err(e.into());
-        }
-    };
-    let backend_name = backend.name();
-    sandbox::allow_backend_ioctls(backend.serving_ioctls());
-    // The journal is opened (and locked) with the daemon's start-up privileges.
+    // The journal is opened (and locked) with the daemon's start-up privileges, before the
+    // backend: a second daemon on the same directory stops here, before it touches the objects
+    // the first one keeps there.
     let journal = match cfg.state_dir.as_deref().map(crate::journal::Journal::open) {
         Some(Err(e)) => {
             remove_sockets(&ours);
@@ -218,6 +208,19 @@ pub fn run(cfg: ServerConfig) -> Result<(), ServerError> {
         Some(Ok(j)) => Some(j),
         None => None,
     };
+    // Host devices are opened (and fds received from a launcher) with the daemon's privileges;
+    // the host's limits adjust what the device tells the guest.
+    let mut device_cfg = cfg.device.clone();
+    let backend =
+        match crate::backend::build(&cfg.backend, &mut device_cfg, cfg.state_dir.as_deref()) {
+            Ok(b) => b,
+            Err(e) => {
+                remove_sockets(&ours);
+                return Err(e.into());
+            }
+        };
+    let backend_name = backend.name();
+    sandbox::allow_backend_ioctls(backend.serving_ioctls());
     if let Some(user) = &cfg.user {
         if let Err(e) = privilege::drop_to(user) {
             remove_sockets(&ours);

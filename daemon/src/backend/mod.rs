@@ -68,9 +68,12 @@ pub enum BackendSetupError {
 /// Build the backend and apply the host's limits to the device configuration: the page size
 /// mask is intersected with the host's, host IOVA holes become RESV_MEM RESERVED regions.
 /// Runs before privileges are dropped and seccomp filters installed (it opens device files).
+/// With `state_dir` (`--state-dir`) the iommufd backend keeps its object ids there and adopts a
+/// previous process's devices (docs/IOMMUFD.md, "Restart").
 pub fn build(
     cfg: &BackendConfig,
     device: &mut crate::config::DeviceConfig,
+    state_dir: Option<&std::path::Path>,
 ) -> Result<Box<dyn HostBackend>, BackendSetupError> {
     match cfg {
         BackendConfig::Software => Ok(Box::<Software>::default()),
@@ -78,7 +81,7 @@ pub fn build(
             if let Some(&ep) = c.devices.keys().find(|&&ep| !device.endpoints.contains(ep)) {
                 return Err(BackendSetupError::UnknownEndpoint(ep));
             }
-            let b = iommufd::IommufdBackend::open(c)?;
+            let b = iommufd::IommufdBackend::open(c, state_dir)?;
             let limits = b.limits(device.input_start, device.input_end);
             device.page_size_mask &= limits.page_size_mask;
             device.reserved = merge_holes(&device.reserved, &limits.holes);
@@ -267,6 +270,10 @@ pub trait HostBackend: Send + fmt::Debug {
     ) -> Result<(), BackendError>;
     /// Remove every mapping inside `[start, end]` (the device model has checked none is split).
     fn unmap(&mut self, domain: u32, start: u64, end: u64) -> Result<(), BackendError>;
+    /// The journaled state of a previous process was resumed (`true`: replayed through this
+    /// backend) or dropped. A backend that adopted the previous process's host objects moves
+    /// its devices to their new ones now and releases the old.
+    fn resumed(&mut self, _resumed: bool) {}
     /// Unattached endpoints now bypass (`true`) or are blocked.
     fn set_unattached_bypass(&mut self, bypass: bool) -> Result<(), BackendError>;
     /// Release every object the guest caused (domains, mappings; guest memory on `Connection`).

@@ -1060,7 +1060,313 @@ fn mock(iommufd: &OwnedFd) -> usize {
     }
     drop(daemon);
     let _ = std::fs::remove_dir_all(&dir);
+    mock_restart(&mut rep);
     rep.failed
+}
+
+// --- A daemon restart keeping the VM's DMA (issue 8) -------------------------------------------
+
+/// Start a daemon on `config` (with `--state-dir state`) and hand it `fd` through the launcher
+/// socket `launcher`; returns it with its answer.
+fn start_handed_over(
+    fd: RawFd,
+    launcher: &Path,
+    config: &Path,
+    state: &Path,
+) -> (Daemon, Result<String, String>) {
+    let _ = std::fs::remove_file(launcher);
+    let listener = match UnixListener::bind(launcher) {
+        Ok(l) => l,
+        Err(e) => panic!("bind {}: {e}", launcher.display()),
+    };
+    let handover = std::thread::spawn(move || -> Result<String, String> {
+        let (s, _) = listener.accept().map_err(|e| e.to_string())?;
+        send_fds(&s, "{\"version\":1,\"iommufd\":0}\n", &[fd]).map_err(|e| e.to_string())?;
+        let mut answer = String::new();
+        BufReader::new(&s)
+            .read_line(&mut answer)
+            .map_err(|e| e.to_string())?;
+        Ok(answer.trim().to_string())
+    });
+    let daemon = Daemon::start(&[
+        "--config",
+        &config.display().to_string(),
+        "--endpoints",
+        "0-15",
+        "--state-dir",
+        &state.display().to_string(),
+    ]);
+    let answer = handover
+        .join()
+        .unwrap_or_else(|_| Err("hand-over thread panicked".into()));
+    (daemon, answer)
+}
+
+/// The IOAS and HWPT ids a backend description accounts for: blocked, stage-2 and domain
+/// IOASes; the endpoints' HWPTs, explicit paging HWPTs and the nesting parent.
+fn expected_census(b: &Value) -> (Vec<u32>, Vec<u32>) {
+    let mut ioas: Vec<u32> = [u32_of(b, "blocked_ioas"), u32_of(b, "stage2_ioas")]
+        .into_iter()
+        .flatten()
+        .collect();
+    for d in b["domains"].as_array().into_iter().flatten() {
+        if d["bypass"].as_bool() != Some(true) {
+            ioas.extend(u32_of(d, "ioas"));
+        }
+    }
+    let mut hwpt: Vec<u32> = [1, 2]
+        .iter()
+        .filter_map(|&e| ep_state(b, e).map(|s| s.1))
+        .collect();
+    for p in b["paging_hwpts"].as_array().into_iter().flatten() {
+        hwpt.extend(u32_of(p, "hwpt"));
+    }
+    hwpt.extend(u32_of(&b["nesting"], "parent_hwpt"));
+    ioas.sort_unstable();
+    ioas.dedup();
+    hwpt.sort_unstable();
+    hwpt.dedup();
+    (ioas, hwpt)
+}
+
+/// The daemon is SIGKILLed under a VM with a live mapping while the launcher keeps the iommufd:
+/// the device keeps translating; a new daemon on the same state directory and iommufd adopts
+/// the mock devices, resumes the journal when the frontend reconnects, moves the device onto
+/// its new HWPT with one replace and releases the old objects.
+fn mock_restart(rep: &mut Report) {
+    // A fresh iommufd: the census sees this phase's objects only.
+    let iommufd = match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/iommu")
+    {
+        Ok(f) => OwnedFd::from(f),
+        Err(e) => {
+            rep.check("restart-setup", Err(format!("/dev/iommu: {e}")));
+            return;
+        }
+    };
+    let fd = iommufd.as_raw_fd();
+    let dir = std::env::temp_dir().join(format!("vui-drive-restart-{}", std::process::id()));
+    let _ = std::fs::create_dir_all(&dir);
+    let launcher = dir.join("launcher.sock");
+    let state = dir.join("state");
+    let config = dir.join("vui.toml");
+    if let Err(e) = std::fs::write(
+        &config,
+        format!(
+            "backend = \"iommufd\"\n[iommufd]\nfd-socket = \"{}\"\ndevices = [{{ endpoint = 1, mock = true }}, {{ endpoint = 2, mock = true }}]\n",
+            launcher.display()
+        ),
+    ) {
+        rep.check("restart-setup", Err(format!("{}: {e}", config.display())));
+        return;
+    }
+    let (mut first, answer) = start_handed_over(fd, &launcher, &config, &state);
+    let mut ctl = first.ctl();
+    let fresh = census(fd);
+    let b_fresh = backend(&mut ctl);
+    let mut dev = first.connect_with(&opts());
+    let plugged = dev.hotplug_region(RAM_GPA, RAM_SIZE);
+    let host = dev.mem.host_addr(RAM_GPA);
+    let s = [
+        dev.attach(90, 1),
+        dev.map(90, IOVA, IOVA + LEN - 1, RAM_GPA, RW),
+    ];
+    let b1 = backend(&mut ctl);
+    let (d1, h1) = ep_state(&b1, 1).unwrap_or((None, 0));
+    let ids1 = (mock_ids(&b1, 1), mock_ids(&b1, 2));
+    let census1 = census(fd);
+    let (domains1, maps1) = (ctl.domains(), ctl.mappings(90));
+    rep.check(
+        "restart-before",
+        (|| {
+            answer.clone()?;
+            plugged.clone()?;
+            ensure(s.iter().all(|&s| s == status::OK), || format!("statuses {s:?}"))?;
+            ensure(d1 == Some(90), || format!("{b1}"))?;
+            check_map(fd, h1, IOVA, LEN, host).map_err(|e| format!("MD_CHECK_MAP errno {e}"))?;
+            check_refs(fd, host, LEN, 1).map_err(|e| format!("MD_CHECK_REFS(1) errno {e}"))?;
+            ensure(expected_census(&b_fresh) == fresh, || {
+                format!("fresh daemon: census {fresh:?}, backend {b_fresh}")
+            })?;
+            Ok(format!(
+                "daemon with --state-dir: mock devices (stdev, dev_id) {ids1:?}; domain 90 maps IOVA {IOVA:#x} on hwpt {h1} (MD_CHECK_MAP ok, pinned once); census fresh {fresh:?}, now {census1:?}"
+            ))
+        })(),
+    );
+    first.signal(libc::SIGKILL);
+    let exited = first.wait_exit(Duration::from_secs(10));
+    drop(ctl);
+    let down = census(fd);
+    rep.check(
+        "restart-daemon-down-dma-continues",
+        (|| {
+            ensure(exited.is_some(), || "the daemon did not die".into())?;
+            check_map(fd, h1, IOVA, LEN, host)
+                .map_err(|e| format!("MD_CHECK_MAP on hwpt {h1} with the daemon dead: errno {e}"))?;
+            check_refs(fd, host, LEN, 1).map_err(|e| format!("MD_CHECK_REFS(1) errno {e}"))?;
+            ensure(down == census1, || format!("census {census1:?} before, {down:?} now"))?;
+            Ok(format!(
+                "daemon SIGKILLed ({exited:?}); the launcher's iommufd keeps everything: hwpt {h1} still maps IOVA {IOVA:#x} (MD_CHECK_MAP ok), pinned once, census {down:?} unchanged"
+            ))
+        })(),
+    );
+    let objects = std::fs::read_to_string(state.join("iommufd-objects")).unwrap_or_default();
+    let (second, answer) = start_handed_over(fd, &launcher, &config, &state);
+    let mut ctl = second.ctl();
+    let b_adopt = backend(&mut ctl);
+    rep.check(
+        "restart-adopts",
+        (|| {
+            answer.clone()?;
+            let ids = (mock_ids(&b_adopt, 1), mock_ids(&b_adopt, 2));
+            ensure(ids == ids1, || format!("mock devices {ids1:?} before, {ids:?} now"))?;
+            let (_, h) = ep_state(&b_adopt, 1).ok_or(format!("{b_adopt}"))?;
+            ensure(h == h1, || format!("endpoint 1 on hwpt {h}, not {h1}"))?;
+            ensure(!b_adopt["adopting"].is_null(), || format!("{b_adopt}"))?;
+            check_map(fd, h1, IOVA, LEN, host)
+                .map_err(|e| format!("MD_CHECK_MAP on hwpt {h1}: errno {e}"))?;
+            Ok(format!(
+                "new daemon on the same state dir and iommufd (objects file {}): the same mock devices {ids:?}, endpoint 1 still on hwpt {h1} (MD_CHECK_MAP ok) until the state is resumed; adopting {}",
+                objects.trim(),
+                b_adopt["adopting"]
+            ))
+        })(),
+    );
+    let positions = dev.ring_positions();
+    let reconnected = dev.reconnect(&second.socket, positions);
+    // The driver's next request: attaching again to the same domain changes nothing.
+    let s = dev.attach(90, 1);
+    let b2 = backend(&mut ctl);
+    let (d2, h2) = ep_state(&b2, 1).unwrap_or((None, 0));
+    let census2 = census(fd);
+    let (domains2, maps2) = (ctl.domains(), ctl.mappings(90));
+    rep.check(
+        "restart-resumes-with-same-mappings",
+        (|| {
+            reconnected.clone()?;
+            ensure(s == status::OK, || format!("ATTACH status {s}"))?;
+            ensure(d2 == Some(90), || format!("{b2}"))?;
+            ensure(domains1 == domains2, || {
+                format!("domains before {domains1:?}, after {domains2:?}")
+            })?;
+            let maps = maps2.clone()?;
+            ensure(maps1 == maps2 && maps.len() == 1, || {
+                format!("mappings before {maps1:?}, after {maps2:?}")
+            })?;
+            let (m1, m2) = (domain_maps(&b1, 90), domain_maps(&b2, 90));
+            ensure(m1 == m2, || format!("backend mappings before {m1}, after {m2}"))?;
+            ensure(b2["adopting"].is_null(), || format!("still adopting: {b2}"))?;
+            let ids = (mock_ids(&b2, 1), mock_ids(&b2, 2));
+            ensure(ids == ids1, || format!("mock devices {ids1:?} before, {ids:?} now"))?;
+            ensure(h2 != h1, || format!("endpoint 1 still on the old hwpt {h1}"))?;
+            check_map(fd, h2, IOVA, LEN, host)
+                .map_err(|e| format!("MD_CHECK_MAP on the new hwpt {h2}: errno {e}"))?;
+            ensure(!census2.1.contains(&h1), || format!("old hwpt {h1} still in {census2:?}"))?;
+            check_refs(fd, host, LEN, 1)
+                .map_err(|e| format!("MD_CHECK_REFS(1): errno {e} (old objects still pin)"))?;
+            let want = expected_census(&b2);
+            ensure(census2 == want, || {
+                format!("census {census2:?}, the new daemon's objects {want:?}")
+            })?;
+            ensure(
+                census2.0.len() == census1.0.len() && census2.1.len() == census1.1.len(),
+                || format!("census {census2:?} now, {census1:?} before the restart"),
+            )?;
+            Ok(format!(
+                "frontend reconnected at {positions:?}; journal resumed: the same domains {domains2:?} and mappings {maps:?} (backend {m2}); endpoint 1 moved from hwpt {h1} to new hwpt {h2} (MD_CHECK_MAP ok), pinned once; census {census2:?} = the new daemon's objects, as many as before the restart {census1:?}"
+            ))
+        })(),
+    );
+    drop(dev);
+    let gone = wait_disconnected(&mut ctl);
+    let b3 = backend(&mut ctl);
+    let census3 = census(fd);
+    rep.check(
+        "restart-then-disconnect",
+        (|| {
+            ensure(gone, || "the daemon still reports the frontend".into())?;
+            let want = expected_census(&b3);
+            ensure(census3 == want, || {
+                format!("census {census3:?}, backend {want:?}")
+            })?;
+            ensure(
+                census3.0.len() == fresh.0.len() && census3.1.len() == fresh.1.len(),
+                || format!("census {census3:?}, a fresh daemon's {fresh:?}"),
+            )?;
+            Ok(format!(
+                "frontend gone: census {census3:?}, as many objects as a fresh daemon's {fresh:?}"
+            ))
+        })(),
+    );
+    // Killed again under a VM; this time a new driver comes (its rings start at 0): the
+    // journaled state is dropped, and with it the adopted objects.
+    let mut old = second.connect_with(&opts());
+    let plugged = old.hotplug_region(RAM_GPA, RAM_SIZE);
+    let old_host = old.mem.host_addr(RAM_GPA);
+    let s = [
+        old.attach(91, 1),
+        old.map(91, IOVA, IOVA + LEN - 1, RAM_GPA, RW),
+    ];
+    let h_old = ep_state(&backend(&mut ctl), 1).map_or(0, |s| s.1);
+    let mapped = check_map(fd, h_old, IOVA, LEN, old_host);
+    let mut second = second;
+    second.signal(libc::SIGKILL);
+    let exited = second.wait_exit(Duration::from_secs(10));
+    drop(ctl);
+    let (third, answer) = start_handed_over(fd, &launcher, &config, &state);
+    let mut ctl = third.ctl();
+    let adopting = backend(&mut ctl)["adopting"].clone();
+    let mut dev = third.connect_with(&opts());
+    let s2 = dev.attach(95, 2);
+    let b4 = backend(&mut ctl);
+    let census4 = census(fd);
+    let domains4 = ctl.domains();
+    rep.check(
+        "restart-new-driver-drops-adopted",
+        (|| {
+            plugged.clone()?;
+            answer.clone()?;
+            ensure(s.iter().all(|&s| s == status::OK) && s2 == status::OK, || {
+                format!("statuses {s:?} {s2}")
+            })?;
+            mapped.map_err(|e| format!("MD_CHECK_MAP before the kill: errno {e}"))?;
+            ensure(exited.is_some(), || "the daemon did not die".into())?;
+            ensure(!adopting.is_null(), || "nothing adopted".into())?;
+            ensure(b4["adopting"].is_null(), || format!("still adopting: {b4}"))?;
+            let (d1, h1) = ep_state(&b4, 1).ok_or(format!("{b4}"))?;
+            ensure(d1.is_none() && h1 != h_old, || format!("endpoint 1: {b4}"))?;
+            ensure(
+                check_map(fd, h1, IOVA, 0x1000, 0x1000).is_err(),
+                || format!("endpoint 1's hwpt {h1} maps the aperture"),
+            )?;
+            check_refs(fd, old_host, LEN, 0)
+                .map_err(|e| format!("the old VM's page still pinned: errno {e}"))?;
+            ensure(
+                domains4.len() == 1 && domains4[0]["id"].as_u64() == Some(95),
+                || format!("domains {domains4:?}"),
+            )?;
+            let want = expected_census(&b4);
+            ensure(census4 == want, || format!("census {census4:?}, backend {want:?}"))?;
+            ensure(
+                census4.0.len() == fresh.0.len() + 1 && census4.1.len() == fresh.1.len() + 1,
+                || format!("census {census4:?}, a fresh daemon's {fresh:?} plus domain 95"),
+            )?;
+            Ok(format!(
+                "daemon SIGKILLed with domain 91 mapped on hwpt {h_old}; the next daemon adopted {adopting}; a new driver's ATTACH(95, 2) dropped the journal: endpoint 1 blocked on hwpt {h1} (maps nothing), the old page unpinned, domains {domains4:?}, census {census4:?} = a fresh daemon's {fresh:?} plus domain 95"
+            ))
+        })(),
+    );
+    if rep.failed > 0 {
+        for line in third.stderr().lines() {
+            println!("VUI-NOTE restarted daemon: {line}");
+        }
+    }
+    drop(dev);
+    drop(old);
+    drop(third);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 // --- Memory-table changes, vring resets and a frontend killed mid-batch (issue 8) -------------

@@ -27,15 +27,16 @@
 //!   (an IOAS's automatic domain would refuse PASID attachments next to it), explicitly per
 //!   IOAS (`paging`).
 
+mod adopt;
 pub mod nesting;
 mod ram;
 pub mod sys;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
-use log::{info, warn};
+use log::{error, info, warn};
 use serde_json::json;
 
 use super::fdpass::Handover;
@@ -285,6 +286,23 @@ pub struct IommufdBackend {
     host: Option<HostIommu>,
     /// Explicit paging HWPTs of IOASes (PASID-capable hosts): IOAS -> HWPT.
     paging: BTreeMap<u32, u32>,
+    /// The object ids kept for a restarted daemon (`--state-dir`, adopt.rs).
+    objects: Option<adopt::ObjectsFile>,
+    /// The devices of a previous process taken over, until the journaled state is resumed.
+    adopting: Option<Adoption>,
+}
+
+/// A previous process's objects, taken over at start-up (adopt.rs).
+#[derive(Debug)]
+struct Adoption {
+    /// What the objects file said (written back if this process stops before finishing).
+    saved: adopt::Saved,
+    /// The endpoints whose device was adopted: they stay on their old HWPT until the end.
+    endpoints: BTreeSet<u32>,
+    /// Where each adopted endpoint goes at the end (the last move asked for).
+    deferred: BTreeMap<u32, u32>,
+    /// The previous process's objects, destroyed at the end, in order.
+    old: Vec<u32>,
 }
 
 /// Turns one vEVENT's data into a fault.
@@ -357,7 +375,9 @@ pub fn pci_cdev(sysfs: &Path, bdf: &str) -> Result<PathBuf, SetupError> {
 impl IommufdBackend {
     /// Open (or take over) the iommufd, create the blocked and stage-2 IOASes, bind every
     /// configured host device and attach it to the blocked IOAS.
-    pub fn open(cfg: &IommufdConfig) -> Result<Self, SetupError> {
+    /// With `state_dir`, the object ids are kept in `DIR/iommufd-objects` and a previous
+    /// process's devices in the same iommufd are adopted (adopt.rs).
+    pub fn open(cfg: &IommufdConfig, state_dir: Option<&Path>) -> Result<Self, SetupError> {
         let mut handover = match &cfg.fd_socket {
             Some(p) => super::fdpass::receive(p, |h| check_handover(cfg, h))?,
             None => Handover::default(),
@@ -366,6 +386,28 @@ impl IommufdBackend {
             Some(fd) => fd,
             None => open_rw(cfg.iommufd.as_deref().unwrap_or(Path::new("/dev/iommu")))?,
         };
+        let (objects, saved) = match state_dir {
+            Some(d) => {
+                let (f, s) = adopt::ObjectsFile::open(d).map_err(|err| SetupError::Open {
+                    path: d.join(adopt::OBJECTS_FILE).display().to_string(),
+                    err,
+                })?;
+                (Some(f), s)
+            }
+            None => (None, None),
+        };
+        // The same iommufd still holds the previous process's blocked IOAS (checked before
+        // this process allocates ids of its own).
+        let saved = saved.filter(|s| match sys::ioas_iova_ranges(fd.as_fd(), s.blocked) {
+            Ok(_) => true,
+            Err(e) => {
+                info!(
+                    "objects of a previous process: IOAS {} is not in this iommufd ({e}): another context, ignored",
+                    s.blocked
+                );
+                false
+            }
+        });
         let blocked = sys::ioas_alloc(fd.as_fd())?;
         let stage2 = sys::ioas_alloc(fd.as_fd())?;
         let mut b = IommufdBackend {
@@ -384,12 +426,46 @@ impl IommufdBackend {
             nest: None,
             host: None,
             paging: BTreeMap::new(),
+            objects,
+            adopting: saved.map(|saved| Adoption {
+                old: saved.objects.clone(),
+                saved,
+                endpoints: BTreeSet::new(),
+                deferred: BTreeMap::new(),
+            }),
         };
         // From here on, Drop releases what was created if a later step fails.
         for (&endpoint, src) in &cfg.devices {
             let dev_err = |err| SetupError::Device { endpoint, err };
-            let (dev, hwpt) = match src {
-                DeviceSource::Mock => {
+            let old = b.adopting.as_ref().and_then(|a| {
+                a.saved
+                    .endpoints
+                    .iter()
+                    .find(|e| e.endpoint == endpoint)
+                    .copied()
+            });
+            let (dev, hwpt) = match (src, old.map(|o| (o.dev, o.hwpt))) {
+                // The previous process's mock device, if the kernel still knows it.
+                (DeviceSource::Mock, Some((adopt::SavedDevice::Mock { stdev, idev }, hwpt)))
+                    if sys::get_hw_info(b.fd.as_fd(), idev).is_ok() =>
+                {
+                    info!("endpoint {endpoint}: adopted mock device {stdev} (dev_id {idev}), on hwpt {hwpt}");
+                    b.adopted(endpoint);
+                    (HostDevice::Mock { stdev, idev }, hwpt)
+                }
+                // A device fd the launcher kept: still bound to this iommufd.
+                (DeviceSource::Passed, Some((adopt::SavedDevice::Vfio { dev_id }, hwpt)))
+                    if handover.devices.contains_key(&endpoint) =>
+                {
+                    let file = handover
+                        .devices
+                        .remove(&endpoint)
+                        .ok_or(SetupError::MissingFd(endpoint))?;
+                    info!("endpoint {endpoint}: adopted VFIO device (dev_id {dev_id}), on hwpt {hwpt}");
+                    b.adopted(endpoint);
+                    (HostDevice::Vfio { file, dev_id }, hwpt)
+                }
+                (DeviceSource::Mock, _) => {
                     // A mock device with PASIDs (Linux 6.15), or without on older kernels.
                     let (stdev, hwpt, idev) = match sys::mock_domain_flags(
                         b.fd.as_fd(),
@@ -401,7 +477,7 @@ impl IommufdBackend {
                     };
                     (HostDevice::Mock { stdev, idev }, hwpt)
                 }
-                DeviceSource::Vfio(_) | DeviceSource::Pci(_) | DeviceSource::Passed => {
+                (DeviceSource::Vfio(_) | DeviceSource::Pci(_) | DeviceSource::Passed, _) => {
                     let file = match src {
                         DeviceSource::Vfio(p) => open_rw(p)?,
                         DeviceSource::Pci(bdf) => open_rw(&pci_cdev(Path::new("/sys"), bdf)?)?,
@@ -430,8 +506,137 @@ impl IommufdBackend {
         let (ranges, align) = sys::ioas_iova_ranges(b.fd.as_fd(), blocked)?;
         b.allowed = ranges.iter().map(|r| (r.start, r.last)).collect();
         b.iova_alignment = align.max(1);
+        if let Some(a) = b.adopting.as_mut() {
+            // Old mock devices no endpoint took over go first.
+            let orphans: Vec<u32> = a
+                .saved
+                .endpoints
+                .iter()
+                .filter(|e| !a.endpoints.contains(&e.endpoint))
+                .filter_map(|e| match e.dev {
+                    adopt::SavedDevice::Mock { stdev, .. } => Some(stdev),
+                    adopt::SavedDevice::Vfio { .. } => None,
+                })
+                .collect();
+            a.old.splice(0..0, orphans);
+            // The adopted devices are not on the new blocked IOAS: their limits are the saved ones.
+            if !a.endpoints.is_empty() {
+                b.allowed = a.saved.allowed.clone();
+                b.iova_alignment = a.saved.iova_alignment.max(1);
+            }
+            info!(
+                "objects of a previous process adopted: endpoints {:?} keep their HWPTs until the journaled state is resumed or dropped; then objects {:?} go",
+                a.endpoints, a.old
+            );
+        }
         b.setup_nesting();
+        b.persist();
         Ok(b)
+    }
+
+    fn adopted(&mut self, endpoint: u32) {
+        if let Some(a) = self.adopting.as_mut() {
+            a.endpoints.insert(endpoint);
+        }
+    }
+
+    /// The objects file's content for the current objects.
+    fn saved(&self) -> adopt::Saved {
+        let mut objects = Vec::new();
+        objects.extend(self.domains.values().filter_map(|d| d.nested));
+        objects.extend(self.endpoints.values().filter_map(|e| e.vdevice));
+        if let Some(n) = &self.nest {
+            objects.extend(n.veventq.as_ref().map(|q| q.0));
+            objects.extend(n.viommu);
+            objects.extend(n.parent);
+        }
+        objects.extend(self.paging.values().copied());
+        if let Some(n) = &self.nest {
+            objects.extend(n.fault.as_ref().map(|f| f.0));
+        }
+        objects.extend(self.domains.values().filter(|d| !d.bypass).map(|d| d.ioas));
+        objects.extend([self.stage2, self.blocked]);
+        if let Some(a) = &self.adopting {
+            objects.extend(a.old.iter().copied());
+        }
+        let endpoints = self
+            .endpoints
+            .iter()
+            .map(|(&endpoint, e)| adopt::SavedEndpoint {
+                endpoint,
+                dev: match &e.dev {
+                    HostDevice::Mock { stdev, idev } => adopt::SavedDevice::Mock {
+                        stdev: *stdev,
+                        idev: *idev,
+                    },
+                    HostDevice::Vfio { dev_id, .. } => adopt::SavedDevice::Vfio { dev_id: *dev_id },
+                },
+                hwpt: e.hwpt,
+            })
+            .collect();
+        adopt::Saved {
+            blocked: self.blocked,
+            endpoints,
+            objects,
+            allowed: self.allowed.clone(),
+            iova_alignment: self.iova_alignment,
+        }
+    }
+
+    /// Rewrite the objects file if the objects changed.
+    fn persist(&mut self) {
+        if self.objects.is_none() {
+            return;
+        }
+        let v = self.saved().to_json();
+        if let Some(f) = self.objects.as_mut() {
+            f.write(Some(&v));
+        }
+    }
+
+    /// The end of an adoption: every adopted device moves to where the device model put it
+    /// (one replace each, so DMA sees no gap), then the previous process's objects go.
+    fn finish_adoption(&mut self, resumed: bool) {
+        let Some(a) = self.adopting.take() else {
+            return;
+        };
+        let unattached = self.unattached_pt();
+        let fallback = self.target(unattached).unwrap_or(unattached);
+        for &ep in &a.endpoints {
+            let pt = a.deferred.get(&ep).copied().unwrap_or(fallback);
+            let Some(e) = self.endpoints.get(&ep) else {
+                continue;
+            };
+            let old = e.hwpt;
+            let r = self.replace(&e.dev, pt).or_else(|err| {
+                error!("endpoint {ep}: cannot move from the previous process's hwpt {old} to {pt}: {err}; blocked");
+                self.replace(&e.dev, fallback)
+            });
+            match r {
+                Ok(h) => {
+                    info!(
+                        "endpoint {ep}: moved from the previous process's hwpt {old} to hwpt {h}"
+                    );
+                    if let Some(e) = self.endpoints.get_mut(&ep) {
+                        e.hwpt = h;
+                    }
+                }
+                Err(err) => error!("endpoint {ep}: stays on hwpt {old}: {err}"),
+            }
+        }
+        let mut gone = 0;
+        for &id in &a.old {
+            match sys::destroy(self.fd(), id) {
+                Ok(()) => gone += 1,
+                Err(e) => warn!("previous process's object {id}: {e}"),
+            }
+        }
+        info!(
+            "journaled state {}: {gone} of the previous process's {} objects released",
+            if resumed { "resumed" } else { "dropped" },
+            a.old.len()
+        );
+        self.persist();
     }
 
     /// Create the nesting objects when every host device's IOMMU nests (same kind). Without
@@ -864,6 +1069,19 @@ impl IommufdBackend {
             // Not a host device (e.g. a device the VMM emulates): nothing to do on the host.
             return Ok(());
         };
+        if let Some(a) = self
+            .adopting
+            .as_mut()
+            .filter(|a| a.endpoints.contains(&endpoint))
+        {
+            // An adopted device keeps translating through the previous process's objects
+            // until the state is complete: it moves once, at the end.
+            a.deferred.insert(endpoint, pt);
+            if let Some(ep) = self.endpoints.get_mut(&endpoint) {
+                ep.domain = domain;
+            }
+            return Ok(());
+        }
         let hwpt = self.replace(&ep.dev, pt)?;
         if let Some(ep) = self.endpoints.get_mut(&endpoint) {
             ep.hwpt = hwpt;
@@ -986,12 +1204,15 @@ impl HostBackend for IommufdBackend {
         if new_domain {
             self.domains.insert(domain, DomainObj::new(ioas, bypass));
         }
+        self.persist();
         Ok(())
     }
 
     fn detach(&mut self, endpoint: u32) -> Result<(), BackendError> {
         let pt = self.target(self.unattached_pt())?;
-        self.move_endpoint(endpoint, pt, None)
+        let r = self.move_endpoint(endpoint, pt, None);
+        self.persist();
+        r
     }
 
     fn destroy_domain(&mut self, domain: u32) {
@@ -1008,6 +1229,7 @@ impl HostBackend for IommufdBackend {
                 }
             }
         }
+        self.persist();
     }
 
     fn map(
@@ -1089,6 +1311,7 @@ impl HostBackend for IommufdBackend {
             self.move_endpoint(ep, pt, None)?;
         }
         self.unattached_bypass = bypass;
+        self.persist();
         Ok(())
     }
 
@@ -1132,6 +1355,7 @@ impl HostBackend for IommufdBackend {
             }
             self.memory.clear();
         }
+        self.persist();
     }
 
     fn guest_ram_at(&self, phys: u64) -> Option<bool> {
@@ -1145,6 +1369,10 @@ impl HostBackend for IommufdBackend {
         let memory = regions.iter().map(|r| Ram::new(r, self.map_file)).collect();
         self.follow_memory(memory);
         Ok(())
+    }
+
+    fn resumed(&mut self, resumed: bool) {
+        self.finish_adoption(resumed);
     }
 
     fn guest_tables(&self) -> bool {
@@ -1228,6 +1456,7 @@ impl HostBackend for IommufdBackend {
             }
         }
         info!("domain {domain}: guest table on nested HWPT {hwpt} (over {on})");
+        self.persist();
         Ok(())
     }
 
@@ -1248,6 +1477,7 @@ impl HostBackend for IommufdBackend {
         if let Err(e) = sys::destroy(self.fd(), nested) {
             warn!("domain {domain}: cannot destroy nested HWPT {nested}: {e}");
         }
+        self.persist();
         Ok(())
     }
 
@@ -1555,6 +1785,10 @@ impl HostBackend for IommufdBackend {
             "map_by_file": self.map_file,
             "nesting": nest,
             "paging_hwpts": paging,
+            "adopting": self.adopting.as_ref().map(|a| json!({
+                "endpoints": a.endpoints,
+                "old_objects": a.old,
+            })),
         })
     }
 }
@@ -1563,6 +1797,14 @@ impl Drop for IommufdBackend {
     /// Closing the iommufd destroys every object in it, unless a launcher or VMM still holds the
     /// same iommufd: release ours explicitly so nothing outlives the daemon there either.
     fn drop(&mut self) {
+        // Stopping before an adoption ends: the adopted devices and the previous process's
+        // objects stay as they were (DMA goes on), for the next process to adopt.
+        let kept = self.adopting.take().map(|a| {
+            for ep in &a.endpoints {
+                self.endpoints.remove(ep);
+            }
+            a.saved
+        });
         self.reset(ResetKind::Connection);
         for (ep, e) in std::mem::take(&mut self.endpoints) {
             match e.dev {
@@ -1593,6 +1835,10 @@ impl Drop for IommufdBackend {
             if let Err(err) = sys::destroy(self.fd(), ioas) {
                 warn!("cannot destroy IOAS {ioas}: {err}");
             }
+        }
+        let kept = kept.map(|s| s.to_json());
+        if let Some(f) = self.objects.as_mut() {
+            f.write(kept.as_ref());
         }
     }
 }
@@ -1634,6 +1880,8 @@ mod tests {
             nest: None,
             host: None,
             paging: BTreeMap::new(),
+            objects: None,
+            adopting: None,
         }
     }
 
@@ -1903,7 +2151,7 @@ mod tests {
             iommufd: Some("/nonexistent/iommu".into()),
             ..Default::default()
         };
-        let e = IommufdBackend::open(&cfg).unwrap_err().to_string();
+        let e = IommufdBackend::open(&cfg, None).unwrap_err().to_string();
         assert!(e.contains("/nonexistent/iommu"), "{e}");
     }
 }
