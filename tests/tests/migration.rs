@@ -174,7 +174,11 @@ fn standard_state_moves_to_a_second_daemon() {
             break;
         }
     }
-    assert_eq!(seen.last(), Some(&(3, 0x5000)), "faults delivered: {seen:x?}");
+    assert_eq!(
+        seen.last(),
+        Some(&(3, 0x5000)),
+        "faults delivered: {seen:x?}"
+    );
     assert_eq!(d.unmap(1, 0x1000, 0x1fff), OK);
     assert_eq!(d.map(1, 0x1000, 0x1fff, 0x9000, R), OK);
     assert_eq!(b.ctl().translate(0, 0x1000, "r")["phys"], 0x9000);
