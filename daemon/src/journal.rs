@@ -27,6 +27,19 @@ pub enum JournalError {
     Locked(PathBuf),
 }
 
+/// Open (creating it and its directory) a file of the state directory for reading and
+/// appending, private to the daemon's user.
+pub fn open_state_file(dir: &Path, path: &Path) -> io::Result<File> {
+    std::fs::create_dir_all(dir)?;
+    OpenOptions::new()
+        .read(true)
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(path)
+}
+
 /// An open, locked journal file.
 #[derive(Debug)]
 pub struct Journal {
@@ -44,15 +57,7 @@ impl Journal {
             path: path.clone(),
             err,
         };
-        std::fs::create_dir_all(dir).map_err(open_err)?;
-        let mut file = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(true)
-            .mode(0o600)
-            .custom_flags(libc::O_CLOEXEC)
-            .open(&path)
-            .map_err(open_err)?;
+        let mut file = open_state_file(dir, &path).map_err(open_err)?;
         // SAFETY: flock on an fd we own; no memory is involved.
         if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             return Err(JournalError::Locked(dir.to_owned()));

@@ -269,3 +269,32 @@ impl GuestMemory {
         self.write(gpa, &v.to_le_bytes());
     }
 }
+
+/// The harness's shared memory as the page-table and CD-table builders and walkers of the
+/// `pagetables` crate see it (tests build guest tables in it).
+#[derive(Debug)]
+pub struct TableMem<'a>(pub &'a GuestMemory);
+
+impl pagetables::GuestMemoryRead for TableMem<'_> {
+    fn read_u64(&self, gpa: u64) -> Result<u64, pagetables::MemoryError> {
+        self.check_range(gpa, 8)?;
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&self.0.read(gpa, 8));
+        Ok(u64::from_le_bytes(b))
+    }
+    fn check_range(&self, gpa: u64, len: u64) -> Result<(), pagetables::MemoryError> {
+        if self.0.contains(gpa, len) {
+            Ok(())
+        } else {
+            Err(pagetables::MemoryError::OutOfRange { gpa, len })
+        }
+    }
+}
+
+impl pagetables::build::GuestMemoryWrite for TableMem<'_> {
+    fn write_u64(&mut self, gpa: u64, value: u64) -> Result<(), pagetables::MemoryError> {
+        pagetables::GuestMemoryRead::check_range(self, gpa, 8)?;
+        self.0.write(gpa, &value.to_le_bytes());
+        Ok(())
+    }
+}

@@ -8,12 +8,11 @@
 use std::time::Duration;
 
 use pagetables::build::vtd::VtdBuilder;
-use pagetables::build::{GuestMemoryWrite, Prot, TableAllocator};
-use pagetables::{GuestMemoryRead, MemoryError};
+use pagetables::build::{Prot, TableAllocator};
 use serde_json::{json, Value};
 use vhost::vhost_user::VhostUserProtocolFeatures;
 use vhost_user_iommu_tests::device::Options;
-use vhost_user_iommu_tests::mem::{GuestMemory, HIGH_REGION_GPA};
+use vhost_user_iommu_tests::mem::{TableMem, HIGH_REGION_GPA};
 use vhost_user_iommu_tests::proto::status::{NOENT, OK};
 use vhost_user_iommu_tests::{Daemon, Device, Request};
 
@@ -21,30 +20,6 @@ const LEGACY_BYPASS: u64 = 1 << 3;
 const R: u32 = 1;
 const W: u32 = 2;
 const MMIO: u32 = 4;
-
-struct Mem<'a>(&'a GuestMemory);
-
-impl GuestMemoryRead for Mem<'_> {
-    fn read_u64(&self, gpa: u64) -> Result<u64, MemoryError> {
-        self.check_range(gpa, 8)?;
-        Ok(u64::from_le_bytes(self.0.read(gpa, 8).try_into().unwrap()))
-    }
-    fn check_range(&self, gpa: u64, len: u64) -> Result<(), MemoryError> {
-        if self.0.contains(gpa, len) {
-            Ok(())
-        } else {
-            Err(MemoryError::OutOfRange { gpa, len })
-        }
-    }
-}
-
-impl GuestMemoryWrite for Mem<'_> {
-    fn write_u64(&mut self, gpa: u64, value: u64) -> Result<(), MemoryError> {
-        self.check_range(gpa, 8)?;
-        self.0.write(gpa, &value.to_le_bytes());
-        Ok(())
-    }
-}
 
 fn opts() -> Options {
     Options {
@@ -213,7 +188,7 @@ fn guest_tables_pasids_and_page_requests_move_too() {
     let mut fs = VtdBuilder::new(false, alloc).unwrap();
     for page in 0..2 {
         fs.map(
-            &mut Mem(&d.mem),
+            &mut TableMem(&d.mem),
             0x7000_0000 + page * 0x1000,
             0x60_0000 + page * 0x1000,
             0x1000,
@@ -268,7 +243,7 @@ fn guest_tables_pasids_and_page_requests_move_too() {
     let before = observe(&a, &probe);
     migrate(&mut d, &b, false);
     assert_eq!(observe(&b, &probe), before);
-    fs.map(&mut Mem(&d.mem), 0x7001_0000, 0x70_0000, 0x1000, prot)
+    fs.map(&mut TableMem(&d.mem), 0x7001_0000, 0x70_0000, 0x1000, prot)
         .unwrap();
     let mut pr = vec![8u8, 0, 0, 0];
     pr.extend(4u32.to_le_bytes());

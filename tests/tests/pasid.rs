@@ -11,44 +11,18 @@ use pagetables::build::vmsa::VmsaBuilder;
 use pagetables::build::vtd::VtdBuilder;
 use pagetables::build::{GuestMemoryWrite, Prot, TableAllocator};
 use pagetables::vmsa::Granule;
-use pagetables::{GuestMemoryRead, MemoryError};
+use pagetables::GuestMemoryRead;
 use pasid::smmuv3::build::{CdFields, CdTableBuilder};
 use pasid::smmuv3::ste::{S1Dss, S1Fmt};
 use serde_json::{json, Value};
 use vhost_user_iommu_tests::device::Options;
-use vhost_user_iommu_tests::mem::{GuestMemory, HIGH_REGION_GPA};
+use vhost_user_iommu_tests::mem::{TableMem, HIGH_REGION_GPA};
 use vhost_user_iommu_tests::proto::status::{INVAL, NOENT, OK, RANGE};
 use vhost_user_iommu_tests::{Daemon, Device, Request};
 
 const F_ATTACH_TABLE: u64 = 1 << 8;
 const F_PAGE_REQUEST: u64 = 1 << 10;
 const LEGACY_BYPASS: u64 = 1 << 3;
-
-/// The harness's shared memory as the table builders see it.
-struct Mem<'a>(&'a GuestMemory);
-
-impl GuestMemoryRead for Mem<'_> {
-    fn read_u64(&self, gpa: u64) -> Result<u64, MemoryError> {
-        self.check_range(gpa, 8)?;
-        let b = self.0.read(gpa, 8);
-        Ok(u64::from_le_bytes(b.try_into().unwrap()))
-    }
-    fn check_range(&self, gpa: u64, len: u64) -> Result<(), MemoryError> {
-        if self.0.contains(gpa, len) {
-            Ok(())
-        } else {
-            Err(MemoryError::OutOfRange { gpa, len })
-        }
-    }
-}
-
-impl GuestMemoryWrite for Mem<'_> {
-    fn write_u64(&mut self, gpa: u64, value: u64) -> Result<(), MemoryError> {
-        self.check_range(gpa, 8)?;
-        self.0.write(gpa, &value.to_le_bytes());
-        Ok(())
-    }
-}
 
 fn setup(extra: &[&str]) -> (Daemon, Device) {
     let daemon = Daemon::start(extra);
@@ -152,12 +126,16 @@ fn smmuv3_cd_table_stale_until_invalidate_then_page_request_round_trip() {
         exec: false,
     };
     let mut s1 = VmsaBuilder::new(Granule::K4, 16, false, false, allocator(0)).unwrap();
-    s1.map(&mut Mem(&d.mem), 0x10000, 0x200000, 0x1000, prot)
+    s1.map(&mut TableMem(&d.mem), 0x10000, 0x200000, 0x1000, prot)
         .unwrap();
     // CD table with 16 CDs; SSID 1 uses that stage 1 with ASID 7.
     let mut cds = CdTableBuilder::new(S1Fmt::Linear, 4, allocator(1 << 20)).unwrap();
-    cds.write_cd(&mut Mem(&d.mem), 1, &CdFields::new(7, s1.ttb0()).encode())
-        .unwrap();
+    cds.write_cd(
+        &mut TableMem(&d.mem),
+        1,
+        &CdFields::new(7, s1.ttb0()).encode(),
+    )
+    .unwrap();
     let (fmt, dss, ptr, cdmax) = cds.fields(S1Dss::Terminate);
 
     // A MAP domain with mappings cannot take a table; a table on it makes MAP INVAL.
@@ -185,10 +163,10 @@ fn smmuv3_cd_table_stale_until_invalidate_then_page_request_round_trip() {
     );
 
     // The guest changes the PTE: the old translation is served until it invalidates.
-    let (leaf, _) = s1.descriptor_address(&Mem(&d.mem), 0x10000).unwrap();
-    let old = Mem(&d.mem).read_u64(leaf).unwrap();
+    let (leaf, _) = s1.descriptor_address(&TableMem(&d.mem), 0x10000).unwrap();
+    let old = TableMem(&d.mem).read_u64(leaf).unwrap();
     let new = (old & !0x0000_ffff_ffff_f000) | 0x300000;
-    Mem(&d.mem).write_u64(leaf, new).unwrap();
+    TableMem(&d.mem).write_u64(leaf, new).unwrap();
     assert_eq!(
         phys(&translate(&daemon, 0, Some(1), 0x10234, "r")),
         0x200234
@@ -246,7 +224,7 @@ fn smmuv3_cd_table_stale_until_invalidate_then_page_request_round_trip() {
         1
     );
     // The guest maps the page, then answers; a wrong group or PASID is NOENT.
-    s1.map(&mut Mem(&d.mem), 0x50000, 0x400000, 0x1000, prot)
+    s1.map(&mut TableMem(&d.mem), 0x50000, 0x400000, 0x1000, prot)
         .unwrap();
     d.run(&page_resp(0, Some(1), grpid + 1, 0))
         .expect(NOENT, "PAGE_RESP for no group");
@@ -290,7 +268,7 @@ fn vtd_first_stage_per_pasid_with_attach_pasid() {
         exec: false,
     };
     let mut fs = VtdBuilder::new(false, allocator(0)).unwrap();
-    fs.map(&mut Mem(&d.mem), 0x7000_0000, 0x600000, 0x1000, prot)
+    fs.map(&mut TableMem(&d.mem), 0x7000_0000, 0x600000, 0x1000, prot)
         .unwrap();
     d.run(&attach_table(5, 4, &vtd_desc(48, fs.pgtbl(), 0)))
         .expect(OK, "ATTACH_TABLE VT-d");
@@ -322,9 +300,9 @@ fn vtd_first_stage_per_pasid_with_attach_pasid() {
     );
 
     // Stale until invalidated, whole domain this time.
-    let (pte, _) = fs.entry_address(&Mem(&d.mem), 0x7000_0000).unwrap();
-    let old = Mem(&d.mem).read_u64(pte).unwrap();
-    Mem(&d.mem)
+    let (pte, _) = fs.entry_address(&TableMem(&d.mem), 0x7000_0000).unwrap();
+    let old = TableMem(&d.mem).read_u64(pte).unwrap();
+    TableMem(&d.mem)
         .write_u64(pte, (old & !0x000f_ffff_ffff_f000) | 0x800000)
         .unwrap();
     assert_eq!(
@@ -392,7 +370,7 @@ fn hostile_bindings_and_invalidations_get_precise_statuses() {
     // A table whose root entry points to itself: a walk reads one entry per level (4), so
     // IOVA 0 resolves to the table page itself, like hardware would, and nothing loops.
     let root = HIGH_REGION_GPA + 0x10000;
-    Mem(&d.mem).write_u64(root, root | 0x7).unwrap();
+    TableMem(&d.mem).write_u64(root, root | 0x7).unwrap();
     d.run(&attach_table(1, 4, &vtd_desc(48, root, 0)))
         .expect(OK, "self-referencing table binds");
     assert_eq!(phys(&translate(&daemon, 0, None, 0x123, "r")), root + 0x123);
@@ -404,7 +382,7 @@ fn hostile_bindings_and_invalidations_get_precise_statuses() {
         );
     }
     // A next-level pointer outside guest RAM is a broken table: a fault, never a page request.
-    Mem(&d.mem)
+    TableMem(&d.mem)
         .write_u64(root + 8, 0x40_0000_0000 | 0x7)
         .unwrap();
     assert_eq!(

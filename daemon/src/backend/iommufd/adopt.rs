@@ -11,9 +11,8 @@
 //! The file is opened at start-up, before the seccomp filters; afterwards only ftruncate(2) and
 //! write(2) touch it.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use log::{error, warn};
@@ -127,15 +126,8 @@ pub struct ObjectsFile {
 impl ObjectsFile {
     /// Open (creating it) `DIR/iommufd-objects`; return it with what a previous process saved.
     pub fn open(dir: &Path) -> std::io::Result<(ObjectsFile, Option<Saved>)> {
-        std::fs::create_dir_all(dir)?;
         let path = dir.join(OBJECTS_FILE);
-        let mut file = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(true)
-            .mode(0o600)
-            .custom_flags(libc::O_CLOEXEC)
-            .open(&path)?;
+        let mut file = crate::journal::open_state_file(dir, &path)?;
         let mut text = String::new();
         file.read_to_string(&mut text)?;
         let saved = if text.trim().is_empty() {
