@@ -797,19 +797,10 @@ impl Device {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{DeviceConfig, EndpointSet};
+    use crate::config::DeviceConfig;
+    // The configuration of the device model's rule tests.
+    use crate::device::tests::cfg;
     use crate::device::{Access, Translation};
-
-    fn cfg() -> DeviceConfig {
-        DeviceConfig {
-            input_start: 0,
-            input_end: (1 << 48) - 1,
-            domain_start: 1,
-            domain_end: 1000,
-            endpoints: EndpointSet::Ranges(vec![(0, 15)]),
-            ..DeviceConfig::default()
-        }
-    }
 
     fn fresh() -> Device {
         Device::new(cfg())

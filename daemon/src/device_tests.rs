@@ -17,7 +17,7 @@ const R: u32 = MAP_F_READ;
 const W: u32 = MAP_F_WRITE;
 const RW: u32 = MAP_F_READ | MAP_F_WRITE;
 
-fn cfg() -> DeviceConfig {
+pub(super) fn cfg() -> DeviceConfig {
     DeviceConfig {
         input_start: 0,
         input_end: (1 << 48) - 1,

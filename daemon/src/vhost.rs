@@ -628,21 +628,18 @@ impl VhostUserBackendMut for IommuBackend {
             }
             Finished::Loaded(data) => data,
         };
+        let refuse = |e: crate::device::state::StateError| {
+            warn!("{e}");
+            io::Error::other(e)
+        };
         let mut dev = self.shared.device();
         if dev.has_walk_memory() {
-            let s = dev.load_state(&data).map_err(|e| {
-                warn!("{e}");
-                io::Error::other(e)
-            })?;
+            let s = dev.load_state(&data).map_err(refuse)?;
             log::info!("device state loaded ({} bytes): {s:?}", data.len());
             return Ok(());
         }
         // No memory table yet: check everything that can be checked now, replay when guest RAM
         // is known (mappings and tables point into it).
-        let refuse = |e: crate::device::state::StateError| {
-            warn!("{e}");
-            io::Error::other(e)
-        };
         let parsed = parse_state(&data, StreamKind::Migration).map_err(refuse)?;
         dev.check_state_header(&parsed.header).map_err(refuse)?;
         log::info!(

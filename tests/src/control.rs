@@ -95,6 +95,39 @@ impl Control {
         as_array(self.must(json!({"cmd": "domains"})))
     }
 
+    /// Everything a guest can observe of the device (not counters): the config bypass byte,
+    /// endpoints, domains with every mapping, PASID bindings and outstanding page requests.
+    /// Table-cache counters are left out: they describe the process, not the guest. For
+    /// comparing two daemons (migration) or one daemon before and after a restart.
+    pub fn guest_state(&mut self) -> Value {
+        let mut domains = Vec::new();
+        for mut d in self.domains() {
+            let id = d["id"]
+                .as_u64()
+                .and_then(|id| u32::try_from(id).ok())
+                .expect("domain id fits u32");
+            let maps: Vec<String> = self
+                .mappings(id)
+                .expect("mappings of a listed domain")
+                .iter()
+                .map(|m| format!("{m:?}"))
+                .collect();
+            if let Some(t) = d["table"].as_object_mut() {
+                for k in ["cached", "hits", "misses"] {
+                    t.remove(k);
+                }
+            }
+            domains.push(json!({"domain": d, "mappings": maps}));
+        }
+        json!({
+            "bypass": self.status()["bypass"],
+            "endpoints": self.endpoints(),
+            "domains": domains,
+            "pasids": self.must(json!({"cmd": "pasids"})),
+            "page_requests": self.must(json!({"cmd": "page_requests"})),
+        })
+    }
+
     /// The `domains` entry for `id`, if it exists.
     pub fn domain(&mut self, id: u32) -> Option<Value> {
         self.domains()

@@ -35,24 +35,7 @@ fn opts() -> Options {
 /// PASID, IOVA) to translate, chosen to translate without side effects).
 fn observe(daemon: &Daemon, probe: &[(u32, Option<u32>, u64)]) -> Value {
     let mut ctl = daemon.ctl();
-    let mut domains = Vec::new();
-    for d in ctl.domains() {
-        let id = u32::try_from(d["id"].as_u64().unwrap()).unwrap();
-        let maps: Vec<String> = ctl
-            .mappings(id)
-            .unwrap()
-            .iter()
-            .map(|m| format!("{m:?}"))
-            .collect();
-        let mut d = d;
-        if let Some(t) = d["table"].as_object_mut() {
-            // Cache counters describe this process (caches are not migrated).
-            for k in ["cached", "hits", "misses"] {
-                t.remove(k);
-            }
-        }
-        domains.push(json!({"domain": d, "mappings": maps}));
-    }
+    let state = ctl.guest_state();
     let mut translations = Vec::new();
     for &(endpoint, pasid, iova) in probe {
         for access in ["r", "w"] {
@@ -67,14 +50,7 @@ fn observe(daemon: &Daemon, probe: &[(u32, Option<u32>, u64)]) -> Value {
             translations.push(json!({"at": [endpoint, pasid, iova, access], "result": v}));
         }
     }
-    json!({
-        "bypass": ctl.status()["bypass"],
-        "endpoints": ctl.endpoints(),
-        "domains": domains,
-        "pasids": ctl.must(json!({"cmd": "pasids"})),
-        "page_requests": ctl.must(json!({"cmd": "page_requests"})),
-        "translations": translations,
-    })
+    json!({"state": state, "translations": translations})
 }
 
 /// Stop the driver's rings on the source, save, and resume on `dest`.

@@ -36,17 +36,7 @@ fn build_state(d: &mut Device) {
 /// The guest-visible state and a few translations, through the control socket.
 fn observe(daemon: &Daemon) -> Value {
     let mut ctl = daemon.ctl();
-    let mut domains = Vec::new();
-    for d in ctl.domains() {
-        let id = u32::try_from(d["id"].as_u64().unwrap()).unwrap();
-        let maps: Vec<String> = ctl
-            .mappings(id)
-            .unwrap()
-            .iter()
-            .map(|m| format!("{m:?}"))
-            .collect();
-        domains.push(json!({"domain": d, "mappings": maps}));
-    }
+    let state = ctl.guest_state();
     let mut t = Vec::new();
     for (ep, iova) in [
         (0, 0x1800),
@@ -57,7 +47,7 @@ fn observe(daemon: &Daemon) -> Value {
     ] {
         t.push(ctl.translate(ep, iova, "r"));
     }
-    json!({"bypass": ctl.status()["bypass"], "endpoints": ctl.endpoints(), "domains": domains, "t": t})
+    json!({"state": state, "t": t})
 }
 
 /// The driver's next request after the reconnect (any request: it is what tells the new
