@@ -14,6 +14,7 @@ use crate::backend::{BackendConfig, BackendKind};
 use crate::config::{
     parse_u32, parse_u64, ConfigError, DeviceConfig, EndpointSet, Range32, Range64, ReservedRegion,
 };
+use crate::sched::WorkerSched;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FileError {
@@ -77,6 +78,7 @@ struct RawFile {
     legacy_bypass: Option<bool>,
     max_mappings: Option<Number>,
     poll_us: Option<Number>,
+    worker_sched: Option<String>,
     pasid_bits: Option<Number>,
     user: Option<String>,
     seccomp: Option<bool>,
@@ -155,6 +157,8 @@ pub struct Layer {
     pub max_mappings: Option<u64>,
     /// Request-queue polling window in microseconds (0: no polling).
     pub poll_us: Option<u64>,
+    /// Scheduling policy of the request-queue worker thread.
+    pub worker_sched: Option<WorkerSched>,
     /// PASID width for the PASID extension (0: off).
     pub pasid_bits: Option<u8>,
     pub user: Option<String>,
@@ -178,6 +182,8 @@ pub struct Settings {
     pub seccomp: bool,
     /// Request-queue polling window (None: sleep on the kick eventfd).
     pub poll: Option<std::time::Duration>,
+    /// Scheduling policy of the request-queue worker thread.
+    pub worker_sched: WorkerSched,
     pub backend: BackendConfig,
 }
 
@@ -242,6 +248,13 @@ pub fn parse(path: &Path, text: &str) -> Result<Layer, FileError> {
         legacy_bypass: raw.legacy_bypass,
         max_mappings: num64(raw.max_mappings, "max-mappings")?,
         poll_us: num64(raw.poll_us, "poll-us")?,
+        worker_sched: raw
+            .worker_sched
+            .map(|s| {
+                s.parse::<WorkerSched>()
+                    .map_err(|e| bad("worker-sched")(e.to_string()))
+            })
+            .transpose()?,
         pasid_bits: num32(raw.pasid_bits, "pasid-bits")?
             .map(|v| u8::try_from(v).map_err(|_| bad("pasid-bits")(format!("{v} is above 20"))))
             .transpose()?,
@@ -305,6 +318,7 @@ impl Layer {
             legacy_bypass: self.legacy_bypass.or(base.legacy_bypass),
             max_mappings: self.max_mappings.or(base.max_mappings),
             poll_us: self.poll_us.or(base.poll_us),
+            worker_sched: self.worker_sched.or(base.worker_sched),
             pasid_bits: self.pasid_bits.or(base.pasid_bits),
             user: self.user.or(base.user),
             seccomp: self.seccomp.or(base.seccomp),
@@ -396,6 +410,7 @@ pub fn resolve(flags: Layer, file: Option<(&Path, Layer)>) -> Result<Settings, F
             .poll_us
             .filter(|&us| us > 0)
             .map(std::time::Duration::from_micros),
+        worker_sched: merged.worker_sched.unwrap_or_default(),
         backend,
     })
 }
@@ -416,6 +431,7 @@ probe-size = 1024
 bypass = true
 legacy-bypass = false
 max-mappings = 65536
+worker-sched = "deadline:250/1000"
 user = "nobody"
 seccomp = false
 "#;
@@ -445,6 +461,13 @@ seccomp = false
         assert_eq!(s.device.probe_size, 1024);
         assert!(s.device.boot_bypass && !s.device.legacy_bypass);
         assert_eq!(s.device.max_mappings, 65536);
+        assert_eq!(
+            s.worker_sched,
+            WorkerSched::Deadline {
+                runtime_us: 250,
+                period_us: 1000
+            }
+        );
         assert_eq!(s.user.as_deref(), Some("nobody"));
         assert!(!s.seccomp);
     }
@@ -500,6 +523,8 @@ seccomp = false
                 "reserved-regions",
             ),
             ("user = \"\"", "user"),
+            ("worker-sched = \"fifo:0\"", "worker-sched"),
+            ("worker-sched = \"realtime\"", "worker-sched"),
         ] {
             let msg = parse(p(), text).unwrap_err().to_string();
             assert!(msg.contains(&format!("key `{key}`")), "{text}: {msg}");

@@ -25,6 +25,7 @@ pub mod migration;
 pub mod privilege;
 pub mod protocol;
 pub mod sandbox;
+pub mod sched;
 pub mod server;
 pub mod tables;
 pub mod unit;

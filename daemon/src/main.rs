@@ -10,6 +10,7 @@ use vhost_user_iommu::backend::{BackendConfig, BackendKind};
 use vhost_user_iommu::config::{parse_u32, parse_u64, EndpointSet, Range32, Range64};
 use vhost_user_iommu::config_file::{self, Layer, Settings};
 use vhost_user_iommu::protocol::RESV_MEM_T_MSI;
+use vhost_user_iommu::sched::WorkerSched;
 use vhost_user_iommu::{control, server};
 
 #[derive(Debug, Parser)]
@@ -98,6 +99,12 @@ struct RunArgs {
     /// fewer guest kicks and lower latency.
     #[arg(long, value_name = "US", value_parser = parse_u64)]
     poll_us: Option<u64>,
+    /// CPU scheduling of the request-queue worker thread: `other[:SLICE_US]` (time-sharing
+    /// with a short EEVDF slice, no privilege needed), `fifo:PRIO` (SCHED_FIFO; needs
+    /// RLIMIT_RTPRIO or root) or `deadline:RUNTIME_US/PERIOD_US` (SCHED_DEADLINE: preempts at
+    /// once, at most RUNTIME of CPU per PERIOD; needs CAP_SYS_NICE) [default: other:100].
+    #[arg(long, value_name = "POLICY")]
+    worker_sched: Option<WorkerSched>,
     /// PASID width of every endpoint for the PASID / shared-table extension (docs/PASID.md),
     /// 0..=20; 0 turns the extension off [default: 20].
     #[arg(long, value_name = "BITS")]
@@ -188,6 +195,7 @@ fn flag_layer(a: &RunArgs) -> Layer {
         legacy_bypass: a.legacy_bypass,
         max_mappings: a.max_mappings,
         poll_us: a.poll_us,
+        worker_sched: a.worker_sched,
         pasid_bits: a.pasid_bits,
         user: a.user.clone(),
         seccomp: a.no_seccomp.then_some(false),
@@ -235,6 +243,7 @@ fn print_settings(s: &Settings) {
         "legacy-bypass": d.legacy_bypass,
         "max-mappings": d.max_mappings,
         "poll-us": s.poll.map_or(0, |p| p.as_micros()),
+        "worker-sched": s.worker_sched.to_string(),
         "pasid-bits": d.pasid_bits,
         "user": s.user,
         "seccomp": s.seccomp,
@@ -358,6 +367,7 @@ fn run_daemon(a: &RunArgs) -> Result<(), String> {
         user: s.user,
         seccomp: s.seccomp,
         poll: s.poll,
+        worker_sched: s.worker_sched,
         backend: s.backend,
     })
     .map_err(|e| e.to_string())

@@ -183,6 +183,8 @@ pub fn role_calls(role: Role) -> Vec<Call> {
                 libc::SYS_connect,
                 // Worker threads add their own, narrower filter (filters only ever restrict).
                 libc::SYS_seccomp,
+                // ... after setting their own scheduling policy (--worker-sched; pid 0 only).
+                libc::SYS_sched_setattr,
             ]);
             #[cfg(target_arch = "x86_64")]
             v.extend(sys![libc::SYS_epoll_wait, libc::SYS_poll]);
@@ -289,6 +291,11 @@ pub fn filter(role: Role) -> Result<BpfProgram, SandboxError> {
             )
             .map_err(build)?;
             vec![SeccompRule::new(vec![unix]).map_err(build)?]
+        } else if nr == libc::SYS_sched_setattr {
+            // The calling thread only (pid 0), never another process.
+            let own = SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, 0)
+                .map_err(build)?;
+            vec![SeccompRule::new(vec![own]).map_err(build)?]
         } else {
             Vec::new()
         };
@@ -408,6 +415,28 @@ mod tests {
         }
         for role in [Role::Control, Role::Signals, Role::Watchdog] {
             assert!(killed_by_sigsys(in_child(role, ioas_map)), "{role:?}");
+        }
+    }
+
+    #[test]
+    fn a_thread_may_set_its_own_scheduling_policy_only() {
+        // sched_attr with size 0 fails with EINVAL/E2BIG once the filter lets the call through.
+        fn own() -> i32 {
+            let attr = [0u8; 48];
+            // SAFETY: sched_setattr reads at most 48 bytes of the valid local buffer.
+            unsafe { libc::syscall(libc::SYS_sched_setattr, 0, attr.as_ptr(), 0) };
+            0
+        }
+        fn other_process() -> i32 {
+            let attr = [0u8; 48];
+            // SAFETY: as above; pid 1 is another process.
+            unsafe { libc::syscall(libc::SYS_sched_setattr, 1, attr.as_ptr(), 0) };
+            0
+        }
+        assert!(exited_with(in_child(Role::Main, own), 0));
+        assert!(killed_by_sigsys(in_child(Role::Main, other_process)));
+        for role in [Role::Control, Role::Signals, Role::Watchdog, Role::Transfer] {
+            assert!(killed_by_sigsys(in_child(role, own)), "{role:?}");
         }
     }
 

@@ -20,6 +20,7 @@ use crate::control::{self, ConnectionInfo, ControlError};
 use crate::device::Device;
 use crate::privilege::{self, PrivilegeError};
 use crate::sandbox::{self, Role, SandboxError};
+use crate::sched::WorkerSched;
 use crate::vhost::{IommuBackend, Shared, VhostError, PAGE_REQUEST_EVENT_ID, WAKE_EVENT_ID};
 
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +39,8 @@ pub enum ServerError {
     Backend(#[from] crate::backend::BackendSetupError),
     #[error(transparent)]
     Sandbox(#[from] SandboxError),
+    #[error(transparent)]
+    Sched(#[from] crate::sched::SchedError),
     #[error(transparent)]
     Journal(#[from] crate::journal::JournalError),
     #[error("cannot start the {0} thread: {1}")]
@@ -67,6 +70,8 @@ pub struct ServerConfig {
     pub seccomp: bool,
     /// Request-queue polling window (None: sleep on the kick eventfd).
     pub poll: Option<std::time::Duration>,
+    /// Scheduling policy of the request-queue worker threads.
+    pub worker_sched: WorkerSched,
     /// The host backend.
     pub backend: crate::backend::BackendConfig,
 }
@@ -221,12 +226,23 @@ pub fn run(cfg: ServerConfig) -> Result<(), ServerError> {
         };
     let backend_name = backend.name();
     sandbox::allow_backend_ioctls(backend.serving_ioctls());
+    // The worker's scheduling policy: made possible while privileged, then tried with the
+    // privileges the workers will have.
+    cfg.worker_sched.prepare();
     if let Some(user) = &cfg.user {
         if let Err(e) = privilege::drop_to(user) {
             remove_sockets(&ours);
             return Err(e.into());
         }
     }
+    if let Err(e) = cfg.worker_sched.probe() {
+        remove_sockets(&ours);
+        return Err(e.into());
+    }
+    info!(
+        "request-queue worker: {}",
+        crate::sched::describe(cfg.worker_sched)
+    );
 
     // The signal thread removes our socket files on SIGINT/SIGTERM.
     spawn_signal_thread(signals, ours, cfg.seccomp)?;
@@ -289,7 +305,11 @@ pub fn run(cfg: ServerConfig) -> Result<(), ServerError> {
 
     loop {
         shared.device().reset(false);
-        let backend = Arc::new(RwLock::new(IommuBackend::new(shared.clone(), cfg.poll)));
+        let backend = Arc::new(RwLock::new(IommuBackend::new(
+            shared.clone(),
+            cfg.poll,
+            cfg.worker_sched,
+        )));
         let mut daemon = VhostUserDaemon::new(
             "vhost-user-iommu".to_string(),
             backend,

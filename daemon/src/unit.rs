@@ -3,7 +3,9 @@
 //!
 //! The shipped unit allows `/dev/iommu` only (`DevicePolicy=closed`). A VM whose `[iommufd]`
 //! table names VFIO devices needs `DeviceAllow=` for each of them; systemd cannot read the TOML
-//! file, so the daemon writes the drop-in from the same configuration it will run with.
+//! file, so the daemon writes the drop-in from the same configuration it will run with. A
+//! real-time `worker-sched` needs what the unit withholds too (`RestrictRealtime=yes`, no
+//! capabilities): the drop-in grants exactly that policy.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -11,6 +13,7 @@ use std::path::{Path, PathBuf};
 use crate::backend::iommufd::{pci_cdev, DeviceSource};
 use crate::backend::BackendConfig;
 use crate::config_file::Settings;
+use crate::sched::WorkerSched;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DropinError {
@@ -53,6 +56,23 @@ pub fn device_dropin(settings: &Settings, sysfs: &Path) -> Result<String, Dropin
          # /etc/systemd/system/vhost-user-iommu@VM.service.d/devices.conf, then\n\
          # `systemctl daemon-reload`.\n[Service]\n",
     );
+    match settings.worker_sched {
+        WorkerSched::Other { .. } => {}
+        WorkerSched::Fifo { priority } => {
+            let _ = writeln!(
+                out,
+                "# worker-sched = \"{}\": SCHED_FIFO up to this priority\nRestrictRealtime=no\nLimitRTPRIO={priority}",
+                settings.worker_sched
+            );
+        }
+        WorkerSched::Deadline { .. } => {
+            let _ = writeln!(
+                out,
+                "# worker-sched = \"{}\": SCHED_DEADLINE needs CAP_SYS_NICE\nRestrictRealtime=no\nCapabilityBoundingSet=CAP_SYS_NICE\nAmbientCapabilities=CAP_SYS_NICE",
+                settings.worker_sched
+            );
+        }
+    }
     if let Some(p) = iommufd {
         let _ = writeln!(out, "DeviceAllow={} rw", p.display());
     }
@@ -86,6 +106,22 @@ mod tests {
         let d = device_dropin(&s, Path::new("/nonexistent")).unwrap();
         assert!(d.contains("[Service]"));
         assert!(!d.contains("DeviceAllow"), "{d}");
+        assert!(!d.contains("RestrictRealtime"), "{d}");
+    }
+
+    #[test]
+    fn a_real_time_worker_gets_exactly_its_policy() {
+        let d = device_dropin(&settings("worker-sched = \"fifo:20\"\n"), Path::new("/")).unwrap();
+        assert!(d.contains("RestrictRealtime=no\nLimitRTPRIO=20\n"), "{d}");
+        assert!(!d.contains("CAP_SYS_NICE"), "{d}");
+        let d = device_dropin(
+            &settings("worker-sched = \"deadline:100/1000\"\n"),
+            Path::new("/"),
+        )
+        .unwrap();
+        assert!(d.contains("RestrictRealtime=no\n"), "{d}");
+        assert!(d.contains("AmbientCapabilities=CAP_SYS_NICE"), "{d}");
+        assert!(!d.contains("LimitRTPRIO"), "{d}");
     }
 
     #[test]

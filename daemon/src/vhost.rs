@@ -31,6 +31,7 @@ use crate::device::state::{parse_state, StreamKind};
 use crate::device::{Device, Reply};
 use crate::migration::{load_limit, Finished, Pending, Transfer};
 use crate::protocol::*;
+use crate::sched::WorkerSched;
 
 /// Epoll id of the wake notifier: fault records are waiting, or a polling burst yielded (ids
 /// 0..=NUM_QUEUES are taken by the queues and the exit event).
@@ -131,6 +132,8 @@ pub struct IommuBackend {
     event_idx: bool,
     /// Request-queue polling window, if enabled.
     poll: Option<Duration>,
+    /// Scheduling policy of the worker thread, applied at its first event.
+    sched: WorkerSched,
     /// The request queue's next available index after the last processing pass.
     last_avail: u16,
     /// Where the request queue stood when the frontend stopped it (GET_VRING_BASE), until the
@@ -146,12 +149,13 @@ pub struct IommuBackend {
 }
 
 impl IommuBackend {
-    pub fn new(shared: Arc<Shared>, poll: Option<Duration>) -> Self {
+    pub fn new(shared: Arc<Shared>, poll: Option<Duration>, sched: WorkerSched) -> Self {
         let resume_pending = shared.device().has_resume_state();
         IommuBackend {
             mem: GuestMemoryAtomic::new(GuestMemoryMmap::new()),
             event_idx: false,
             poll: poll.filter(|d| !d.is_zero()),
+            sched,
             last_avail: 0,
             stopped_at: None,
             transfer: Mutex::new(None),
@@ -743,7 +747,9 @@ impl VhostUserBackendMut for IommuBackend {
         vrings: &[VringRwLock],
         _thread_id: usize,
     ) -> io::Result<()> {
-        // The first event on a worker thread narrows its seccomp filter (a no-op afterwards).
+        // The first event on a worker thread sets its scheduling policy, then narrows its
+        // seccomp filter (both no-ops afterwards).
+        crate::sched::enter_worker(self.sched);
         crate::sandbox::enter_worker()?;
         let vring = |q: u16| {
             vrings

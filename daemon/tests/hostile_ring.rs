@@ -35,7 +35,7 @@ fn avail_entry_beyond_queue_size_is_skipped() {
     let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
     let atomic = GuestMemoryAtomic::new(mem.clone());
     let shared = Arc::new(Shared::new(Device::new(DeviceConfig::default())).unwrap());
-    let mut backend = IommuBackend::new(shared.clone(), None);
+    let mut backend = IommuBackend::new(shared.clone(), None, Default::default());
     backend.update_memory(atomic.clone()).unwrap();
     shared.device().set_acked_features(u64::MAX);
 

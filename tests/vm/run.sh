@@ -191,94 +191,103 @@ bench_daemon() {
 }
 
 BENCH_POLL_US=50
-t_bench() {
-    local base ours poll=""
-    BENCH_LOAD=$(cut -d' ' -f1-3 /proc/loadavg)
-    GUEST_FILES=("$RUN/map-bench")
-    boot_guest bench-builtin "$G/bench.sh" "$((BENCH_SECONDS + 90))" "vui.bench=$BENCH_SECONDS,$BENCH_GRANULE" -- \
-        -device virtio-iommu-pci -device "edu,addr=$EDU_ADDR"
-    base=$(bench_parse "$RUN/bench-builtin.log")
-    bench_daemon bench
-    ours=$BENCH_RESULT
-    # Request-queue polling, where the daemon has it.
-    if "$DAEMON" --help 2>/dev/null | grep -q -- --poll-us; then
-        bench_daemon bench-poll --poll-us "$BENCH_POLL_US"
-        poll=${BENCH_RESULT:-missing}
-    fi
-    GUEST_FILES=()
-    if [ -z "$base" ] || [ -z "$ours" ] || [ "$poll" = missing ]; then
-        report bench/results FAIL "missing VUI-BENCH output (built-in: '$base', daemon: '$ours', polling: '$poll')"
+# The daemon configurations compared with QEMU's device, one "LABEL|OPTIONS" per line
+# (VUI_BENCH_VARIANTS overrides them, lines or ';'-separated). The real-time policies are
+# measured where this host lets a process use them (root).
+bench_variants() {
+    if [ -n "${VUI_BENCH_VARIANTS:-}" ]; then
+        tr ';' '\n' <<<"$VUI_BENCH_VARIANTS"
         return
     fi
-    # Multi-threaded: a 2-vCPU guest, 2 benchmark threads mapping concurrently through one
-    # request queue (the driver serialises them on its lock, as on real hardware).
-    local base2 ours2 poll2=""
-    export VUI_SMP=2 BENCH_THREADS=2
-    GUEST_FILES=("$RUN/map-bench")
-    boot_guest bench2-builtin "$G/bench.sh" "$((BENCH_SECONDS + 90))" "vui.bench=$BENCH_SECONDS,$BENCH_GRANULE,2" -- \
-        -device virtio-iommu-pci -device "edu,addr=$EDU_ADDR"
-    base2=$(bench_parse "$RUN/bench2-builtin.log")
-    bench_daemon bench2
-    ours2=$BENCH_RESULT
-    if [ -n "$poll" ]; then
-        bench_daemon bench2-poll --poll-us "$BENCH_POLL_US"
-        poll2=${BENCH_RESULT:-missing}
+    echo "kick per request|"
+    "$DAEMON" --help 2>/dev/null | grep -q -- --poll-us || return 0
+    echo "--poll-us $BENCH_POLL_US|--poll-us $BENCH_POLL_US"
+    "$DAEMON" --help 2>/dev/null | grep -q -- --worker-sched || return 0
+    if chrt -f 10 true 2>/dev/null; then
+        echo "--worker-sched fifo:10|--worker-sched fifo:10"
+        echo "--poll-us $BENCH_POLL_US --worker-sched fifo:10|--poll-us $BENCH_POLL_US --worker-sched fifo:10"
     fi
+}
+
+# bench_round THREADS: QEMU's device then every variant, in a guest with THREADS vCPUs and
+# benchmark threads. Appends "LABEL|RESULT" lines to $RUN/bench-THREADS.rows (RESULT from
+# bench_parse; the first line is QEMU's device).
+bench_round() {
+    local threads=$1 prefix=bench label opts n=0
+    [ "$threads" = 1 ] || prefix=bench$threads
+    export VUI_SMP=$threads BENCH_THREADS=$threads
+    GUEST_FILES=("$RUN/map-bench")
+    boot_guest "$prefix-builtin" "$G/bench.sh" "$((BENCH_SECONDS + 90))" "vui.bench=$BENCH_SECONDS,$BENCH_GRANULE,$threads" -- \
+        -device virtio-iommu-pci -device "edu,addr=$EDU_ADDR"
+    echo "QEMU built-in virtio-iommu-pci|$(bench_parse "$RUN/$prefix-builtin.log")" >"$RUN/bench-$threads.rows"
+    while IFS='|' read -r -u 3 label opts; do
+        [ -n "$label" ] || continue
+        n=$((n + 1))
+        # shellcheck disable=SC2086 # OPTIONS: daemon options, split on spaces
+        bench_daemon "$prefix-$n" $opts
+        echo "vhost-user-iommu $label|$BENCH_RESULT" >>"$RUN/bench-$threads.rows"
+    done 3< <(bench_variants)
     unset VUI_SMP BENCH_THREADS
     GUEST_FILES=()
-    if [ -z "$base2" ] || [ -z "$ours2" ] || [ "$poll2" = missing ]; then
-        report bench/results-2-threads FAIL "missing VUI-BENCH output (built-in: '$base2', daemon: '$ours2', polling: '$poll2')"
-        return
-    fi
-    bench_doc "$base" "$ours" "$poll" "$base2" "$ours2" "$poll2" >"$RUN/BENCHMARKS.md"
+}
+
+t_bench() {
+    local threads missing
+    BENCH_LOAD=$(cut -d' ' -f1-3 /proc/loadavg)
+    for threads in ${VUI_BENCH_THREADS:-1 2}; do
+        bench_round "$threads"
+        missing=$(awk -F'|' '$2 == "" { print $1 }' "$RUN/bench-$threads.rows" | tr '\n' ',')
+        if [ -n "$missing" ]; then
+            report "bench/results-$threads-threads" FAIL "missing VUI-BENCH output for: $missing"
+            return
+        fi
+    done
+    bench_doc >"$RUN/BENCHMARKS.md"
     report bench/results PASS "$(grep '^| ' "$RUN/BENCHMARKS.md" | tail -n +2 | tr -s ' ' | tr '\n' ' ')"
     if [ -n "${VUI_BENCH_DOC:-}" ]; then cp "$RUN/BENCHMARKS.md" "$VUI_BENCH_DOC"; log "wrote $VUI_BENCH_DOC"; fi
 }
 
-# bench_doc BUILTIN OURS POLL BUILTIN2 OURS2 POLL2: the markdown report (1 thread, then 2
-# threads in a 2-vCPU guest); each argument is "MAP_100NS UNMAP_100NS MAP_STDDEV UNMAP_STDDEV"
-# from bench_parse (POLL may be empty when the daemon has no polling).
+# bench_doc: the markdown report of the rows in $RUN/bench-*.rows; each RESULT is
+# "MAP_100NS UNMAP_100NS MAP_STDDEV UNMAP_STDDEV" from bench_parse, ratios against the first
+# row (QEMU's device) of the same round.
 bench_doc() {
-    local bm bu bm2 bu2 profile=debug cargo_flag="" env_prefix=""
-    read -r bm bu _ _ <<<"$1"
-    read -r bm2 bu2 _ _ <<<"$4"
+    local profile=debug cargo_flag="" env_prefix="" threads f
     case "$DAEMON" in
         */target/release/*) profile=release cargo_flag="--release " env_prefix="VUI_DAEMON=target/release/vhost-user-iommu " ;;
         */target/debug/*) ;;
         *) profile="custom ($DAEMON)" env_prefix="VUI_DAEMON=$DAEMON " ;;
     esac
-    us() { awk -v v="$1" 'BEGIN { printf "%.1f", v / 10 }'; }
-    ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
-    row() {
-        local m u ms uss
-        read -r m u ms uss <<<"$2"
-        echo "| $1 | $(us "$m") ($(us "$ms")) | $(us "$u") ($(us "$uss")) | $(ratio "$m" "${3:-$bm}") | $(ratio "$u" "${4:-$bu}") |"
-    }
     cat <<DOC
 # DMA map benchmark: vhost-user-iommu vs QEMU's built-in virtio-iommu-pci
 
 Generated by \`tests/vm/run.sh\` (test \`bench\`) on $(date -u +%Y-%m-%d). Every run boots the same guest
 kernel under TCG and binds QEMU's \`edu\` device to the kernel's \`dma_map_benchmark\` driver, which maps
-and unmaps one page at a time (1 thread in a 1-vCPU guest, then 2 threads in a 2-vCPU guest;
-${BENCH_SECONDS} s, granule ${BENCH_GRANULE}, 32-bit DMA mask, bidirectional) through the guest's
-virtio-iommu driver. Latencies are the kernel's averages per
-dma_map/dma_unmap call (it reports units of 100 ns), in microseconds with the standard deviation;
-the guest's default domain is DMA-FQ, so unmaps are mostly deferred and batched. Ratios are
-against QEMU's built-in device in the same test run.
+and unmaps one page at a time (N threads in an N-vCPU guest; ${BENCH_SECONDS} s, granule ${BENCH_GRANULE},
+32-bit DMA mask, bidirectional) through the guest's virtio-iommu driver. Latencies are the kernel's
+averages per dma_map/dma_unmap call (it reports units of 100 ns), in microseconds with the standard
+deviation; the guest's default domain is DMA-FQ, so unmaps are mostly deferred and batched. Ratios
+are against QEMU's built-in device in the same round (same guest size, same run).
 
-| configuration | map, us (stddev) | unmap, us (stddev) | map ratio | unmap ratio |
-|---|---|---|---|---|
-$(row "QEMU built-in virtio-iommu-pci" "$1")
-$(row "vhost-user-iommu (kick per request)" "$2")
-$([ -n "${3:-}" ] && row "vhost-user-iommu --poll-us $BENCH_POLL_US" "$3")
-$(row "2 threads, -smp 2: QEMU built-in virtio-iommu-pci" "$4" "$bm2" "$bu2")
-$(row "2 threads, -smp 2: vhost-user-iommu (kick per request)" "$5" "$bm2" "$bu2")
-$([ -n "${6:-}" ] && row "2 threads, -smp 2: vhost-user-iommu --poll-us $BENCH_POLL_US" "$6" "$bm2" "$bu2")
+| threads | configuration | map, us (stddev) | unmap, us (stddev) | map ratio | unmap ratio |
+|---:|---|---|---|---|---|
+DOC
+    for f in "$RUN"/bench-*.rows; do
+        threads=${f##*/bench-}
+        threads=${threads%.rows}
+        awk -F'|' -v t="$threads" '
+            function us(v) { return sprintf("%.1f", v / 10) }
+            function ratio(a, b) { return b > 0 ? sprintf("%.2f", a / b) : "n/a" }
+            {
+                split($2, v, " ")
+                if (NR == 1) { bm = v[1]; bu = v[2] }
+                printf "| %s | %s | %s (%s) | %s (%s) | %s | %s |\n", t, $1, us(v[1]), us(v[3]), us(v[2]), us(v[4]), ratio(v[1], bm), ratio(v[2], bu)
+            }' "$f"
+    done
+    cat <<DOC
 
 Machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), $(nproc) cores (load average ${BENCH_LOAD} when the runs
-started; polling needs a core of its own, so other load skews its row most), no KVM (TCG),
-$(awk '/MemTotal/ {printf "%d GiB RAM", $2/1048576}' /proc/meminfo); host $(. /etc/os-release && echo "$PRETTY_NAME"), kernel $(uname -r);
-${QEMU_VERSION}; guest Linux ${VUI_KERNEL_NAME#bzImage-}, -smp 1 (2 for the 2-thread rows), -m 512; daemon: ${profile} build of
+started), no KVM (TCG), $(awk '/MemTotal/ {printf "%d GiB RAM", $2/1048576}' /proc/meminfo); host $(. /etc/os-release && echo "$PRETTY_NAME"), kernel $(uname -r);
+${QEMU_VERSION}; guest Linux ${VUI_KERNEL_NAME#bzImage-}, -m 512; daemon: ${profile} build of
 commit ${VUI_BENCH_COMMIT:-$(git -C "$VUI_REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)}, software backend${VUI_BENCH_DAEMON_ARGS:+, extra options: $VUI_BENCH_DAEMON_ARGS}.
 
 Reproduce (as root, from the repository root):

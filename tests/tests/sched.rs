@@ -1,0 +1,206 @@
+//! `--worker-sched`: the thread that serves the request queue runs under the policy asked for
+//! (read back from the kernel with sched_getattr), other threads keep the default, and a policy
+//! the host refuses stops the daemon at start with a message that says what to change.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use vhost_user_iommu_tests::daemon::run_to_exit;
+use vhost_user_iommu_tests::proto::status::OK;
+use vhost_user_iommu_tests::Daemon;
+
+const SCHED_OTHER: u32 = 0;
+const SCHED_FIFO: u32 = 1;
+const SCHED_DEADLINE: u32 = 6;
+
+/// `struct sched_attr` (SCHED_ATTR_SIZE_VER0).
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy)]
+struct SchedAttr {
+    size: u32,
+    policy: u32,
+    flags: u64,
+    nice: i32,
+    priority: u32,
+    runtime: u64,
+    deadline: u64,
+    period: u64,
+}
+
+fn getattr(tid: i32) -> Option<SchedAttr> {
+    let mut a = SchedAttr::default();
+    // SAFETY: sched_getattr writes at most `size` (48) bytes into the valid local `a`.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_sched_getattr,
+            tid,
+            &mut a as *mut SchedAttr,
+            std::mem::size_of::<SchedAttr>() as u32,
+            0u32,
+        )
+    };
+    (r == 0).then_some(a)
+}
+
+fn setattr_self(a: &SchedAttr) -> bool {
+    // SAFETY: sched_setattr reads the valid, initialised local `a` (size set by the caller).
+    unsafe { libc::syscall(libc::SYS_sched_setattr, 0, a as *const SchedAttr, 0u32) == 0 }
+}
+
+/// Whether a thread of this process may take `attr` (run on a throwaway thread).
+fn host_allows(attr: SchedAttr) -> bool {
+    std::thread::spawn(move || setattr_self(&attr))
+        .join()
+        .unwrap()
+}
+
+/// Every thread of `pid` with its scheduling attributes.
+fn threads(pid: i32) -> Vec<(i32, SchedAttr)> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(|tid| Some((tid, getattr(tid)?)))
+        .collect()
+}
+
+/// Start a daemon with `policy`, make the worker serve a request, and return the threads.
+fn served_threads(policy: &str) -> (Daemon, Vec<(i32, SchedAttr)>) {
+    let daemon = Daemon::start(&["--worker-sched", policy]);
+    let mut d = daemon.connect();
+    assert_eq!(d.attach(1, 3), OK);
+    let t = threads(daemon.pid());
+    drop(d);
+    (daemon, t)
+}
+
+fn attr(policy: u32, priority: u32, runtime: u64, period: u64) -> SchedAttr {
+    SchedAttr {
+        size: std::mem::size_of::<SchedAttr>() as u32,
+        policy,
+        priority,
+        runtime,
+        deadline: period,
+        period,
+        ..SchedAttr::default()
+    }
+}
+
+#[test]
+fn the_default_gives_the_worker_a_short_slice_and_nobody_else() {
+    let (daemon, t) = served_threads("other:100");
+    let short: Vec<_> = t.iter().filter(|(_, a)| a.runtime == 100_000).collect();
+    if !host_allows(attr(SCHED_OTHER, 0, 100_000, 0)) || getattr(0).is_some_and(|a| a.runtime == 0)
+    {
+        // A kernel before 6.12 has no custom slices (and reports none).
+        eprintln!("this kernel has no EEVDF custom slices; only checking the daemon runs");
+        return;
+    }
+    assert_eq!(
+        short.len(),
+        1,
+        "exactly the request-queue worker has the 100 us slice: {t:?}\n{}",
+        daemon.stderr()
+    );
+    assert!(t.iter().all(|(_, a)| a.policy == SCHED_OTHER), "{t:?}");
+    assert!(
+        daemon.stderr().contains("100 us slice"),
+        "{}",
+        daemon.stderr()
+    );
+}
+
+#[test]
+fn fifo_applies_to_the_worker_only() {
+    if !host_allows(attr(SCHED_FIFO, 7, 0, 0)) {
+        eprintln!("this process may not use SCHED_FIFO (no CAP_SYS_NICE / RLIMIT_RTPRIO); skipped");
+        return;
+    }
+    let (daemon, t) = served_threads("fifo:7");
+    let rt: Vec<_> = t.iter().filter(|(_, a)| a.policy == SCHED_FIFO).collect();
+    assert_eq!(
+        rt.len(),
+        1,
+        "one SCHED_FIFO thread: {t:?}\n{}",
+        daemon.stderr()
+    );
+    assert_eq!(rt[0].1.priority, 7);
+    assert!(
+        t.iter()
+            .filter(|(_, a)| a.policy != SCHED_FIFO)
+            .all(|(_, a)| a.policy == SCHED_OTHER),
+        "{t:?}"
+    );
+}
+
+#[test]
+fn deadline_gives_the_worker_its_budget() {
+    if !host_allows(attr(SCHED_DEADLINE, 0, 200_000, 1_000_000)) {
+        eprintln!("this process may not use SCHED_DEADLINE (needs CAP_SYS_NICE); skipped");
+        return;
+    }
+    let (daemon, t) = served_threads("deadline:200/1000");
+    let dl: Vec<_> = t
+        .iter()
+        .filter(|(_, a)| a.policy == SCHED_DEADLINE)
+        .collect();
+    assert_eq!(
+        dl.len(),
+        1,
+        "one SCHED_DEADLINE thread: {t:?}\n{}",
+        daemon.stderr()
+    );
+    let a = dl[0].1;
+    assert_eq!(
+        (a.runtime, a.deadline, a.period),
+        (200_000, 1_000_000, 1_000_000)
+    );
+    assert!(
+        daemon.stderr().contains("20% of a core"),
+        "{}",
+        daemon.stderr()
+    );
+}
+
+#[test]
+fn a_policy_the_host_refuses_stops_the_daemon_at_start() {
+    // SAFETY: geteuid has no arguments and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("needs root (to start the daemon with --user nobody); skipped");
+        return;
+    }
+    // Dropping to an unprivileged user loses CAP_SYS_NICE, which SCHED_DEADLINE needs.
+    let dir = std::env::temp_dir().join(format!("vui-sched-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let sock = dir.join("sock");
+    let (st, err) = run_to_exit(
+        &[
+            "--socket",
+            sock.to_str().unwrap(),
+            "--user",
+            "nobody",
+            "--worker-sched",
+            "deadline:200/1000",
+        ],
+        Duration::from_secs(10),
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(st.is_some_and(|s| !s.success()), "{st:?}: {err}");
+    assert!(
+        err.contains("--worker-sched deadline:200/1000") && err.contains("CAP_SYS_NICE"),
+        "{err}"
+    );
+    assert!(!sock.exists(), "the socket was removed");
+}
+
+#[test]
+fn malformed_policies_are_refused_with_the_accepted_forms() {
+    for bad in ["fifo:0", "deadline:5/1", "rr:3", "other:20"] {
+        let (st, err) = run_to_exit(
+            &["--socket", "/nonexistent/s", "--worker-sched", bad],
+            Duration::from_secs(10),
+        );
+        assert!(st.is_some_and(|s| !s.success()), "{bad}: {st:?}");
+        assert!(err.contains("expected other[:SLICE_US]"), "{bad}: {err}");
+    }
+}
