@@ -222,13 +222,17 @@ impl IommuBackend {
         let suppress = self.event_idx || self.poll.is_some();
         let started = Instant::now();
         let mut last_work = started;
+        // Notifications are turned off once per pass, not on every polling round: each turn-off
+        // writes the ring's flags / avail_event, a cache line the spinning driver reads.
+        let mut notifying = true;
         loop {
             let mut state = vring.get_mut();
-            if suppress {
+            if suppress && notifying {
                 state
                     .get_queue_mut()
                     .disable_notification(mem)
                     .map_err(qerr)?;
+                notifying = false;
             }
             let mut n = 0usize;
             {
@@ -279,6 +283,7 @@ impl IommuBackend {
             {
                 return Ok(());
             }
+            notifying = true;
         }
     }
 

@@ -129,10 +129,14 @@ vm_initramfs() {
 qemu_start() {
     local logf=$1; shift
     # A -machine or -m given by the caller (the glue's memory-backend= and size) replaces ours.
-    local machine=(-machine q35,accel=tcg) mem=(-m 512) a
+    # VUI_TCG_THREAD=single: every vCPU in one host thread (round-robin TCG) instead of one
+    # busy host thread per vCPU.
+    local accel=tcg
+    [ -n "${VUI_TCG_THREAD:-}" ] && accel=tcg,thread=$VUI_TCG_THREAD
+    local machine=(-machine q35 -accel "$accel") mem=(-m 512) a
     for a in "$@"; do
         case "$a" in
-            -machine) machine=(-accel tcg) ;;
+            -machine) machine=(-accel "$accel") ;;
             -m) mem=() ;;
         esac
     done
