@@ -191,6 +191,8 @@ bench_daemon() {
 }
 
 BENCH_POLL_US=50
+BENCH_ROUNDS=${VUI_BENCH_ROUNDS:-1 2 2:single}
+BENCH_REPEAT=${VUI_BENCH_REPEAT:-1}
 # The daemon configurations compared with QEMU's device, one "LABEL|OPTIONS" per line
 # (VUI_BENCH_VARIANTS overrides them, lines or ';'-separated). The real-time policies are
 # measured where this host lets a process use them (root).
@@ -209,51 +211,60 @@ bench_variants() {
     fi
 }
 
-# bench_round THREADS[:single]: QEMU's device then every variant, in a guest with THREADS vCPUs
-# and benchmark threads (":single": all vCPUs in one host thread, round-robin TCG). Writes
-# "LABEL|RESULT" lines to $RUN/bench-ROUND.rows (RESULT from bench_parse; the first line is
-# QEMU's device).
+# bench_round THREADS[:single] REPEAT: QEMU's device then every variant, in a guest with THREADS
+# vCPUs and benchmark threads (":single": all vCPUs in one host thread, round-robin TCG). Writes
+# "LABEL|RESULT" lines to $RUN/bench-ROUND.REPEAT.rows (RESULT from bench_parse; the first
+# line is QEMU's device).
 bench_round() {
-    local round=$1 threads=${1%%:*} prefix=bench label opts n=0
+    local round=$1 rep=$2 threads=${1%%:*} prefix=bench label opts n=0
     [ "$round" = 1 ] || prefix=bench${round/:/-}
+    [ "$rep" = 1 ] || prefix=$prefix-r$rep
+    local rows=$RUN/bench-$round.$rep.rows
     export VUI_SMP=$threads BENCH_THREADS=$threads
     [ "$round" = "${round%:single}" ] || export VUI_TCG_THREAD=single
     GUEST_FILES=("$RUN/map-bench")
+    # QEMU's device gets the guest memory a vhost-user device needs too (a shared memfd, which
+    # gets no transparent huge pages here), so the two differ by the device only.
     boot_guest "$prefix-builtin" "$G/bench.sh" "$((BENCH_SECONDS + 90))" "vui.bench=$BENCH_SECONDS,$BENCH_GRANULE,$threads" -- \
+        -object memory-backend-memfd,id=mem,size=512M,share=on -m 512M -machine q35,memory-backend=mem \
         -device virtio-iommu-pci -device "edu,addr=$EDU_ADDR"
-    echo "QEMU built-in virtio-iommu-pci|$(bench_parse "$RUN/$prefix-builtin.log")" >"$RUN/bench-$round.rows"
+    echo "QEMU built-in virtio-iommu-pci|$(bench_parse "$RUN/$prefix-builtin.log")" >"$rows"
     while IFS='|' read -r -u 3 label opts; do
         [ -n "$label" ] || continue
         n=$((n + 1))
         # shellcheck disable=SC2086 # OPTIONS: daemon options, split on spaces
         bench_daemon "$prefix-$n" $opts
-        echo "vhost-user-iommu $label|$BENCH_RESULT" >>"$RUN/bench-$round.rows"
+        echo "vhost-user-iommu $label|$BENCH_RESULT" >>"$rows"
     done 3< <(bench_variants)
     unset VUI_SMP BENCH_THREADS VUI_TCG_THREAD
     GUEST_FILES=()
 }
 
 t_bench() {
-    local round missing
+    local round rep missing
     BENCH_LOAD=$(cut -d' ' -f1-3 /proc/loadavg)
-    for round in ${VUI_BENCH_ROUNDS:-1 2 2:single}; do
-        bench_round "$round"
-        missing=$(awk -F'|' '$2 == "" { print $1 }' "$RUN/bench-$round.rows" | tr '\n' ',')
-        if [ -n "$missing" ]; then
-            report "bench/results-$round" FAIL "missing VUI-BENCH output for: $missing"
-            return
-        fi
+    # Repeats are interleaved (every round once, then again), so a change in the host's load
+    # falls on every configuration alike.
+    for rep in $(seq "$BENCH_REPEAT"); do
+        for round in $BENCH_ROUNDS; do
+            bench_round "$round" "$rep"
+            missing=$(awk -F'|' '$2 == "" { print $1 }' "$RUN/bench-$round.$rep.rows" | tr '\n' ',')
+            if [ -n "$missing" ]; then
+                report "bench/results-$round" FAIL "missing VUI-BENCH output for: $missing"
+                return
+            fi
+        done
     done
     bench_doc >"$RUN/BENCHMARKS.md"
     report bench/results PASS "$(grep '^| ' "$RUN/BENCHMARKS.md" | tail -n +2 | tr -s ' ' | tr '\n' ' ')"
     if [ -n "${VUI_BENCH_DOC:-}" ]; then cp "$RUN/BENCHMARKS.md" "$VUI_BENCH_DOC"; log "wrote $VUI_BENCH_DOC"; fi
 }
 
-# bench_doc: the markdown report of the rows in $RUN/bench-*.rows; each RESULT is
+# bench_doc: the markdown report of the rows in $RUN/bench-ROUND.REPEAT.rows; each RESULT is
 # "MAP_100NS UNMAP_100NS MAP_STDDEV UNMAP_STDDEV" from bench_parse, ratios against the first
-# row (QEMU's device) of the same round.
+# row (QEMU's device) of the same round and repeat.
 bench_doc() {
-    local profile=debug cargo_flag="" env_prefix="" round f
+    local profile=debug cargo_flag="" env_prefix=""
     case "$DAEMON" in
         */target/release/*) profile=release cargo_flag="--release " env_prefix="VUI_DAEMON=target/release/vhost-user-iommu " ;;
         */target/debug/*) ;;
@@ -267,25 +278,39 @@ kernel under TCG and binds QEMU's \`edu\` device to the kernel's \`dma_map_bench
 and unmaps one page at a time (N threads in an N-vCPU guest; ${BENCH_SECONDS} s, granule ${BENCH_GRANULE},
 32-bit DMA mask, bidirectional) through the guest's virtio-iommu driver. QEMU runs each vCPU in a
 busy host thread of its own (MTTCG), except in the rounds marked "1 TCG thread", where all vCPUs
-share one host thread (\`-accel tcg,thread=single\`) and so leave the daemon a core. Latencies are the kernel's
-averages per dma_map/dma_unmap call (it reports units of 100 ns), in microseconds with the standard
-deviation; the guest's default domain is DMA-FQ, so unmaps are mostly deferred and batched. Ratios
-are against QEMU's built-in device in the same round (same guest size, same run).
+share one host thread (\`-accel tcg,thread=single\`) and so leave the daemon a core. Latencies are the
+kernel's averages per dma_map/dma_unmap call (it reports units of 100 ns), in microseconds; the
+guest's default domain is DMA-FQ, so unmaps are mostly deferred and batched. Each ratio is against
+QEMU's built-in device booted in the same round of the same repeat; every round ran
+${BENCH_REPEAT} time(s), interleaved, and the table gives medians with the range over the repeats.
 
-| guest threads | configuration | map, us (stddev) | unmap, us (stddev) | map ratio | unmap ratio |
-|---:|---|---|---|---|---|
 DOC
-    for round in ${VUI_BENCH_ROUNDS:-1 2 2:single}; do
-        f=$RUN/bench-$round.rows
-        awk -F'|' -v t="${round/:single/ (1 TCG thread)}" '
-            function us(v) { return sprintf("%.1f", v / 10) }
-            function ratio(a, b) { return b > 0 ? sprintf("%.2f", a / b) : "n/a" }
-            {
-                split($2, v, " ")
-                if (NR == 1) { bm = v[1]; bu = v[2] }
-                printf "| %s | %s | %s (%s) | %s (%s) | %s | %s |\n", t, $1, us(v[1]), us(v[3]), us(v[2]), us(v[4]), ratio(v[1], bm), ratio(v[2], bu)
-            }' "$f"
-    done
+    python3 - "$RUN" "$BENCH_REPEAT" $BENCH_ROUNDS <<'PY'
+import statistics, sys
+run, repeats, rounds = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+def us(v): return f"{v / 10:.1f}"
+def spread(vals):
+    m = statistics.median(vals)
+    return f"{m:.2f}" if len(vals) == 1 else f"{m:.2f} ({min(vals):.2f}-{max(vals):.2f})"
+print("| guest threads | configuration | map, us | unmap, us | map ratio | unmap ratio |")
+print("|---|---|---:|---:|---|---|")
+for rnd in rounds:
+    runs = []
+    for rep in range(1, repeats + 1):
+        rows = []
+        for line in open(f"{run}/bench-{rnd}.{rep}.rows"):
+            label, _, res = line.rstrip("\n").partition("|")
+            m, u = (int(x) for x in res.split()[:2])
+            rows.append((label, m, u))
+        runs.append(rows)
+    threads = rnd.replace(":single", " (1 TCG thread)")
+    for i, (label, _, _) in enumerate(runs[0]):
+        maps = [r[i][1] for r in runs]
+        unmaps = [r[i][2] for r in runs]
+        mr = [r[i][1] / r[0][1] for r in runs if r[0][1] > 0]
+        ur = [r[i][2] / r[0][2] for r in runs if r[0][2] > 0]
+        print(f"| {threads} | {label} | {us(statistics.median(maps))} | {us(statistics.median(unmaps))} | {spread(mr)} | {spread(ur)} |")
+PY
     cat <<DOC
 
 Machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), $(nproc) cores (load average ${BENCH_LOAD} when the runs
@@ -297,7 +322,7 @@ Reproduce (as root, from the repository root):
 
 \`\`\`
 cargo build ${cargo_flag}-p vhost-user-iommu -p vhost-user-iommu-glue
-${env_prefix}${VUI_BENCH_DAEMON_ARGS:+VUI_BENCH_DAEMON_ARGS='$VUI_BENCH_DAEMON_ARGS' }VUI_VM_TESTS=bench VUI_BENCH_DOC=docs/BENCHMARKS-dma.md tests/vm/run.sh
+${env_prefix}${VUI_BENCH_DAEMON_ARGS:+VUI_BENCH_DAEMON_ARGS='$VUI_BENCH_DAEMON_ARGS' }VUI_BENCH_REPEAT=${BENCH_REPEAT} VUI_VM_TESTS=bench VUI_BENCH_DOC=docs/BENCHMARKS-dma.md tests/vm/run.sh
 \`\`\`
 
 Under TCG every guest instruction is emulated, and without polling each request crosses QEMU's

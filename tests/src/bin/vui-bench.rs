@@ -4,9 +4,11 @@
 //! For each batch size (1, 16, 64, 256) and page size (4 KiB, 2 MiB) it submits a batch of MAPs,
 //! kicks, spins on the used ring until all are back (as the Linux driver does: no interrupts),
 //! then the same for the UNMAPs. It reports requests per second and the batch round-trip
-//! latency percentiles, for the daemon sleeping on its kick eventfd and with `--poll-us`.
+//! latency percentiles, for the daemon sleeping on its kick eventfd, with `--poll-us`, and
+//! sleeping on its kick eventfd with the state journal on (`--state-dir`: one write(2) per
+//! accepted MAP/UNMAP).
 //!
-//! `cargo run --release -p vhost-user-iommu-tests --bin vui-bench [-- --seconds S]`
+//! `cargo run --release -p vhost-user-iommu-tests --bin vui-bench [-- --seconds S] [--only MODE]`
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -20,7 +22,7 @@ const DOMAIN: u32 = 1;
 const ENDPOINT: u32 = 0;
 
 struct Row {
-    mode: &'static str,
+    mode: String,
     batch: usize,
     page: u64,
     rps: f64,
@@ -54,7 +56,7 @@ fn percentile(v: &mut [f64], p: f64) -> f64 {
     v[i]
 }
 
-fn run(mode: &'static str, extra: &[&str], batch: usize, page: u64, secs: f64) -> Row {
+fn run(mode: &str, extra: &[&str], batch: usize, page: u64, secs: f64) -> Row {
     let daemon = Daemon::start(&[&["--reserved-region", "none"], extra].concat());
     let mut d = daemon.connect_with(&Options {
         requestq_size: 1024,
@@ -118,7 +120,7 @@ fn run(mode: &'static str, extra: &[&str], batch: usize, page: u64, secs: f64) -
     let rps = requests as f64 / start.elapsed().as_secs_f64();
     let cpu = (cpu_ns(daemon.pid()) - cpu0) as f64 / 1e9;
     Row {
-        mode,
+        mode: mode.to_string(),
         batch,
         page,
         rps,
@@ -138,12 +140,23 @@ fn main() {
         .and_then(|i| args.get(i + 1))
         .and_then(|s| s.parse::<f64>().ok())
         .unwrap_or(1.0);
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1));
+    let journal_dir = vhost_user_iommu_tests::daemon::TempDir::new();
+    let journal = journal_dir.path().join("state");
+    let journal = journal.to_str().expect("utf-8 temp path");
     println!("| daemon | batch | page | requests/s | requests per daemon CPU-second | MAP batch p50 us | MAP p99 us | UNMAP batch p50 us | UNMAP p99 us |");
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for (mode, extra) in [
         ("eventfd", &[][..]),
         ("poll 50us", &["--poll-us", "50"][..]),
+        ("eventfd + journal", &["--state-dir", journal][..]),
     ] {
+        if only.is_some_and(|o| !mode.contains(o.as_str())) {
+            continue;
+        }
         for page in [0x1000u64, 0x20_0000] {
             for batch in [1usize, 16, 64, 256] {
                 let r = run(mode, extra, batch, page, secs);
