@@ -145,15 +145,18 @@ qemu_start() {
     [ "${QEMU_REBOOT:-0}" = 1 ] && noreboot=()
     local qbase=("${machine[@]}" -cpu max "${mem[@]}" -smp "${VUI_SMP:-1}" -nographic "${noreboot[@]}" -net none)
     echo "qemu-system-x86_64 ${qbase[*]} $*" >"$logf.cmdline"
+    # VUI_QEMU_CPUS=LIST: QEMU (all its threads) only on these host CPUs.
+    local pin=()
+    [ -n "${VUI_QEMU_CPUS:-}" ] && pin=(taskset -c "$VUI_QEMU_CPUS")
     if [ -n "$QEMU_ROOT" ]; then
         # A private mount namespace: /dev and /proc in the chroot vanish with QEMU.
-        unshare --mount --propagation private -- sh -c '
+        "${pin[@]}" unshare --mount --propagation private -- sh -c '
             r=$1; shift
             mount --rbind /dev "$r/dev" && mount -t proc proc "$r/proc" || exit 125
             exec chroot "$r" qemu-system-x86_64 "$@"' vui-qemu "$QEMU_ROOT" "${qbase[@]}" "$@" \
             </dev/null >"$logf" 2>&1 &
     else
-        qemu-system-x86_64 "${qbase[@]}" "$@" </dev/null >"$logf" 2>&1 &
+        "${pin[@]}" qemu-system-x86_64 "${qbase[@]}" "$@" </dev/null >"$logf" 2>&1 &
     fi
     QEMU_PID=$!
     track_pid "$QEMU_PID"

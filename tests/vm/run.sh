@@ -50,7 +50,10 @@ daemon_start() {
     local name=$1; shift
     DSOCK=$RUN/$name.sock DCTL=$RUN/$name.ctl
     rm -f "$DSOCK" "$DCTL"
-    RUST_LOG=${RUST_LOG:-info} "$DAEMON" --socket "$DSOCK" --control-socket "$DCTL" "$@" \
+    # VUI_DAEMON_CPUS=LIST: the daemon only on these host CPUs.
+    local pin=()
+    [ -n "${VUI_DAEMON_CPUS:-}" ] && pin=(taskset -c "$VUI_DAEMON_CPUS")
+    RUST_LOG=${RUST_LOG:-info} "${pin[@]}" "$DAEMON" --socket "$DSOCK" --control-socket "$DCTL" "$@" \
         >"$RUN/$name.daemon.log" 2>&1 &
     DAEMON_PID=$!
     track_pid "$DAEMON_PID"
@@ -316,13 +319,13 @@ PY
 Machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), $(nproc) cores (load average ${BENCH_LOAD} when the runs
 started), no KVM (TCG), $(awk '/MemTotal/ {printf "%d GiB RAM", $2/1048576}' /proc/meminfo); host $(. /etc/os-release && echo "$PRETTY_NAME"), kernel $(uname -r);
 ${QEMU_VERSION}; guest Linux ${VUI_KERNEL_NAME#bzImage-}, -m 512; daemon: ${profile} build of
-commit ${VUI_BENCH_COMMIT:-$(git -C "$VUI_REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)}, software backend${VUI_BENCH_DAEMON_ARGS:+, extra options: $VUI_BENCH_DAEMON_ARGS}.
+commit ${VUI_BENCH_COMMIT:-$(git -C "$VUI_REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)}, software backend${VUI_BENCH_DAEMON_ARGS:+, extra options: $VUI_BENCH_DAEMON_ARGS}${VUI_QEMU_CPUS:+; QEMU pinned to host CPU(s) $VUI_QEMU_CPUS}${VUI_DAEMON_CPUS:+; daemon pinned to host CPU(s) $VUI_DAEMON_CPUS}.
 
 Reproduce (as root, from the repository root):
 
 \`\`\`
 cargo build ${cargo_flag}-p vhost-user-iommu -p vhost-user-iommu-glue
-${env_prefix}${VUI_BENCH_DAEMON_ARGS:+VUI_BENCH_DAEMON_ARGS='$VUI_BENCH_DAEMON_ARGS' }VUI_BENCH_REPEAT=${BENCH_REPEAT} VUI_VM_TESTS=bench VUI_BENCH_DOC=docs/BENCHMARKS-dma.md tests/vm/run.sh
+${env_prefix}${VUI_BENCH_DAEMON_ARGS:+VUI_BENCH_DAEMON_ARGS='$VUI_BENCH_DAEMON_ARGS' }${VUI_QEMU_CPUS:+VUI_QEMU_CPUS=$VUI_QEMU_CPUS }${VUI_DAEMON_CPUS:+VUI_DAEMON_CPUS=$VUI_DAEMON_CPUS }${VUI_BENCH_ROUNDS:+VUI_BENCH_ROUNDS='$VUI_BENCH_ROUNDS' }${VUI_BENCH_VARIANTS:+VUI_BENCH_VARIANTS='$VUI_BENCH_VARIANTS' }VUI_BENCH_REPEAT=${BENCH_REPEAT} VUI_VM_TESTS=bench VUI_BENCH_DOC=docs/BENCHMARKS-dma.md tests/vm/run.sh
 \`\`\`
 
 Under TCG every guest instruction is emulated, and without polling each request crosses QEMU's
