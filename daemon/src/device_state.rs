@@ -32,6 +32,9 @@ pub const REC_PAGE_REQUEST: u8 = 3;
 pub const REC_EVENT: u8 = 4;
 pub const REC_BYPASS: u8 = 5;
 pub const REC_FEATURES: u8 = 6;
+/// Journal snapshots only: `le64` generation, the first record (which of the two journal files
+/// is newer; a load ignores it).
+pub const REC_GENERATION: u8 = 7;
 pub const REC_END: u8 = 0xff;
 
 /// The 72-byte header.
@@ -245,6 +248,14 @@ pub fn parse_state(data: &[u8], kind: StreamKind) -> Result<ParsedState<'_>, Sta
     })
 }
 
+/// The generation of a journal snapshot (its GENERATION record; 0 without one).
+pub fn journal_generation(parsed: &ParsedState<'_>) -> u64 {
+    match parsed.records.first() {
+        Some(&(REC_GENERATION, payload)) => U64::read_from_bytes(payload).map_or(0, |g| g.get()),
+        _ => 0,
+    }
+}
+
 /// Append one record to `out`.
 pub fn push_record(out: &mut Vec<u8>, kind: u8, payload: &[u8]) {
     let head = RecordHead {
@@ -410,8 +421,16 @@ impl Device {
 
     /// The whole state as a migration stream.
     pub fn save_state(&self) -> Vec<u8> {
+        self.save_state_as(None)
+    }
+
+    /// The state as a stream; a journal snapshot carries its `generation` as the first record.
+    fn save_state_as(&self, generation: Option<u64>) -> Vec<u8> {
         let mut out = self.state_header().as_bytes().to_vec();
-        let recs = self.state_records();
+        let mut recs = self.state_records();
+        if let Some(g) = generation {
+            recs.insert(0, (REC_GENERATION, g.to_le_bytes().to_vec()));
+        }
         for (kind, payload) in &recs {
             push_record(&mut out, *kind, payload);
         }
@@ -583,17 +602,27 @@ impl Device {
         if self.resume.is_some() {
             return;
         }
-        if let Some(j) = self.journal.as_mut() {
-            j.append(kind, payload);
+        let Some(j) = self.journal.as_mut() else {
+            return;
+        };
+        j.append(kind, payload);
+        // The records since the last snapshot outweigh it: write the state afresh, so the
+        // journal stays within about twice the state (plus a minimum), however long the guest
+        // keeps mapping and unmapping.
+        if j.wants_compaction() {
+            self.journal_snapshot();
         }
     }
 
     /// Write the whole current state as the journal's new content.
     pub(super) fn journal_snapshot(&mut self) {
-        if self.resume.is_some() || self.journal.is_none() {
+        if self.resume.is_some() {
             return;
         }
-        let snap = self.save_state();
+        let Some(generation) = self.journal.as_ref().map(|j| j.next_generation()) else {
+            return;
+        };
+        let snap = self.save_state_as(Some(generation));
         if let Some(j) = self.journal.as_mut() {
             j.rewrite(&snap);
         }
@@ -688,6 +717,13 @@ impl Device {
                     }
                     _ => return Err(bad("BYPASS record is not one byte 0 or 1".into())),
                 },
+                REC_GENERATION => {
+                    if index != 0 || payload.len() != 8 {
+                        return Err(bad(
+                            "GENERATION record is not the first record of 8 bytes".into(),
+                        ));
+                    }
+                }
                 REC_FEATURES => {
                     let f = U64::read_from_bytes(payload)
                         .map_err(|_| bad("FEATURES record is not 8 bytes".into()))?
@@ -1136,6 +1172,61 @@ mod tests {
         let mut v2 = bytes.clone();
         v2[8] = 2;
         assert_eq!(fresh().load_state(&v2), Err(StateError::Version(2)));
+    }
+
+    #[test]
+    fn a_guest_that_maps_and_unmaps_forever_keeps_the_journal_bounded() {
+        use crate::journal::{Journal, JOURNAL_FILES};
+        let dir = std::env::temp_dir().join(format!("vui-bounded-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (j, saved) = Journal::open(&dir).expect("journal");
+        let mut d = dev();
+        d.set_journal(j, saved);
+        ok(&mut d, &attach_req(1, 0, 0));
+        // A standing state of 2000 mappings, then a long churn over one page.
+        for i in 0..2000u64 {
+            let va = 0x1000_0000 + i * 0x1000;
+            ok(&mut d, &map(1, va, va + 0xfff, 0x10_0000 + i * 0x1000, MAP_F_READ));
+        }
+        let unmap = |start: u64, end: u64| {
+            let b = UnmapBody {
+                domain: 1.into(),
+                virt_start: start.into(),
+                virt_end: end.into(),
+                reserved: [0; 4],
+            };
+            request(T_UNMAP, b.as_bytes())
+        };
+        let sizes = || -> u64 {
+            JOURNAL_FILES
+                .iter()
+                .map(|f| std::fs::metadata(dir.join(f)).map_or(0, |m| m.len()))
+                .sum()
+        };
+        let state_len = d.save_state().len() as u64;
+        let mut largest = 0;
+        for i in 0..40_000u64 {
+            ok(&mut d, &map(1, 0, 0xfff, 0x1000 * (i % 16), MAP_F_READ));
+            ok(&mut d, &unmap(0, 0xfff));
+            if i % 1000 == 0 {
+                largest = largest.max(sizes());
+            }
+        }
+        // 80 000 records of 40 bytes went through; the files never held more than a snapshot,
+        // the records that trigger the next one, and one snapshot being written.
+        let bound = 2 * state_len.max(256 * 1024) + state_len + 1024;
+        assert!(largest <= bound, "journal grew to {largest} bytes (bound {bound})");
+        // A restart finds exactly the device's state.
+        let want = d.save_state();
+        drop(d);
+        let (j, saved) = Journal::open(&dir).expect("journal again");
+        let mut again = dev();
+        again.set_journal(j, saved);
+        let summary = again.resume_state(true).expect("a state").expect("resumed");
+        assert_eq!((summary.domains, summary.mappings), (1, 2000));
+        assert_eq!(again.save_state(), want);
+        drop(again);
+        std::fs::remove_dir_all(&dir).expect("clean up");
     }
 
     #[test]

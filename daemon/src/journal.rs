@@ -3,8 +3,14 @@
 //! mappings. The file is a device-state stream (docs/STATE.md): a snapshot ending with END,
 //! then one record appended per state change. docs/STATE.md, "Restart".
 //!
-//! The file is opened and locked at start-up, before the seccomp filters; afterwards only
-//! write(2) and ftruncate(2) touch it, which every thread may make.
+//! Two files take turns: when the records appended since the last snapshot outweigh it, the
+//! device writes a new snapshot (with the next generation number) into the other file, and only
+//! then empties the current one. A crash at any point leaves at least one whole snapshot; when
+//! both are whole, the higher generation is the current one. So the journal stays bounded by
+//! about twice the state however long a guest keeps mapping and unmapping.
+//!
+//! The files are opened and locked at start-up, before the seccomp filters; afterwards only
+//! write(2) and ftruncate(2) touch them, which every thread may make.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -14,10 +20,13 @@ use std::path::{Path, PathBuf};
 
 use log::{error, warn};
 
-use crate::device::state::push_record;
+use crate::device::state::{journal_generation, parse_state, push_record, StreamKind};
 
-/// The journal's file name inside the state directory.
-pub const JOURNAL_FILE: &str = "device-state";
+/// The journal's file names inside the state directory (the first one holds the lock).
+pub const JOURNAL_FILES: [&str; 2] = ["device-state", "device-state.alt"];
+
+/// Appended records never trigger a new snapshot below this many bytes.
+const COMPACT_MIN: u64 = 256 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
@@ -40,45 +49,85 @@ pub fn open_state_file(dir: &Path, path: &Path) -> io::Result<File> {
         .open(path)
 }
 
-/// An open, locked journal file.
+/// The open, locked journal files.
 #[derive(Debug)]
 pub struct Journal {
-    file: File,
-    path: PathBuf,
+    files: [File; 2],
+    /// The file appended to (the other is empty, or an older snapshot a crash left).
+    active: usize,
+    /// The state directory (for messages).
+    dir: PathBuf,
+    /// Generation of the active file's snapshot.
+    generation: u64,
+    /// Bytes of the active file's snapshot, and of the records appended after it.
+    snapshot_len: u64,
+    appended: u64,
     /// A write failed: the journal no longer reflects the device; say so once.
     broken: bool,
 }
 
 impl Journal {
-    /// Open (creating it if needed) and lock the journal in `dir`; return it with what it held.
+    /// Open (creating them if needed) and lock the journal files in `dir`; return the journal
+    /// with the content of its current file (empty if neither holds a whole snapshot but both
+    /// are empty; an unreadable file's bytes otherwise, for the caller to report).
     pub fn open(dir: &Path) -> Result<(Journal, Vec<u8>), JournalError> {
-        let path = dir.join(JOURNAL_FILE);
-        let open_err = |err| JournalError::Open {
-            path: path.clone(),
-            err,
+        let open = |name: &str| -> Result<(File, Vec<u8>), JournalError> {
+            let path = dir.join(name);
+            let err = |err| JournalError::Open {
+                path: path.clone(),
+                err,
+            };
+            let mut file = open_state_file(dir, &path).map_err(err)?;
+            if name == JOURNAL_FILES[0] {
+                // SAFETY: flock on an fd we own; no memory is involved.
+                if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+                    return Err(JournalError::Locked(dir.to_owned()));
+                }
+            }
+            let mut old = Vec::new();
+            file.read_to_end(&mut old).map_err(err)?;
+            Ok((file, old))
         };
-        let mut file = open_state_file(dir, &path).map_err(open_err)?;
-        // SAFETY: flock on an fd we own; no memory is involved.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            return Err(JournalError::Locked(dir.to_owned()));
-        }
-        let mut old = Vec::new();
-        file.read_to_end(&mut old).map_err(open_err)?;
+        let (f0, d0) = open(JOURNAL_FILES[0])?;
+        let (f1, d1) = open(JOURNAL_FILES[1])?;
+        let generation_of = |d: &[u8]| {
+            parse_state(d, StreamKind::Journal)
+                .ok()
+                .map(|p| journal_generation(&p))
+        };
+        let active = match (generation_of(&d0), generation_of(&d1)) {
+            (Some(g0), Some(g1)) if g1 > g0 => 1,
+            (None, Some(_)) => 1,
+            (None, None) if d0.is_empty() => 1,
+            _ => 0,
+        };
+        let mut data = [d0, d1];
+        let saved = std::mem::take(&mut data[active]);
+        let generation = generation_of(&saved).unwrap_or(0);
         Ok((
             Journal {
-                file,
-                path,
+                files: [f0, f1],
+                active,
+                dir: dir.to_owned(),
+                generation,
+                snapshot_len: saved.len() as u64,
+                appended: 0,
                 broken: false,
             },
-            old,
+            saved,
         ))
+    }
+
+    /// The generation the next snapshot carries.
+    pub fn next_generation(&self) -> u64 {
+        self.generation.wrapping_add(1)
     }
 
     fn failed(&mut self, what: &str, e: io::Error) {
         if !self.broken {
             error!(
                 "state journal {}: {what}: {e}; a restart would not find the current state",
-                self.path.display()
+                self.dir.display()
             );
         }
         self.broken = true;
@@ -89,29 +138,142 @@ impl Journal {
     pub fn append(&mut self, kind: u8, payload: &[u8]) {
         let mut rec = Vec::with_capacity(4 + payload.len());
         push_record(&mut rec, kind, payload);
-        if let Err(e) = self.file.write_all(&rec) {
-            self.failed("append", e);
+        match self.files[self.active].write_all(&rec) {
+            Ok(()) => self.appended += rec.len() as u64,
+            Err(e) => self.failed("append", e),
         }
     }
 
-    /// Replace the content with `snapshot` (a whole stream ending with END).
+    /// Have enough records piled up since the last snapshot to write a new one?
+    pub fn wants_compaction(&self) -> bool {
+        self.appended >= self.snapshot_len.max(COMPACT_MIN)
+    }
+
+    /// Make `snapshot` (a whole stream ending with END, carrying [`Self::next_generation`])
+    /// the journal's content: written into the other file first, the current one emptied only
+    /// once it is whole.
     pub fn rewrite(&mut self, snapshot: &[u8]) {
-        if let Err(e) = self.file.set_len(0) {
-            self.failed("truncate", e);
+        let next = 1 - self.active;
+        let written = self.files[next]
+            .set_len(0)
+            .and_then(|()| self.files[next].write_all(snapshot));
+        if let Err(e) = written {
+            // The current file still holds a whole, older state; keep appending there.
+            self.failed("snapshot", e);
             return;
         }
-        match self.file.write_all(snapshot) {
-            Ok(()) => {
-                if self.broken {
-                    warn!("state journal {}: written again", self.path.display());
-                }
-                self.broken = false;
-            }
-            Err(e) => self.failed("write", e),
+        if let Err(e) = self.files[self.active].set_len(0) {
+            // Harmless for a restart (the new snapshot has the higher generation); the file
+            // is emptied at the next snapshot.
+            warn!(
+                "state journal {}: cannot empty the previous file: {e}",
+                self.dir.display()
+            );
+        }
+        if self.broken {
+            warn!("state journal {}: written again", self.dir.display());
+        }
+        self.broken = false;
+        self.active = next;
+        self.generation = self.next_generation();
+        self.snapshot_len = snapshot.len() as u64;
+        self.appended = 0;
+    }
+
+    /// The current file's path (for messages).
+    pub fn path(&self) -> PathBuf {
+        self.dir.join(JOURNAL_FILES[self.active])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::state::{push_end, REC_ENDPOINT, REC_GENERATION};
+
+    fn tempdir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("vui-journal-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    /// A journal snapshot of generation `g` holding one ENDPOINT record `endpoint`.
+    fn snapshot(g: u64, endpoint: u32) -> Vec<u8> {
+        let mut s = crate::device::Device::new(crate::config::DeviceConfig::default()).save_state();
+        // Drop the empty stream's END and build the records again.
+        s.truncate(s.len() - 12);
+        push_record(&mut s, REC_GENERATION, &g.to_le_bytes());
+        push_record(&mut s, REC_ENDPOINT, &endpoint.to_le_bytes());
+        push_end(&mut s, 2);
+        s
+    }
+
+    fn write(dir: &Path, i: usize, data: &[u8]) {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(dir.join(JOURNAL_FILES[i]), data).unwrap();
+    }
+
+    #[test]
+    fn the_newer_whole_snapshot_wins() {
+        for (g0, g1, want) in [(3, 4, 1), (5, 2, 0), (7, 7, 0)] {
+            let dir = tempdir("newer");
+            write(&dir, 0, &snapshot(g0, 10));
+            write(&dir, 1, &snapshot(g1, 11));
+            let (j, saved) = Journal::open(&dir).unwrap();
+            assert_eq!(j.active, want, "{g0} vs {g1}");
+            assert_eq!(saved, snapshot([g0, g1][want], [10, 11][want]));
+            assert_eq!(j.next_generation(), [g0, g1][want] + 1);
+            drop(j);
+            std::fs::remove_dir_all(&dir).unwrap();
         }
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
+    #[test]
+    fn a_snapshot_cut_short_by_a_crash_loses_to_the_previous_one() {
+        let dir = tempdir("torn");
+        let mut old = snapshot(8, 10);
+        push_record(&mut old, REC_ENDPOINT, &12u32.to_le_bytes());
+        let new = snapshot(9, 11);
+        // Every cut of the new snapshot before its END is whole: the old file is current.
+        for cut in [0, 10, 72, new.len() - 1] {
+            write(&dir, 0, &old);
+            write(&dir, 1, &new[..cut]);
+            let (j, saved) = Journal::open(&dir).unwrap();
+            assert_eq!((j.active, saved.as_slice()), (0, old.as_slice()), "cut {cut}");
+        }
+        // Whole: the new one.
+        write(&dir, 1, &new);
+        let (j, saved) = Journal::open(&dir).unwrap();
+        assert_eq!((j.active, saved), (1, new));
+        drop(j);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn rewrites_alternate_files_and_empty_the_previous_one() {
+        let dir = tempdir("alternate");
+        let (mut j, saved) = Journal::open(&dir).unwrap();
+        assert!(saved.is_empty());
+        for round in 1..=4u64 {
+            let g = j.next_generation();
+            assert_eq!(g, round);
+            j.rewrite(&snapshot(g, round as u32));
+            j.append(REC_ENDPOINT, &100u32.to_le_bytes());
+            let sizes: Vec<u64> = JOURNAL_FILES
+                .iter()
+                .map(|f| std::fs::metadata(dir.join(f)).unwrap().len())
+                .collect();
+            assert_eq!(sizes[1 - j.active], 0, "round {round}: {sizes:?}");
+            assert_eq!(sizes[j.active], snapshot(g, 0).len() as u64 + 8);
+        }
+        drop(j);
+        // A second daemon on the same directory is refused while the first holds the lock.
+        let (j, saved) = Journal::open(&dir).unwrap();
+        let mut want = snapshot(4, 4);
+        push_record(&mut want, REC_ENDPOINT, &100u32.to_le_bytes());
+        assert_eq!(saved, want);
+        assert!(matches!(Journal::open(&dir), Err(JournalError::Locked(_))));
+        drop(j);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

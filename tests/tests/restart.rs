@@ -152,7 +152,10 @@ fn one_daemon_per_state_dir_and_a_corrupt_journal_is_not_fatal() {
     assert_eq!(st.and_then(|s| s.code()), Some(1), "{err}");
     assert!(err.contains("another daemon is using it"), "{err}");
     drop(_a);
-    std::fs::write(state.join("device-state"), b"VUIOMMUS garbage").unwrap();
+    // Both journal files (they take turns holding the current snapshot) are garbage.
+    for f in ["device-state", "device-state.alt"] {
+        std::fs::write(state.join(f), b"VUIOMMUS garbage").unwrap();
+    }
     let b = start(&dir);
     assert!(b.stderr().contains("starting without it"), "{}", b.stderr());
     let mut d = b.connect_with(&Options::default());
