@@ -606,11 +606,23 @@ impl Device {
             return;
         };
         j.append(kind, payload);
+        // Requests are written per batch (Device::journal_flush); other changes at once.
+        if kind != REC_REQUEST {
+            j.flush();
+        }
         // The records since the last snapshot outweigh it: write the state afresh, so the
         // journal stays within about twice the state (plus a minimum), however long the guest
         // keeps mapping and unmapping.
         if j.wants_compaction() {
             self.journal_snapshot();
+        }
+    }
+
+    /// Write the journal records of the requests handled since the last call. The request
+    /// worker calls it before the statuses of a batch reach the driver.
+    pub fn journal_flush(&mut self) {
+        if let Some(j) = self.journal.as_mut() {
+            j.flush();
         }
     }
 
@@ -720,7 +732,7 @@ impl Device {
                 REC_GENERATION => {
                     if index != 0 || payload.len() != 8 {
                         return Err(bad(
-                            "GENERATION record is not the first record of 8 bytes".into(),
+                            "GENERATION record is not the first record of 8 bytes".into()
                         ));
                     }
                 }
@@ -1186,7 +1198,10 @@ mod tests {
         // A standing state of 2000 mappings, then a long churn over one page.
         for i in 0..2000u64 {
             let va = 0x1000_0000 + i * 0x1000;
-            ok(&mut d, &map(1, va, va + 0xfff, 0x10_0000 + i * 0x1000, MAP_F_READ));
+            ok(
+                &mut d,
+                &map(1, va, va + 0xfff, 0x10_0000 + i * 0x1000, MAP_F_READ),
+            );
         }
         let unmap = |start: u64, end: u64| {
             let b = UnmapBody {
@@ -1215,7 +1230,10 @@ mod tests {
         // 80 000 records of 40 bytes went through; the files never held more than a snapshot,
         // the records that trigger the next one, and one snapshot being written.
         let bound = 2 * state_len.max(256 * 1024) + state_len + 1024;
-        assert!(largest <= bound, "journal grew to {largest} bytes (bound {bound})");
+        assert!(
+            largest <= bound,
+            "journal grew to {largest} bytes (bound {bound})"
+        );
         // A restart finds exactly the device's state.
         let want = d.save_state();
         drop(d);

@@ -27,6 +27,8 @@ pub const JOURNAL_FILES: [&str; 2] = ["device-state", "device-state.alt"];
 
 /// Appended records never trigger a new snapshot below this many bytes.
 const COMPACT_MIN: u64 = 256 * 1024;
+/// Buffered records are written once they reach this many bytes, flush or not.
+const PENDING_MAX: usize = 64 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
@@ -62,6 +64,8 @@ pub struct Journal {
     /// Bytes of the active file's snapshot, and of the records appended after it.
     snapshot_len: u64,
     appended: u64,
+    /// Records not written yet (see [`Self::append`]).
+    pending: Vec<u8>,
     /// A write failed: the journal no longer reflects the device; say so once.
     broken: bool,
 }
@@ -112,6 +116,7 @@ impl Journal {
                 generation,
                 snapshot_len: saved.len() as u64,
                 appended: 0,
+                pending: Vec::with_capacity(PENDING_MAX),
                 broken: false,
             },
             saved,
@@ -133,26 +138,40 @@ impl Journal {
         self.broken = true;
     }
 
-    /// Append one record. One write(2): a crash leaves at most a torn last record, which the
-    /// next start drops.
+    /// Add one record. It is buffered until [`Self::flush`] (which the request-queue worker
+    /// calls once per batch, before any status of the batch reaches the driver), so a batch
+    /// costs one write(2); a crash leaves at most a torn last record, which the next start
+    /// drops.
     pub fn append(&mut self, kind: u8, payload: &[u8]) {
-        let mut rec = Vec::with_capacity(4 + payload.len());
-        push_record(&mut rec, kind, payload);
-        match self.files[self.active].write_all(&rec) {
-            Ok(()) => self.appended += rec.len() as u64,
+        push_record(&mut self.pending, kind, payload);
+        if self.pending.len() >= PENDING_MAX {
+            self.flush();
+        }
+    }
+
+    /// Write the buffered records.
+    pub fn flush(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        match self.files[self.active].write_all(&self.pending) {
+            Ok(()) => self.appended += self.pending.len() as u64,
             Err(e) => self.failed("append", e),
         }
+        self.pending.clear();
     }
 
     /// Have enough records piled up since the last snapshot to write a new one?
     pub fn wants_compaction(&self) -> bool {
-        self.appended >= self.snapshot_len.max(COMPACT_MIN)
+        self.appended + self.pending.len() as u64 >= self.snapshot_len.max(COMPACT_MIN)
     }
 
     /// Make `snapshot` (a whole stream ending with END, carrying [`Self::next_generation`])
     /// the journal's content: written into the other file first, the current one emptied only
     /// once it is whole.
     pub fn rewrite(&mut self, snapshot: &[u8]) {
+        // The snapshot holds what the buffered records say.
+        self.pending.clear();
         let next = 1 - self.active;
         let written = self.files[next]
             .set_len(0)
@@ -183,6 +202,12 @@ impl Journal {
     /// The current file's path (for messages).
     pub fn path(&self) -> PathBuf {
         self.dir.join(JOURNAL_FILES[self.active])
+    }
+}
+
+impl Drop for Journal {
+    fn drop(&mut self) {
+        self.flush();
     }
 }
 
@@ -239,7 +264,11 @@ mod tests {
             write(&dir, 0, &old);
             write(&dir, 1, &new[..cut]);
             let (j, saved) = Journal::open(&dir).unwrap();
-            assert_eq!((j.active, saved.as_slice()), (0, old.as_slice()), "cut {cut}");
+            assert_eq!(
+                (j.active, saved.as_slice()),
+                (0, old.as_slice()),
+                "cut {cut}"
+            );
         }
         // Whole: the new one.
         write(&dir, 1, &new);
@@ -259,6 +288,14 @@ mod tests {
             assert_eq!(g, round);
             j.rewrite(&snapshot(g, round as u32));
             j.append(REC_ENDPOINT, &100u32.to_le_bytes());
+            // Buffered until flushed.
+            assert_eq!(
+                std::fs::metadata(dir.join(JOURNAL_FILES[j.active]))
+                    .unwrap()
+                    .len(),
+                snapshot(g, 0).len() as u64
+            );
+            j.flush();
             let sizes: Vec<u64> = JOURNAL_FILES
                 .iter()
                 .map(|f| std::fs::metadata(dir.join(f)).unwrap().len())

@@ -134,6 +134,9 @@ pub struct IommuBackend {
     poll: Option<Duration>,
     /// Scheduling policy of the worker thread, applied at its first event.
     sched: WorkerSched,
+    /// (head, written length) of the chains of the pass being processed, published together
+    /// once the journal has their records (kept to reuse its allocation).
+    completed: Vec<(u16, u32)>,
     /// The request queue's next available index after the last processing pass.
     last_avail: u16,
     /// Where the request queue stood when the frontend stopped it (GET_VRING_BASE), until the
@@ -156,6 +159,7 @@ impl IommuBackend {
             event_idx: false,
             poll: poll.filter(|d| !d.is_zero()),
             sched,
+            completed: Vec::with_capacity(MAX_QUEUE_SIZE),
             last_avail: 0,
             stopped_at: None,
             transfer: Mutex::new(None),
@@ -207,12 +211,18 @@ impl IommuBackend {
     /// idle for the poll window, then re-enable notifications and go back to sleep on the kick
     /// eventfd. A busy queue yields after `MAX_POLL_BURST` so the event queue is served too.
     fn process_requests(&mut self, vring: &VringRwLock) -> Result<(), VhostError> {
-        let r = self.drain_requests(vring);
+        let mut completed = std::mem::take(&mut self.completed);
+        let r = self.drain_requests(vring, &mut completed);
+        self.completed = completed;
         self.last_avail = vring.queue_next_avail();
         r
     }
 
-    fn drain_requests(&self, vring: &VringRwLock) -> Result<(), VhostError> {
+    fn drain_requests(
+        &self,
+        vring: &VringRwLock,
+        completed: &mut Vec<(u16, u32)>,
+    ) -> Result<(), VhostError> {
         let qerr = |err| VhostError::Queue {
             queue: REQUEST_QUEUE,
             err,
@@ -234,16 +244,21 @@ impl IommuBackend {
                     .map_err(qerr)?;
                 notifying = false;
             }
-            let mut n = 0usize;
+            completed.clear();
             {
                 let mut dev = self.shared.device();
                 while let Some(chain) = state.get_queue_mut().pop_descriptor_chain(mem) {
                     let head = chain.head_index();
-                    let used = handle_chain(&mut dev, mem, chain);
-                    let r = state.get_queue_mut().add_used(mem, head, used);
-                    skip_bad_head(r, REQUEST_QUEUE, head).map_err(qerr)?;
-                    n += 1;
+                    completed.push((head, handle_chain(&mut dev, mem, chain)));
                 }
+                // The state changes of the batch reach the journal (one write) before any of
+                // its statuses reaches the driver.
+                dev.journal_flush();
+            }
+            let n = completed.len();
+            for &(head, used) in completed.iter() {
+                let r = state.get_queue_mut().add_used(mem, head, used);
+                skip_bad_head(r, REQUEST_QUEUE, head).map_err(qerr)?;
             }
             if n > 0 {
                 last_work = Instant::now();
