@@ -110,6 +110,24 @@ fn the_default_gives_the_worker_a_short_slice_and_nobody_else() {
     );
 }
 
+/// The one thread of `t` scheduled with `policy` (every other thread keeps SCHED_OTHER).
+fn the_one_thread(daemon: &Daemon, t: &[(i32, SchedAttr)], policy: u32) -> SchedAttr {
+    let with: Vec<_> = t.iter().filter(|(_, a)| a.policy == policy).collect();
+    assert_eq!(
+        with.len(),
+        1,
+        "one thread with policy {policy}: {t:?}\n{}",
+        daemon.stderr()
+    );
+    assert!(
+        t.iter()
+            .filter(|(_, a)| a.policy != policy)
+            .all(|(_, a)| a.policy == SCHED_OTHER),
+        "{t:?}"
+    );
+    with[0].1
+}
+
 #[test]
 fn fifo_applies_to_the_worker_only() {
     if !host_allows(attr(SCHED_FIFO, 7, 0, 0)) {
@@ -117,20 +135,7 @@ fn fifo_applies_to_the_worker_only() {
         return;
     }
     let (daemon, t) = served_threads("fifo:7");
-    let rt: Vec<_> = t.iter().filter(|(_, a)| a.policy == SCHED_FIFO).collect();
-    assert_eq!(
-        rt.len(),
-        1,
-        "one SCHED_FIFO thread: {t:?}\n{}",
-        daemon.stderr()
-    );
-    assert_eq!(rt[0].1.priority, 7);
-    assert!(
-        t.iter()
-            .filter(|(_, a)| a.policy != SCHED_FIFO)
-            .all(|(_, a)| a.policy == SCHED_OTHER),
-        "{t:?}"
-    );
+    assert_eq!(the_one_thread(&daemon, &t, SCHED_FIFO).priority, 7);
 }
 
 #[test]
@@ -140,17 +145,7 @@ fn deadline_gives_the_worker_its_budget() {
         return;
     }
     let (daemon, t) = served_threads("deadline:200/1000");
-    let dl: Vec<_> = t
-        .iter()
-        .filter(|(_, a)| a.policy == SCHED_DEADLINE)
-        .collect();
-    assert_eq!(
-        dl.len(),
-        1,
-        "one SCHED_DEADLINE thread: {t:?}\n{}",
-        daemon.stderr()
-    );
-    let a = dl[0].1;
+    let a = the_one_thread(&daemon, &t, SCHED_DEADLINE);
     assert_eq!(
         (a.runtime, a.deadline, a.period),
         (200_000, 1_000_000, 1_000_000)
