@@ -161,3 +161,82 @@ fn one_daemon_per_state_dir_and_a_corrupt_journal_is_not_fatal() {
     let mut d = b.connect_with(&Options::default());
     assert_eq!(d.attach(1, 0), OK);
 }
+
+#[test]
+fn a_guest_churning_mappings_keeps_the_journal_bounded_and_resumable() {
+    let dir = TempDir::new();
+    let a = start(&dir);
+    let mut d = a.connect_with(&Options {
+        requestq_size: 512,
+        ..Options::default()
+    });
+    assert_eq!(d.attach(1, 0), OK);
+    for i in 0..100u64 {
+        assert_eq!(
+            d.map(
+                1,
+                0x1000_0000 + i * 0x1000,
+                0x1000_0000 + i * 0x1000 + 0xfff,
+                i * 0x1000,
+                R
+            ),
+            OK
+        );
+    }
+    // 200 batches of 128 MAPs and their 128 UNMAPs: 51 200 journal records, about 1.8 MB.
+    let journal_bytes = || -> u64 {
+        ["device-state", "device-state.alt"]
+            .iter()
+            .map(|f| std::fs::metadata(dir.path().join("state").join(f)).map_or(0, |m| m.len()))
+            .sum()
+    };
+    let mut largest = 0;
+    for round in 0..200u64 {
+        let base = 0x2000_0000 + (round % 8) * 0x100_0000;
+        let mut reqs: Vec<Request> = (0..128u64)
+            .map(|i| {
+                Request::map(
+                    1,
+                    base + i * 0x1000,
+                    base + i * 0x1000 + 0xfff,
+                    i * 0x1000,
+                    R | W,
+                )
+            })
+            .collect();
+        reqs.extend(
+            (0..128u64).map(|i| Request::unmap(1, base + i * 0x1000, base + i * 0x1000 + 0xfff)),
+        );
+        for (i, r) in d.run_batch(&reqs).iter().enumerate() {
+            r.expect(OK, &format!("round {round} request {i}"));
+        }
+        largest = largest.max(journal_bytes());
+    }
+    // A snapshot (a few KiB here), at most 256 KiB of records before the next one, and the
+    // batch that crossed the line.
+    assert!(largest < 512 * 1024, "the journal grew to {largest} bytes");
+    // A last batch that leaves its mappings: the restart must find them.
+    let last: Vec<Request> = (0..64u64)
+        .map(|i| {
+            Request::map(
+                1,
+                0x3000_0000 + i * 0x1000,
+                0x3000_0000 + i * 0x1000 + 0xfff,
+                i * 0x1000,
+                R,
+            )
+        })
+        .collect();
+    for r in d.run_batch(&last) {
+        r.expect(OK, "last batch");
+    }
+    assert_eq!(a.ctl().mappings(1).unwrap().len(), 164);
+    let before = a.ctl().guest_state();
+    // A crash right after the last batch was answered.
+    drop(a);
+    let b = start(&dir);
+    d.reconnect(&b.socket, d.ring_positions()).unwrap();
+    next_request(&mut d);
+    assert_eq!(b.ctl().guest_state(), before, "state after the restart");
+    assert_eq!(b.ctl().mappings(1).unwrap().len(), 164);
+}
