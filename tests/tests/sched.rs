@@ -128,23 +128,32 @@ fn the_one_thread(daemon: &Daemon, t: &[(i32, SchedAttr)], policy: u32) -> Sched
     with[0].1
 }
 
+/// [`served_threads`] for a real-time `policy`, when this process may use `probe` itself
+/// (CAP_SYS_NICE or RLIMIT_RTPRIO); `None` (test skipped, said on stderr) otherwise.
+fn served_if_allowed(policy: &str, probe: SchedAttr) -> Option<(Daemon, Vec<(i32, SchedAttr)>)> {
+    if host_allows(probe) {
+        return Some(served_threads(policy));
+    }
+    eprintln!("this process may not use {policy} (no CAP_SYS_NICE / RLIMIT_RTPRIO); skipped");
+    None
+}
+
 #[test]
 fn fifo_applies_to_the_worker_only() {
-    if !host_allows(attr(SCHED_FIFO, 7, 0, 0)) {
-        eprintln!("this process may not use SCHED_FIFO (no CAP_SYS_NICE / RLIMIT_RTPRIO); skipped");
+    let Some((daemon, t)) = served_if_allowed("fifo:7", attr(SCHED_FIFO, 7, 0, 0)) else {
         return;
-    }
-    let (daemon, t) = served_threads("fifo:7");
+    };
     assert_eq!(the_one_thread(&daemon, &t, SCHED_FIFO).priority, 7);
 }
 
 #[test]
 fn deadline_gives_the_worker_its_budget() {
-    if !host_allows(attr(SCHED_DEADLINE, 0, 200_000, 1_000_000)) {
-        eprintln!("this process may not use SCHED_DEADLINE (needs CAP_SYS_NICE); skipped");
+    let Some((daemon, t)) = served_if_allowed(
+        "deadline:200/1000",
+        attr(SCHED_DEADLINE, 0, 200_000, 1_000_000),
+    ) else {
         return;
-    }
-    let (daemon, t) = served_threads("deadline:200/1000");
+    };
     let a = the_one_thread(&daemon, &t, SCHED_DEADLINE);
     assert_eq!(
         (a.runtime, a.deadline, a.period),
