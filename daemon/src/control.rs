@@ -43,6 +43,9 @@ pub enum ControlError {
 pub struct ConnectionInfo {
     pub connected: AtomicBool,
     pub connections: AtomicU64,
+    /// The configured request-queue worker policy and polling window (for `status`).
+    pub worker_sched: crate::sched::WorkerSched,
+    pub poll_us: u64,
     /// Clients of `subscribe` (the server makes this the device's invalidation sink).
     pub subscribers: Arc<Subscribers>,
 }
@@ -208,6 +211,12 @@ fn execute(req: Request, shared: &Shared, conn: &ConnectionInfo) -> Result<Value
                 "endpoints": dev.endpoint_list().count(),
                 "domains": dev.domain_list().count(),
                 "mappings": dev.total_mappings(),
+                "worker": {
+                    "sched": conn.worker_sched.to_string(),
+                    "poll_us": conn.poll_us,
+                    "tid": shared.worker().map(|w| w.tid),
+                    "sched_error": shared.worker().and_then(|w| w.sched_error),
+                },
             }))
         }
         Request::Endpoints => {

@@ -283,16 +283,18 @@ thread_local! {
 }
 
 /// Called on a vhost-user worker thread before each event: the first call applies `spec` to
-/// the thread (a refusal, which the start-up probe makes unlikely, is logged once and the
-/// thread goes on with the default policy).
-pub fn enter_worker(spec: WorkerSched) {
+/// the thread and returns the outcome (a refusal, which the start-up probe makes unlikely, is
+/// logged and the thread goes on with the default policy); later calls return `None`.
+pub fn enter_worker(spec: WorkerSched) -> Option<Result<(), SchedError>> {
     if APPLIED.with(|a| a.replace(true)) {
-        return;
+        return None;
     }
-    match spec.apply_to_current_thread() {
+    let outcome = spec.apply_to_current_thread();
+    match &outcome {
         Ok(()) => log::debug!("request-queue worker scheduled as {spec}"),
         Err(e) => log::warn!("{e}; the worker keeps the default policy"),
     }
+    Some(outcome)
 }
 
 /// The policy in words, for the start-up log.

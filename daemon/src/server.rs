@@ -252,7 +252,13 @@ pub fn run(cfg: ServerConfig) -> Result<(), ServerError> {
         device.set_journal(journal, saved);
     }
     let shared = Arc::new(Shared::new(device)?);
-    let conn = Arc::new(ConnectionInfo::default());
+    let conn = Arc::new(ConnectionInfo {
+        worker_sched: cfg.worker_sched,
+        poll_us: cfg
+            .poll
+            .map_or(0, |p| u64::try_from(p.as_micros()).unwrap_or(u64::MAX)),
+        ..ConnectionInfo::default()
+    });
     shared
         .device()
         .set_invalidation_sink(conn.subscribers.clone());
@@ -352,6 +358,7 @@ pub fn run(cfg: ServerConfig) -> Result<(), ServerError> {
         // object goes), and nothing it makes may outlive the reset. Dropping the daemon joins
         // them.
         drop(daemon);
+        shared.clear_worker();
         // Everything the guest built is gone with the connection; `connected` turns false only
         // then, so whoever sees it sees the released state. (A journaled state of a previous
         // run that this frontend did not resume goes too.)

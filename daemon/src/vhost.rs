@@ -83,6 +83,17 @@ pub struct Shared {
     wake_consumer: EventConsumer,
     /// The device state transfer thread (live migration), once started.
     transfer: std::sync::OnceLock<Transfer>,
+    /// The request-queue worker of the current connection: its thread id and whether its
+    /// scheduling policy took (for `status`).
+    worker: Mutex<Option<WorkerThread>>,
+}
+
+/// What `status` shows of the request-queue worker thread.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkerThread {
+    pub tid: i32,
+    /// Why the configured policy could not be applied, if it could not.
+    pub sched_error: Option<String>,
 }
 
 impl Shared {
@@ -95,7 +106,21 @@ impl Shared {
             wake_notifier,
             wake_consumer,
             transfer: std::sync::OnceLock::new(),
+            worker: Mutex::new(None),
         })
+    }
+
+    /// The request-queue worker, once it has handled an event.
+    pub fn worker(&self) -> Option<WorkerThread> {
+        self.worker
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The connection's worker is gone.
+    pub fn clear_worker(&self) {
+        *self.worker.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
     /// Lock the device. A panic while holding the lock cannot leave the model half-changed in a
@@ -769,7 +794,14 @@ impl VhostUserBackendMut for IommuBackend {
     ) -> io::Result<()> {
         // The first event on a worker thread sets its scheduling policy, then narrows its
         // seccomp filter (both no-ops afterwards).
-        crate::sched::enter_worker(self.sched);
+        if let Some(outcome) = crate::sched::enter_worker(self.sched) {
+            // SAFETY: gettid has no arguments and cannot fail.
+            let tid = unsafe { libc::gettid() };
+            *self.shared.worker.lock().unwrap_or_else(|p| p.into_inner()) = Some(WorkerThread {
+                tid,
+                sched_error: outcome.err().map(|e| e.to_string()),
+            });
+        }
         crate::sandbox::enter_worker()?;
         let vring = |q: u16| {
             vrings

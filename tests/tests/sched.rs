@@ -65,13 +65,35 @@ fn threads(pid: i32) -> Vec<(i32, SchedAttr)> {
 }
 
 /// Start a daemon with `policy`, make the worker serve a request, and return the threads.
-fn served_threads(policy: &str) -> (Daemon, Vec<(i32, SchedAttr)>) {
-    let daemon = Daemon::start(&["--worker-sched", policy]);
+/// The control socket's `status` names the worker thread and its policy.
+fn served_threads(policy: &str) -> Served {
+    let daemon = Daemon::start(&["--worker-sched", policy, "--poll-us", "20"]);
+    assert_eq!(
+        daemon.ctl().status()["worker"]["tid"],
+        serde_json::Value::Null
+    );
     let mut d = daemon.connect();
     assert_eq!(d.attach(1, 3), OK);
     let t = threads(daemon.pid());
+    let w = daemon.ctl().status()["worker"].clone();
+    assert_eq!(w["sched"], policy, "{w}");
+    assert_eq!(w["poll_us"], 20, "{w}");
+    assert_eq!(w["sched_error"], serde_json::Value::Null, "{w}");
+    let tid = w["tid"].as_i64().expect("the worker's thread id") as i32;
+    assert!(t.iter().any(|(t, _)| *t == tid), "{tid} among {t:?}");
     drop(d);
-    (daemon, t)
+    Served {
+        daemon,
+        threads: t,
+        worker: tid,
+    }
+}
+
+/// A daemon whose worker has served a request: its threads' attributes and the worker's id.
+struct Served {
+    daemon: Daemon,
+    threads: Vec<(i32, SchedAttr)>,
+    worker: i32,
 }
 
 fn attr(policy: u32, priority: u32, runtime: u64, period: u64) -> SchedAttr {
@@ -86,51 +108,50 @@ fn attr(policy: u32, priority: u32, runtime: u64, period: u64) -> SchedAttr {
     }
 }
 
+/// The worker's attributes, checking that only the worker matches `is_its` and every other
+/// thread keeps the plain default policy.
+fn the_worker(s: &Served, is_its: impl Fn(&SchedAttr) -> bool) -> SchedAttr {
+    let with: Vec<_> = s.threads.iter().filter(|(_, a)| is_its(a)).collect();
+    assert_eq!(
+        with.iter().map(|(tid, _)| *tid).collect::<Vec<_>>(),
+        [s.worker],
+        "exactly the worker (thread {}) has the policy: {:?}\n{}",
+        s.worker,
+        s.threads,
+        s.daemon.stderr()
+    );
+    assert!(
+        s.threads
+            .iter()
+            .filter(|(tid, _)| *tid != s.worker)
+            .all(|(_, a)| a.policy == SCHED_OTHER && a.runtime != 100_000),
+        "{:?}",
+        s.threads
+    );
+    with[0].1
+}
+
 #[test]
 fn the_default_gives_the_worker_a_short_slice_and_nobody_else() {
-    let (daemon, t) = served_threads("other:100");
-    let short: Vec<_> = t.iter().filter(|(_, a)| a.runtime == 100_000).collect();
+    let s = served_threads("other:100");
     if !host_allows(attr(SCHED_OTHER, 0, 100_000, 0)) || getattr(0).is_some_and(|a| a.runtime == 0)
     {
         // A kernel before 6.12 has no custom slices (and reports none).
         eprintln!("this kernel has no EEVDF custom slices; only checking the daemon runs");
         return;
     }
-    assert_eq!(
-        short.len(),
-        1,
-        "exactly the request-queue worker has the 100 us slice: {t:?}\n{}",
-        daemon.stderr()
-    );
-    assert!(t.iter().all(|(_, a)| a.policy == SCHED_OTHER), "{t:?}");
+    let a = the_worker(&s, |a| a.runtime == 100_000);
+    assert_eq!(a.policy, SCHED_OTHER);
     assert!(
-        daemon.stderr().contains("100 us slice"),
+        s.daemon.stderr().contains("100 us slice"),
         "{}",
-        daemon.stderr()
+        s.daemon.stderr()
     );
-}
-
-/// The one thread of `t` scheduled with `policy` (every other thread keeps SCHED_OTHER).
-fn the_one_thread(daemon: &Daemon, t: &[(i32, SchedAttr)], policy: u32) -> SchedAttr {
-    let with: Vec<_> = t.iter().filter(|(_, a)| a.policy == policy).collect();
-    assert_eq!(
-        with.len(),
-        1,
-        "one thread with policy {policy}: {t:?}\n{}",
-        daemon.stderr()
-    );
-    assert!(
-        t.iter()
-            .filter(|(_, a)| a.policy != policy)
-            .all(|(_, a)| a.policy == SCHED_OTHER),
-        "{t:?}"
-    );
-    with[0].1
 }
 
 /// [`served_threads`] for a real-time `policy`, when this process may use `probe` itself
 /// (CAP_SYS_NICE or RLIMIT_RTPRIO); `None` (test skipped, said on stderr) otherwise.
-fn served_if_allowed(policy: &str, probe: SchedAttr) -> Option<(Daemon, Vec<(i32, SchedAttr)>)> {
+fn served_if_allowed(policy: &str, probe: SchedAttr) -> Option<Served> {
     if host_allows(probe) {
         return Some(served_threads(policy));
     }
@@ -140,29 +161,29 @@ fn served_if_allowed(policy: &str, probe: SchedAttr) -> Option<(Daemon, Vec<(i32
 
 #[test]
 fn fifo_applies_to_the_worker_only() {
-    let Some((daemon, t)) = served_if_allowed("fifo:7", attr(SCHED_FIFO, 7, 0, 0)) else {
+    let Some(s) = served_if_allowed("fifo:7", attr(SCHED_FIFO, 7, 0, 0)) else {
         return;
     };
-    assert_eq!(the_one_thread(&daemon, &t, SCHED_FIFO).priority, 7);
+    assert_eq!(the_worker(&s, |a| a.policy == SCHED_FIFO).priority, 7);
 }
 
 #[test]
 fn deadline_gives_the_worker_its_budget() {
-    let Some((daemon, t)) = served_if_allowed(
+    let Some(s) = served_if_allowed(
         "deadline:200/1000",
         attr(SCHED_DEADLINE, 0, 200_000, 1_000_000),
     ) else {
         return;
     };
-    let a = the_one_thread(&daemon, &t, SCHED_DEADLINE);
+    let a = the_worker(&s, |a| a.policy == SCHED_DEADLINE);
     assert_eq!(
         (a.runtime, a.deadline, a.period),
         (200_000, 1_000_000, 1_000_000)
     );
     assert!(
-        daemon.stderr().contains("20% of a core"),
+        s.daemon.stderr().contains("20% of a core"),
         "{}",
-        daemon.stderr()
+        s.daemon.stderr()
     );
 }
 
