@@ -191,6 +191,7 @@ fn execute(req: Request, shared: &Shared, conn: &ConnectionInfo) -> Result<Value
         Request::Subscribe => Err("subscribe is handled by the connection".into()),
         Request::Backend => Ok(shared.device().backend_info()),
         Request::Status => {
+            let worker = shared.worker();
             let dev = shared.device();
             let c = dev.config();
             Ok(json!({
@@ -214,8 +215,8 @@ fn execute(req: Request, shared: &Shared, conn: &ConnectionInfo) -> Result<Value
                 "worker": {
                     "sched": conn.worker_sched.to_string(),
                     "poll_us": conn.poll_us,
-                    "tid": shared.worker().map(|w| w.tid),
-                    "sched_error": shared.worker().and_then(|w| w.sched_error),
+                    "tid": worker.as_ref().map(|w| w.tid),
+                    "sched_error": worker.and_then(|w| w.sched_error),
                 },
             }))
         }

@@ -99,15 +99,16 @@ impl Journal {
                 .ok()
                 .map(|p| journal_generation(&p))
         };
-        let active = match (generation_of(&d0), generation_of(&d1)) {
-            (Some(g0), Some(g1)) if g1 > g0 => 1,
-            (None, Some(_)) => 1,
-            (None, None) if d0.is_empty() => 1,
+        let generations = [generation_of(&d0), generation_of(&d1)];
+        let active = match generations {
+            [Some(g0), Some(g1)] if g1 > g0 => 1,
+            [None, Some(_)] => 1,
+            [None, None] if d0.is_empty() => 1,
             _ => 0,
         };
+        let generation = generations[active].unwrap_or(0);
         let mut data = [d0, d1];
         let saved = std::mem::take(&mut data[active]);
-        let generation = generation_of(&saved).unwrap_or(0);
         Ok((
             Journal {
                 files: [f0, f1],

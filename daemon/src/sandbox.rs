@@ -420,7 +420,8 @@ mod tests {
 
     #[test]
     fn a_thread_may_set_its_own_scheduling_policy_only() {
-        // sched_attr with size 0 fails with EINVAL/E2BIG once the filter lets the call through.
+        // An all-zero sched_attr (size 0: the first layout, SCHED_OTHER) is what the forked
+        // child already runs with; whatever the kernel answers, the filter must not kill.
         fn own() -> i32 {
             let attr = [0u8; 48];
             // SAFETY: sched_setattr reads at most 48 bytes of the valid local buffer.

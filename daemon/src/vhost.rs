@@ -112,15 +112,16 @@ impl Shared {
 
     /// The request-queue worker, once it has handled an event.
     pub fn worker(&self) -> Option<WorkerThread> {
-        self.worker
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.worker_slot().clone()
     }
 
     /// The connection's worker is gone.
     pub fn clear_worker(&self) {
-        *self.worker.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        *self.worker_slot() = None;
+    }
+
+    fn worker_slot(&self) -> MutexGuard<'_, Option<WorkerThread>> {
+        self.worker.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Lock the device. A panic while holding the lock cannot leave the model half-changed in a
@@ -797,7 +798,7 @@ impl VhostUserBackendMut for IommuBackend {
         if let Some(outcome) = crate::sched::enter_worker(self.sched) {
             // SAFETY: gettid has no arguments and cannot fail.
             let tid = unsafe { libc::gettid() };
-            *self.shared.worker.lock().unwrap_or_else(|p| p.into_inner()) = Some(WorkerThread {
+            *self.shared.worker_slot() = Some(WorkerThread {
                 tid,
                 sched_error: outcome.err().map(|e| e.to_string()),
             });

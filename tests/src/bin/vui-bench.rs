@@ -6,7 +6,7 @@
 //! then the same for the UNMAPs. It reports requests per second and the batch round-trip
 //! latency percentiles, for the daemon sleeping on its kick eventfd, with `--poll-us`, and
 //! sleeping on its kick eventfd with the state journal on (`--state-dir`: one write(2) per
-//! accepted MAP/UNMAP).
+//! batch of accepted requests).
 //!
 //! `cargo run --release -p vhost-user-iommu-tests --bin vui-bench [-- --seconds S] [--only MODE]`
 
@@ -22,7 +22,7 @@ const DOMAIN: u32 = 1;
 const ENDPOINT: u32 = 0;
 
 struct Row {
-    mode: String,
+    mode: &'static str,
     batch: usize,
     page: u64,
     rps: f64,
@@ -56,7 +56,7 @@ fn percentile(v: &mut [f64], p: f64) -> f64 {
     v[i]
 }
 
-fn run(mode: &str, extra: &[&str], batch: usize, page: u64, secs: f64) -> Row {
+fn run(mode: &'static str, extra: &[&str], batch: usize, page: u64, secs: f64) -> Row {
     let daemon = Daemon::start(&[&["--reserved-region", "none"], extra].concat());
     let mut d = daemon.connect_with(&Options {
         requestq_size: 1024,
@@ -120,7 +120,7 @@ fn run(mode: &str, extra: &[&str], batch: usize, page: u64, secs: f64) -> Row {
     let rps = requests as f64 / start.elapsed().as_secs_f64();
     let cpu = (cpu_ns(daemon.pid()) - cpu0) as f64 / 1e9;
     Row {
-        mode: mode.to_string(),
+        mode,
         batch,
         page,
         rps,
