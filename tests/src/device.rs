@@ -96,6 +96,11 @@ impl Request {
         Request::new(proto::unmap(domain, start, end))
     }
 
+    /// PAGE_RESP (PASID extension).
+    pub fn page_resp(endpoint: u32, pasid: Option<u32>, grpid: u32, code: u16) -> Request {
+        Request::new(proto::page_resp(endpoint, pasid, grpid, code))
+    }
+
     /// PROBE with a properties buffer of `props_len` bytes.
     pub fn probe(endpoint: u32, props_len: usize) -> Request {
         Request {

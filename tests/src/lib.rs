@@ -33,6 +33,7 @@
 pub mod control;
 pub mod daemon;
 pub mod device;
+pub mod launcher;
 pub mod mem;
 pub mod proto;
 pub mod virtq;

@@ -44,6 +44,8 @@ pub mod req {
     pub const UNMAP: u8 = 4;
     /// PROBE.
     pub const PROBE: u8 = 5;
+    /// PAGE_RESP (PASID extension, docs/PASID.md).
+    pub const PAGE_RESP: u8 = 8;
 }
 
 /// Status codes.
@@ -165,6 +167,18 @@ pub fn unmap(domain: u32, virt_start: u64, virt_end: u64) -> Vec<u8> {
 pub fn probe(endpoint: u32) -> Vec<u8> {
     let mut b = head(req::PROBE, 72);
     put_u32(&mut b, 4, endpoint);
+    b
+}
+
+/// Device-readable part of PAGE_RESP (32 bytes): the answer `code` to page-request group
+/// `grpid` of `endpoint`, for `pasid` when the request carried one.
+pub fn page_resp(endpoint: u32, pasid: Option<u32>, grpid: u32, code: u16) -> Vec<u8> {
+    let mut b = head(req::PAGE_RESP, 32);
+    put_u32(&mut b, 4, endpoint);
+    put_u32(&mut b, 8, pasid.unwrap_or(0));
+    put_u32(&mut b, 12, grpid);
+    b[16..18].copy_from_slice(&code.to_le_bytes());
+    b[18..20].copy_from_slice(&u16::from(pasid.is_some()).to_le_bytes());
     b
 }
 

@@ -7,10 +7,11 @@
 
 use std::io::{BufRead, BufReader};
 use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixListener;
 use std::time::Duration;
 
 use vhost_user_iommu_tests::daemon::{run_to_exit, TempDir};
+use vhost_user_iommu_tests::launcher::send_with_fds;
 
 const T: Duration = Duration::from_secs(10);
 
@@ -57,35 +58,6 @@ fn start_up_errors_name_the_cause_and_leave_no_socket() {
     assert!(err.contains("hardware"), "{err}");
 }
 
-fn send_with_fds(sock: &UnixStream, line: &str, fds: &[RawFd]) {
-    let mut data = line.as_bytes().to_vec();
-    let mut iov = libc::iovec {
-        iov_base: data.as_mut_ptr().cast(),
-        iov_len: data.len(),
-    };
-    let mut cbuf = [0u64; 16];
-    // SAFETY: an all-zero msghdr is valid; fields set below.
-    let mut m: libc::msghdr = unsafe { std::mem::zeroed() };
-    m.msg_iov = &mut iov;
-    m.msg_iovlen = 1;
-    if !fds.is_empty() {
-        let bytes = std::mem::size_of_val(fds) as u32;
-        m.msg_control = cbuf.as_mut_ptr().cast();
-        // SAFETY: the header and a few fds fit in `cbuf` (128 bytes).
-        unsafe {
-            m.msg_controllen = libc::CMSG_SPACE(bytes) as _;
-            let c = libc::CMSG_FIRSTHDR(&m);
-            (*c).cmsg_level = libc::SOL_SOCKET;
-            (*c).cmsg_type = libc::SCM_RIGHTS;
-            (*c).cmsg_len = libc::CMSG_LEN(bytes) as _;
-            std::ptr::copy_nonoverlapping(fds.as_ptr(), libc::CMSG_DATA(c).cast(), fds.len());
-        }
-    }
-    // SAFETY: `m` describes live buffers.
-    let n = unsafe { libc::sendmsg(sock.as_raw_fd(), &m, 0) };
-    assert_eq!(usize::try_from(n).ok(), Some(data.len()));
-}
-
 /// Run the daemon with `fd-socket`; the launcher thread sends `line` with `fds` and returns the
 /// daemon's answer. Returns (answer, daemon stderr).
 fn handover(line: &'static str, fds: Vec<std::fs::File>, extra_cfg: &str) -> (String, String) {
@@ -104,7 +76,7 @@ fn handover(line: &'static str, fds: Vec<std::fs::File>, extra_cfg: &str) -> (St
     let t = std::thread::spawn(move || {
         let (s, _) = listener.accept().unwrap();
         let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
-        send_with_fds(&s, line, &raw);
+        send_with_fds(&s, line, &raw).unwrap();
         let mut answer = String::new();
         BufReader::new(&s).read_line(&mut answer).unwrap();
         answer

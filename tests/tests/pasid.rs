@@ -89,17 +89,6 @@ fn invalidate_range(domain: u32, pasid: Option<u32>, start: u64, pages: u64) -> 
     Request::new(r)
 }
 
-fn page_resp(endpoint: u32, pasid: Option<u32>, grpid: u32, code: u16) -> Request {
-    let mut r = vec![8u8, 0, 0, 0];
-    r.extend(endpoint.to_le_bytes());
-    r.extend(pasid.unwrap_or(0).to_le_bytes());
-    r.extend(grpid.to_le_bytes());
-    r.extend(code.to_le_bytes());
-    r.extend(u16::from(pasid.is_some()).to_le_bytes());
-    r.extend([0u8; 12]);
-    Request::new(r)
-}
-
 fn translate(daemon: &Daemon, endpoint: u32, pasid: Option<u32>, iova: u64, access: &str) -> Value {
     let mut req = json!({"cmd": "translate", "endpoint": endpoint, "iova": iova, "access": access});
     if let Some(p) = pasid {
@@ -226,11 +215,11 @@ fn smmuv3_cd_table_stale_until_invalidate_then_page_request_round_trip() {
     // The guest maps the page, then answers; a wrong group or PASID is NOENT.
     s1.map(&mut TableMem(&d.mem), 0x50000, 0x400000, 0x1000, prot)
         .unwrap();
-    d.run(&page_resp(0, Some(1), grpid + 1, 0))
+    d.run(&Request::page_resp(0, Some(1), grpid + 1, 0))
         .expect(NOENT, "PAGE_RESP for no group");
-    d.run(&page_resp(0, None, grpid, 0))
+    d.run(&Request::page_resp(0, None, grpid, 0))
         .expect(NOENT, "PAGE_RESP without the request's PASID");
-    d.run(&page_resp(0, Some(1), grpid, 0))
+    d.run(&Request::page_resp(0, Some(1), grpid, 0))
         .expect(OK, "PAGE_RESP SUCCESS");
     assert!(daemon
         .ctl()
@@ -238,7 +227,7 @@ fn smmuv3_cd_table_stale_until_invalidate_then_page_request_round_trip() {
         .as_array()
         .unwrap()
         .is_empty());
-    d.run(&page_resp(0, Some(1), grpid, 0))
+    d.run(&Request::page_resp(0, Some(1), grpid, 0))
         .expect(NOENT, "a group is answered once");
     assert_eq!(
         phys(&translate(&daemon, 0, Some(1), 0x50010, "w")),

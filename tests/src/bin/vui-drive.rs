@@ -18,13 +18,14 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixListener;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use vhost::vhost_user::VhostUserFrontend;
+use vhost_user_iommu_tests::launcher::send_with_fds;
 use vhost_user_iommu_tests::proto::{self, status};
 use vhost_user_iommu_tests::{Control, Daemon, Device, Options, Request};
 
@@ -98,34 +99,29 @@ fn check_refs(fd: RawFd, uptr: u64, len: u64, refs: u32) -> Result<(), i32> {
     )
 }
 
-/// MD_CHECK_IOTLB: entry `i` of mock nested HWPT `hwpt`'s IOTLB holds `v`.
-fn check_iotlb(fd: RawFd, hwpt: u32, i: u32, v: u32) -> Result<(), i32> {
+/// A mock check whose one argument packs two 32-bit values (`lo | hi << 32`).
+fn check_pair(fd: RawFd, op: u32, id: u32, lo: u32, hi: u32) -> Result<(), i32> {
     test_cmd(
         fd,
-        OP_MD_CHECK_IOTLB,
-        hwpt,
-        [u64::from(i) | (u64::from(v) << 32), 0, 0, 0, 0, 0],
+        op,
+        id,
+        [u64::from(lo) | (u64::from(hi) << 32), 0, 0, 0, 0, 0],
     )
+}
+
+/// MD_CHECK_IOTLB: entry `i` of mock nested HWPT `hwpt`'s IOTLB holds `v`.
+fn check_iotlb(fd: RawFd, hwpt: u32, i: u32, v: u32) -> Result<(), i32> {
+    check_pair(fd, OP_MD_CHECK_IOTLB, hwpt, i, v)
 }
 
 /// DEV_CHECK_CACHE: entry `i` of mock device `idev`'s cache holds `v`.
 fn check_dev_cache(fd: RawFd, idev: u32, i: u32, v: u32) -> Result<(), i32> {
-    test_cmd(
-        fd,
-        OP_DEV_CHECK_CACHE,
-        idev,
-        [u64::from(i) | (u64::from(v) << 32), 0, 0, 0, 0, 0],
-    )
+    check_pair(fd, OP_DEV_CHECK_CACHE, idev, i, v)
 }
 
 /// PASID_CHECK_HWPT: mock device `stdev`'s `pasid` is attached to `hwpt` (0: to nothing).
 fn check_pasid_hwpt(fd: RawFd, stdev: u32, pasid: u32, hwpt: u32) -> Result<(), i32> {
-    test_cmd(
-        fd,
-        OP_PASID_CHECK_HWPT,
-        stdev,
-        [u64::from(pasid) | (u64::from(hwpt) << 32), 0, 0, 0, 0, 0],
-    )
+    check_pair(fd, OP_PASID_CHECK_HWPT, stdev, pasid, hwpt)
 }
 
 /// TRIGGER_IOPF: mock device `idev` issues a page request.
@@ -197,21 +193,6 @@ fn pasid_attach(type_: u8, domain: u32, endpoint: u32, pasid: u32) -> Request {
     r.extend(endpoint.to_le_bytes());
     r.extend(pasid.to_le_bytes());
     r.extend([0u8; 8]);
-    Request::new(r)
-}
-
-fn page_resp(endpoint: u32, grpid: u32, code: u16) -> Request {
-    page_resp_pasid(endpoint, None, grpid, code)
-}
-
-fn page_resp_pasid(endpoint: u32, pasid: Option<u32>, grpid: u32, code: u16) -> Request {
-    let mut r = vec![8u8, 0, 0, 0];
-    r.extend(endpoint.to_le_bytes());
-    r.extend(pasid.unwrap_or(0).to_le_bytes());
-    r.extend(grpid.to_le_bytes());
-    r.extend(code.to_le_bytes());
-    r.extend(u16::from(pasid.is_some()).to_le_bytes());
-    r.extend([0u8; 12]);
     Request::new(r)
 }
 
@@ -396,8 +377,8 @@ fn mock_nested(
     let pg = pev
         .as_ref()
         .map(|(_, b)| u32::from_le_bytes([b[24], b[25], b[26], b[27]]));
-    let pwrong = pg.map(|g| dev.status_of(&page_resp(2, g, 1)));
-    let pr = pg.map(|g| dev.status_of(&page_resp_pasid(2, Some(5), g, 1)));
+    let pwrong = pg.map(|g| dev.status_of(&Request::page_resp(2, None, g, 1)));
+    let pr = pg.map(|g| dev.status_of(&Request::page_resp(2, Some(5), g, 1)));
     rep.check(
         "pasid-page-request",
         (|| {
@@ -444,8 +425,8 @@ fn mock_nested(
     let grpid = ev
         .as_ref()
         .map(|(_, b)| u32::from_le_bytes([b[24], b[25], b[26], b[27]]));
-    let sr = grpid.map(|g| dev.status_of(&page_resp(1, g, 0)));
-    let sr2 = grpid.map(|g| dev.status_of(&page_resp(1, g, 0)));
+    let sr = grpid.map(|g| dev.status_of(&Request::page_resp(1, None, g, 0)));
+    let sr2 = grpid.map(|g| dev.status_of(&Request::page_resp(1, None, g, 0)));
     let b = backend(ctl);
     rep.check(
         "page-request-round-trip",
@@ -561,38 +542,6 @@ fn census(fd: RawFd) -> (Vec<u32>, Vec<u32>) {
     )
 }
 
-// --- The launcher side of the fd hand-over, written from docs/IOMMUFD.md ------------------------
-
-fn send_fds(sock: &UnixStream, line: &str, fds: &[RawFd]) -> std::io::Result<()> {
-    let mut data = line.as_bytes().to_vec();
-    let mut iov = libc::iovec {
-        iov_base: data.as_mut_ptr().cast(),
-        iov_len: data.len(),
-    };
-    let mut cbuf = [0u64; 16];
-    // SAFETY: all-zero msghdr is valid; fields set below.
-    let mut m: libc::msghdr = unsafe { std::mem::zeroed() };
-    m.msg_iov = &mut iov;
-    m.msg_iovlen = 1;
-    m.msg_control = cbuf.as_mut_ptr().cast();
-    let bytes = std::mem::size_of_val(fds) as u32;
-    // SAFETY: arithmetic on lengths; the header and data fit in `cbuf` (128 bytes) for a few fds.
-    unsafe {
-        m.msg_controllen = libc::CMSG_SPACE(bytes) as _;
-        let c = libc::CMSG_FIRSTHDR(&m);
-        (*c).cmsg_level = libc::SOL_SOCKET;
-        (*c).cmsg_type = libc::SCM_RIGHTS;
-        (*c).cmsg_len = libc::CMSG_LEN(bytes) as _;
-        std::ptr::copy_nonoverlapping(fds.as_ptr(), libc::CMSG_DATA(c).cast(), fds.len());
-    }
-    // SAFETY: `m` describes live buffers.
-    let sent = unsafe { libc::sendmsg(sock.as_raw_fd(), &m, 0) };
-    if usize::try_from(sent).ok() != Some(data.len()) {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
-}
-
 // --- Checks -------------------------------------------------------------------------------------
 
 struct Report {
@@ -669,7 +618,7 @@ fn mock(iommufd: &OwnedFd) -> usize {
     let raw = fd;
     let handover = std::thread::spawn(move || -> Result<String, String> {
         let (s, _) = listener.accept().map_err(|e| e.to_string())?;
-        send_fds(&s, "{\"version\":1,\"iommufd\":0}\n", &[raw]).map_err(|e| e.to_string())?;
+        send_with_fds(&s, "{\"version\":1,\"iommufd\":0}\n", &[raw]).map_err(|e| e.to_string())?;
         let mut answer = String::new();
         BufReader::new(&s)
             .read_line(&mut answer)
@@ -1081,7 +1030,7 @@ fn start_handed_over(
     };
     let handover = std::thread::spawn(move || -> Result<String, String> {
         let (s, _) = listener.accept().map_err(|e| e.to_string())?;
-        send_fds(&s, "{\"version\":1,\"iommufd\":0}\n", &[fd]).map_err(|e| e.to_string())?;
+        send_with_fds(&s, "{\"version\":1,\"iommufd\":0}\n", &[fd]).map_err(|e| e.to_string())?;
         let mut answer = String::new();
         BufReader::new(&s)
             .read_line(&mut answer)
@@ -2190,7 +2139,7 @@ fn vfio(iommufd: &OwnedFd, bdf: &str) -> usize {
     let handover = std::thread::spawn(move || -> Result<String, String> {
         let (s, _) = listener.accept().map_err(|e| e.to_string())?;
         let msg = "{\"version\":1,\"iommufd\":0,\"devices\":[{\"endpoint\":1,\"fd\":1}]}\n";
-        send_fds(&s, msg, &[raw_iommufd, raw_dev]).map_err(|e| e.to_string())?;
+        send_with_fds(&s, msg, &[raw_iommufd, raw_dev]).map_err(|e| e.to_string())?;
         let mut answer = String::new();
         BufReader::new(&s)
             .read_line(&mut answer)
