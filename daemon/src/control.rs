@@ -375,6 +375,13 @@ fn execute(req: Request, shared: &Shared, conn: &ConnectionInfo) -> Result<Value
     }
 }
 
+fn connect(path: &Path) -> Result<UnixStream, ControlError> {
+    UnixStream::connect(path).map_err(|err| ControlError::Connect {
+        path: path.to_owned(),
+        err,
+    })
+}
+
 /// Client side of `subscribe`, used by `vhost-user-iommu ctl watch`: call `each` with every
 /// invalidation line until it returns false or the daemon closes the connection.
 pub fn watch(path: &Path, mut each: impl FnMut(&Value) -> bool) -> Result<(), ControlError> {
@@ -382,10 +389,7 @@ pub fn watch(path: &Path, mut each: impl FnMut(&Value) -> bool) -> Result<(), Co
         path: path.to_owned(),
         err,
     };
-    let mut s = UnixStream::connect(path).map_err(|err| ControlError::Connect {
-        path: path.to_owned(),
-        err,
-    })?;
+    let mut s = connect(path)?;
     s.write_all(format!("{}\n", json!({"cmd": "subscribe"})).as_bytes())
         .map_err(io_err)?;
     let mut reader = BufReader::new(s);
@@ -424,10 +428,7 @@ pub fn request(path: &Path, req: &Value) -> Result<Value, ControlError> {
         path: path.to_owned(),
         err,
     };
-    let mut s = UnixStream::connect(path).map_err(|err| ControlError::Connect {
-        path: path.to_owned(),
-        err,
-    })?;
+    let mut s = connect(path)?;
     s.set_read_timeout(Some(Duration::from_secs(10)))
         .map_err(io_err)?;
     writeln!(s, "{req}").map_err(io_err)?;

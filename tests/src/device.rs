@@ -341,13 +341,23 @@ impl Device {
             .mem
             .add_region(gpa, size)
             .map_err(err("guest memory"))?;
+        self.region_added(i)
+    }
+
+    /// A region now sits at index `i`: keep `buf_region` on its region, send the table.
+    fn region_added(&mut self, i: usize) -> Result<usize, String> {
         if self.buf_region >= i {
             self.buf_region += 1;
         }
+        self.send_mem_table()?;
+        Ok(i)
+    }
+
+    fn send_mem_table(&mut self) -> Result<(), String> {
         self.fe
             .set_mem_table(&self.mem.region_infos())
             .map_err(err("SET_MEM_TABLE"))?;
-        Ok(i)
+        Ok(())
     }
 
     /// Hot-unplug the region at `gpa`: send a memory table without it (SET_MEM_TABLE). The
@@ -361,10 +371,7 @@ impl Device {
         if self.buf_region > i {
             self.buf_region -= 1;
         }
-        self.fe
-            .set_mem_table(&self.mem.region_infos())
-            .map_err(err("SET_MEM_TABLE"))?;
-        Ok(())
+        self.send_mem_table()
     }
 
     /// Put an unplugged region back (the same memfd and pages) and send the new table.
@@ -374,13 +381,7 @@ impl Device {
             .mem
             .replug(gpa)
             .ok_or_else(|| format!("no unplugged region at {gpa:#x}"))?;
-        if self.buf_region >= i {
-            self.buf_region += 1;
-        }
-        self.fe
-            .set_mem_table(&self.mem.region_infos())
-            .map_err(err("SET_MEM_TABLE"))?;
-        Ok(i)
+        self.region_added(i)
     }
 
     /// Stop both rings with GET_VRING_BASE (what a VMM does when the VM pauses or the device
