@@ -20,7 +20,9 @@ use std::path::{Path, PathBuf};
 
 use log::{error, warn};
 
-use crate::device::state::{journal_generation, parse_state, push_record, StreamKind};
+use model::device::state::{
+    journal_generation, parse_state, push_record, StateJournal, StreamKind,
+};
 
 /// The journal's file names inside the state directory (the first one holds the lock).
 pub const JOURNAL_FILES: [&str; 2] = ["device-state", "device-state.alt"];
@@ -206,6 +208,27 @@ impl Journal {
     }
 }
 
+impl StateJournal for Journal {
+    fn describe(&self) -> String {
+        self.path().display().to_string()
+    }
+    fn next_generation(&self) -> u64 {
+        Journal::next_generation(self)
+    }
+    fn append(&mut self, kind: u8, payload: &[u8]) {
+        Journal::append(self, kind, payload)
+    }
+    fn flush(&mut self) {
+        Journal::flush(self)
+    }
+    fn wants_compaction(&self) -> bool {
+        Journal::wants_compaction(self)
+    }
+    fn rewrite(&mut self, snapshot: &[u8]) {
+        Journal::rewrite(self, snapshot)
+    }
+}
+
 impl Drop for Journal {
     fn drop(&mut self) {
         self.flush();
@@ -215,7 +238,11 @@ impl Drop for Journal {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::device::state::{push_end, REC_ENDPOINT, REC_GENERATION};
+    use model::config::{DeviceConfig, EndpointSet};
+    use model::device::state::{push_end, REC_ENDPOINT, REC_GENERATION};
+    use model::device::{Device, Reply};
+    use model::protocol::{Status, MAP_F_READ};
+    use vhost_user_iommu_tests::proto;
 
     fn tempdir(tag: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("vui-journal-{tag}-{}", std::process::id()));
@@ -225,7 +252,7 @@ mod tests {
 
     /// A journal snapshot of generation `g` holding one ENDPOINT record `endpoint`.
     fn snapshot(g: u64, endpoint: u32) -> Vec<u8> {
-        let mut s = crate::device::Device::new(crate::config::DeviceConfig::default()).save_state();
+        let mut s = model::device::Device::new(model::config::DeviceConfig::default()).save_state();
         // Drop the empty stream's END and build the records again.
         s.truncate(s.len() - 12);
         push_record(&mut s, REC_GENERATION, &g.to_le_bytes());
@@ -313,5 +340,83 @@ mod tests {
         assert!(matches!(Journal::open(&dir), Err(JournalError::Locked(_))));
         drop(j);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A device whose driver acked every offered feature (the model's unit-test configuration).
+    fn dev() -> Device {
+        let mut d = Device::new(DeviceConfig {
+            input_start: 0,
+            input_end: (1 << 48) - 1,
+            domain_start: 1,
+            domain_end: 1000,
+            endpoints: EndpointSet::Ranges(vec![(0, 15)]),
+            ..DeviceConfig::default()
+        });
+        let f = d.features();
+        d.set_acked_features(f);
+        d
+    }
+
+    fn ok(d: &mut Device, req: &[u8]) {
+        let mut props = vec![0u8; d.config().probe_size as usize];
+        assert_eq!(
+            d.handle_request(req, &mut props),
+            Reply::Status(Status::Ok),
+            "{req:?}"
+        );
+    }
+
+    #[test]
+    fn a_guest_that_maps_and_unmaps_forever_keeps_the_journal_bounded() {
+        let dir = std::env::temp_dir().join(format!("vui-bounded-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (j, saved) = Journal::open(&dir).expect("journal");
+        let mut d = dev();
+        d.set_journal(Box::new(j), saved);
+        ok(&mut d, &proto::attach(1, 0, 0));
+        // A standing state of 2000 mappings, then a long churn over one page.
+        for i in 0..2000u64 {
+            let va = 0x1000_0000 + i * 0x1000;
+            ok(
+                &mut d,
+                &proto::map(1, va, va + 0xfff, 0x10_0000 + i * 0x1000, MAP_F_READ),
+            );
+        }
+        let sizes = || -> u64 {
+            JOURNAL_FILES
+                .iter()
+                .map(|f| std::fs::metadata(dir.join(f)).map_or(0, |m| m.len()))
+                .sum()
+        };
+        let state_len = d.save_state().len() as u64;
+        let mut largest = 0;
+        for i in 0..40_000u64 {
+            ok(
+                &mut d,
+                &proto::map(1, 0, 0xfff, 0x1000 * (i % 16), MAP_F_READ),
+            );
+            ok(&mut d, &proto::unmap(1, 0, 0xfff));
+            if i % 1000 == 0 {
+                largest = largest.max(sizes());
+            }
+        }
+        // 80 000 records of 40 bytes went through; the files never held more than a snapshot,
+        // the records that trigger the next one, and one snapshot being written.
+        let bound = 2 * state_len.max(256 * 1024) + state_len + 1024;
+        assert!(
+            largest <= bound,
+            "journal grew to {largest} bytes (bound {bound})"
+        );
+        // A restart finds exactly the device's state.
+        let want = d.save_state();
+        drop(d);
+        let (j, saved) = Journal::open(&dir).expect("journal again");
+        let mut again = dev();
+        again.set_journal(Box::new(j), saved);
+        let summary = again.resume_state(true).expect("a state").expect("resumed");
+        assert_eq!((summary.domains, summary.mappings), (1, 2000));
+        assert_eq!(again.save_state(), want);
+        drop(again);
+        std::fs::remove_dir_all(&dir).expect("clean up");
     }
 }

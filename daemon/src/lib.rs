@@ -1,32 +1,19 @@
 //! vhost-user-iommu: a virtio-iommu device (virtio ID 23) served to one VM over vhost-user.
 //!
-//! - [`protocol`]: the wire format of requests, events and the config space;
-//! - [`device`]: the device model and the software backend (`translate`);
-//! - [`mapping`]: per-domain mapping storage;
-//! - [`migration`]: device state transfer over vhost-user (live migration);
-//! - [`backend`]: host backends (software, iommufd) and the fd hand-over protocol;
-//! - [`vhost`]: virtqueue processing and the vhost-user backend;
-//! - [`control`]: the inspection socket;
-//! - [`server`]: sockets, connection lifecycle, signals;
-//! - [`config_file`]: the TOML configuration file;
-//! - [`activation`]: systemd socket activation, readiness, watchdog;
-//! - [`privilege`], [`sandbox`]: dropping privileges and per-thread seccomp filters.
+//! The device model lives in its own crate (`vhost-user-iommu-model`, `daemon/model`); this
+//! crate serves it. docs/ARCHITECTURE.md has the threads, locks and flows. The layers:
+//!
+//! - [`transport`]: vhost-user: the virtqueues, the backend trait of `vhost-user-backend`,
+//!   device state transfer (live migration);
+//! - [`host`]: host backends behind the model's `HostBackend` trait (iommufd) and the fd
+//!   hand-over from a launcher;
+//! - [`journal`]: the restart journal (`--state-dir`), the model's state written to files;
+//! - [`control`]: the inspection socket and its invalidation subscribers;
+//! - [`service`]: the process: settings (options and config file), sockets and connection
+//!   lifecycle, systemd activation, privilege drop, seccomp, CPU scheduling, unit generation.
 
-pub mod activation;
-pub mod backend;
-pub mod config;
-pub mod config_file;
 pub mod control;
-pub mod device;
-pub mod invalidation;
+pub mod host;
 pub mod journal;
-pub mod mapping;
-pub mod migration;
-pub mod privilege;
-pub mod protocol;
-pub mod sandbox;
-pub mod sched;
-pub mod server;
-pub mod tables;
-pub mod unit;
-pub mod vhost;
+pub mod service;
+pub mod transport;

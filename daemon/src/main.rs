@@ -6,12 +6,13 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 
-use vhost_user_iommu::backend::{BackendConfig, BackendKind};
-use vhost_user_iommu::config::{parse_u32, parse_u64, EndpointSet, Range32, Range64};
-use vhost_user_iommu::config_file::{self, Layer, Settings};
-use vhost_user_iommu::protocol::RESV_MEM_T_MSI;
-use vhost_user_iommu::sched::WorkerSched;
-use vhost_user_iommu::{control, server};
+use model::config::{parse_u32, parse_u64, EndpointSet, Range32, Range64};
+use model::protocol::RESV_MEM_T_MSI;
+use vhost_user_iommu::control;
+use vhost_user_iommu::host::{BackendConfig, BackendKind};
+use vhost_user_iommu::service::sched::WorkerSched;
+use vhost_user_iommu::service::server;
+use vhost_user_iommu::service::settings::{self, Layer, Settings};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -208,11 +209,11 @@ fn settings(a: &RunArgs) -> Result<Settings, String> {
     let file = match &a.config {
         Some(path) => Some((
             path.as_path(),
-            config_file::load(path).map_err(|e| e.to_string())?,
+            settings::load(path).map_err(|e| e.to_string())?,
         )),
         None => None,
     };
-    config_file::resolve(flag_layer(a), file).map_err(|e| e.to_string())
+    settings::resolve(flag_layer(a), file).map_err(|e| e.to_string())
 }
 
 fn print_settings(s: &Settings) {
@@ -256,7 +257,7 @@ fn print_settings(s: &Settings) {
 }
 
 fn backend_json(b: &BackendConfig) -> serde_json::Value {
-    use vhost_user_iommu::backend::iommufd::DeviceSource;
+    use vhost_user_iommu::host::iommufd::DeviceSource;
     match b {
         BackendConfig::Software => json!("software"),
         BackendConfig::Iommufd(c) => {
@@ -391,11 +392,11 @@ fn main() -> ExitCode {
                 .map_err(|e| e.to_string())
         }),
         Some(Command::Ctl(a)) => run_ctl(a),
-        Some(Command::SystemdDropin { config }) => config_file::load(&config)
-            .and_then(|l| config_file::resolve(Layer::default(), Some((&config, l))))
+        Some(Command::SystemdDropin { config }) => settings::load(&config)
+            .and_then(|l| settings::resolve(Layer::default(), Some((&config, l))))
             .map_err(|e| e.to_string())
             .and_then(|s| {
-                vhost_user_iommu::unit::device_dropin(&s, std::path::Path::new("/sys"))
+                vhost_user_iommu::service::unit::device_dropin(&s, std::path::Path::new("/sys"))
                     .map_err(|e| e.to_string())
             })
             .map(|text| print!("{text}")),

@@ -9,11 +9,11 @@
 
 use std::sync::Arc;
 
+use model::config::DeviceConfig;
+use model::device::Device;
+use model::protocol::REQUEST_QUEUE;
 use vhost_user_backend::{VhostUserBackendMut, VringRwLock, VringT};
-use vhost_user_iommu::config::DeviceConfig;
-use vhost_user_iommu::device::Device;
-use vhost_user_iommu::protocol::REQUEST_QUEUE;
-use vhost_user_iommu::vhost::{IommuBackend, Shared};
+use vhost_user_iommu::transport::{IommuBackend, Shared};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 

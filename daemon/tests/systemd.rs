@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use std::collections::HashSet;
 
-use vhost_user_iommu::sandbox::{role_calls, Role};
+use vhost_user_iommu::service::sandbox::{role_calls, Role};
 use vhost_user_iommu_tests::daemon::TempDir;
 use vhost_user_iommu_tests::{Control, Device, Options};
 
@@ -291,7 +291,7 @@ fn logs_go_to_the_journal_with_fields() {
     // systemd-journal-logger maps log's Info to notice (5), Debug to info (6).
     assert_eq!(field("PRIORITY"), Some("5"), "info is notice");
     assert_eq!(field("VUI_VERSION"), Some(env!("CARGO_PKG_VERSION")));
-    assert_eq!(field("TARGET"), Some("vhost_user_iommu::server"));
+    assert_eq!(field("TARGET"), Some("vhost_user_iommu::service::server"));
     assert!(field("CODE_FILE").is_some_and(|f| f.ends_with("server.rs")));
     assert!(field("CODE_LINE").is_some());
     // Nothing went to stderr: the journal got it all.

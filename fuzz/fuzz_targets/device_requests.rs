@@ -24,7 +24,7 @@ mod common;
 
 use common::{check_invariants, config, guest_memory, request, Input};
 use libfuzzer_sys::fuzz_target;
-use vhost_user_iommu::device::{Access, Device};
+use model::device::{Access, Device};
 use vm_memory::{Bytes, GuestAddress, GuestAddressSpace};
 
 fuzz_target!(|data: &[u8]| {

@@ -5,9 +5,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use vhost_user_iommu::config::{DeviceConfig, EndpointSet};
-use vhost_user_iommu::device::state::{parse_state, StreamKind};
-use vhost_user_iommu::device::Device;
+use model::config::{DeviceConfig, EndpointSet};
+use model::device::state::{parse_state, StreamKind};
+use model::device::Device;
 
 fn device() -> Device {
     Device::new(DeviceConfig {

@@ -1,6 +1,5 @@
 //! The virtqueue path: hostile descriptor tables and avail rings in a small guest memory,
-//! popped by virtio-queue and answered by the daemon's chain handling (`vhost::handle_chain`,
-//! through its fuzzing hook).
+//! popped by virtio-queue and answered by the model's chain handling (`queue::handle_chain`).
 //!
 //! Input: `cfg: u8` (`common::config`), `flags: u8` (bit 0 EVENT_IDX, bit 1 acknowledge no
 //! device feature, bits 4..7 log2 queue size, at most 16), then an image of guest RAM copied
@@ -19,8 +18,8 @@ mod common;
 
 use common::{check_invariants, config, Input};
 use libfuzzer_sys::fuzz_target;
-use vhost_user_iommu::device::Device;
-use vhost_user_iommu::vhost::handle_chain_for_fuzzing;
+use model::device::Device;
+use model::queue::handle_chain;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryAtomic, GuestMemoryMmap};
 
@@ -93,7 +92,7 @@ fuzz_target!(|data: &[u8]| {
                 mark(&mut writable, d.addr().0, u64::from(d.len()));
             }
         }
-        let used = handle_chain_for_fuzzing(&mut dev, &mem, chain);
+        let used = handle_chain(&mut dev, &mem, chain);
         assert!(
             used == 0 || u64::from(used) == wlen,
             "used length {used} of a chain with {wlen} writable bytes"

@@ -4,10 +4,10 @@
 // Each target uses part of this module.
 #![allow(dead_code)]
 
-use vhost_user_iommu::config::{DeviceConfig, EndpointSet, ReservedRegion};
-use vhost_user_iommu::device::{Device, Reply};
-use vhost_user_iommu::mapping::Mapping;
-use vhost_user_iommu::protocol::*;
+use model::config::{DeviceConfig, EndpointSet, ReservedRegion};
+use model::device::{Device, Reply};
+use model::mapping::Mapping;
+use model::protocol::*;
 use vm_memory::{GuestAddress, GuestMemoryAtomic, GuestMemoryMmap};
 
 /// Guest RAM the device walks tables in: 64 KiB at GPA 0 (16 pages, enough for a 5-level

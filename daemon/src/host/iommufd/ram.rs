@@ -20,8 +20,8 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use log::{info, warn};
 use serde_json::json;
 
-use super::{sys, DomainObj, IommufdBackend};
-use crate::backend::{BackendError, GuestRegion};
+use super::{os_err, sys, DomainObj, IommufdBackend};
+use model::host::{BackendError, GuestRegion};
 
 /// What backs guest RAM on the host: a file (the frontend's memfd: device, inode and offset)
 /// when the IOAS maps it by file, else the daemon's address of it.
@@ -535,7 +535,7 @@ impl IommufdBackend {
                         m.pieces = Pieces::from_vec(left);
                     }
                 }
-                Err(e.into())
+                Err(os_err(e))
             }
         }
     }

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use super::iommufd::DeviceSource;
 use super::{BackendConfig, BackendKind};
-use crate::config_file::{parse, resolve, Layer};
+use crate::service::settings::{parse, resolve, Layer};
 
 fn p() -> &'static Path {
     Path::new("vm.toml")

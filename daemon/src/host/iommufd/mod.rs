@@ -30,7 +30,7 @@
 mod adopt;
 pub mod nesting;
 mod ram;
-pub mod sys;
+pub use iommufd_sys as sys;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
@@ -40,12 +40,12 @@ use log::{error, info, warn};
 use serde_json::json;
 
 use super::fdpass::Handover;
-use super::{
+use model::guest_tables::{Binding, Invalidate};
+use model::host::{
     BackendError, GuestRegion, HostBackend, HostFault, HostIommu, HostLimits, HostPageRequest,
     ResetKind, HOST_IOMMU_SELFTEST, HOST_IOMMU_SMMUV3, HOST_IOMMU_VTD,
 };
-use crate::protocol::{MAP_F_MMIO, MAP_F_READ, MAP_F_WRITE};
-use crate::tables::{Binding, Invalidate};
+use model::protocol::{MAP_F_MMIO, MAP_F_READ, MAP_F_WRITE};
 use ram::{HostMap, MemStats, Piece, Ram};
 
 /// Where the host device of an endpoint comes from.
@@ -71,6 +71,25 @@ pub struct IommufdConfig {
     pub fd_socket: Option<PathBuf>,
     /// The host device of each guest endpoint id.
     pub devices: BTreeMap<u32, DeviceSource>,
+}
+
+/// A failed kernel call as the backend error it is (the status follows its errno).
+pub(crate) fn os_err(e: sys::SysError) -> BackendError {
+    BackendError::Os {
+        call: e.call,
+        errno: e.errno,
+    }
+}
+
+/// `?` on a kernel call inside a backend operation.
+pub(crate) trait OsResult<T> {
+    fn os(self) -> Result<T, BackendError>;
+}
+
+impl<T> OsResult<T> for Result<T, sys::SysError> {
+    fn os(self) -> Result<T, BackendError> {
+        self.map_err(os_err)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -781,7 +800,8 @@ impl IommufdBackend {
             sys::IOMMU_HWPT_DATA_NONE,
             &[],
             0,
-        )?;
+        )
+        .os()?;
         let viommu = match viommu_type {
             Some(t) => match sys::viommu_alloc(self.fd(), t, dev_id, parent) {
                 Ok(v) => Some(v),
@@ -789,7 +809,7 @@ impl IommufdBackend {
                     if let Err(d) = sys::destroy(self.fd(), parent) {
                         warn!("cannot destroy the nesting parent {parent}: {d}");
                     }
-                    return Err(e.into());
+                    return Err(os_err(e));
                 }
             },
             None => None,
@@ -885,7 +905,8 @@ impl IommufdBackend {
             sys::IOMMU_HWPT_DATA_NONE,
             &[],
             0,
-        )?;
+        )
+        .os()?;
         self.paging.insert(ioas, h);
         Ok(h)
     }
@@ -924,10 +945,10 @@ impl IommufdBackend {
     ) -> Result<(), BackendError> {
         match dev {
             HostDevice::Mock { stdev, .. } => {
-                sys::mock_pasid_attach(self.fd(), *stdev, pasid, pt, replace)?
+                sys::mock_pasid_attach(self.fd(), *stdev, pasid, pt, replace).os()?
             }
             HostDevice::Vfio { file, .. } => {
-                sys::vfio_attach_pasid(file.as_fd(), pt, pasid)?;
+                sys::vfio_attach_pasid(file.as_fd(), pt, pasid).os()?;
             }
         }
         Ok(())
@@ -935,8 +956,10 @@ impl IommufdBackend {
 
     fn pasid_off(&self, dev: &HostDevice, pasid: u32) -> Result<(), BackendError> {
         match dev {
-            HostDevice::Mock { stdev, .. } => sys::mock_pasid_detach(self.fd(), *stdev, pasid)?,
-            HostDevice::Vfio { file, .. } => sys::vfio_detach_pasid(file.as_fd(), pasid)?,
+            HostDevice::Mock { stdev, .. } => {
+                sys::mock_pasid_detach(self.fd(), *stdev, pasid).os()?
+            }
+            HostDevice::Vfio { file, .. } => sys::vfio_detach_pasid(file.as_fd(), pasid).os()?,
         }
         Ok(())
     }
@@ -1033,7 +1056,7 @@ impl IommufdBackend {
         let granule = self.iova_alignment.max(page).next_power_of_two();
         HostLimits {
             page_size_mask: !(granule - 1),
-            holes: super::holes_of(&self.allowed, lo, hi),
+            holes: model::host::holes_of(&self.allowed, lo, hi),
         }
     }
 
@@ -1053,8 +1076,8 @@ impl IommufdBackend {
     /// Attach `ep`'s host device to `pt` (atomic replace); returns the HWPT.
     fn replace(&self, dev: &HostDevice, pt: u32) -> Result<u32, BackendError> {
         let hwpt = match dev {
-            HostDevice::Vfio { file, .. } => sys::vfio_attach(file.as_fd(), pt)?,
-            HostDevice::Mock { stdev, .. } => sys::mock_replace(self.fd(), *stdev, pt)?,
+            HostDevice::Vfio { file, .. } => sys::vfio_attach(file.as_fd(), pt).os()?,
+            HostDevice::Mock { stdev, .. } => sys::mock_replace(self.fd(), *stdev, pt).os()?,
         };
         Ok(hwpt)
     }
@@ -1148,11 +1171,11 @@ impl IommufdBackend {
                         warn!("{e}: mapping guest RAM by address from now on");
                         self.map_file = false;
                     }
-                    Err(e) => return Err(e.into()),
+                    Err(e) => return Err(os_err(e)),
                 }
             }
         }
-        sys::ioas_map(self.fd(), ioas, iova, host, len, prot)?;
+        sys::ioas_map(self.fd(), ioas, iova, host, len, prot).os()?;
         Ok(ram::Backing::Addr(host))
     }
 
@@ -1184,7 +1207,7 @@ impl HostBackend for IommufdBackend {
             Some(d) => (d.ioas, d.nested),
             None if !new_domain => return Err(BackendError::Internal("attach to unknown domain")),
             None if bypass => (self.stage2, None),
-            None => (sys::ioas_alloc(self.fd())?, None),
+            None => (sys::ioas_alloc(self.fd()).os()?, None),
         };
         let fresh = new_domain && !bypass;
         let moved = match nested {
@@ -1438,8 +1461,9 @@ impl HostBackend for IommufdBackend {
                 data_type,
                 &data,
                 0,
-            )?,
-            r => r?,
+            )
+            .os()?,
+            r => r.os()?,
         };
         if let Err(e) = self.move_domain(domain, hwpt, old) {
             if let Err(d) = sys::destroy(self.fd(), hwpt) {
@@ -1533,7 +1557,8 @@ impl HostBackend for IommufdBackend {
                         sys::IOMMU_HWPT_INVALIDATE_DATA_SELFTEST,
                         8,
                         &nesting::le_bytes(&[e]),
-                    )?;
+                    )
+                    .os()?;
                 }
                 let entries: Vec<[u32; 3]> = users
                     .iter()
@@ -1547,7 +1572,8 @@ impl HostBackend for IommufdBackend {
                         sys::IOMMU_VIOMMU_INVALIDATE_DATA_SELFTEST,
                         12,
                         &nesting::le_bytes(&entries),
-                    )?;
+                    )
+                    .os()?;
                 }
             }
             NestKind::Vtd => {
@@ -1558,7 +1584,8 @@ impl HostBackend for IommufdBackend {
                         sys::IOMMU_HWPT_INVALIDATE_DATA_VTD_S1,
                         nesting::VtdInvalidate::SIZE,
                         &e.bytes(),
-                    )?;
+                    )
+                    .os()?;
                 }
             }
             NestKind::Smmuv3 => {
@@ -1575,7 +1602,8 @@ impl HostBackend for IommufdBackend {
                         sys::IOMMU_VIOMMU_INVALIDATE_DATA_ARM_SMMUV3,
                         16,
                         &nesting::le_bytes64(&cmds),
-                    )?;
+                    )
+                    .os()?;
                 }
             }
         }
@@ -1668,7 +1696,7 @@ impl HostBackend for IommufdBackend {
                     );
                     if last {
                         if let Err(e) =
-                            self.write_response(f.cookie, crate::protocol::PAGE_RESP_INVALID)
+                            self.write_response(f.cookie, model::protocol::PAGE_RESP_INVALID)
                         {
                             warn!("{e}");
                         }
@@ -1949,7 +1977,7 @@ mod tests {
                 matches!(e, BackendError::NotGuestRam { .. }),
                 "{phys:#x}: {e}"
             );
-            assert_eq!(e.status(), crate::protocol::Status::Range);
+            assert_eq!(e.status(), model::protocol::Status::Range);
         }
         // No access: nothing reaches the kernel, but the range must still be RAM.
         b.map(1, 0, 0xfff, 0x1000_0000, 0).unwrap();
@@ -2119,7 +2147,7 @@ mod tests {
         assert_eq!((t, d), (0xdead, 0x0bad_beefu32.to_le_bytes().to_vec()));
         // Another architecture's table: UNSUPP, before any kernel call.
         let e = nested_data(NestKind::Smmuv3, &vtd).unwrap_err();
-        assert_eq!(e.status(), crate::protocol::Status::Unsupp);
+        assert_eq!(e.status(), model::protocol::Status::Unsupp);
     }
 
     #[test]
@@ -2136,7 +2164,7 @@ mod tests {
         })
         .unwrap();
         let e = b.attach_table(1, &Binding::Vtd(fs)).unwrap_err();
-        assert_eq!(e.status(), crate::protocol::Status::Unsupp);
+        assert_eq!(e.status(), model::protocol::Status::Unsupp);
         // PASIDs of endpoints without a host device need nothing on the host; invalidations of
         // a domain without a nested HWPT neither.
         b.attach_pasid(5, 1, 1).unwrap();

@@ -19,9 +19,9 @@
 //!   SMMUv3 `struct iommu_vevent_arm_smmuv3 {le64 evt[4]}` (the event record of IHI 0070 §7.3,
 //!   StreamID already the virtual one), the mock's `{u32 virt_id}`.
 
-use crate::backend::HostFault;
-use crate::protocol::{FAULT_R_DOMAIN, FAULT_R_MAPPING, FAULT_R_UNKNOWN};
-use crate::tables::{Invalidate, Scope};
+use model::guest_tables::{Invalidate, Scope};
+use model::host::HostFault;
+use model::protocol::{FAULT_R_DOMAIN, FAULT_R_MAPPING, FAULT_R_UNKNOWN};
 
 /// SMMUv3 command opcodes (CMDQ_OP_*).
 pub const CMD_CFGI_CD: u64 = 0x05;
@@ -122,7 +122,7 @@ pub fn atc_span(first_vpn: u64, vpns: u64) -> (u64, u64) {
 /// - DEV_IOTLB: ATC_INV per endpoint, of the PASID's substream when given, of the range for
 ///   ADDRESS scope, everything otherwise.
 pub fn smmu_commands(inv: &Invalidate, sids: &[u32]) -> Vec<[u64; 2]> {
-    use crate::protocol::{INV_CACHE_DEV_IOTLB, INV_CACHE_IOTLB, INV_CACHE_PASID};
+    use model::protocol::{INV_CACHE_DEV_IOTLB, INV_CACHE_IOTLB, INV_CACHE_PASID};
     let mut out = Vec::new();
     let asid = inv.archid.map(|a| a as u16);
     if inv.caches & INV_CACHE_IOTLB != 0 {
@@ -221,7 +221,7 @@ pub const MOCK_IOTLB_DEFAULT: u32 = 0xbad_beef;
 /// translations; a DOMAIN invalidation, or one without PASID, empties all of them.
 /// Returns `{flags, iotlb_id}`.
 pub fn mock_iotlb_entry(inv: &Invalidate) -> Option<[u32; 2]> {
-    if inv.caches & crate::protocol::INV_CACHE_IOTLB == 0 {
+    if inv.caches & model::protocol::INV_CACHE_IOTLB == 0 {
         return None;
     }
     Some(match (inv.scope, inv.pasid) {
@@ -233,7 +233,7 @@ pub fn mock_iotlb_entry(inv: &Invalidate) -> Option<[u32; 2]> {
 /// The mock device-cache entry (the vIOMMU's "device TLB") for an INVALIDATE naming
 /// DEV_IOTLB, for the vDEVICE `vdev_id`: `{flags, vdev_id, cache_id}`, on the same rule.
 pub fn mock_dev_cache_entry(inv: &Invalidate, vdev_id: u32) -> Option<[u32; 3]> {
-    if inv.caches & crate::protocol::INV_CACHE_DEV_IOTLB == 0 {
+    if inv.caches & model::protocol::INV_CACHE_DEV_IOTLB == 0 {
         return None;
     }
     Some(match (inv.scope, inv.pasid) {
@@ -303,7 +303,7 @@ impl PgFault {
 
 /// The response to write to the fault fd for a guest PAGE_RESP code.
 pub fn page_response(cookie: u32, virtio_code: u16) -> [u8; 8] {
-    let code = if virtio_code == crate::protocol::PAGE_RESP_SUCCESS {
+    let code = if virtio_code == model::protocol::PAGE_RESP_SUCCESS {
         PAGE_RESP_SUCCESS
     } else {
         PAGE_RESP_INVALID
@@ -408,7 +408,7 @@ pub fn mock_event_fault(data: &[u8]) -> Option<HostFault> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::{INV_CACHE_DEV_IOTLB, INV_CACHE_IOTLB, INV_CACHE_PASID};
+    use model::protocol::{INV_CACHE_DEV_IOTLB, INV_CACHE_IOTLB, INV_CACHE_PASID};
 
     fn inv(scope: Scope, caches: u16, pasid: Option<u32>, archid: Option<u64>) -> Invalidate {
         Invalidate {

@@ -12,11 +12,11 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use serde::Serialize;
 use zerocopy::FromBytes;
 
-use crate::backend::{BackendError, GuestRegion, HostBackend, ResetKind, Software};
 use crate::config::DeviceConfig;
+use crate::guest_tables::{SoftCaps, TableDomain};
+use crate::host::{BackendError, GuestRegion, HostBackend, ResetKind, Software};
 use crate::mapping::{Mapping, MappingTable};
 use crate::protocol::*;
-use crate::tables::{SoftCaps, TableDomain};
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 
 /// Faults kept for inspection.
@@ -205,7 +205,7 @@ pub struct Device {
     next_grpid: u32,
     invalidation_sink: Option<std::sync::Arc<dyn InvalidationSink>>,
     /// The state journal (--state-dir), if any.
-    journal: Option<crate::journal::Journal>,
+    journal: Option<Box<dyn state::StateJournal>>,
     /// A journaled state from before a restart, until the driver shows whether it carries on.
     resume: Option<Vec<u8>>,
     /// Where validated requests take effect outside the model (backend/mod.rs).
@@ -696,7 +696,7 @@ impl Device {
             off += std::mem::size_of::<ProbeResvMem>();
         }
         if self.acked(F_ATTACH_TABLE)
-            && crate::tables::probe_properties(
+            && crate::guest_tables::probe_properties(
                 &self.soft,
                 self.backend.host_iommu().as_ref(),
                 props,
@@ -854,13 +854,12 @@ fn parse<T: FromBytes>(body: &[u8]) -> Option<T> {
     T::read_from_prefix(body).ok().map(|(b, _)| b)
 }
 
-#[path = "device_ext.rs"]
 mod ext;
 pub use ext::{EventRecord, PageRequest};
 
-#[path = "device_state.rs"]
 pub mod state;
 
 #[cfg(test)]
-#[path = "device_tests.rs"]
+mod host_tests;
+#[cfg(test)]
 mod tests;

@@ -10,10 +10,10 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use crate::backend::iommufd::{pci_cdev, DeviceSource};
-use crate::backend::BackendConfig;
-use crate::config_file::Settings;
-use crate::sched::WorkerSched;
+use crate::host::iommufd::{pci_cdev, DeviceSource};
+use crate::host::BackendConfig;
+use crate::service::sched::WorkerSched;
+use crate::service::settings::Settings;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DropinError {
@@ -93,7 +93,7 @@ pub fn device_dropin(settings: &Settings, sysfs: &Path) -> Result<String, Dropin
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config_file::{parse, resolve, Layer};
+    use crate::service::settings::{parse, resolve, Layer};
 
     fn settings(text: &str) -> Settings {
         let p = Path::new("vm.toml");

@@ -11,8 +11,8 @@ use vm_memory::GuestAddressSpace;
 use zerocopy::{FromBytes, IntoBytes};
 
 use super::*;
-use crate::backend::HostPageRequest;
-use crate::tables::{self, zero, TableDomain, WalkFault, Walked, MAX_PAGE_REQUEST_GROUPS};
+use crate::guest_tables::{self, zero, TableDomain, WalkFault, Walked, MAX_PAGE_REQUEST_GROUPS};
+use crate::host::HostPageRequest;
 
 /// An outstanding page-request group.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,7 +66,7 @@ impl Device {
                 return Status::Range;
             };
             let guard = mem.memory();
-            match tables::decode(b, &self.soft, &VmMemory(&*guard)) {
+            match guest_tables::decode(b, &self.soft, &VmMemory(&*guard)) {
                 Ok(binding) => binding,
                 Err(s) => return s,
             }
@@ -197,7 +197,7 @@ impl Device {
     }
 
     fn invalidate_request(&mut self, b: &InvalidateBody) -> Status {
-        let inv = match tables::parse_invalidate(b, self.cfg.pasid_bits) {
+        let inv = match guest_tables::parse_invalidate(b, self.cfg.pasid_bits) {
             Ok(inv) => inv,
             Err(s) => return s,
         };
@@ -207,7 +207,7 @@ impl Device {
         if inv.archid.is_some()
             && d.table
                 .as_ref()
-                .is_some_and(|t| matches!(t.binding, tables::Binding::Vtd(_)))
+                .is_some_and(|t| matches!(t.binding, guest_tables::Binding::Vtd(_)))
         {
             return Status::Inval;
         }

@@ -1,6 +1,6 @@
 //! Device state transfer for live migration (vhost-user `SET_DEVICE_STATE_FD` /
 //! `CHECK_DEVICE_STATE`, protocol feature DEVICE_STATE). The state itself is
-//! [`crate::device::state`]; docs/STATE.md describes both.
+//! [`model::device::state`]; docs/STATE.md describes both.
 //!
 //! The frontend reads (SAVE) or writes (LOAD) the pipe it passed only after our reply to
 //! `SET_DEVICE_STATE_FD`, so the bytes cannot move on the message handler thread without a

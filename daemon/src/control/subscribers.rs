@@ -18,7 +18,7 @@ use std::sync::Mutex;
 use log::{info, warn};
 use serde_json::json;
 
-use crate::device::{Invalidation, InvalidationSink};
+use model::device::{Invalidation, InvalidationSink};
 
 /// Subscribers allowed at once.
 pub const MAX_SUBSCRIBERS: usize = 64;
@@ -107,9 +107,9 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::config::{DeviceConfig, EndpointSet};
-    use crate::device::{Device, Reply};
-    use crate::protocol::*;
+    use model::config::{DeviceConfig, EndpointSet};
+    use model::device::{Device, Reply};
+    use model::protocol::*;
 
     fn dev(subs: &Arc<Subscribers>) -> Device {
         let mut d = Device::new(DeviceConfig {

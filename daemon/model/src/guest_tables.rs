@@ -14,7 +14,7 @@ use pasid::smmuv3::ste::{SsidResolution, SteError, SteS1};
 use pasid::smmuv3::{CdCaps, GranuleSupport, SmmuIdrInfo};
 use pasid::vtd::{VtdBindError, VtdHostCaps, VtdS1Binding};
 
-use crate::backend::{HostIommu, HOST_IOMMU_SMMUV3, HOST_IOMMU_VTD};
+use crate::host::{HostIommu, HOST_IOMMU_SMMUV3, HOST_IOMMU_VTD};
 use crate::protocol::*;
 
 /// Translations kept per table domain before the cache is emptied wholesale.

@@ -14,14 +14,14 @@ use vhost_user_backend::VhostUserDaemon;
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 
-use crate::activation::{self, ActivationError};
-use crate::config::DeviceConfig;
 use crate::control::{self, ConnectionInfo, ControlError};
-use crate::device::Device;
-use crate::privilege::{self, PrivilegeError};
-use crate::sandbox::{self, Role, SandboxError};
-use crate::sched::WorkerSched;
-use crate::vhost::{IommuBackend, Shared, VhostError, PAGE_REQUEST_EVENT_ID, WAKE_EVENT_ID};
+use crate::service::activation::{self, ActivationError};
+use crate::service::privilege::{self, PrivilegeError};
+use crate::service::sandbox::{self, Role, SandboxError};
+use crate::service::sched::WorkerSched;
+use crate::transport::{IommuBackend, Shared, VhostError, PAGE_REQUEST_EVENT_ID, WAKE_EVENT_ID};
+use model::config::DeviceConfig;
+use model::device::Device;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -36,11 +36,11 @@ pub enum ServerError {
     #[error(transparent)]
     Privilege(#[from] PrivilegeError),
     #[error(transparent)]
-    Backend(#[from] crate::backend::BackendSetupError),
+    Backend(#[from] crate::host::BackendSetupError),
     #[error(transparent)]
     Sandbox(#[from] SandboxError),
     #[error(transparent)]
-    Sched(#[from] crate::sched::SchedError),
+    Sched(#[from] crate::service::sched::SchedError),
     #[error(transparent)]
     Journal(#[from] crate::journal::JournalError),
     #[error("cannot start the {0} thread: {1}")]
@@ -73,7 +73,7 @@ pub struct ServerConfig {
     /// Scheduling policy of the request-queue worker threads.
     pub worker_sched: WorkerSched,
     /// The host backend.
-    pub backend: crate::backend::BackendConfig,
+    pub backend: crate::host::BackendConfig,
 }
 
 /// Bind a unix socket at `path`. A stale socket left by a dead process is replaced; a live one
@@ -216,14 +216,14 @@ pub fn run(cfg: ServerConfig) -> Result<(), ServerError> {
     // Host devices are opened (and fds received from a launcher) with the daemon's privileges;
     // the host's limits adjust what the device tells the guest.
     let mut device_cfg = cfg.device.clone();
-    let backend =
-        match crate::backend::build(&cfg.backend, &mut device_cfg, cfg.state_dir.as_deref()) {
-            Ok(b) => b,
-            Err(e) => {
-                remove_sockets(&ours);
-                return Err(e.into());
-            }
-        };
+    let backend = match crate::host::build(&cfg.backend, &mut device_cfg, cfg.state_dir.as_deref())
+    {
+        Ok(b) => b,
+        Err(e) => {
+            remove_sockets(&ours);
+            return Err(e.into());
+        }
+    };
     let backend_name = backend.name();
     sandbox::allow_backend_ioctls(backend.serving_ioctls());
     // The worker's scheduling policy: made possible while privileged, then tried with the
@@ -241,7 +241,7 @@ pub fn run(cfg: ServerConfig) -> Result<(), ServerError> {
     }
     info!(
         "request-queue worker: {}",
-        crate::sched::describe(cfg.worker_sched)
+        crate::service::sched::describe(cfg.worker_sched)
     );
 
     // The signal thread removes our socket files on SIGINT/SIGTERM.
@@ -249,7 +249,7 @@ pub fn run(cfg: ServerConfig) -> Result<(), ServerError> {
 
     let mut device = Device::with_backend(device_cfg, backend);
     if let Some((journal, saved)) = journal {
-        device.set_journal(journal, saved);
+        device.set_journal(Box::new(journal), saved);
     }
     let shared = Arc::new(Shared::new(device)?);
     let conn = Arc::new(ConnectionInfo {
@@ -263,7 +263,7 @@ pub fn run(cfg: ServerConfig) -> Result<(), ServerError> {
         .device()
         .set_invalidation_sink(conn.subscribers.clone());
     let seccomp = cfg.seccomp;
-    let transfer = crate::migration::Transfer::spawn(move || {
+    let transfer = crate::transport::migration::Transfer::spawn(move || {
         if seccomp {
             sandbox::install(Role::Transfer).map_err(|e| e.to_string())?;
         }

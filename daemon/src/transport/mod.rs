@@ -16,10 +16,9 @@ use vhost::vhost_user::message::{
 };
 use vhost_user_backend::{VhostUserBackendMut, VringRwLock, VringT};
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
-use virtio_queue::{DescriptorChain, QueueT};
+use virtio_queue::QueueT;
 use vm_memory::{
-    Address, Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend,
-    GuestMemoryMmap,
+    Address, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend, GuestMemoryMmap,
 };
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
@@ -27,11 +26,14 @@ use vmm_sys_util::event::{
 };
 use zerocopy::IntoBytes;
 
-use crate::device::state::{parse_state, StreamKind};
-use crate::device::{Device, Reply};
-use crate::migration::{load_limit, Finished, Pending, Transfer};
-use crate::protocol::*;
-use crate::sched::WorkerSched;
+use model::device::state::{parse_state, StreamKind};
+use model::device::Device;
+use model::queue::{handle_chain, skip_bad_head};
+pub mod migration;
+
+use crate::service::sched::WorkerSched;
+use migration::{load_limit, Finished, Pending, Transfer};
+use model::protocol::*;
 
 /// Epoll id of the wake notifier: fault records are waiting, or a polling burst yielded (ids
 /// 0..=NUM_QUEUES are taken by the queues and the exit event).
@@ -39,11 +41,6 @@ pub const WAKE_EVENT_ID: u16 = NUM_QUEUES as u16 + 1;
 /// Epoll id of the host backend's page-request fd (iommufd fault queue): page requests of
 /// host devices to turn into page-request records.
 pub const PAGE_REQUEST_EVENT_ID: u16 = NUM_QUEUES as u16 + 2;
-/// Largest device-readable part read from a request: the longest request head + body (PROBE).
-const MAX_READ: usize = HEAD_SIZE + std::mem::size_of::<ProbeBody>();
-/// Largest device-writable area accepted (PROBE properties up to the maximum probe size, plus
-/// the tail). A larger area is refused rather than zero-filled.
-const MAX_WRITABLE: usize = crate::config::MAX_PROBE_SIZE as usize + TAIL_SIZE;
 /// Longest a polling burst keeps the worker thread before yielding to its other events.
 const MAX_POLL_BURST: Duration = Duration::from_millis(2);
 /// Queue size offered to the frontend.
@@ -385,198 +382,6 @@ impl IommuBackend {
     }
 }
 
-/// The result of returning a buffer. A head index beyond the queue size (the avail ring is
-/// the guest's to write) has no used-ring slot, so that buffer cannot be returned: skip it and
-/// go on serving the queue rather than fail the worker thread, which would stop the queue for
-/// good (found by the `virtqueue` fuzz target).
-fn skip_bad_head(
-    r: Result<(), virtio_queue::Error>,
-    queue: u16,
-    head: u16,
-) -> Result<(), virtio_queue::Error> {
-    match r {
-        Err(virtio_queue::Error::InvalidDescriptorIndex) => {
-            debug!("queue {queue}: avail ring entry {head} is beyond the queue size; skipped");
-            Ok(())
-        }
-        r => r,
-    }
-}
-
-/// Most device-writable descriptors accepted in one request chain (a driver needs one or two).
-const MAX_WRITABLE_SEGMENTS: usize = 16;
-
-/// The device-writable descriptors of a chain, without allocating.
-struct WritableArea {
-    segs: [(GuestAddress, usize); MAX_WRITABLE_SEGMENTS],
-    n: usize,
-    len: usize,
-}
-
-impl WritableArea {
-    fn new() -> Self {
-        WritableArea {
-            segs: [(GuestAddress(0), 0); MAX_WRITABLE_SEGMENTS],
-            n: 0,
-            len: 0,
-        }
-    }
-
-    fn push(&mut self, addr: GuestAddress, len: usize) -> bool {
-        let Some(slot) = self.segs.get_mut(self.n) else {
-            return false;
-        };
-        let Some(total) = self.len.checked_add(len) else {
-            return false;
-        };
-        *slot = (addr, len);
-        self.n += 1;
-        self.len = total;
-        true
-    }
-
-    /// Write `data` at byte `offset` of the area (the caller keeps it inside `len`).
-    fn write_at(&self, mem: &GuestMemoryMmap, mut offset: usize, mut data: &[u8]) -> bool {
-        for &(addr, len) in &self.segs[..self.n] {
-            if data.is_empty() {
-                break;
-            }
-            if offset >= len {
-                offset -= len;
-                continue;
-            }
-            let take = (len - offset).min(data.len());
-            // offset < len <= u32::MAX: the address stays inside the checked descriptor.
-            let Some(at) = addr.checked_add(offset as u64) else {
-                return false;
-            };
-            if mem.write_slice(&data[..take], at).is_err() {
-                return false;
-            }
-            data = &data[take..];
-            offset = 0;
-        }
-        data.is_empty()
-    }
-}
-
-/// Why a chain is returned unwritten. Only logged (at debug level) and counted.
-#[derive(Debug, thiserror::Error)]
-enum BadChain {
-    #[error("descriptor {0:#x}+{1:#x} is outside guest memory")]
-    OutsideMemory(u64, usize),
-    #[error("a device-readable descriptor follows a device-writable one")]
-    ReadableAfterWritable,
-    #[error("more than {MAX_WRITABLE_SEGMENTS} device-writable descriptors")]
-    TooManyWritable,
-    #[error("device-writable area of {0} bytes (needs 4 to {MAX_WRITABLE})")]
-    WritableSize(usize),
-    #[error("device-readable part of {0} bytes cannot hold a request head")]
-    ShortHead(usize),
-    #[error("guest memory read failed")]
-    Unreadable,
-}
-
-/// Parse, execute and answer one request chain. Returns the used length.
-///
-/// The walk copies at most `MAX_READ` readable bytes and remembers at most
-/// `MAX_WRITABLE_SEGMENTS` writable descriptors, all on the stack: nothing is allocated for a
-/// MAP or UNMAP. Every descriptor is checked against the guest memory map before use.
-fn handle_chain(
-    dev: &mut Device,
-    mem: &GuestMemoryMmap,
-    chain: DescriptorChain<&GuestMemoryMmap>,
-) -> u32 {
-    let head = chain.head_index();
-    match parse_chain(mem, chain) {
-        Ok((req, have, area)) => answer(dev, mem, head, &req[..have], &area),
-        Err(why) => {
-            debug!("request {head}: returned unwritten: {why}");
-            dev.count_ignored();
-            0
-        }
-    }
-}
-
-/// [`handle_chain`] for callers outside the crate that pop chains themselves: the fuzz targets
-/// (`fuzz/fuzz_targets/virtqueue.rs`) feed it hostile descriptor tables. Not part of the API.
-#[doc(hidden)]
-pub fn handle_chain_for_fuzzing(
-    dev: &mut Device,
-    mem: &GuestMemoryMmap,
-    chain: DescriptorChain<&GuestMemoryMmap>,
-) -> u32 {
-    handle_chain(dev, mem, chain)
-}
-
-fn parse_chain(
-    mem: &GuestMemoryMmap,
-    chain: DescriptorChain<&GuestMemoryMmap>,
-) -> Result<([u8; MAX_READ], usize, WritableArea), BadChain> {
-    let mut req = [0u8; MAX_READ];
-    let mut have = 0usize;
-    let mut area = WritableArea::new();
-    // The iterator stops at the queue's chain-length limit (no endless loops) and at a chain
-    // longer than 4 GiB in total.
-    for desc in chain {
-        let (addr, len) = (desc.addr(), desc.len() as usize);
-        if !mem.check_range(addr, len) {
-            return Err(BadChain::OutsideMemory(addr.raw_value(), len));
-        }
-        if desc.is_write_only() {
-            if !area.push(addr, len) {
-                return Err(BadChain::TooManyWritable);
-            }
-        } else {
-            // virtio: device-readable descriptors come first.
-            if area.n > 0 {
-                return Err(BadChain::ReadableAfterWritable);
-            }
-            let take = (MAX_READ - have).min(len);
-            if take > 0 {
-                mem.read_slice(&mut req[have..have + take], addr)
-                    .map_err(|_| BadChain::Unreadable)?;
-                have += take;
-            }
-        }
-    }
-    if !(TAIL_SIZE..=MAX_WRITABLE).contains(&area.len) {
-        return Err(BadChain::WritableSize(area.len));
-    }
-    if have < HEAD_SIZE {
-        return Err(BadChain::ShortHead(have));
-    }
-    Ok((req, have, area))
-}
-
-fn answer(
-    dev: &mut Device,
-    mem: &GuestMemoryMmap,
-    head: u16,
-    req: &[u8],
-    area: &WritableArea,
-) -> u32 {
-    // The tail is the last 4 bytes; whatever comes before it in the writable area belongs to
-    // the request (PROBE properties) and is zero-filled. `vec![0; 0]` does not allocate.
-    let mut props = vec![0u8; area.len - TAIL_SIZE];
-    match dev.handle_request(req, &mut props) {
-        Reply::Ignore => 0,
-        Reply::Status(status) => {
-            let tail = ReqTail {
-                status: status as u8,
-                reserved: [0; 3],
-            };
-            if area.write_at(mem, 0, &props) && area.write_at(mem, props.len(), tail.as_bytes()) {
-                // Bounded by MAX_WRITABLE.
-                u32::try_from(area.len).unwrap_or(0)
-            } else {
-                warn!("request {head}: cannot write the status");
-                0
-            }
-        }
-    }
-}
-
 impl VhostUserBackendMut for IommuBackend {
     type Bitmap = ();
     type Vring = VringRwLock;
@@ -598,7 +403,7 @@ impl VhostUserBackendMut for IommuBackend {
 
     fn acked_features(&mut self, features: u64) {
         // SET_FEATURES runs on the message handler thread: narrow its seccomp filter (once).
-        if let Err(e) = crate::sandbox::enter_handler() {
+        if let Err(e) = crate::service::sandbox::enter_handler() {
             log::error!("{e}");
         }
         // The device model keeps only its own bits; ring and vhost-user bits are the transport's.
@@ -678,7 +483,7 @@ impl VhostUserBackendMut for IommuBackend {
             }
             Finished::Loaded(data) => data,
         };
-        let refuse = |e: crate::device::state::StateError| {
+        let refuse = |e: model::device::state::StateError| {
             warn!("{e}");
             io::Error::other(e)
         };
@@ -745,10 +550,10 @@ impl VhostUserBackendMut for IommuBackend {
     fn update_memory(&mut self, mem: Mem) -> io::Result<()> {
         // The host backend maps guest RAM (iommufd: the stage-2 IOAS); a refusal fails the
         // frontend's SET_MEM_TABLE and keeps the previous table.
-        let regions: Vec<crate::backend::GuestRegion> = mem
+        let regions: Vec<model::host::GuestRegion> = mem
             .memory()
             .iter()
-            .map(|r| crate::backend::GuestRegion {
+            .map(|r| model::host::GuestRegion {
                 gpa: vm_memory::GuestMemoryRegion::start_addr(r).raw_value(),
                 size: vm_memory::GuestMemoryRegion::len(r),
                 host_addr: r.as_ptr() as u64,
@@ -795,7 +600,7 @@ impl VhostUserBackendMut for IommuBackend {
     ) -> io::Result<()> {
         // The first event on a worker thread sets its scheduling policy, then narrows its
         // seccomp filter (both no-ops afterwards).
-        if let Some(outcome) = crate::sched::enter_worker(self.sched) {
+        if let Some(outcome) = crate::service::sched::enter_worker(self.sched) {
             // SAFETY: gettid has no arguments and cannot fail.
             let tid = unsafe { libc::gettid() };
             *self.shared.worker_slot() = Some(WorkerThread {
@@ -803,7 +608,7 @@ impl VhostUserBackendMut for IommuBackend {
                 sched_error: outcome.err().map(|e| e.to_string()),
             });
         }
-        crate::sandbox::enter_worker()?;
+        crate::service::sandbox::enter_worker()?;
         let vring = |q: u16| {
             vrings
                 .get(usize::from(q))

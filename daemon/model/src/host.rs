@@ -1,95 +1,21 @@
-//! Host backends: what a validated request does outside the device model.
+//! What a validated request does outside the device model: the host backend interface.
 //!
-//! The device model (`device.rs`) checks every request against the specification and its own
-//! tables, then calls the backend, then commits. A backend error leaves the guest-visible state
-//! unchanged and becomes the request's status (`BackendError::status`), so the guest never sees
-//! a half-applied request.
+//! The device model ([`crate::device`]) checks every request against the specification and its
+//! own tables, then calls the backend, then commits. A backend error leaves the guest-visible
+//! state unchanged and becomes the request's status ([`BackendError::status`]), so the guest
+//! never sees a half-applied request.
 //!
-//! - [`Software`]: the default. Does nothing; the device model's own tables and `translate` are
-//!   the IOMMU (for a VMM's emulated devices, through the control socket).
-//! - [`iommufd::IommufdBackend`]: guest domains become iommufd objects on the host, so passthrough
-//!   (VFIO) devices are translated by the host IOMMU (docs/IOMMUFD.md).
-
-pub mod fdpass;
-pub mod iommufd;
+//! - [`Software`]: the software backend (`--backend software`). It has no host objects: the
+//!   device model's own tables ([`crate::device::Device::translate`], [`crate::guest_tables`])
+//!   are the whole IOMMU.
+//! - the daemon's iommufd backend: guest domains become iommufd objects on the host, so
+//!   passthrough (VFIO) devices are translated by the host IOMMU (docs/IOMMUFD.md).
 
 use std::fmt;
 
 use crate::config::ReservedRegion;
+use crate::guest_tables::{Binding, Invalidate};
 use crate::protocol::Status;
-use crate::tables::{Binding, Invalidate};
-
-/// `--backend`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum BackendKind {
-    #[default]
-    Software,
-    Iommufd,
-}
-
-impl std::str::FromStr for BackendKind {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "software" => Ok(BackendKind::Software),
-            "iommufd" => Ok(BackendKind::Iommufd),
-            _ => Err(format!("{s:?}: expected `software` or `iommufd`")),
-        }
-    }
-}
-
-impl fmt::Display for BackendKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            BackendKind::Software => "software",
-            BackendKind::Iommufd => "iommufd",
-        })
-    }
-}
-
-/// The backend the daemon runs with, fully configured.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub enum BackendConfig {
-    #[default]
-    Software,
-    Iommufd(iommufd::IommufdConfig),
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum BackendSetupError {
-    #[error("iommufd backend: {0}")]
-    Iommufd(#[from] iommufd::SetupError),
-    #[error("iommufd backend: the host limits leave no valid device configuration: {0}")]
-    Limits(crate::config::ConfigError),
-    #[error("iommufd backend: endpoint {0} has a host device but is not in --endpoints")]
-    UnknownEndpoint(u32),
-}
-
-/// Build the backend and apply the host's limits to the device configuration: the page size
-/// mask is intersected with the host's, host IOVA holes become RESV_MEM RESERVED regions.
-/// Runs before privileges are dropped and seccomp filters installed (it opens device files).
-/// With `state_dir` (`--state-dir`) the iommufd backend keeps its object ids there and adopts a
-/// previous process's devices (docs/IOMMUFD.md, "Restart").
-pub fn build(
-    cfg: &BackendConfig,
-    device: &mut crate::config::DeviceConfig,
-    state_dir: Option<&std::path::Path>,
-) -> Result<Box<dyn HostBackend>, BackendSetupError> {
-    match cfg {
-        BackendConfig::Software => Ok(Box::<Software>::default()),
-        BackendConfig::Iommufd(c) => {
-            if let Some(&ep) = c.devices.keys().find(|&&ep| !device.endpoints.contains(ep)) {
-                return Err(BackendSetupError::UnknownEndpoint(ep));
-            }
-            let b = iommufd::IommufdBackend::open(c, state_dir)?;
-            let limits = b.limits(device.input_start, device.input_end);
-            device.page_size_mask &= limits.page_size_mask;
-            device.reserved = merge_holes(&device.reserved, &limits.holes);
-            device.validate().map_err(BackendSetupError::Limits)?;
-            Ok(Box::new(b))
-        }
-    }
-}
 
 /// Why a backend refused or failed a request. Every variant maps to one virtio status.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
@@ -111,15 +37,6 @@ pub enum BackendError {
     /// device without them).
     #[error("not supported by the host IOMMU: {0}")]
     Unsupported(&'static str),
-}
-
-impl From<iommufd::sys::SysError> for BackendError {
-    fn from(e: iommufd::sys::SysError) -> Self {
-        BackendError::Os {
-            call: e.call,
-            errno: e.errno,
-        }
-    }
 }
 
 /// The virtio-iommu status for a kernel errno.
@@ -214,8 +131,6 @@ pub struct HostFault {
     pub address: Option<u64>,
 }
 
-/// The operations of the device model that reach the host. Called with the device lock held,
-/// after validation; `Err` means nothing changed on the host either.
 /// What PROBE tells the guest about the host IOMMU that will walk its tables.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HostIommu {
@@ -232,6 +147,8 @@ pub const HOST_IOMMU_SMMUV3: u16 = 1;
 pub const HOST_IOMMU_VTD: u16 = 2;
 pub const HOST_IOMMU_SELFTEST: u16 = 3;
 
+/// The operations of the device model that reach the host. Called with the device lock held,
+/// after validation; `Err` means nothing changed on the host either.
 pub trait HostBackend: Send + fmt::Debug {
     /// A name for logs and the control socket.
     fn name(&self) -> &'static str;
@@ -464,10 +381,6 @@ pub fn holes_of(allowed: &[(u64, u64)], lo: u64, hi: u64) -> Vec<(u64, u64)> {
 }
 
 #[cfg(test)]
-mod config_tests;
-#[cfg(test)]
-mod hook_tests;
-
 #[cfg(test)]
 mod tests {
     use super::*;

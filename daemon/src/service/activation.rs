@@ -11,7 +11,7 @@ use std::time::Duration;
 use log::{info, warn};
 use sd_notify::NotifyState;
 
-use crate::vhost::Shared;
+use crate::transport::Shared;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ActivationError {

@@ -13,10 +13,12 @@ use log::{debug, info, warn};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::device::{Access, Translation};
-use crate::invalidation::Subscribers;
-use crate::protocol::Status;
-use crate::vhost::Shared;
+use model::device::{Access, Translation};
+pub mod subscribers;
+
+use crate::transport::Shared;
+use model::protocol::Status;
+use subscribers::Subscribers;
 
 /// Longest request line accepted.
 const MAX_LINE: u64 = 64 * 1024;
@@ -44,7 +46,7 @@ pub struct ConnectionInfo {
     pub connected: AtomicBool,
     pub connections: AtomicU64,
     /// The configured request-queue worker policy and polling window (for `status`).
-    pub worker_sched: crate::sched::WorkerSched,
+    pub worker_sched: crate::service::sched::WorkerSched,
     pub poll_us: u64,
     /// Clients of `subscribe` (the server makes this the device's invalidation sink).
     pub subscribers: Arc<Subscribers>,
@@ -93,7 +95,7 @@ pub fn bind(path: &Path) -> Result<UnixListener, ControlError> {
         path: path.to_owned(),
         err,
     };
-    let listener = crate::server::bind_unix(path).map_err(bind_err)?;
+    let listener = crate::service::server::bind_unix(path).map_err(bind_err)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(bind_err)?;
     info!("control socket listening on {}", path.display());
     Ok(listener)
@@ -273,11 +275,11 @@ fn execute(req: Request, shared: &Shared, conn: &ConnectionInfo) -> Result<Value
             let s = dev.stats();
             let mut requests = serde_json::Map::new();
             for (type_, name) in [
-                (crate::protocol::T_ATTACH, "attach"),
-                (crate::protocol::T_DETACH, "detach"),
-                (crate::protocol::T_MAP, "map"),
-                (crate::protocol::T_UNMAP, "unmap"),
-                (crate::protocol::T_PROBE, "probe"),
+                (model::protocol::T_ATTACH, "attach"),
+                (model::protocol::T_DETACH, "detach"),
+                (model::protocol::T_MAP, "map"),
+                (model::protocol::T_UNMAP, "unmap"),
+                (model::protocol::T_PROBE, "probe"),
             ] {
                 let row = &s.requests[usize::from(type_)];
                 let per_status: serde_json::Map<String, Value> = Status::ALL

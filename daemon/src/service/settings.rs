@@ -9,12 +9,12 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::backend::iommufd::{DeviceSource, IommufdConfig};
-use crate::backend::{BackendConfig, BackendKind};
-use crate::config::{
+use crate::host::iommufd::{DeviceSource, IommufdConfig};
+use crate::host::{BackendConfig, BackendKind};
+use crate::service::sched::WorkerSched;
+use model::config::{
     parse_u32, parse_u64, ConfigError, DeviceConfig, EndpointSet, Range32, Range64, ReservedRegion,
 };
-use crate::sched::WorkerSched;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FileError {

@@ -3,9 +3,10 @@
 
 use std::sync::{Arc, Mutex};
 
-use super::*;
 use crate::config::{DeviceConfig, EndpointSet};
 use crate::device::{Device, Reply};
+use crate::guest_tables::{Binding, Invalidate};
+use crate::host::*;
 use crate::protocol::*;
 
 /// Records every call; fails the next call of the kind named in `fail` with `errno`.
