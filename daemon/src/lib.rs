@@ -9,11 +9,13 @@
 //!   hand-over from a launcher;
 //! - [`journal`]: the restart journal (`--state-dir`), the model's state written to files;
 //! - [`control`]: the inspection socket and its invalidation subscribers;
+//! - [`os`]: per-thread seccomp filters, the worker's CPU policy, unix socket binding;
 //! - [`service`]: the process: settings (options and config file), sockets and connection
-//!   lifecycle, systemd activation, privilege drop, seccomp, CPU scheduling, unit generation.
+//!   lifecycle, systemd activation, privilege drop, unit generation.
 
 pub mod control;
 pub mod host;
 pub mod journal;
+pub mod os;
 pub mod service;
 pub mod transport;

@@ -6,11 +6,10 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 
-use model::config::{parse_u32, parse_u64, EndpointSet, Range32, Range64};
+use model::config::{parse_u32, parse_u64};
 use model::protocol::RESV_MEM_T_MSI;
 use vhost_user_iommu::control;
-use vhost_user_iommu::host::{BackendConfig, BackendKind};
-use vhost_user_iommu::service::sched::WorkerSched;
+use vhost_user_iommu::host::BackendConfig;
 use vhost_user_iommu::service::server;
 use vhost_user_iommu::service::settings::{self, Layer, Settings};
 
@@ -57,76 +56,8 @@ struct RunArgs {
     /// Validate the configuration (file and options), print it and exit: 0 if valid, 1 if not.
     #[arg(long)]
     check_config: bool,
-    /// Path of the vhost-user unix socket to listen on. Not needed under systemd socket
-    /// activation (LISTEN_FDS), where the listener is inherited.
-    #[arg(long, value_name = "PATH")]
-    socket: Option<PathBuf>,
-    /// Path of the control (inspection) socket [default: SOCKET.ctl].
-    #[arg(long, value_name = "PATH")]
-    control_socket: Option<PathBuf>,
-    /// Page sizes the device supports; the lowest set bit is the granule (at least 4 KiB)
-    /// [default: 0xfffffffffffff000].
-    #[arg(long, value_name = "MASK", value_parser = parse_u64)]
-    page_size_mask: Option<u64>,
-    /// IOVA range the guest may map, inclusive [default: 0-0xffffffffffffffff].
-    #[arg(long, value_name = "START-END")]
-    input_range: Option<Range64>,
-    /// Domain ids the guest may use, inclusive [default: 0-4294967295].
-    #[arg(long, value_name = "START-END")]
-    domain_range: Option<Range32>,
-    /// Endpoint ids that exist: `any`, or a list like 0-255,1024 (the VMM's topology decides)
-    /// [default: any].
-    #[arg(long, value_name = "LIST")]
-    endpoints: Option<EndpointSet>,
-    /// Region reported by PROBE as START-END:msi or START-END:reserved (repeatable; replaces the
-    /// default x86 MSI window 0xfee00000-0xfeefffff:msi). `none` reports no region.
-    #[arg(long = "reserved-region", value_name = "REGION")]
-    reserved_regions: Vec<String>,
-    /// Size of the PROBE properties buffer advertised in the config space [default: 512].
-    #[arg(long, value_name = "BYTES", value_parser = parse_u32)]
-    probe_size: Option<u32>,
-    /// Boot with the config `bypass` bit set: unattached endpoints bypass the IOMMU
-    /// (`--bypass=false` overrides a config file).
-    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
-    bypass: Option<bool>,
-    /// Offer the legacy BYPASS feature (bit 3) instead of BYPASS_CONFIG.
-    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
-    legacy_bypass: Option<bool>,
-    /// Maximum number of live mappings; a MAP beyond it fails with NOMEM [default: 16777216].
-    #[arg(long, value_name = "N", value_parser = parse_u64)]
-    max_mappings: Option<u64>,
-    /// Poll the request queue for this many microseconds after the last request before going
-    /// back to sleep on the kick eventfd (0: no polling) [default: 0]. Trades a busy core for
-    /// fewer guest kicks and lower latency.
-    #[arg(long, value_name = "US", value_parser = parse_u64)]
-    poll_us: Option<u64>,
-    /// CPU scheduling of the request-queue worker thread: `other[:SLICE_US]` (time-sharing
-    /// with a short EEVDF slice, no privilege needed), `fifo:PRIO` (SCHED_FIFO; needs
-    /// RLIMIT_RTPRIO or root) or `deadline:RUNTIME_US/PERIOD_US` (SCHED_DEADLINE: preempts at
-    /// once, at most RUNTIME of CPU per PERIOD; needs CAP_SYS_NICE) [default: other:100].
-    #[arg(long, value_name = "POLICY")]
-    worker_sched: Option<WorkerSched>,
-    /// PASID width of every endpoint for the PASID / shared-table extension (docs/PASID.md),
-    /// 0..=20; 0 turns the extension off [default: 20].
-    #[arg(long, value_name = "BITS")]
-    pasid_bits: Option<u8>,
-    /// Keep the device's state in a journal in this directory (e.g. /run/vhost-user-iommu/VM)
-    /// as it changes; a daemon restarted with the same directory resumes the VM's domains and
-    /// mappings when its driver carries on (docs/STATE.md).
-    #[arg(long, value_name = "DIR")]
-    state_dir: Option<PathBuf>,
-    /// Once the sockets are open, switch to this user (name or uid) and its primary group.
-    /// Needs root (or CAP_SETUID/CAP_SETGID).
-    #[arg(long, value_name = "USER")]
-    user: Option<String>,
-    /// Do not install the seccomp system-call filters (for debugging only).
-    #[arg(long)]
-    no_seccomp: bool,
-    /// Host backend: `software` (the daemon's own tables) or `iommufd` (guest domains become
-    /// host iommufd objects for the devices of the config file's [iommufd] table;
-    /// docs/IOMMUFD.md) [default: software].
-    #[arg(long, value_name = "KIND")]
-    backend: Option<BackendKind>,
+    #[command(flatten)]
+    settings: Layer,
 }
 
 #[derive(Debug, Args)]
@@ -180,31 +111,6 @@ enum Query {
     },
 }
 
-/// The options given on the command line, as a settings layer over the config file.
-fn flag_layer(a: &RunArgs) -> Layer {
-    Layer {
-        socket: a.socket.clone(),
-        control_socket: a.control_socket.clone(),
-        state_dir: a.state_dir.clone(),
-        page_size_mask: a.page_size_mask,
-        input_range: a.input_range,
-        domain_range: a.domain_range,
-        endpoints: a.endpoints.clone(),
-        reserved_regions: (!a.reserved_regions.is_empty()).then(|| a.reserved_regions.clone()),
-        probe_size: a.probe_size,
-        bypass: a.bypass,
-        legacy_bypass: a.legacy_bypass,
-        max_mappings: a.max_mappings,
-        poll_us: a.poll_us,
-        worker_sched: a.worker_sched,
-        pasid_bits: a.pasid_bits,
-        user: a.user.clone(),
-        seccomp: a.no_seccomp.then_some(false),
-        backend: a.backend,
-        iommufd: None,
-    }
-}
-
 fn settings(a: &RunArgs) -> Result<Settings, String> {
     let file = match &a.config {
         Some(path) => Some((
@@ -213,7 +119,7 @@ fn settings(a: &RunArgs) -> Result<Settings, String> {
         )),
         None => None,
     };
-    settings::resolve(flag_layer(a), file).map_err(|e| e.to_string())
+    settings::resolve(a.settings.clone(), file).map_err(|e| e.to_string())
 }
 
 fn print_settings(s: &Settings) {
@@ -360,18 +266,7 @@ fn run_daemon(a: &RunArgs) -> Result<(), String> {
         print_settings(&s);
         return Ok(());
     }
-    server::run(server::ServerConfig {
-        socket: s.socket,
-        control_socket: s.control_socket,
-        state_dir: s.state_dir,
-        device: s.device,
-        user: s.user,
-        seccomp: s.seccomp,
-        poll: s.poll,
-        worker_sched: s.worker_sched,
-        backend: s.backend,
-    })
-    .map_err(|e| e.to_string())
+    server::run(s).map_err(|e| e.to_string())
 }
 
 fn main() -> ExitCode {

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use std::collections::HashSet;
 
-use vhost_user_iommu::service::sandbox::{role_calls, Role};
+use vhost_user_iommu::os::sandbox::{role_calls, Role};
 use vhost_user_iommu_tests::daemon::TempDir;
 use vhost_user_iommu_tests::{Control, Device, Options};
 

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::control::Control;
 use crate::device::{Device, Options};
@@ -30,7 +30,8 @@ fn profile_dir() -> PathBuf {
 }
 
 /// Path of the daemon binary: `$VHOST_USER_IOMMU_BIN` if set, else `<target>/<profile>/vhost-user-iommu`,
-/// built with `cargo build -p vhost-user-iommu` if it is missing.
+/// built with `cargo build -p vhost-user-iommu` when it is missing or older than any source it
+/// is built from ([`stale`]), so a test never runs a binary of older code.
 pub fn binary() -> PathBuf {
     if let Some(p) = std::env::var_os("VHOST_USER_IOMMU_BIN") {
         return PathBuf::from(p);
@@ -38,7 +39,7 @@ pub fn binary() -> PathBuf {
     let dir = profile_dir();
     let bin = dir.join(BIN_NAME);
     let _guard = BUILD_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    if !bin.exists() {
+    if stale(&bin, &daemon_sources()) {
         // `<target>/<profile>` -> `<target>`.
         let target = dir.parent().expect("profile dir has a parent");
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
@@ -57,6 +58,44 @@ pub fn binary() -> PathBuf {
         );
     }
     bin
+}
+
+/// The files the daemon binary is built from: the workspace manifests and lock file, and every
+/// file under the crates it depends on (the daemon with its model and iommufd-sys crates, the
+/// page-table and PASID crates).
+fn daemon_sources() -> Vec<PathBuf> {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut roots: Vec<PathBuf> = ["daemon", "pagetables", "pasid"]
+        .iter()
+        .map(|d| repo.join(d))
+        .collect();
+    roots.push(repo.join("Cargo.toml"));
+    roots.push(repo.join("Cargo.lock"));
+    roots
+}
+
+/// Whether `bin` is missing or older than a file under `roots` (directories are walked; a
+/// `target` directory is skipped).
+pub fn stale(bin: &Path, roots: &[PathBuf]) -> bool {
+    let Ok(built) = std::fs::metadata(bin).and_then(|m| m.modified()) else {
+        return true;
+    };
+    fn newer(path: &Path, than: SystemTime) -> bool {
+        let Ok(md) = std::fs::symlink_metadata(path) else {
+            return false;
+        };
+        if md.is_dir() {
+            if path.file_name().is_some_and(|n| n == "target") {
+                return false;
+            }
+            let Ok(entries) = std::fs::read_dir(path) else {
+                return false;
+            };
+            return entries.flatten().any(|e| newer(&e.path(), than));
+        }
+        md.modified().is_ok_and(|m| m > than)
+    }
+    roots.iter().any(|r| newer(r, built))
 }
 
 /// A fresh private directory under the system temp dir, removed on drop.
@@ -331,4 +370,36 @@ pub fn run_to_exit(args: &[&str], timeout: Duration) -> (Option<ExitStatus>, Str
         status,
         std::fs::read_to_string(&err_path).unwrap_or_default(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn touch(path: &Path, at: SystemTime) {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).expect("mkdir");
+        }
+        let f = File::create(path).expect("create");
+        f.set_modified(at).expect("set mtime");
+    }
+
+    #[test]
+    fn a_binary_older_than_any_source_is_stale() {
+        let dir = TempDir::new();
+        let t0 = SystemTime::now() - Duration::from_secs(3600);
+        let later = t0 + Duration::from_secs(60);
+        let bin = dir.path().join("bin");
+        let src = dir.path().join("src");
+        touch(&src.join("a/b.rs"), t0);
+        touch(&src.join("target/debug/new.rs"), later);
+        assert!(stale(&bin, std::slice::from_ref(&src)), "missing binary");
+        touch(&bin, t0 + Duration::from_secs(1));
+        assert!(
+            !stale(&bin, std::slice::from_ref(&src)),
+            "newer than every source (target/ ignored)"
+        );
+        touch(&src.join("a/c.rs"), later);
+        assert!(stale(&bin, &[src]), "a source edited after the build");
+    }
 }

@@ -301,7 +301,7 @@ impl DeviceConfig {
         // Regions count is bounded by the probe size check right below; the extension's
         // properties come after them.
         let ext = if self.pasid_bits > 0 {
-            crate::guest_tables::PROBE_PROPERTIES_SIZE as u32
+            crate::protocol::PROBE_PROPERTIES_SIZE as u32
         } else {
             0
         };

@@ -14,7 +14,6 @@ use pasid::smmuv3::ste::{SsidResolution, SteError, SteS1};
 use pasid::smmuv3::{CdCaps, GranuleSupport, SmmuIdrInfo};
 use pasid::vtd::{VtdBindError, VtdHostCaps, VtdS1Binding};
 
-use crate::host::{HostIommu, HOST_IOMMU_SMMUV3, HOST_IOMMU_VTD};
 use crate::protocol::*;
 
 /// Translations kept per table domain before the cache is emptied wholesale.
@@ -573,10 +572,21 @@ pub fn probe_properties(
     Some(off)
 }
 
-/// The most bytes `probe_properties` writes (the software set, with an SMMUv3 host's 32 bytes
-/// of registers in HOST_IOMMU).
-pub const PROBE_PROPERTIES_SIZE: usize =
-    (4 + 4) * 2 + (4 + 8) * 2 + (4 + 12) + (4 + 4 + 32) + (4 + 4);
+/// What PROBE tells the guest about the host IOMMU that will walk its tables.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostIommu {
+    /// HOST_IOMMU kind: 1 Arm SMMUv3, 2 Intel VT-d, 3 the iommufd selftest mock.
+    pub kind: u16,
+    /// The GET_HW_INFO registers: SMMUv3 `idr[6], iidr, aidr` (32 bytes), VT-d `cap_reg,
+    /// ecap_reg` (16 bytes), none for the mock.
+    pub regs: Vec<u8>,
+    /// PASID width every host device supports (0: none).
+    pub pasid_bits: u8,
+}
+
+pub const HOST_IOMMU_SMMUV3: u16 = 1;
+pub const HOST_IOMMU_VTD: u16 = 2;
+pub const HOST_IOMMU_SELFTEST: u16 = 3;
 
 /// Outstanding page-request groups per endpoint.
 pub const MAX_PAGE_REQUEST_GROUPS: usize = 512;

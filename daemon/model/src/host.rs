@@ -131,21 +131,7 @@ pub struct HostFault {
     pub address: Option<u64>,
 }
 
-/// What PROBE tells the guest about the host IOMMU that will walk its tables.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HostIommu {
-    /// HOST_IOMMU kind: 1 Arm SMMUv3, 2 Intel VT-d, 3 the iommufd selftest mock.
-    pub kind: u16,
-    /// The GET_HW_INFO registers: SMMUv3 `idr[6], iidr, aidr` (32 bytes), VT-d `cap_reg,
-    /// ecap_reg` (16 bytes), none for the mock.
-    pub regs: Vec<u8>,
-    /// PASID width every host device supports (0: none).
-    pub pasid_bits: u8,
-}
-
-pub const HOST_IOMMU_SMMUV3: u16 = 1;
-pub const HOST_IOMMU_VTD: u16 = 2;
-pub const HOST_IOMMU_SELFTEST: u16 = 3;
+pub use crate::guest_tables::{HostIommu, HOST_IOMMU_SELFTEST, HOST_IOMMU_SMMUV3, HOST_IOMMU_VTD};
 
 /// The operations of the device model that reach the host. Called with the device lock held,
 /// after validation; `Err` means nothing changed on the host either.

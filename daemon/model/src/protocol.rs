@@ -341,6 +341,12 @@ pub struct PageRequestRecord {
     pub reserved2: [u8; 4],
 }
 
+/// The most bytes the device's PROBE properties take (`guest_tables::probe_properties`: the
+/// software set, with an SMMUv3 host's 32 bytes of registers in HOST_IOMMU); the smallest
+/// probe size the configuration accepts.
+pub const PROBE_PROPERTIES_SIZE: usize =
+    (4 + 4) * 2 + (4 + 8) * 2 + (4 + 12) + (4 + 4 + 32) + (4 + 4);
+
 #[cfg(test)]
 mod tests {
     use super::*;

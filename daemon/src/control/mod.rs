@@ -46,7 +46,7 @@ pub struct ConnectionInfo {
     pub connected: AtomicBool,
     pub connections: AtomicU64,
     /// The configured request-queue worker policy and polling window (for `status`).
-    pub worker_sched: crate::service::sched::WorkerSched,
+    pub worker_sched: crate::os::sched::WorkerSched,
     pub poll_us: u64,
     /// Clients of `subscribe` (the server makes this the device's invalidation sink).
     pub subscribers: Arc<Subscribers>,
@@ -95,7 +95,7 @@ pub fn bind(path: &Path) -> Result<UnixListener, ControlError> {
         path: path.to_owned(),
         err,
     };
-    let listener = crate::service::server::bind_unix(path).map_err(bind_err)?;
+    let listener = crate::os::socket::bind_unix(path).map_err(bind_err)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(bind_err)?;
     info!("control socket listening on {}", path.display());
     Ok(listener)

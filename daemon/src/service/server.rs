@@ -3,7 +3,6 @@
 
 use std::io;
 use std::os::unix::fs::FileTypeExt;
-use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
@@ -15,12 +14,12 @@ use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 
 use crate::control::{self, ConnectionInfo, ControlError};
+use crate::os::sandbox::{self, Role, SandboxError};
+use crate::os::socket::bind_unix;
 use crate::service::activation::{self, ActivationError};
 use crate::service::privilege::{self, PrivilegeError};
-use crate::service::sandbox::{self, Role, SandboxError};
-use crate::service::sched::WorkerSched;
+use crate::service::settings::Settings;
 use crate::transport::{IommuBackend, Shared, VhostError, PAGE_REQUEST_EVENT_ID, WAKE_EVENT_ID};
-use model::config::DeviceConfig;
 use model::device::Device;
 
 #[derive(Debug, thiserror::Error)]
@@ -40,7 +39,7 @@ pub enum ServerError {
     #[error(transparent)]
     Sandbox(#[from] SandboxError),
     #[error(transparent)]
-    Sched(#[from] crate::service::sched::SchedError),
+    Sched(#[from] crate::os::sched::SchedError),
     #[error(transparent)]
     Journal(#[from] crate::journal::JournalError),
     #[error("cannot start the {0} thread: {1}")]
@@ -53,53 +52,6 @@ pub enum ServerError {
     Signals(io::Error),
     #[error("vhost-user daemon: {0}")]
     Daemon(String),
-}
-
-/// What `run` needs, validated by the caller.
-#[derive(Clone, Debug)]
-pub struct ServerConfig {
-    /// Where to bind the vhost-user socket; `None` when it comes from socket activation.
-    pub socket: Option<PathBuf>,
-    /// The control socket [default: the vhost-user socket path + `.ctl`].
-    pub control_socket: Option<PathBuf>,
-    pub state_dir: Option<PathBuf>,
-    pub device: DeviceConfig,
-    /// Switch to this user once the sockets are open.
-    pub user: Option<String>,
-    /// Install the per-thread seccomp filters.
-    pub seccomp: bool,
-    /// Request-queue polling window (None: sleep on the kick eventfd).
-    pub poll: Option<std::time::Duration>,
-    /// Scheduling policy of the request-queue worker threads.
-    pub worker_sched: WorkerSched,
-    /// The host backend.
-    pub backend: crate::host::BackendConfig,
-}
-
-/// Bind a unix socket at `path`. A stale socket left by a dead process is replaced; a live one
-/// (something accepts connections) or a path that is not a socket is refused, so a typo can
-/// never delete a regular file.
-pub fn bind_unix(path: &Path) -> io::Result<UnixListener> {
-    match std::fs::symlink_metadata(path) {
-        Ok(md) if md.file_type().is_socket() => {
-            if UnixStream::connect(path).is_ok() {
-                return Err(io::Error::new(
-                    io::ErrorKind::AddrInUse,
-                    "another process is listening on it (is a daemon already running?)",
-                ));
-            }
-            std::fs::remove_file(path)?;
-        }
-        Ok(_) => {
-            return Err(io::Error::new(
-                io::ErrorKind::AlreadyExists,
-                "exists and is not a socket; choose another path",
-            ))
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
-    }
-    UnixListener::bind(path)
 }
 
 /// Remove our socket files on exit (only if they are still sockets).
@@ -159,7 +111,7 @@ fn default_control_path(socket: &Path) -> PathBuf {
 /// process switches to `cfg.user`, then each thread installs its seccomp filter before it
 /// serves anything: the signal thread, the control thread, the watchdog thread, and finally
 /// this thread, whose filter the vhost-user worker threads it starts inherit.
-pub fn run(cfg: ServerConfig) -> Result<(), ServerError> {
+pub fn run(cfg: Settings) -> Result<(), ServerError> {
     // Signals are caught before any socket file exists, so none can be left behind; the thread
     // that handles them starts after the privilege drop (glibc changes the ids of every thread
     // by running the set*id calls on each of them, which a thread's seccomp filter would forbid).
@@ -241,7 +193,7 @@ pub fn run(cfg: ServerConfig) -> Result<(), ServerError> {
     }
     info!(
         "request-queue worker: {}",
-        crate::service::sched::describe(cfg.worker_sched)
+        crate::os::sched::describe(cfg.worker_sched)
     );
 
     // The signal thread removes our socket files on SIGINT/SIGTERM.

@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 use crate::host::iommufd::{DeviceSource, IommufdConfig};
 use crate::host::{BackendConfig, BackendKind};
-use crate::service::sched::WorkerSched;
+use crate::os::sched::WorkerSched;
 use model::config::{
     parse_u32, parse_u64, ConfigError, DeviceConfig, EndpointSet, Range32, Range64, ReservedRegion,
 };
@@ -138,33 +138,83 @@ impl RawIommufd {
     }
 }
 
-/// One source of settings (the file or the command line); `None` means "not set here".
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// One source of settings: the command line (its options are these fields) or the config file
+/// (keys of the same names, see [`parse`]); `None` means "not set here".
+#[derive(Clone, Debug, Default, PartialEq, Eq, clap::Args)]
 pub struct Layer {
+    /// Path of the vhost-user unix socket to listen on. Not needed under systemd socket
+    /// activation (LISTEN_FDS), where the listener is inherited.
+    #[arg(long, value_name = "PATH")]
     pub socket: Option<PathBuf>,
+    /// Path of the control (inspection) socket [default: SOCKET.ctl].
+    #[arg(long, value_name = "PATH")]
     pub control_socket: Option<PathBuf>,
-    /// Where the state journal lives (docs/STATE.md, "Restart"); None: no journal.
-    pub state_dir: Option<PathBuf>,
+    /// Page sizes the device supports; the lowest set bit is the granule (at least 4 KiB)
+    /// [default: 0xfffffffffffff000].
+    #[arg(long, value_name = "MASK", value_parser = parse_u64)]
     pub page_size_mask: Option<u64>,
+    /// IOVA range the guest may map, inclusive [default: 0-0xffffffffffffffff].
+    #[arg(long, value_name = "START-END")]
     pub input_range: Option<Range64>,
+    /// Domain ids the guest may use, inclusive [default: 0-4294967295].
+    #[arg(long, value_name = "START-END")]
     pub domain_range: Option<Range32>,
+    /// Endpoint ids that exist: `any`, or a list like 0-255,1024 (the VMM's topology decides)
+    /// [default: any].
+    #[arg(long, value_name = "LIST")]
     pub endpoints: Option<EndpointSet>,
-    /// Region strings as written (`START-END:msi|reserved`, or `none` alone for no region).
+    /// Region reported by PROBE as START-END:msi or START-END:reserved (repeatable; replaces the
+    /// default x86 MSI window 0xfee00000-0xfeefffff:msi). `none` reports no region.
+    #[arg(long = "reserved-region", value_name = "REGION")]
     pub reserved_regions: Option<Vec<String>>,
+    /// Size of the PROBE properties buffer advertised in the config space [default: 512].
+    #[arg(long, value_name = "BYTES", value_parser = parse_u32)]
     pub probe_size: Option<u32>,
+    /// Boot with the config `bypass` bit set: unattached endpoints bypass the IOMMU
+    /// (`--bypass=false` overrides a config file).
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub bypass: Option<bool>,
+    /// Offer the legacy BYPASS feature (bit 3) instead of BYPASS_CONFIG.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub legacy_bypass: Option<bool>,
+    /// Maximum number of live mappings; a MAP beyond it fails with NOMEM [default: 16777216].
+    #[arg(long, value_name = "N", value_parser = parse_u64)]
     pub max_mappings: Option<u64>,
-    /// Request-queue polling window in microseconds (0: no polling).
+    /// Poll the request queue for this many microseconds after the last request before going
+    /// back to sleep on the kick eventfd (0: no polling) [default: 0]. Trades a busy core for
+    /// fewer guest kicks and lower latency.
+    #[arg(long, value_name = "US", value_parser = parse_u64)]
     pub poll_us: Option<u64>,
-    /// Scheduling policy of the request-queue worker thread.
+    /// CPU scheduling of the request-queue worker thread: `other[:SLICE_US]` (time-sharing
+    /// with a short EEVDF slice, no privilege needed), `fifo:PRIO` (SCHED_FIFO; needs
+    /// RLIMIT_RTPRIO or root) or `deadline:RUNTIME_US/PERIOD_US` (SCHED_DEADLINE: preempts at
+    /// once, at most RUNTIME of CPU per PERIOD; needs CAP_SYS_NICE) [default: other:100].
+    #[arg(long, value_name = "POLICY")]
     pub worker_sched: Option<WorkerSched>,
-    /// PASID width for the PASID extension (0: off).
+    /// PASID width of every endpoint for the PASID / shared-table extension (docs/PASID.md),
+    /// 0..=20; 0 turns the extension off [default: 20].
+    #[arg(long, value_name = "BITS")]
     pub pasid_bits: Option<u8>,
+    /// Keep the device's state in a journal in this directory (e.g. /run/vhost-user-iommu/VM)
+    /// as it changes; a daemon restarted with the same directory resumes the VM's domains and
+    /// mappings when its driver carries on (docs/STATE.md).
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Once the sockets are open, switch to this user (name or uid) and its primary group.
+    /// Needs root (or CAP_SETUID/CAP_SETGID).
+    #[arg(long, value_name = "USER")]
     pub user: Option<String>,
+    /// Do not install the seccomp system-call filters (for debugging only). In the config
+    /// file: `seccomp = false`.
+    #[arg(long = "no-seccomp", num_args = 0, default_missing_value = "false")]
     pub seccomp: Option<bool>,
+    /// Host backend: `software` (the daemon's own tables) or `iommufd` (guest domains become
+    /// host iommufd objects for the devices of the config file's [iommufd] table;
+    /// docs/IOMMUFD.md) [default: software].
+    #[arg(long, value_name = "KIND")]
     pub backend: Option<BackendKind>,
     /// The `[iommufd]` table (config file only).
+    #[arg(skip)]
     pub iommufd: Option<IommufdConfig>,
 }
 

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use crate::host::iommufd::{pci_cdev, DeviceSource};
 use crate::host::BackendConfig;
-use crate::service::sched::WorkerSched;
+use crate::os::sched::WorkerSched;
 use crate::service::settings::Settings;
 
 #[derive(Debug, thiserror::Error)]

@@ -31,7 +31,7 @@ use model::device::Device;
 use model::queue::{handle_chain, skip_bad_head};
 pub mod migration;
 
-use crate::service::sched::WorkerSched;
+use crate::os::sched::WorkerSched;
 use migration::{load_limit, Finished, Pending, Transfer};
 use model::protocol::*;
 
@@ -403,7 +403,7 @@ impl VhostUserBackendMut for IommuBackend {
 
     fn acked_features(&mut self, features: u64) {
         // SET_FEATURES runs on the message handler thread: narrow its seccomp filter (once).
-        if let Err(e) = crate::service::sandbox::enter_handler() {
+        if let Err(e) = crate::os::sandbox::enter_handler() {
             log::error!("{e}");
         }
         // The device model keeps only its own bits; ring and vhost-user bits are the transport's.
@@ -600,7 +600,7 @@ impl VhostUserBackendMut for IommuBackend {
     ) -> io::Result<()> {
         // The first event on a worker thread sets its scheduling policy, then narrows its
         // seccomp filter (both no-ops afterwards).
-        if let Some(outcome) = crate::service::sched::enter_worker(self.sched) {
+        if let Some(outcome) = crate::os::sched::enter_worker(self.sched) {
             // SAFETY: gettid has no arguments and cannot fail.
             let tid = unsafe { libc::gettid() };
             *self.shared.worker_slot() = Some(WorkerThread {
@@ -608,7 +608,7 @@ impl VhostUserBackendMut for IommuBackend {
                 sched_error: outcome.err().map(|e| e.to_string()),
             });
         }
-        crate::service::sandbox::enter_worker()?;
+        crate::os::sandbox::enter_worker()?;
         let vring = |q: u16| {
             vrings
                 .get(usize::from(q))
