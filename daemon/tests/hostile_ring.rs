@@ -13,7 +13,7 @@ use model::config::DeviceConfig;
 use model::device::Device;
 use model::protocol::REQUEST_QUEUE;
 use vhost_user_backend::{VhostUserBackendMut, VringRwLock, VringT};
-use vhost_user_iommu::transport::{IommuBackend, Shared};
+use vhost_user_iommu::transport::{Shared, VhostDevice};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 
@@ -35,7 +35,7 @@ fn avail_entry_beyond_queue_size_is_skipped() {
     let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
     let atomic = GuestMemoryAtomic::new(mem.clone());
     let shared = Arc::new(Shared::new(Device::new(DeviceConfig::default())).unwrap());
-    let mut backend = IommuBackend::new(shared.clone(), None, Default::default());
+    let mut backend = VhostDevice::new(shared.clone(), None, Default::default());
     backend.update_memory(atomic.clone()).unwrap();
     shared.device().set_acked_features(u64::MAX);
 

@@ -98,7 +98,7 @@ fuzz_target!(|data: &[u8]| {
             "used length {used} of a chain with {wlen} writable bytes"
         );
         check_invariants(&dev);
-        // As the daemon does (vhost.rs `skip_bad_head`): a head beyond the queue size has no
+        // As the daemon does (`queue::skip_bad_head`): a head beyond the queue size has no
         // used-ring slot and is skipped.
         match q.add_used(&mem, head, used) {
             Err(virtio_queue::Error::InvalidDescriptorIndex) => assert_eq!(used, 0),

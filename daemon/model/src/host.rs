@@ -258,7 +258,7 @@ impl HostBackend for Software {
     fn name(&self) -> &'static str {
         "software"
     }
-    /// The software backend walks the guest's tables itself (daemon/src/tables.rs).
+    /// The software backend walks the guest's tables itself ([`crate::guest_tables`]).
     fn guest_tables(&self) -> bool {
         true
     }

@@ -19,7 +19,7 @@ use crate::os::socket::bind_unix;
 use crate::service::activation::{self, ActivationError};
 use crate::service::privilege::{self, PrivilegeError};
 use crate::service::settings::Settings;
-use crate::transport::{IommuBackend, Shared, VhostError, PAGE_REQUEST_EVENT_ID, WAKE_EVENT_ID};
+use crate::transport::{Shared, VhostDevice, VhostError, PAGE_REQUEST_EVENT_ID, WAKE_EVENT_ID};
 use model::device::Device;
 
 #[derive(Debug, thiserror::Error)]
@@ -263,7 +263,7 @@ pub fn run(cfg: Settings) -> Result<(), ServerError> {
 
     loop {
         shared.device().reset(false);
-        let backend = Arc::new(RwLock::new(IommuBackend::new(
+        let backend = Arc::new(RwLock::new(VhostDevice::new(
             shared.clone(),
             cfg.poll,
             cfg.worker_sched,

@@ -149,7 +149,7 @@ impl Shared {
 
 /// The vhost-user backend for one frontend connection.
 #[derive(Debug)]
-pub struct IommuBackend {
+pub struct VhostDevice {
     shared: Arc<Shared>,
     mem: Mem,
     event_idx: bool,
@@ -174,10 +174,10 @@ pub struct IommuBackend {
     resume_pending: bool,
 }
 
-impl IommuBackend {
+impl VhostDevice {
     pub fn new(shared: Arc<Shared>, poll: Option<Duration>, sched: WorkerSched) -> Self {
         let resume_pending = shared.device().has_resume_state();
-        IommuBackend {
+        VhostDevice {
             mem: GuestMemoryAtomic::new(GuestMemoryMmap::new()),
             event_idx: false,
             poll: poll.filter(|d| !d.is_zero()),
@@ -382,7 +382,7 @@ impl IommuBackend {
     }
 }
 
-impl VhostUserBackendMut for IommuBackend {
+impl VhostUserBackendMut for VhostDevice {
     type Bitmap = ();
     type Vring = VringRwLock;
 

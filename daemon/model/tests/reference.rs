@@ -13,9 +13,9 @@
 
 use std::collections::BTreeMap;
 
-use model::config::{DeviceConfig, EndpointSet, ReservedRegion};
-use model::device::{Device, Reply};
 use proptest::prelude::*;
+use vhost_user_iommu_model::config::{DeviceConfig, EndpointSet, ReservedRegion};
+use vhost_user_iommu_model::device::{Device, Reply};
 
 // --- The specification's numbers ------------------------------------------------------------
 

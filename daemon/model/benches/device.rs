@@ -12,9 +12,9 @@ use std::hint::black_box;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
-use model::config::{DeviceConfig, EndpointSet};
-use model::device::{Access, Device, Reply};
-use model::protocol::*;
+use vhost_user_iommu_model::config::{DeviceConfig, EndpointSet};
+use vhost_user_iommu_model::device::{Access, Device, Reply};
+use vhost_user_iommu_model::protocol::*;
 
 /// Counts live heap bytes so that memory per mapping is measured, not estimated.
 struct Counting;
