@@ -23,10 +23,15 @@
 //! - [`proto`]: virtio-iommu requests, config space, PROBE properties and fault records.
 //! - [`control`]: the control-socket client (docs/CONTROL.md).
 //! - [`daemon`]: finds, starts, signals, kills and reaps the daemon binary
-//!   (`$VHOST_USER_IOMMU_BIN`, else `<target>/<profile>/vhost-user-iommu`, built on demand).
+//!   (`$VHOST_USER_IOMMU_BIN`, else `<target>/<profile>/vhost-user-iommu`, rebuilt whenever a
+//!   source of it is newer).
 //!
-//! Integration tests live in `tests/tests/`: `negotiation`, `requests`, `batch`, `faults`,
-//! `hostile`, `reconnect`, `process` and `control`.
+//! - [`launcher`]: the fd hand-over of a launcher (iommufd and device fds over SCM_RIGHTS).
+//!
+//! Integration tests live in `tests/tests/` (one file per area: negotiation, requests, batch,
+//! faults, hostile, reconnect, process, control, memory_table, migration, restart, pasid,
+//! iommufd, sched); the binaries `vui-drive` (run inside the test VM against real iommufd) and
+//! `vui-bench` (benchmarks) in `tests/src/bin/`. docs/ARCHITECTURE.md says which test goes where.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
