@@ -14,7 +14,10 @@ use model::device::Device;
 use model::protocol::REQUEST_QUEUE;
 use vhost_user_backend::{VhostUserBackendMut, VringRwLock, VringT};
 use vhost_user_iommu::transport::{Shared, VhostDevice};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryAtomic, GuestMemoryMmap};
+use vm_memory::{
+    Bytes, FileOffset, GuestAddress, GuestMemoryAtomic, GuestMemoryMmap, GuestRegionMmap,
+    MmapRegion,
+};
 use vmm_sys_util::epoll::EventSet;
 
 const SIZE: u16 = 8;
@@ -30,9 +33,28 @@ fn desc(mem: &GuestMemoryMmap, i: u64, addr: u64, len: u32, flags: u16, next: u1
     mem.write_obj(next, GuestAddress(at.0 + 14)).unwrap();
 }
 
+/// Guest memory as a frontend gives it: one region of a memfd sealed against shrinking.
+fn sealed_memory(size: usize) -> GuestMemoryMmap {
+    let name = std::ffi::CString::new("vui-hostile-ring").unwrap();
+    // SAFETY: a valid NUL-terminated name.
+    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_ALLOW_SEALING) };
+    assert!(fd >= 0);
+    // SAFETY: a fresh descriptor nothing else owns.
+    let file = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    file.set_len(size as u64).unwrap();
+    // SAFETY: F_ADD_SEALS on our own memfd.
+    assert_eq!(
+        unsafe { libc::fcntl(fd, libc::F_ADD_SEALS, libc::F_SEAL_SHRINK) },
+        0
+    );
+    let region = MmapRegion::from_file(FileOffset::new(file, 0), size).unwrap();
+    GuestMemoryMmap::from_regions(vec![GuestRegionMmap::new(region, GuestAddress(0)).unwrap()])
+        .unwrap()
+}
+
 #[test]
 fn avail_entry_beyond_queue_size_is_skipped() {
-    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+    let mem = sealed_memory(0x10000);
     let atomic = GuestMemoryAtomic::new(mem.clone());
     let shared = Arc::new(Shared::new(Device::new(DeviceConfig::default())).unwrap());
     let mut backend = VhostDevice::new(shared.clone(), None, Default::default());

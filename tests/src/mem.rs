@@ -39,7 +39,9 @@ impl Region {
     fn new(gpa: u64, size: u64, reserve: u64) -> io::Result<Self> {
         let name = CString::new("vhost-user-iommu-test").map_err(io::Error::other)?;
         // SAFETY: `name` is a valid NUL-terminated string; memfd_create has no other inputs.
-        let raw = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+        let raw = unsafe {
+            libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING)
+        };
         if raw < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -48,6 +50,19 @@ impl Region {
         let len = libc::off_t::try_from(size).map_err(io::Error::other)?;
         // SAFETY: `fd` is a valid memfd owned by us.
         if unsafe { libc::ftruncate(fd.as_raw_fd(), len) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // Guest RAM cannot shrink or grow underneath the daemon, as QEMU's memfd backend seals
+        // it (the daemon refuses regions whose file may shrink).
+        // SAFETY: F_ADD_SEALS on our own memfd; no memory is passed.
+        if unsafe {
+            libc::fcntl(
+                fd.as_raw_fd(),
+                libc::F_ADD_SEALS,
+                libc::F_SEAL_SHRINK | libc::F_SEAL_GROW,
+            )
+        } != 0
+        {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: a fresh shared mapping of a file we own; the result is checked below.

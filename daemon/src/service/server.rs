@@ -311,6 +311,7 @@ pub fn run(cfg: Settings) -> Result<(), ServerError> {
         // them.
         drop(daemon);
         shared.clear_worker();
+        shared.close_exit_events();
         // Everything the guest built is gone with the connection; `connected` turns false only
         // then, so whoever sees it sees the released state. (A journaled state of a previous
         // run that this frontend did not resume goes too.)

@@ -6,6 +6,7 @@
 //! 0) when it cannot hold a request head and a status tail.
 
 use std::io::{self, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -29,6 +30,7 @@ use zerocopy::IntoBytes;
 use model::device::state::{parse_state, StreamKind};
 use model::device::Device;
 use model::queue::{handle_chain, skip_bad_head};
+pub mod memory;
 pub mod migration;
 
 use crate::os::sched::WorkerSched;
@@ -83,6 +85,9 @@ pub struct Shared {
     /// The request-queue worker of the current connection: its thread id and whether its
     /// scheduling policy took (for `status`).
     worker: Mutex<Option<WorkerThread>>,
+    /// Exit-event fds handed to `vhost-user-backend` for the current connection, with their
+    /// inodes ([`Shared::close_exit_events`]).
+    exit_fds: Mutex<Vec<(RawFd, u64)>>,
 }
 
 /// What `status` shows of the request-queue worker thread.
@@ -104,6 +109,7 @@ impl Shared {
             wake_consumer,
             transfer: std::sync::OnceLock::new(),
             worker: Mutex::new(None),
+            exit_fds: Mutex::new(Vec::new()),
         })
     }
 
@@ -115,6 +121,43 @@ impl Shared {
     /// The connection's worker is gone.
     pub fn clear_worker(&self) {
         *self.worker_slot() = None;
+    }
+
+    /// An exit-event consumer fd went to `vhost-user-backend`, which takes ownership of it
+    /// with `into_raw_fd` and never closes it (one fd per connection, until `EMFILE` ends the
+    /// daemon). Remember it with its inode.
+    fn handed_out(&self, fd: RawFd) {
+        // SAFETY: fstat on a descriptor we still own, into a zeroed stat.
+        let ino = unsafe {
+            let mut st: libc::stat = std::mem::zeroed();
+            (libc::fstat(fd, &mut st) == 0).then_some(st.st_ino)
+        };
+        if let Some(ino) = ino {
+            self.exit_fds
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((fd, ino));
+        }
+    }
+
+    /// Close the exit-event fds of a connection whose `VhostUserDaemon` has been dropped (its
+    /// epoll handlers, the only users, are gone). An fd whose inode is no longer the one handed
+    /// out (a future `vhost-user-backend` that closes it itself) is left alone.
+    pub fn close_exit_events(&self) {
+        let fds = std::mem::take(&mut *self.exit_fds.lock().unwrap_or_else(|p| p.into_inner()));
+        for (fd, ino) in fds {
+            // SAFETY: fstat into a zeroed stat; `fd` may be closed or reused, which the
+            // inode comparison detects before anything is closed.
+            let same = unsafe {
+                let mut st: libc::stat = std::mem::zeroed();
+                libc::fstat(fd, &mut st) == 0 && st.st_ino == ino
+            };
+            if same {
+                // SAFETY: `fd` is the eventfd handed out (same inode), released by its last
+                // owner with `into_raw_fd`; nothing else refers to it.
+                drop(unsafe { OwnedFd::from_raw_fd(fd) });
+            }
+        }
     }
 
     fn worker_slot(&self) -> MutexGuard<'_, Option<WorkerThread>> {
@@ -151,7 +194,13 @@ impl Shared {
 #[derive(Debug)]
 pub struct VhostDevice {
     shared: Arc<Shared>,
+    /// Guest memory as this device uses it: the frontend's table once it passed
+    /// [`memory::check_table`]. Not the handler's own (`vhost-user-backend` publishes a new
+    /// table to its vrings before the device can check it); ring and buffer accesses of the
+    /// device go through this one only.
     mem: Mem,
+    /// The table in `mem`, to give back to the handler when a new one is refused.
+    accepted: GuestMemoryMmap,
     event_idx: bool,
     /// Request-queue polling window, if enabled.
     poll: Option<Duration>,
@@ -179,6 +228,7 @@ impl VhostDevice {
         let resume_pending = shared.device().has_resume_state();
         VhostDevice {
             mem: GuestMemoryAtomic::new(GuestMemoryMmap::new()),
+            accepted: GuestMemoryMmap::new(),
             event_idx: false,
             poll: poll.filter(|d| !d.is_zero()),
             sched,
@@ -285,11 +335,7 @@ impl VhostDevice {
             }
             if n > 0 {
                 last_work = Instant::now();
-                if state
-                    .get_queue_mut()
-                    .needs_notification(mem)
-                    .map_err(qerr)?
-                {
+                if wants_interrupt(state.get_queue_mut(), mem, self.event_idx).map_err(qerr)? {
                     state
                         .signal_used_queue()
                         .map_err(|err| VhostError::Signal {
@@ -365,12 +411,16 @@ impl VhostDevice {
             } else {
                 0
             };
-            skip_bad_head(vring.add_used(head, used), EVENT_QUEUE, head).map_err(qerr)?;
+            let r = vring.get_mut().get_queue_mut().add_used(&*mem, head, used);
+            skip_bad_head(r, EVENT_QUEUE, head).map_err(qerr)?;
             dev.event_outcome(&rec, written);
             any = true;
         }
         drop(dev);
-        if any && vring.needs_notification().map_err(qerr)? {
+        if any
+            && wants_interrupt(vring.get_mut().get_queue_mut(), &mem, self.event_idx)
+                .map_err(qerr)?
+        {
             vring
                 .signal_used_queue()
                 .map_err(|err| VhostError::Signal {
@@ -381,6 +431,34 @@ impl VhostDevice {
         Ok(())
     }
 }
+
+/// Whether the driver wants an interrupt for the buffers just used. With EVENT_IDX the
+/// `used_event` rule decides (virtio-queue); without it the driver's VRING_AVAIL_F_NO_INTERRUPT
+/// flag does (virtio 1.3, 2.7.10: the device SHOULD NOT notify while it is set), which
+/// virtio-queue 0.18 does not look at.
+fn wants_interrupt(
+    q: &mut virtio_queue::Queue,
+    mem: &GuestMemoryMmap,
+    event_idx: bool,
+) -> Result<bool, virtio_queue::Error> {
+    use vm_memory::Bytes;
+    let needs = q.needs_notification(mem)?;
+    if event_idx || !needs {
+        return Ok(needs);
+    }
+    // The avail ring starts with the driver's le16 flags (2-byte aligned: checked when the
+    // frontend set the ring address).
+    let flags: u16 = mem
+        .load(
+            vm_memory::GuestAddress(q.avail_ring()),
+            std::sync::atomic::Ordering::Acquire,
+        )
+        .map_err(virtio_queue::Error::GuestMemory)?;
+    Ok(u16::from_le(flags) & VRING_AVAIL_F_NO_INTERRUPT_FLAG == 0)
+}
+
+/// `VRING_AVAIL_F_NO_INTERRUPT` (virtio 1.3, 2.7.6).
+const VRING_AVAIL_F_NO_INTERRUPT_FLAG: u16 = 1;
 
 impl VhostUserBackendMut for VhostDevice {
     type Bitmap = ();
@@ -547,11 +625,26 @@ impl VhostUserBackendMut for VhostDevice {
         Ok(())
     }
 
-    fn update_memory(&mut self, mem: Mem) -> io::Result<()> {
+    fn update_memory(&mut self, handler_mem: Mem) -> io::Result<()> {
+        // `vhost-user-backend` has already published the new table to its own vrings: check it
+        // before the device uses it, and on a refusal put the previous table back there too,
+        // so a table that cannot be backed is never touched (a read past the end of a file is
+        // a SIGBUS). A refusal fails the frontend's request (SET_MEM_TABLE, ADD_MEM_REG, ...).
+        let new: GuestMemoryMmap = (*handler_mem.memory()).clone();
+        let refuse = |e: io::Error| {
+            match handler_mem.lock() {
+                Ok(g) => g.replace(self.accepted.clone()),
+                Err(p) => p.into_inner().replace(self.accepted.clone()),
+            }
+            warn!("memory table refused: {e}");
+            e
+        };
+        if let Err(e) = memory::check_table(&new) {
+            return Err(refuse(io::Error::new(io::ErrorKind::InvalidInput, e)));
+        }
         // The host backend maps guest RAM (iommufd: the stage-2 IOAS); a refusal fails the
-        // frontend's SET_MEM_TABLE and keeps the previous table.
-        let regions: Vec<model::host::GuestRegion> = mem
-            .memory()
+        // frontend's request too.
+        let regions: Vec<model::host::GuestRegion> = new
             .iter()
             .map(|r| model::host::GuestRegion {
                 gpa: vm_memory::GuestMemoryRegion::start_addr(r).raw_value(),
@@ -565,9 +658,16 @@ impl VhostUserBackendMut for VhostDevice {
             .collect();
         {
             let mut dev = self.shared.device();
-            dev.set_guest_memory(&regions).map_err(io::Error::other)?;
+            if let Err(e) = dev.set_guest_memory(&regions) {
+                return Err(refuse(io::Error::other(e)));
+            }
+            match self.mem.lock() {
+                Ok(g) => g.replace(new.clone()),
+                Err(p) => p.into_inner().replace(new.clone()),
+            }
+            self.accepted = new;
             // The software backend walks guest tables in the same memory.
-            dev.set_walk_memory(mem.clone());
+            dev.set_walk_memory(self.mem.clone());
             let deferred = self
                 .deferred_state
                 .lock()
@@ -581,14 +681,18 @@ impl VhostUserBackendMut for VhostDevice {
                 }
             }
         }
-        self.mem = mem;
         Ok(())
     }
 
     fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
-        new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC)
-            .map_err(|e| warn!("cannot create the worker exit event: {e}"))
-            .ok()
+        let (consumer, notifier) =
+            new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC)
+                .map_err(|e| warn!("cannot create the worker exit event: {e}"))
+                .ok()?;
+        // vhost-user-backend 0.24 registers the consumer with `into_raw_fd` and never closes
+        // it: remember it, to close it once the connection's threads are gone.
+        self.shared.handed_out(consumer.as_raw_fd());
+        Some((consumer, notifier))
     }
 
     fn handle_event(
