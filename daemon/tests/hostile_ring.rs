@@ -43,10 +43,8 @@ fn sealed_memory(size: usize) -> GuestMemoryMmap {
     let file = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
     file.set_len(size as u64).unwrap();
     // SAFETY: F_ADD_SEALS on our own memfd.
-    assert_eq!(
-        unsafe { libc::fcntl(fd, libc::F_ADD_SEALS, libc::F_SEAL_SHRINK) },
-        0
-    );
+    let sealed = unsafe { libc::fcntl(fd, libc::F_ADD_SEALS, libc::F_SEAL_SHRINK) };
+    assert_eq!(sealed, 0);
     let region = MmapRegion::from_file(FileOffset::new(file, 0), size).unwrap();
     GuestMemoryMmap::from_regions(vec![GuestRegionMmap::new(region, GuestAddress(0)).unwrap()])
         .unwrap()
