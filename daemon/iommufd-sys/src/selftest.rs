@@ -47,7 +47,8 @@ pub const IOMMU_TEST_IOTLB_DEFAULT: u32 = 0xbad_beef;
 /// What a new mock device's cache entries hold.
 pub const IOMMU_TEST_DEV_CACHE_DEFAULT: u32 = 0xba_ddad;
 
-/// The selftest mock's nested data (`struct iommu_hwpt_selftest {u32 iotlb}`).
+/// The selftest mock's nested data, `struct iommu_hwpt_selftest {u32 iotlb}` (Linux 7.3 adds
+/// `u32 pagetable_type`; passing only `iotlb` leaves it 0, MOCK_IOMMUPT_DEFAULT).
 pub const IOMMU_HWPT_DATA_SELFTEST: u32 = 0xdead;
 /// GET_HW_INFO type of a mock device.
 pub const IOMMU_HW_INFO_TYPE_SELFTEST: u32 = 0xfeed_beef;
