@@ -76,6 +76,19 @@ impl Control {
         self.must(json!({"cmd": "status"}))
     }
 
+    /// Wait (at most `timeout`) until the daemon reports no frontend, which it does once it
+    /// has released the connection's state. False if it still reports one.
+    pub fn wait_disconnected(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while self.status()["connected"].as_bool() != Some(false) {
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        true
+    }
+
     /// `endpoints`.
     pub fn endpoints(&mut self) -> Vec<Value> {
         as_array(self.must(json!({"cmd": "endpoints"})))

@@ -101,6 +101,31 @@ impl Request {
         Request::new(proto::page_resp(endpoint, pasid, grpid, code))
     }
 
+    /// ATTACH_TABLE (PASID extension) of `format` with descriptor `desc`.
+    pub fn attach_table(domain: u32, format: u16, desc: &[u8]) -> Request {
+        Request::new(proto::attach_table(domain, format, desc))
+    }
+
+    /// DETACH_TABLE (PASID extension).
+    pub fn detach_table(domain: u32) -> Request {
+        Request::new(proto::detach_table(domain))
+    }
+
+    /// INVALIDATE (PASID extension).
+    pub fn invalidate(i: &proto::Invalidate) -> Request {
+        Request::new(proto::invalidate(i))
+    }
+
+    /// ATTACH_PASID (PASID extension).
+    pub fn attach_pasid(domain: u32, endpoint: u32, pasid: u32) -> Request {
+        Request::new(proto::attach_pasid(domain, endpoint, pasid))
+    }
+
+    /// DETACH_PASID (PASID extension).
+    pub fn detach_pasid(domain: u32, endpoint: u32, pasid: u32) -> Request {
+        Request::new(proto::detach_pasid(domain, endpoint, pasid))
+    }
+
     /// PROBE with a properties buffer of `props_len` bytes.
     pub fn probe(endpoint: u32, props_len: usize) -> Request {
         Request {

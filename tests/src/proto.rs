@@ -44,8 +44,50 @@ pub mod req {
     pub const UNMAP: u8 = 4;
     /// PROBE.
     pub const PROBE: u8 = 5;
-    /// PAGE_RESP (PASID extension, docs/PASID.md).
+    /// ATTACH_TABLE (PASID extension, docs/PASID.md).
+    pub const ATTACH_TABLE: u8 = 6;
+    /// INVALIDATE (PASID extension).
+    pub const INVALIDATE: u8 = 7;
+    /// PAGE_RESP (PASID extension).
     pub const PAGE_RESP: u8 = 8;
+    /// DETACH_TABLE (PASID extension).
+    pub const DETACH_TABLE: u8 = 9;
+    /// ATTACH_PASID (PASID extension).
+    pub const ATTACH_PASID: u8 = 10;
+    /// DETACH_PASID (PASID extension).
+    pub const DETACH_PASID: u8 = 11;
+}
+
+/// ATTACH_TABLE formats (docs/PASID.md §3).
+pub mod table_format {
+    /// One VMSAv8-64 stage-1 translation regime.
+    pub const ARM_VMSA_S1: u16 = 1;
+    /// An SMMUv3 context-descriptor table.
+    pub const ARM_SMMUV3: u16 = 2;
+    /// One VT-d first-stage page table.
+    pub const INTEL_VTD_S1: u16 = 4;
+}
+
+/// INVALIDATE scopes, caches and flags (docs/PASID.md §4.3).
+pub mod inv {
+    /// Scope DOMAIN.
+    pub const SCOPE_DOMAIN: u16 = 1;
+    /// Scope PASID.
+    pub const SCOPE_PASID: u16 = 2;
+    /// Scope ADDRESS.
+    pub const SCOPE_ADDRESS: u16 = 4;
+    /// Cache IOTLB (walks and translations).
+    pub const CACHE_IOTLB: u16 = 1 << 0;
+    /// Cache DEV_IOTLB (the endpoint's ATC).
+    pub const CACHE_DEV_IOTLB: u16 = 1 << 1;
+    /// Cache PASID (CDs / PASID-table entries).
+    pub const CACHE_PASID: u16 = 1 << 2;
+    /// Flag PASID: field `pasid` is valid.
+    pub const FLAG_PASID: u16 = 1 << 0;
+    /// Flag ARCHID: field `archid` is valid.
+    pub const FLAG_ARCHID: u16 = 1 << 1;
+    /// Flag LEAF: only leaf entries changed.
+    pub const FLAG_LEAF: u16 = 1 << 2;
 }
 
 /// Status codes.
@@ -179,6 +221,98 @@ pub fn page_resp(endpoint: u32, pasid: Option<u32>, grpid: u32, code: u16) -> Ve
     put_u32(&mut b, 12, grpid);
     b[16..18].copy_from_slice(&code.to_le_bytes());
     b[18..20].copy_from_slice(&u16::from(pasid.is_some()).to_le_bytes());
+    b
+}
+
+/// Device-readable part of ATTACH_TABLE (64 bytes): `desc` is the format's descriptor (at most
+/// 48 bytes, zero-padded).
+pub fn attach_table(domain: u32, format: u16, desc: &[u8]) -> Vec<u8> {
+    let mut b = head(req::ATTACH_TABLE, 64);
+    put_u32(&mut b, 4, domain);
+    b[8..10].copy_from_slice(&format.to_le_bytes());
+    b[16..16 + desc.len()].copy_from_slice(desc);
+    b
+}
+
+/// The ARM_SMMUV3 descriptor of ATTACH_TABLE: the CD table at `ptr` with 2^`cdmax` CDs.
+pub fn smmuv3_desc(s1fmt: u8, s1dss: u8, ptr: u64, cdmax: u32) -> Vec<u8> {
+    let mut d = vec![0u8; 16];
+    d[0] = s1fmt;
+    d[1] = s1dss;
+    put_u32(&mut d, 4, cdmax);
+    put_u64(&mut d, 8, ptr);
+    d
+}
+
+/// The INTEL_VTD_S1 descriptor of ATTACH_TABLE: the first-stage root table at `pgd`.
+pub fn vtd_s1_desc(addr_width: u32, pgd: u64, flags: u64) -> Vec<u8> {
+    let mut d = vec![0u8; 24];
+    put_u32(&mut d, 0, addr_width);
+    put_u64(&mut d, 8, pgd);
+    put_u64(&mut d, 16, flags);
+    d
+}
+
+/// Device-readable part of DETACH_TABLE (16 bytes).
+pub fn detach_table(domain: u32) -> Vec<u8> {
+    let mut b = head(req::DETACH_TABLE, 16);
+    put_u32(&mut b, 4, domain);
+    b
+}
+
+/// The fields of an INVALIDATE request ([`inv`] has the scope, cache and flag bits).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Invalidate {
+    /// One of `inv::SCOPE_*`.
+    pub scope: u16,
+    /// `inv::CACHE_*` bits.
+    pub caches: u16,
+    /// `inv::FLAG_*` bits.
+    pub flags: u16,
+    /// The domain.
+    pub domain: u32,
+    /// The PASID (with `inv::FLAG_PASID`).
+    pub pasid: u32,
+    /// The ASID (with `inv::FLAG_ARCHID`).
+    pub archid: u64,
+    /// First address (scope ADDRESS).
+    pub virt_start: u64,
+    /// Number of (1 << granule)-byte pages (scope ADDRESS).
+    pub nr_pages: u64,
+    /// log2 of the page size (scope ADDRESS).
+    pub granule: u8,
+}
+
+/// Device-readable part of INVALIDATE (64 bytes).
+pub fn invalidate(i: &Invalidate) -> Vec<u8> {
+    let mut b = head(req::INVALIDATE, 64);
+    b[4..6].copy_from_slice(&i.scope.to_le_bytes());
+    b[6..8].copy_from_slice(&i.caches.to_le_bytes());
+    b[8..10].copy_from_slice(&i.flags.to_le_bytes());
+    put_u32(&mut b, 12, i.domain);
+    put_u32(&mut b, 16, i.pasid);
+    put_u64(&mut b, 24, i.archid);
+    put_u64(&mut b, 32, i.virt_start);
+    put_u64(&mut b, 40, i.nr_pages);
+    b[48] = i.granule;
+    b
+}
+
+/// Device-readable part of ATTACH_PASID (24 bytes).
+pub fn attach_pasid(domain: u32, endpoint: u32, pasid: u32) -> Vec<u8> {
+    pasid_pair(req::ATTACH_PASID, domain, endpoint, pasid)
+}
+
+/// Device-readable part of DETACH_PASID (24 bytes).
+pub fn detach_pasid(domain: u32, endpoint: u32, pasid: u32) -> Vec<u8> {
+    pasid_pair(req::DETACH_PASID, domain, endpoint, pasid)
+}
+
+fn pasid_pair(ty: u8, domain: u32, endpoint: u32, pasid: u32) -> Vec<u8> {
+    let mut b = head(ty, 24);
+    put_u32(&mut b, 4, domain);
+    put_u32(&mut b, 8, endpoint);
+    put_u32(&mut b, 12, pasid);
     b
 }
 
@@ -369,6 +503,52 @@ mod tests {
         assert_eq!(get_u32(&m, 32), 3);
         assert_eq!(unmap(1, 0, 9).len(), 28);
         assert_eq!(probe(9).len(), 72);
+    }
+
+    #[test]
+    fn pasid_extension_layouts_match_docs_pasid() {
+        let t = attach_table(
+            5,
+            table_format::INTEL_VTD_S1,
+            &vtd_s1_desc(48, 0x4000_0000, 4),
+        );
+        assert_eq!(t.len(), 64);
+        assert_eq!(&t[..12], &[6, 0, 0, 0, 5, 0, 0, 0, 4, 0, 0, 0]);
+        assert_eq!(
+            (get_u32(&t, 16), get_u64(&t, 24), get_u64(&t, 32)),
+            (48, 0x4000_0000, 4)
+        );
+        let t = attach_table(1, table_format::ARM_SMMUV3, &smmuv3_desc(1, 2, 0x8000, 7));
+        assert_eq!(
+            (t[16], t[17], get_u32(&t, 20), get_u64(&t, 24)),
+            (1, 2, 7, 0x8000)
+        );
+        assert_eq!(
+            detach_table(3),
+            [9, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+        );
+        let i = invalidate(&Invalidate {
+            scope: inv::SCOPE_ADDRESS,
+            caches: inv::CACHE_IOTLB,
+            flags: inv::FLAG_PASID | inv::FLAG_LEAF,
+            domain: 2,
+            pasid: 6,
+            archid: 0,
+            virt_start: 0x10000,
+            nr_pages: 3,
+            granule: 12,
+        });
+        assert_eq!(i.len(), 64);
+        assert_eq!(&i[..10], &[7, 0, 0, 0, 4, 0, 1, 0, 5, 0]);
+        assert_eq!((get_u32(&i, 12), get_u32(&i, 16)), (2, 6));
+        assert_eq!((get_u64(&i, 32), get_u64(&i, 40), i[48]), (0x10000, 3, 12));
+        let p = attach_pasid(50, 2, 5);
+        assert_eq!(p.len(), 24);
+        assert_eq!(
+            (p[0], get_u32(&p, 4), get_u32(&p, 8), get_u32(&p, 12)),
+            (10, 50, 2, 5)
+        );
+        assert_eq!(detach_pasid(50, 2, 5)[0], 11);
     }
 
     #[test]

@@ -5,13 +5,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixListener;
 use std::time::Duration;
 
 use vhost_user_iommu_tests::daemon::{run_to_exit, TempDir};
-use vhost_user_iommu_tests::launcher::send_with_fds;
+use vhost_user_iommu_tests::launcher::hand_over;
 
 const T: Duration = Duration::from_secs(10);
 
@@ -73,14 +72,8 @@ fn handover(line: &'static str, fds: Vec<std::fs::File>, extra_cfg: &str) -> (St
         ),
     )
     .unwrap();
-    let t = std::thread::spawn(move || {
-        let (s, _) = listener.accept().unwrap();
-        let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
-        send_with_fds(&s, line, &raw).unwrap();
-        let mut answer = String::new();
-        BufReader::new(&s).read_line(&mut answer).unwrap();
-        answer
-    });
+    let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
+    let t = hand_over(listener, line.to_string(), raw);
     let sock = dir.path().join("sock");
     let (st, err) = run_to_exit(
         &[
@@ -92,7 +85,9 @@ fn handover(line: &'static str, fds: Vec<std::fs::File>, extra_cfg: &str) -> (St
         T,
     );
     assert_eq!(st.and_then(|s| s.code()), Some(1), "stderr:\n{err}");
-    (t.join().unwrap(), err)
+    let answer = t.join().unwrap().unwrap();
+    drop(fds);
+    (answer, err)
 }
 
 fn devnull() -> std::fs::File {

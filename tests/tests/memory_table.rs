@@ -5,7 +5,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 use vhost_user_iommu_tests::proto::status::OK;
@@ -17,14 +17,10 @@ const HOT: u64 = 0x4000_0000;
 const EXTRA: u64 = 0x8000_0000;
 
 fn wait_disconnected(ctl: &mut Control) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while ctl.status()["connected"].as_bool() != Some(false) {
-        assert!(
-            Instant::now() < deadline,
-            "daemon still reports a connection"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    assert!(
+        ctl.wait_disconnected(Duration::from_secs(10)),
+        "daemon still reports a connection"
+    );
 }
 
 fn guest_ram(ctl: &mut Control) -> Vec<(u64, u64)> {

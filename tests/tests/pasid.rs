@@ -18,6 +18,7 @@ use serde_json::{json, Value};
 use vhost_user_iommu_tests::device::Options;
 use vhost_user_iommu_tests::mem::{TableMem, HIGH_REGION_GPA};
 use vhost_user_iommu_tests::proto::status::{INVAL, NOENT, OK, RANGE};
+use vhost_user_iommu_tests::proto::{inv, smmuv3_desc, vtd_s1_desc, Invalidate};
 use vhost_user_iommu_tests::{Daemon, Device, Request};
 
 const F_ATTACH_TABLE: u64 = 1 << 8;
@@ -44,49 +45,22 @@ fn allocator(offset: u64) -> TableAllocator {
     )
 }
 
-fn attach_table(domain: u32, format: u16, desc: &[u8]) -> Request {
-    let mut r = vec![6u8, 0, 0, 0];
-    r.extend(domain.to_le_bytes());
-    r.extend(format.to_le_bytes());
-    r.extend([0u8; 6]); // flags, reserved
-    let mut d = [0u8; 48];
-    d[..desc.len()].copy_from_slice(desc);
-    r.extend(d);
-    Request::new(r)
-}
-
-fn smmu_desc(s1fmt: u8, s1dss: u8, ptr: u64, cdmax: u32) -> Vec<u8> {
-    let mut d = vec![s1fmt, s1dss, 0, 0];
-    d.extend(cdmax.to_le_bytes());
-    d.extend(ptr.to_le_bytes());
-    d
-}
-
-fn vtd_desc(addr_width: u32, pgd: u64, flags: u64) -> Vec<u8> {
-    let mut d = addr_width.to_le_bytes().to_vec();
-    d.extend([0u8; 4]);
-    d.extend(pgd.to_le_bytes());
-    d.extend(flags.to_le_bytes());
-    d
-}
-
 fn invalidate_range(domain: u32, pasid: Option<u32>, start: u64, pages: u64) -> Request {
-    let mut r = vec![7u8, 0, 0, 0];
-    r.extend(4u16.to_le_bytes()); // scope ADDRESS
-    r.extend(1u16.to_le_bytes()); // caches IOTLB
-    let flags: u16 = if pasid.is_some() { 1 | 4 } else { 4 }; // PASID, LEAF
-    r.extend(flags.to_le_bytes());
-    r.extend([0u8; 2]);
-    r.extend(domain.to_le_bytes());
-    r.extend(pasid.unwrap_or(0).to_le_bytes());
-    r.extend([0u8; 4]);
-    r.extend(0u64.to_le_bytes()); // archid
-    r.extend(start.to_le_bytes());
-    r.extend(pages.to_le_bytes());
-    r.push(12);
-    r.extend([0u8; 15]);
-    assert_eq!(r.len(), 64);
-    Request::new(r)
+    Request::invalidate(&Invalidate {
+        scope: inv::SCOPE_ADDRESS,
+        caches: inv::CACHE_IOTLB,
+        flags: if pasid.is_some() {
+            inv::FLAG_PASID | inv::FLAG_LEAF
+        } else {
+            inv::FLAG_LEAF
+        },
+        domain,
+        pasid: pasid.unwrap_or(0),
+        virt_start: start,
+        nr_pages: pages,
+        granule: 12,
+        ..Invalidate::default()
+    })
 }
 
 fn translate(daemon: &Daemon, endpoint: u32, pasid: Option<u32>, iova: u64, access: &str) -> Value {
@@ -128,8 +102,12 @@ fn smmuv3_cd_table_stale_until_invalidate_then_page_request_round_trip() {
     let (fmt, dss, ptr, cdmax) = cds.fields(S1Dss::Terminate);
 
     // A MAP domain with mappings cannot take a table; a table on it makes MAP INVAL.
-    d.run(&attach_table(1, 2, &smmu_desc(fmt, dss, ptr, cdmax)))
-        .expect(OK, "ATTACH_TABLE SMMUv3");
+    d.run(&Request::attach_table(
+        1,
+        2,
+        &smmuv3_desc(fmt, dss, ptr, cdmax),
+    ))
+    .expect(OK, "ATTACH_TABLE SMMUv3");
     assert_eq!(
         d.map(1, 0x1000, 0x1fff, 0, 3),
         INVAL,
@@ -259,8 +237,12 @@ fn vtd_first_stage_per_pasid_with_attach_pasid() {
     let mut fs = VtdBuilder::new(false, allocator(0)).unwrap();
     fs.map(&mut TableMem(&d.mem), 0x7000_0000, 0x600000, 0x1000, prot)
         .unwrap();
-    d.run(&attach_table(5, 4, &vtd_desc(48, fs.pgtbl(), 0)))
-        .expect(OK, "ATTACH_TABLE VT-d");
+    d.run(&Request::attach_table(
+        5,
+        4,
+        &vtd_s1_desc(48, fs.pgtbl(), 0),
+    ))
+    .expect(OK, "ATTACH_TABLE VT-d");
 
     let mut ap = vec![10u8, 0, 0, 0];
     ap.extend(5u32.to_le_bytes());
@@ -331,27 +313,59 @@ fn hostile_bindings_and_invalidations_get_precise_statuses() {
     let (daemon, mut d) = setup(&[]);
     assert_eq!(d.attach(1, 0), OK);
     // CD table outside guest RAM, S1CDMax beyond the PASID width, reserved S1Fmt.
-    d.run(&attach_table(1, 2, &smmu_desc(0, 0, 0x40_0000_0000, 4)))
-        .expect(RANGE, "CD table outside RAM");
-    d.run(&attach_table(1, 2, &smmu_desc(0, 0, HIGH_REGION_GPA, 21)))
-        .expect(RANGE, "S1CDMax 21");
-    d.run(&attach_table(1, 2, &smmu_desc(3, 0, HIGH_REGION_GPA, 4)))
-        .expect(INVAL, "reserved S1Fmt");
+    d.run(&Request::attach_table(
+        1,
+        2,
+        &smmuv3_desc(0, 0, 0x40_0000_0000, 4),
+    ))
+    .expect(RANGE, "CD table outside RAM");
+    d.run(&Request::attach_table(
+        1,
+        2,
+        &smmuv3_desc(0, 0, HIGH_REGION_GPA, 21),
+    ))
+    .expect(RANGE, "S1CDMax 21");
+    d.run(&Request::attach_table(
+        1,
+        2,
+        &smmuv3_desc(3, 0, HIGH_REGION_GPA, 4),
+    ))
+    .expect(INVAL, "reserved S1Fmt");
     // VT-d: misaligned pgd, supervisor requests not granted, unknown flags, bad width.
-    d.run(&attach_table(1, 4, &vtd_desc(48, HIGH_REGION_GPA + 8, 0)))
-        .expect(RANGE, "misaligned pgd");
-    d.run(&attach_table(1, 4, &vtd_desc(48, HIGH_REGION_GPA, 1)))
-        .expect(2, "SRE not granted -> UNSUPP");
-    d.run(&attach_table(1, 4, &vtd_desc(48, HIGH_REGION_GPA, 1 << 7)))
-        .expect(INVAL, "unknown flags");
-    d.run(&attach_table(1, 4, &vtd_desc(39, HIGH_REGION_GPA, 0)))
-        .expect(INVAL, "address width 39");
+    d.run(&Request::attach_table(
+        1,
+        4,
+        &vtd_s1_desc(48, HIGH_REGION_GPA + 8, 0),
+    ))
+    .expect(RANGE, "misaligned pgd");
+    d.run(&Request::attach_table(
+        1,
+        4,
+        &vtd_s1_desc(48, HIGH_REGION_GPA, 1),
+    ))
+    .expect(2, "SRE not granted -> UNSUPP");
+    d.run(&Request::attach_table(
+        1,
+        4,
+        &vtd_s1_desc(48, HIGH_REGION_GPA, 1 << 7),
+    ))
+    .expect(INVAL, "unknown flags");
+    d.run(&Request::attach_table(
+        1,
+        4,
+        &vtd_s1_desc(39, HIGH_REGION_GPA, 0),
+    ))
+    .expect(INVAL, "address width 39");
     // Unknown format, no such domain, non-zero reserved.
-    d.run(&attach_table(1, 3, &[]))
+    d.run(&Request::attach_table(1, 3, &[]))
         .expect(2, "format 3 -> UNSUPP");
-    d.run(&attach_table(2, 4, &vtd_desc(48, HIGH_REGION_GPA, 0)))
-        .expect(NOENT, "no domain 2");
-    d.run(&attach_table(1, 4, &vtd_desc(48, HIGH_REGION_GPA, 0)).with_byte(13, 1))
+    d.run(&Request::attach_table(
+        2,
+        4,
+        &vtd_s1_desc(48, HIGH_REGION_GPA, 0),
+    ))
+    .expect(NOENT, "no domain 2");
+    d.run(&Request::attach_table(1, 4, &vtd_s1_desc(48, HIGH_REGION_GPA, 0)).with_byte(13, 1))
         .expect(INVAL, "reserved byte");
     // Nothing of the above changed the domain.
     assert!(daemon.ctl().domain(1).unwrap()["table"].is_null());
@@ -360,7 +374,7 @@ fn hostile_bindings_and_invalidations_get_precise_statuses() {
     // IOVA 0 resolves to the table page itself, like hardware would, and nothing loops.
     let root = HIGH_REGION_GPA + 0x10000;
     TableMem(&d.mem).write_u64(root, root | 0x7).unwrap();
-    d.run(&attach_table(1, 4, &vtd_desc(48, root, 0)))
+    d.run(&Request::attach_table(1, 4, &vtd_s1_desc(48, root, 0)))
         .expect(OK, "self-referencing table binds");
     assert_eq!(phys(&translate(&daemon, 0, None, 0x123, "r")), root + 0x123);
     // Other IOVAs meet not-present entries: recoverable, so page requests.

@@ -2,7 +2,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use vhost_user_iommu_tests::proto::status::OK;
 use vhost_user_iommu_tests::proto::{FAULT_RECORD_LEN, MAP_F_READ, MAP_F_WRITE};
@@ -11,14 +11,10 @@ use vhost_user_iommu_tests::{Control, Daemon};
 const RW: u32 = MAP_F_READ | MAP_F_WRITE;
 
 fn wait_disconnected(ctl: &mut Control) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while ctl.status()["connected"].as_bool() != Some(false) {
-        assert!(
-            Instant::now() < deadline,
-            "daemon still reports a connection"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    assert!(
+        ctl.wait_disconnected(Duration::from_secs(5)),
+        "daemon still reports a connection"
+    );
 }
 
 #[test]

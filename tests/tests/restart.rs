@@ -122,10 +122,7 @@ fn a_vm_that_goes_away_leaves_nothing_to_resume() {
     let elsewhere = Daemon::start(&[]);
     d.reconnect(&elsewhere.socket, d.ring_positions()).unwrap();
     let mut ctl = a.ctl();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while ctl.status()["connected"] == true && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    ctl.wait_disconnected(std::time::Duration::from_secs(10));
     assert!(ctl.domains().is_empty());
     drop(a);
     // A driver claiming to carry on finds nothing: the journal was emptied at the disconnect.

@@ -10,9 +10,19 @@
 //! not IOAS_IOVA_RANGES or the selftest command, and vfio-ioctls 0.10 needs the KVM crates for
 //! its cdev support and unwraps a detach in `Drop` (a panic in the daemon when the kernel refuses).
 //! The handful of calls needed here are simpler to keep exact and typed in one place.
+//!
+//! The selftest ABI (`IOMMU_TEST_CMD`, the mock's data types) is in [`selftest`], re-exported
+//! here. Besides the daemon, the test tools use this crate (`vui-drive` checks the host state with
+//! the selftest ops and drives QEMU's edu device through the VFIO region calls).
+//!
+//! Checked against Linux 7.3: `include/uapi/linux/iommufd.h`, `include/uapi/linux/vfio.h`,
+//! `drivers/iommu/iommufd/iommufd_test.h`.
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
+
+pub mod selftest;
+pub use selftest::*;
 
 /// `_IO(';', nr)`: iommufd and VFIO encode neither direction nor size in the number.
 const fn io(nr: u64) -> u64 {
@@ -26,12 +36,12 @@ pub const IOMMU_IOAS_MAP: u64 = io(0x85);
 pub const IOMMU_IOAS_UNMAP: u64 = io(0x86);
 /// Linux 6.13.
 pub const IOMMU_IOAS_MAP_FILE: u64 = io(0x8f);
-/// `IOMMU_TEST_CMD` = `_IO(IOMMUFD_TYPE, IOMMUFD_CMD_BASE + 32)`.
-pub const IOMMU_TEST_CMD: u64 = io(0x80 + 32);
 /// VFIO_BASE is 100.
 pub const VFIO_DEVICE_BIND_IOMMUFD: u64 = io(100 + 18);
 pub const VFIO_DEVICE_ATTACH_IOMMUFD_PT: u64 = io(100 + 19);
 pub const VFIO_DEVICE_DETACH_IOMMUFD_PT: u64 = io(100 + 20);
+/// Test tools only (not made by the daemon).
+pub const VFIO_DEVICE_GET_REGION_INFO: u64 = io(100 + 8);
 /// Nesting (Linux 6.6-6.15): HWPT_ALLOC, GET_HW_INFO, HWPT_INVALIDATE, FAULT_QUEUE_ALLOC,
 /// VIOMMU_ALLOC, VDEVICE_ALLOC.
 pub const IOMMU_HWPT_ALLOC: u64 = io(0x89);
@@ -85,18 +95,6 @@ pub const IOMMU_IOAS_MAP_FIXED_IOVA: u32 = 1 << 0;
 pub const IOMMU_IOAS_MAP_WRITEABLE: u32 = 1 << 1;
 pub const IOMMU_IOAS_MAP_READABLE: u32 = 1 << 2;
 
-pub const IOMMU_TEST_OP_MD_CHECK_MAP: u32 = 3;
-pub const IOMMU_TEST_OP_MD_CHECK_REFS: u32 = 4;
-pub const IOMMU_TEST_OP_MOCK_DOMAIN: u32 = 2;
-pub const IOMMU_TEST_OP_ADD_RESERVED: u32 = 1;
-pub const IOMMU_TEST_OP_MOCK_DOMAIN_REPLACE: u32 = 10;
-pub const IOMMU_TEST_OP_MOCK_DOMAIN_FLAGS: u32 = 12;
-pub const IOMMU_TEST_OP_PASID_ATTACH: u32 = 18;
-pub const IOMMU_TEST_OP_PASID_REPLACE: u32 = 19;
-pub const IOMMU_TEST_OP_PASID_DETACH: u32 = 20;
-/// Mock device flag: the device has PASIDs (MOCK_PASID_WIDTH = 20 bits).
-pub const MOCK_FLAGS_DEVICE_PASID: u32 = 1 << 2;
-
 /// `enum iommufd_hwpt_alloc_flags`.
 pub const IOMMU_HWPT_ALLOC_NEST_PARENT: u32 = 1 << 0;
 pub const IOMMU_HWPT_FAULT_ID_VALID: u32 = 1 << 2;
@@ -105,25 +103,26 @@ pub const IOMMU_HWPT_ALLOC_PASID: u32 = 1 << 3;
 pub const IOMMU_HWPT_DATA_NONE: u32 = 0;
 pub const IOMMU_HWPT_DATA_VTD_S1: u32 = 1;
 pub const IOMMU_HWPT_DATA_ARM_SMMUV3: u32 = 2;
-/// The selftest mock's nested data (`struct iommu_hwpt_selftest {u32 iotlb}`).
-pub const IOMMU_HWPT_DATA_SELFTEST: u32 = 0xdead;
 /// `enum iommu_hw_info_type`.
 pub const IOMMU_HW_INFO_TYPE_INTEL_VTD: u32 = 1;
 pub const IOMMU_HW_INFO_TYPE_ARM_SMMUV3: u32 = 2;
-pub const IOMMU_HW_INFO_TYPE_SELFTEST: u32 = 0xfeed_beef;
 /// `enum iommu_hwpt_invalidate_data_type` / `iommu_viommu_invalidate_data_type`.
 pub const IOMMU_HWPT_INVALIDATE_DATA_VTD_S1: u32 = 0;
 pub const IOMMU_VIOMMU_INVALIDATE_DATA_ARM_SMMUV3: u32 = 1;
-pub const IOMMU_HWPT_INVALIDATE_DATA_SELFTEST: u32 = 0xdead_beef;
-pub const IOMMU_VIOMMU_INVALIDATE_DATA_SELFTEST: u32 = 0xdead_beef;
 /// `enum iommu_viommu_type`.
 pub const IOMMU_VIOMMU_TYPE_ARM_SMMUV3: u32 = 1;
-pub const IOMMU_VIOMMU_TYPE_SELFTEST: u32 = 0xdead_beef;
 /// `enum iommu_veventq_type`.
 pub const IOMMU_VEVENTQ_TYPE_ARM_SMMUV3: u32 = 1;
-pub const IOMMU_VEVENTQ_TYPE_SELFTEST: u32 = 0xbeef_beef;
 /// VFIO_DEVICE_ATTACH_PASID / VFIO_DEVICE_DETACH_PASID.
 pub const VFIO_DEVICE_PASID: u32 = 1 << 0;
+/// vfio-pci's fixed region indexes (the anonymous enum of vfio.h): BAR0..BAR5 are 0..5.
+pub const VFIO_PCI_BAR0_REGION_INDEX: u32 = 0;
+pub const VFIO_PCI_CONFIG_REGION_INDEX: u32 = 7;
+/// `struct vfio_region_info` flags.
+pub const VFIO_REGION_INFO_FLAG_READ: u32 = 1 << 0;
+pub const VFIO_REGION_INFO_FLAG_WRITE: u32 = 1 << 1;
+pub const VFIO_REGION_INFO_FLAG_MMAP: u32 = 1 << 2;
+pub const VFIO_REGION_INFO_FLAG_CAPS: u32 = 1 << 3;
 
 /// A failed ioctl: which one, and the errno.
 #[derive(Debug, thiserror::Error, Clone, Copy, PartialEq, Eq)]
@@ -215,21 +214,6 @@ pub struct VfioDeviceAttachIommufdPt {
     pub flags: u32,
     pub pt_id: u32,
     pub pasid: u32,
-}
-
-/// `struct iommu_test_cmd`: 16 bytes of header, a 48-byte union (its largest member, `dirty`,
-/// is a u32 and five u64), `last`, padding to 8: 72 bytes. The union is kept as raw u64 words;
-/// the accessors below place each op's fields where the C layout puts them.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
-pub struct IommuTestCmd {
-    pub size: u32,
-    pub op: u32,
-    pub id: u32,
-    pub reserved: u32,
-    pub union: [u64; 6],
-    pub last: u32,
-    pub pad: u32,
 }
 
 /// `struct iommu_hwpt_alloc` with the 6.11 `fault_id`.
@@ -327,6 +311,19 @@ pub struct IommuVeventqAlloc {
     pub reserved: u32,
 }
 
+/// `struct vfio_region_info` (without its capability chain: `cap_offset` stays 0 as long as
+/// `argsz` is this size).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VfioRegionInfo {
+    pub argsz: u32,
+    pub flags: u32,
+    pub index: u32,
+    pub cap_offset: u32,
+    pub size: u64,
+    pub offset: u64,
+}
+
 /// `struct vfio_device_detach_iommufd_pt`.
 #[repr(C)]
 #[derive(Debug, Default)]
@@ -336,7 +333,6 @@ pub struct VfioDeviceDetachIommufdPt {
     pub pasid: u32,
 }
 
-const _: () = assert!(std::mem::size_of::<IommuTestCmd>() == 72);
 const _: () = assert!(std::mem::size_of::<IommuHwptAlloc>() == 48);
 const _: () = assert!(std::mem::size_of::<IommuHwInfo>() == 40);
 const _: () = assert!(std::mem::size_of::<IommuHwptInvalidate>() == 32);
@@ -348,34 +344,7 @@ const _: () = assert!(std::mem::size_of::<IommuIoasMap>() == 40);
 const _: () = assert!(std::mem::size_of::<IommuIoasUnmap>() == 24);
 const _: () = assert!(std::mem::size_of::<IommuIoasMapFile>() == 40);
 const _: () = assert!(std::mem::size_of::<IommuIoasIovaRanges>() == 32);
-
-impl IommuTestCmd {
-    pub fn new(op: u32, id: u32) -> Self {
-        IommuTestCmd {
-            size: std::mem::size_of::<Self>() as u32,
-            op,
-            id,
-            ..Default::default()
-        }
-    }
-    /// The union's 32-bit words, in memory order (little-endian halves of the u64 words).
-    pub fn u32_at(&self, i: usize) -> u32 {
-        let w = self.union[i / 2];
-        if i.is_multiple_of(2) {
-            w as u32
-        } else {
-            (w >> 32) as u32
-        }
-    }
-    pub fn set_u32_at(&mut self, i: usize, v: u32) {
-        let w = &mut self.union[i / 2];
-        if i.is_multiple_of(2) {
-            *w = (*w & !0xffff_ffff) | u64::from(v);
-        } else {
-            *w = (*w & 0xffff_ffff) | (u64::from(v) << 32);
-        }
-    }
-}
+const _: () = assert!(std::mem::size_of::<VfioRegionInfo>() == 32);
 
 /// Issue `req` on `fd` with `arg`.
 ///
@@ -594,6 +563,92 @@ pub fn vfio_detach_pasid(dev: BorrowedFd<'_>, pasid: u32) -> Result<(), SysError
     }
 }
 
+/// VFIO_DEVICE_GET_REGION_INFO: where region `index` of a VFIO device is in the device fd
+/// (`offset`), its `size` and what it allows (`flags`).
+pub fn vfio_region_info(dev: BorrowedFd<'_>, index: u32) -> Result<VfioRegionInfo, SysError> {
+    let mut a = VfioRegionInfo {
+        argsz: std::mem::size_of::<VfioRegionInfo>() as u32,
+        index,
+        ..Default::default()
+    };
+    // SAFETY: VFIO_DEVICE_GET_REGION_INFO takes struct vfio_region_info; with `argsz` the size
+    // of the struct the kernel writes no capability chain past it; no pointers.
+    unsafe {
+        ioctl(
+            dev,
+            VFIO_DEVICE_GET_REGION_INFO,
+            "VFIO_DEVICE_GET_REGION_INFO",
+            &mut a,
+        )
+    }?;
+    Ok(a)
+}
+
+/// The file offset of `[offset, offset + len)` of `region`, or EINVAL when that is not inside
+/// the region.
+fn region_at(
+    region: &VfioRegionInfo,
+    offset: u64,
+    len: usize,
+    call: &'static str,
+) -> Result<i64, SysError> {
+    let inval = SysError {
+        call,
+        errno: libc::EINVAL,
+    };
+    let end = offset.checked_add(len as u64).ok_or(inval)?;
+    if end > region.size {
+        return Err(inval);
+    }
+    i64::try_from(region.offset + offset).map_err(|_| inval)
+}
+
+/// Read `buf.len()` bytes at `offset` of a VFIO device region (config space, a BAR) through the
+/// device fd (pread: one access of that size for 1, 2, 4 or 8 bytes).
+pub fn vfio_region_read(
+    dev: BorrowedFd<'_>,
+    region: &VfioRegionInfo,
+    offset: u64,
+    buf: &mut [u8],
+) -> Result<(), SysError> {
+    const CALL: &str = "pread(VFIO region)";
+    let at = region_at(region, offset, buf.len(), CALL)?;
+    // SAFETY: pread into `buf`, a live exclusive buffer of `buf.len()` bytes.
+    let n = unsafe { libc::pread(dev.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), at) };
+    short_or_error(n, buf.len(), CALL)
+}
+
+/// Write `data` at `offset` of a VFIO device region through the device fd (pwrite).
+pub fn vfio_region_write(
+    dev: BorrowedFd<'_>,
+    region: &VfioRegionInfo,
+    offset: u64,
+    data: &[u8],
+) -> Result<(), SysError> {
+    const CALL: &str = "pwrite(VFIO region)";
+    let at = region_at(region, offset, data.len(), CALL)?;
+    // SAFETY: pwrite from `data`, a live buffer of `data.len()` bytes.
+    let n = unsafe { libc::pwrite(dev.as_raw_fd(), data.as_ptr().cast(), data.len(), at) };
+    short_or_error(n, data.len(), CALL)
+}
+
+/// A pread/pwrite result: all `want` bytes, else the errno (EIO for a short transfer).
+fn short_or_error(n: isize, want: usize, call: &'static str) -> Result<(), SysError> {
+    match usize::try_from(n) {
+        Ok(n) if n == want => Ok(()),
+        Ok(_) => Err(SysError {
+            call,
+            errno: libc::EIO,
+        }),
+        Err(_) => Err(SysError {
+            call,
+            errno: io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EIO),
+        }),
+    }
+}
+
 /// What GET_HW_INFO says about the IOMMU behind `dev_id`: (type, registers (up to 64 bytes),
 /// PASID width).
 pub fn get_hw_info(fd: BorrowedFd<'_>, dev_id: u32) -> Result<(u32, [u8; 64], u8), SysError> {
@@ -754,69 +809,6 @@ pub fn veventq_alloc(
     Ok((a.out_veventq_id, owned))
 }
 
-/// MOCK_DOMAIN_FLAGS: a mock device with `dev_flags` (e.g. MOCK_FLAGS_DEVICE_PASID) attached
-/// to `pt_id`. Returns (stdev_id, hwpt_id, idev_id).
-pub fn mock_domain_flags(
-    fd: BorrowedFd<'_>,
-    pt_id: u32,
-    dev_flags: u32,
-) -> Result<(u32, u32, u32), SysError> {
-    let mut c = IommuTestCmd::new(IOMMU_TEST_OP_MOCK_DOMAIN_FLAGS, pt_id);
-    c.set_u32_at(3, dev_flags);
-    test_cmd(fd, &mut c)?;
-    Ok((c.u32_at(0), c.u32_at(1), c.u32_at(2)))
-}
-
-/// PASID_ATTACH / PASID_REPLACE of mock device `stdev_id`'s `pasid` to `pt_id`.
-pub fn mock_pasid_attach(
-    fd: BorrowedFd<'_>,
-    stdev_id: u32,
-    pasid: u32,
-    pt_id: u32,
-    replace: bool,
-) -> Result<(), SysError> {
-    let op = if replace {
-        IOMMU_TEST_OP_PASID_REPLACE
-    } else {
-        IOMMU_TEST_OP_PASID_ATTACH
-    };
-    let mut c = IommuTestCmd::new(op, stdev_id);
-    c.set_u32_at(0, pasid);
-    c.set_u32_at(1, pt_id);
-    test_cmd(fd, &mut c)
-}
-
-/// PASID_DETACH of mock device `stdev_id`'s `pasid`.
-pub fn mock_pasid_detach(fd: BorrowedFd<'_>, stdev_id: u32, pasid: u32) -> Result<(), SysError> {
-    let mut c = IommuTestCmd::new(IOMMU_TEST_OP_PASID_DETACH, stdev_id);
-    c.set_u32_at(0, pasid);
-    test_cmd(fd, &mut c)
-}
-
-/// One selftest command.
-pub fn test_cmd(fd: BorrowedFd<'_>, cmd: &mut IommuTestCmd) -> Result<(), SysError> {
-    // SAFETY: IOMMU_TEST_CMD takes struct iommu_test_cmd, which IommuTestCmd mirrors (72 bytes);
-    // the ops used here carry no pointers except MD_CHECK_MAP/MD_CHECK_REFS, whose callers pass
-    // addresses of their own mapped memory.
-    unsafe { ioctl(fd, IOMMU_TEST_CMD, "IOMMU_TEST_CMD", cmd) }
-}
-
-/// MOCK_DOMAIN: create a mock device, bind it and attach it to `pt_id`. Returns
-/// (stdev_id, hwpt_id, idev_id).
-pub fn mock_domain(fd: BorrowedFd<'_>, pt_id: u32) -> Result<(u32, u32, u32), SysError> {
-    let mut c = IommuTestCmd::new(IOMMU_TEST_OP_MOCK_DOMAIN, pt_id);
-    test_cmd(fd, &mut c)?;
-    Ok((c.u32_at(0), c.u32_at(1), c.u32_at(2)))
-}
-
-/// MOCK_DOMAIN_REPLACE: move the mock device `stdev_id` to `pt_id`; returns the HWPT.
-pub fn mock_replace(fd: BorrowedFd<'_>, stdev_id: u32, pt_id: u32) -> Result<u32, SysError> {
-    let mut c = IommuTestCmd::new(IOMMU_TEST_OP_MOCK_DOMAIN_REPLACE, stdev_id);
-    c.set_u32_at(0, pt_id);
-    test_cmd(fd, &mut c)?;
-    Ok(c.u32_at(0))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -830,6 +822,8 @@ mod tests {
         assert_eq!(VFIO_DEVICE_BIND_IOMMUFD, 0x3b76);
         assert_eq!(VFIO_DEVICE_ATTACH_IOMMUFD_PT, 0x3b77);
         assert_eq!(VFIO_DEVICE_DETACH_IOMMUFD_PT, 0x3b78);
+        assert_eq!(VFIO_DEVICE_GET_REGION_INFO, 0x3b6c);
+        assert_eq!(IOMMU_IOAS_IOVA_RANGES, 0x3b84);
         assert_eq!(IOMMU_HWPT_ALLOC, 0x3b89);
         assert_eq!(IOMMU_GET_HW_INFO, 0x3b8a);
         assert_eq!(IOMMU_HWPT_INVALIDATE, 0x3b8d);
@@ -840,22 +834,48 @@ mod tests {
     }
 
     #[test]
-    fn test_cmd_union_words() {
-        let mut c = IommuTestCmd::new(IOMMU_TEST_OP_MOCK_DOMAIN_REPLACE, 7);
-        c.set_u32_at(0, 0x1234);
-        c.set_u32_at(1, 0xabcd);
-        c.set_u32_at(2, 9);
-        assert_eq!(c.union[0], 0xabcd_0000_1234);
-        assert_eq!((c.u32_at(0), c.u32_at(1), c.u32_at(2)), (0x1234, 0xabcd, 9));
-        assert_eq!(c.size, 72);
-    }
-
-    #[test]
     fn errors_on_a_non_iommufd_fd_carry_the_errno() {
         let f = std::fs::File::open("/dev/null").unwrap();
         use std::os::fd::AsFd;
         let e = ioas_alloc(f.as_fd()).unwrap_err();
         assert_eq!(e.call, "IOMMU_IOAS_ALLOC");
         assert_eq!(e.errno, libc::ENOTTY);
+    }
+
+    #[test]
+    fn vfio_region_accesses_stay_inside_the_region() {
+        use std::os::fd::AsFd;
+        let path = std::env::temp_dir().join(format!("iommufd-sys-region-{}", std::process::id()));
+        std::fs::write(&path, (0u8..16).collect::<Vec<_>>()).unwrap();
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        let _ = std::fs::remove_file(&path);
+        let region = VfioRegionInfo {
+            offset: 4,
+            size: 8,
+            ..Default::default()
+        };
+        let mut b = [0u8; 4];
+        vfio_region_read(f.as_fd(), &region, 2, &mut b).unwrap();
+        assert_eq!(b, [6, 7, 8, 9]);
+        vfio_region_write(f.as_fd(), &region, 4, &[0xaa; 4]).unwrap();
+        vfio_region_read(f.as_fd(), &region, 4, &mut b).unwrap();
+        assert_eq!(b, [0xaa; 4]);
+        let e = vfio_region_read(f.as_fd(), &region, 6, &mut b).unwrap_err();
+        assert_eq!(e.errno, libc::EINVAL);
+        let e = vfio_region_write(f.as_fd(), &region, u64::MAX, &[0]).unwrap_err();
+        assert_eq!(e.errno, libc::EINVAL);
+        // Outside the region nothing was written.
+        let mut all = [0u8; 16];
+        let whole = VfioRegionInfo {
+            size: 16,
+            ..Default::default()
+        };
+        vfio_region_read(f.as_fd(), &whole, 0, &mut all).unwrap();
+        assert_eq!(all[..8], [0, 1, 2, 3, 4, 5, 6, 7]);
+        assert_eq!(all[12..], [12, 13, 14, 15]);
     }
 }

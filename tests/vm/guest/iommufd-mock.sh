@@ -1,5 +1,5 @@
 # The daemon's iommufd backend against the kernel's selftest mock (CONFIG_IOMMUFD_TEST):
-# vui-drive (tests/src/bin/vui-drive.rs) hands /dev/iommu to the daemon, drives it as a
+# vui-drive (tests/src/bin/vui-drive/) hands /dev/iommu to the daemon, drives it as a
 # vhost-user frontend and checks every effect with the mock's own ops. Both are dynamically
 # linked: their libraries come along in /bin and are put where the loader looks.
 . /vui-lib.sh
