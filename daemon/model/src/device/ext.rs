@@ -152,6 +152,12 @@ impl Device {
         {
             return Status::Inval;
         }
+        let new_pair = !self.pasid_attach.contains_key(&(endpoint, pasid));
+        if !self.endpoint_room(endpoint)
+            || (new_pair && self.pasid_attach.len() >= MAX_PASID_ATTACHMENTS)
+        {
+            return Status::NoMem;
+        }
         if let Err(e) = self.backend.attach_pasid(endpoint, pasid, domain) {
             return self.backend_failed("ATTACH_PASID", e);
         }

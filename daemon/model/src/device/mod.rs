@@ -23,6 +23,14 @@ use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 const FAULT_LOG_LEN: usize = 256;
 /// Fault records waiting for delivery on the eventq (the deliverer drains this promptly).
 const PENDING_EVENTS_MAX: usize = 1024;
+/// Endpoints the device keeps a record of (probed, attached, or with PASIDs attached): a full
+/// PCI segment. With `--endpoints any` a guest could otherwise make the device remember 2^32
+/// endpoints (and as many domains); past it ATTACH and ATTACH_PASID of a new endpoint are
+/// NOMEM and a PROBE of one is answered without being recorded.
+pub const MAX_ENDPOINT_RECORDS: usize = 65536;
+/// (endpoint, PASID) attachments of the PASID extension, over all endpoints; past it
+/// ATTACH_PASID of a new pair is NOMEM.
+pub const MAX_PASID_ATTACHMENTS: usize = 65536;
 
 /// What the transport must do with a request buffer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -496,6 +504,9 @@ impl Device {
                 return Status::Inval;
             }
         }
+        if !self.endpoint_room(endpoint) {
+            return Status::NoMem;
+        }
         // All checks passed: from here on the request applies completely.
         let current = self.endpoints.get(&endpoint).copied().flatten();
         if current == Some(domain) {
@@ -706,8 +717,15 @@ impl Device {
         {
             return Status::DevErr;
         }
-        self.endpoints.entry(endpoint).or_insert(None);
+        if self.endpoint_room(endpoint) {
+            self.endpoints.entry(endpoint).or_insert(None);
+        }
         Status::Ok
+    }
+
+    /// Whether `endpoint` has a record or there is room for one ([`MAX_ENDPOINT_RECORDS`]).
+    fn endpoint_room(&self, endpoint: u32) -> bool {
+        self.endpoints.contains_key(&endpoint) || self.endpoints.len() < MAX_ENDPOINT_RECORDS
     }
 
     /// Software backend: translate an access by `endpoint` (without PASID) to `iova`. A fault

@@ -16,7 +16,7 @@
 use zerocopy::little_endian::{U16, U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
-use super::{Device, EventRecord, PageRequest, Reply, PENDING_EVENTS_MAX};
+use super::{Device, EventRecord, PageRequest, Reply, MAX_ENDPOINT_RECORDS, PENDING_EVENTS_MAX};
 use crate::guest_tables::MAX_PAGE_REQUEST_GROUPS;
 use crate::protocol::*;
 
@@ -731,6 +731,9 @@ impl Device {
                         .get();
                     if !self.cfg.endpoints.contains(e) {
                         return Err(bad(format!("endpoint {e} is not served here")));
+                    }
+                    if !self.endpoint_room(e) {
+                        return Err(bad(format!("more than {MAX_ENDPOINT_RECORDS} endpoints")));
                     }
                     self.endpoints.entry(e).or_insert(None);
                 }

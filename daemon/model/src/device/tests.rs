@@ -833,3 +833,53 @@ fn counters_per_type_and_status() {
         1
     );
 }
+
+#[test]
+fn endpoint_and_pasid_records_are_bounded() {
+    let mut d = Device::new(DeviceConfig {
+        endpoints: EndpointSet::Any,
+        ..cfg()
+    });
+    // Every feature offered, the PASID extension's included.
+    let f = d.features();
+    d.set_acked_features(f);
+    let max = MAX_ENDPOINT_RECORDS as u32;
+    for ep in 0..max {
+        ok(&mut d, &attach_req(1, ep, 0));
+    }
+    // A new endpoint: NOMEM, nothing recorded; a known one still moves; PROBE of a new one is
+    // answered but not recorded.
+    assert_eq!(
+        send(&mut d, &attach_req(2, max, 0)),
+        Reply::Status(Status::NoMem)
+    );
+    assert_eq!(d.endpoint_list().count(), MAX_ENDPOINT_RECORDS);
+    ok(&mut d, &attach_req(2, 0, 0));
+    let mut props = vec![0u8; d.config().probe_size as usize];
+    assert_eq!(
+        d.handle_request(&probe_req(max + 1), &mut props),
+        Reply::Status(Status::Ok)
+    );
+    assert_eq!(d.endpoint_list().count(), MAX_ENDPOINT_RECORDS);
+
+    let pasid = |p: u32| {
+        let b = PasidAttachBody {
+            domain: 1.into(),
+            endpoint: 1.into(),
+            pasid: p.into(),
+            reserved: [0; 8],
+        };
+        let mut v = vec![T_ATTACH_PASID, 0, 0, 0];
+        v.extend_from_slice(zerocopy::IntoBytes::as_bytes(&b));
+        v
+    };
+    for p in 0..MAX_PASID_ATTACHMENTS as u32 {
+        ok(&mut d, &pasid(p));
+    }
+    assert_eq!(
+        send(&mut d, &pasid(MAX_PASID_ATTACHMENTS as u32)),
+        Reply::Status(Status::NoMem)
+    );
+    // Re-attaching a pair that exists is no new record.
+    ok(&mut d, &pasid(7));
+}
