@@ -23,7 +23,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::Value;
 use vhost::vhost_user::VhostUserFrontend;
 use vhost_user_iommu_tests::launcher::send_with_fds;
 use vhost_user_iommu_tests::proto::{self, status};
@@ -573,7 +573,7 @@ fn u32_of(v: &Value, k: &str) -> Option<u32> {
 }
 
 fn backend(ctl: &mut Control) -> Value {
-    ctl.request(json!({"cmd": "backend"}))
+    ctl.request(&vhost_user_iommu_control::Request::Backend)
         .unwrap_or(Value::Null)
 }
 
