@@ -8,10 +8,10 @@ use serde_json::json;
 
 use model::config::{parse_u32, parse_u64};
 use model::protocol::RESV_MEM_T_MSI;
-use vhost_user_iommu::control;
 use vhost_user_iommu::host::BackendConfig;
 use vhost_user_iommu::service::server;
 use vhost_user_iommu::service::settings::{self, Layer, Settings};
+use vhost_user_iommu_control::{self as control, Access, Client, Notification, Request};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -191,38 +191,52 @@ fn backend_json(b: &BackendConfig) -> serde_json::Value {
 }
 
 fn run_ctl(a: CtlArgs) -> Result<(), String> {
-    if let Query::Watch { count } = a.query {
-        let mut left = count;
-        return control::watch(&a.control_socket, |event| {
-            println!("{event}");
-            if let Some(n) = left.as_mut() {
-                *n = n.saturating_sub(1);
-            }
-            left != Some(0)
-        })
-        .map_err(|e| e.to_string());
-    }
     let req = match a.query {
-        Query::Watch { .. } => return Ok(()),
-        Query::Status => json!({"cmd": "status"}),
-        Query::Endpoints => json!({"cmd": "endpoints"}),
-        Query::Domains => json!({"cmd": "domains"}),
+        Query::Watch { count } => {
+            let mut left = count;
+            return control::watch(&a.control_socket, |n| {
+                match n {
+                    Notification::Invalidation(ev) => match control::encode(ev) {
+                        Ok(line) => println!("{line}"),
+                        Err(e) => eprintln!("vhost-user-iommu: {e}"),
+                    },
+                    Notification::NotUnderstood(line) => println!("{line}"),
+                }
+                if let Some(n) = left.as_mut() {
+                    *n = n.saturating_sub(1);
+                }
+                left != Some(0)
+            })
+            .map_err(|e| e.to_string());
+        }
+        Query::Status => Request::Status,
+        Query::Endpoints => Request::Endpoints,
+        Query::Domains => Request::Domains,
         Query::Mappings {
             domain,
             start,
             limit,
-        } => json!({"cmd": "mappings", "domain": domain, "start": start, "limit": limit}),
-        Query::Counters => json!({"cmd": "counters"}),
-        Query::Faults => json!({"cmd": "faults"}),
-        Query::Backend => json!({"cmd": "backend"}),
+        } => Request::Mappings {
+            domain,
+            start: Some(start),
+            limit: Some(limit),
+        },
+        Query::Counters => Request::Counters,
+        Query::Faults => Request::Faults,
+        Query::Backend => Request::Backend,
         Query::Translate {
             endpoint,
             iova,
             access,
-        } => json!({"cmd": "translate", "endpoint": endpoint, "iova": iova, "access": access}),
+        } => Request::translate(endpoint, iova, Access::parse(&access)),
     };
-    let result = control::request(&a.control_socket, &req).map_err(|e| e.to_string())?;
-    let text = serde_json::to_string_pretty(&result).map_err(|e| e.to_string())?;
+    let result = Client::connect(&a.control_socket)
+        .and_then(|mut c| c.request(&req))
+        .map_err(|e| e.to_string())?;
+    // Through a `Value`, so keys are printed in sorted order as they always were.
+    let text = serde_json::to_value(&result)
+        .and_then(|v| serde_json::to_string_pretty(&v))
+        .map_err(|e| e.to_string())?;
     println!("{text}");
     Ok(())
 }

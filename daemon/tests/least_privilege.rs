@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use serde_json::json;
+use vhost_user_iommu_control::Request as Ctl;
 use vhost_user_iommu_tests::proto::{MAP_F_READ, MAP_F_WRITE};
 use vhost_user_iommu_tests::Daemon;
 
@@ -72,9 +72,7 @@ fn exercise(d: &mut Daemon) -> vhost_user_iommu_tests::Device {
         "fault record on the eventq"
     );
     assert_eq!(dev.unmap(1, 0x10_0000, 0x10_ffff), 0);
-    let m = c
-        .request(json!({"cmd": "mappings", "domain": 1}))
-        .expect("mappings");
+    let m = c.request(&Ctl::mappings(1)).expect("mappings");
     assert_eq!(m["mappings"].as_array().map(Vec::len), Some(0));
     drop(dev);
     // A second frontend after the first left.

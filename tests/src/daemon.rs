@@ -225,7 +225,7 @@ impl Daemon {
                 && is_socket(&self.control)
                 && Control::connect(&self.control)
                     .ok()
-                    .and_then(|mut c| c.request(serde_json::json!({"cmd": "status"})).ok())
+                    .and_then(|mut c| c.request(&vhost_user_iommu_control::Request::Status).ok())
                     .is_some()
             {
                 return;

@@ -2,6 +2,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use vhost_user_iommu_control::Request as Ctl;
 use vhost_user_iommu_tests::proto::status::{INVAL, OK};
 use vhost_user_iommu_tests::proto::{MAP_F_READ, MAP_F_WRITE};
 use vhost_user_iommu_tests::{Daemon, Options, Request};
@@ -94,7 +95,11 @@ fn two_hundred_maps_in_one_kick_are_all_visible() {
         );
     }
     // Paged listing: `limit` smaller than the total must still yield everything via `next`.
-    let page = ctl.must(serde_json::json!({"cmd": "mappings", "domain": 9, "limit": 7}));
+    let page = ctl.must(&Ctl::Mappings {
+        domain: 9,
+        start: None,
+        limit: Some(7),
+    });
     assert_eq!(page["mappings"].as_array().unwrap().len(), 7);
     assert_eq!(page["next"].as_u64(), Some(7 * 0x10000));
     let unmaps: Vec<Request> = (0..N)

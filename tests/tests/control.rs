@@ -6,7 +6,8 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::process::Command;
 
-use serde_json::{json, Value};
+use serde_json::Value;
+use vhost_user_iommu_control::Request as Ctl;
 use vhost_user_iommu_tests::proto::status::OK;
 use vhost_user_iommu_tests::{daemon, Daemon};
 
@@ -73,7 +74,11 @@ fn mappings_pages_follow_next() {
     let mut got = Vec::new();
     let mut start = 0u64;
     loop {
-        let page = ctl.must(json!({"cmd": "mappings", "domain": 4, "start": start, "limit": 10}));
+        let page = ctl.must(&Ctl::Mappings {
+            domain: 4,
+            start: Some(start),
+            limit: Some(10),
+        });
         let list = page["mappings"].as_array().unwrap();
         assert!(list.len() <= 10);
         got.extend(list.iter().map(|m| m["virt_start"].as_u64().unwrap()));
@@ -85,7 +90,11 @@ fn mappings_pages_follow_next() {
     let want: Vec<u64> = (0..25u64).map(|i| i * 0x10000).collect();
     assert_eq!(got, want);
     // `start` inside the list.
-    let page = ctl.must(json!({"cmd": "mappings", "domain": 4, "start": 0x5_0001u64, "limit": 2}));
+    let page = ctl.must(&Ctl::Mappings {
+        domain: 4,
+        start: Some(0x5_0001),
+        limit: Some(2),
+    });
     let firsts: Vec<u64> = page["mappings"]
         .as_array()
         .unwrap()

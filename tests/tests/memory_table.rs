@@ -8,6 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use vhost_user_iommu_control::Request as Ctl;
 use vhost_user_iommu_tests::proto::status::OK;
 use vhost_user_iommu_tests::proto::{MAP_F_READ, MAP_F_WRITE};
 use vhost_user_iommu_tests::{Control, Daemon, Request};
@@ -24,7 +25,7 @@ fn wait_disconnected(ctl: &mut Control) {
 }
 
 fn guest_ram(ctl: &mut Control) -> Vec<(u64, u64)> {
-    let b = ctl.must(json!({"cmd": "backend"}));
+    let b = ctl.must(&Ctl::Backend);
     b["guest_ram"]
         .as_array()
         .unwrap_or_else(|| panic!("{b}"))
@@ -197,7 +198,7 @@ fn a_frontend_killed_mid_batch_leaves_nothing_behind() {
         assert!(ctl.endpoints().is_empty());
         assert!(guest_ram(&mut ctl).is_empty());
         assert_eq!(
-            ctl.must(json!({"cmd": "page_requests"})),
+            ctl.must(&Ctl::PageRequests),
             json!([]),
             "page requests of a dead connection"
         );

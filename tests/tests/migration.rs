@@ -11,6 +11,7 @@ use pagetables::build::vtd::VtdBuilder;
 use pagetables::build::{Prot, TableAllocator};
 use serde_json::{json, Value};
 use vhost::vhost_user::VhostUserProtocolFeatures;
+use vhost_user_iommu_control::{Access, Request as Ctl};
 use vhost_user_iommu_tests::device::Options;
 use vhost_user_iommu_tests::mem::{TableMem, HIGH_REGION_GPA};
 use vhost_user_iommu_tests::proto::status::{NOENT, OK};
@@ -39,12 +40,13 @@ fn observe(daemon: &Daemon, probe: &[(u32, Option<u32>, u64)]) -> Value {
     let mut translations = Vec::new();
     for &(endpoint, pasid, iova) in probe {
         for access in ["r", "w"] {
-            let mut req =
-                json!({"cmd": "translate", "endpoint": endpoint, "iova": iova, "access": access});
-            if let Some(p) = pasid {
-                req["pasid"] = json!(p);
-            }
-            let mut v = ctl.must(req);
+            let mut v = ctl.must(&Ctl::Translate {
+                endpoint,
+                iova,
+                access: Access::parse(access),
+                pasid,
+                privileged: false,
+            });
             // The page-request group index is the device's choice; everything else must match.
             v.as_object_mut().unwrap().remove("grpid");
             translations.push(json!({"at": [endpoint, pasid, iova, access], "result": v}));
@@ -201,7 +203,13 @@ fn guest_tables_pasids_and_page_requests_move_too() {
     // A page request outstanding: delivered to the driver by the source, answered at the
     // destination.
     d.post_event_buffers(2, 32);
-    let v = a.ctl().must(json!({"cmd": "translate", "endpoint": 4, "pasid": 9, "iova": 0x7001_0000u64, "access": "w"}));
+    let v = a.ctl().must(&Ctl::Translate {
+        endpoint: 4,
+        iova: 0x7001_0000,
+        access: Access::Write,
+        pasid: Some(9),
+        privileged: false,
+    });
     assert_eq!(v["outcome"], "page_request", "{v}");
     let grpid = u32::try_from(v["grpid"].as_u64().unwrap()).unwrap();
 
@@ -230,7 +238,13 @@ fn guest_tables_pasids_and_page_requests_move_too() {
     pr.extend([0u8; 12]);
     d.run(&Request::new(pr.clone())).expect(OK, "PAGE_RESP");
     d.run(&Request::new(pr)).expect(NOENT, "answered once");
-    let t = b.ctl().must(json!({"cmd": "translate", "endpoint": 4, "pasid": 9, "iova": 0x7001_0010u64, "access": "w"}));
+    let t = b.ctl().must(&Ctl::Translate {
+        endpoint: 4,
+        iova: 0x7001_0010,
+        access: Access::Write,
+        pasid: Some(9),
+        privileged: false,
+    });
     assert_eq!(t["phys"], 0x70_0010, "{t}");
 }
 

@@ -14,7 +14,8 @@ use pagetables::vmsa::Granule;
 use pagetables::GuestMemoryRead;
 use pasid::smmuv3::build::{CdFields, CdTableBuilder};
 use pasid::smmuv3::ste::{S1Dss, S1Fmt};
-use serde_json::{json, Value};
+use serde_json::Value;
+use vhost_user_iommu_control::{Access, Request as Ctl};
 use vhost_user_iommu_tests::device::Options;
 use vhost_user_iommu_tests::mem::{TableMem, HIGH_REGION_GPA};
 use vhost_user_iommu_tests::proto::status::{INVAL, NOENT, OK, RANGE};
@@ -64,11 +65,13 @@ fn invalidate_range(domain: u32, pasid: Option<u32>, start: u64, pages: u64) -> 
 }
 
 fn translate(daemon: &Daemon, endpoint: u32, pasid: Option<u32>, iova: u64, access: &str) -> Value {
-    let mut req = json!({"cmd": "translate", "endpoint": endpoint, "iova": iova, "access": access});
-    if let Some(p) = pasid {
-        req["pasid"] = json!(p);
-    }
-    daemon.ctl().must(req)
+    daemon.ctl().must(&Ctl::Translate {
+        endpoint,
+        iova,
+        access: Access::parse(access),
+        pasid,
+        privileged: false,
+    })
 }
 
 fn phys(v: &Value) -> u64 {
@@ -184,7 +187,7 @@ fn smmuv3_cd_table_stale_until_invalidate_then_page_request_round_trip() {
     assert_eq!(
         daemon
             .ctl()
-            .must(json!({"cmd": "page_requests"}))
+            .must(&Ctl::PageRequests)
             .as_array()
             .unwrap()
             .len(),
@@ -201,7 +204,7 @@ fn smmuv3_cd_table_stale_until_invalidate_then_page_request_round_trip() {
         .expect(OK, "PAGE_RESP SUCCESS");
     assert!(daemon
         .ctl()
-        .must(json!({"cmd": "page_requests"}))
+        .must(&Ctl::PageRequests)
         .as_array()
         .unwrap()
         .is_empty());

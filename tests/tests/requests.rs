@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use serde_json::Value;
+use vhost_user_iommu_control::{Access, Request as Ctl};
 use vhost_user_iommu_tests::proto::status::{INVAL, NOENT, OK, RANGE};
 use vhost_user_iommu_tests::proto::{
     feature, parse_properties, ATTACH_F_BYPASS, MAP_F_MMIO, MAP_F_READ, MAP_F_WRITE, RESV_MEM_T_MSI,
@@ -748,9 +749,7 @@ fn physical_address_wrap_does_not_crash_the_daemon() {
     // translation through it must neither crash the daemon nor produce an address outside
     // the mapping's own arithmetic.
     let st = d.map(1, 0x10000, 0x1ffff, 0xffff_ffff_ffff_8000, RW);
-    let t = ctl.request(
-        serde_json::json!({"cmd": "translate", "endpoint": 3, "iova": 0x1f000u64, "access": "r"}),
-    );
+    let t = ctl.request(&Ctl::translate(3, 0x1f000, Access::Read));
     daemon.assert_alive();
     if st == OK {
         let t = t.expect("translate after a wrapping MAP");

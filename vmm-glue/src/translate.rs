@@ -18,13 +18,13 @@
 //! dropped and the client subscribes again before it caches anything.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io::{self, BufRead, BufReader, ErrorKind, Read, Write};
+use std::io;
 use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use serde_json::{json, Value};
+use vhost_user_iommu_control::{
+    self as control, Client, Invalidation, Notification, Subscription, Translation,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TranslateError {
@@ -36,6 +36,30 @@ pub enum TranslateError {
     Refused(String),
 }
 
+impl From<control::Error> for TranslateError {
+    fn from(e: control::Error) -> Self {
+        use control::Error as E;
+        match e {
+            E::Connect { path, source } | E::Io { path, source } => {
+                TranslateError::Io { path, err: source }
+            }
+            E::Timeout { path, .. } => TranslateError::Io {
+                path,
+                err: io::ErrorKind::WouldBlock.into(),
+            },
+            E::Closed { path } => TranslateError::Io {
+                path,
+                err: io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the daemon closed the connection",
+                ),
+            },
+            E::Protocol { line, .. } => TranslateError::Protocol(line),
+            E::Refused(m) => TranslateError::Refused(m),
+        }
+    }
+}
+
 /// The kind of DMA access.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Access {
@@ -44,10 +68,10 @@ pub enum Access {
 }
 
 impl Access {
-    fn wire(self) -> &'static str {
+    fn wire(self) -> control::Access {
         match self {
-            Access::Read => "r",
-            Access::Write => "w",
+            Access::Read => control::Access::Read,
+            Access::Write => control::Access::Write,
         }
     }
 }
@@ -116,17 +140,12 @@ fn bytes_to_end(iova: u64, end: u64) -> u64 {
     (end - iova).saturating_add(1)
 }
 
-/// Most bytes one request line may carry back.
-const MAX_LINE: u64 = 1 << 20;
-
 /// A translating, caching client of one daemon.
 #[derive(Debug)]
 pub struct TranslationClient {
     path: PathBuf,
-    requests: BufReader<UnixStream>,
-    events: Option<BufReader<UnixStream>>,
-    /// Bytes of an event line not yet complete.
-    partial: Vec<u8>,
+    requests: Client,
+    events: Option<Subscription>,
     cache: HashMap<u32, BTreeMap<u64, Entry>>,
     bypass: HashSet<u32>,
     stats: Stats,
@@ -138,47 +157,26 @@ impl TranslationClient {
     pub fn connect(control_socket: &Path) -> Result<Self, TranslateError> {
         let path = control_socket.to_owned();
         let events = Self::subscribe(&path)?;
-        let io_err = |err| TranslateError::Io {
-            path: path.clone(),
-            err,
-        };
-        let s = UnixStream::connect(&path).map_err(io_err)?;
-        s.set_read_timeout(Some(Duration::from_secs(10)))
-            .map_err(io_err)?;
         Ok(TranslationClient {
-            path: path.clone(),
-            requests: BufReader::new(s),
+            requests: Client::connect(&path)?,
+            path,
             events: Some(events),
-            partial: Vec::new(),
             cache: HashMap::new(),
             bypass: HashSet::new(),
             stats: Stats::default(),
         })
     }
 
-    fn subscribe(path: &Path) -> Result<BufReader<UnixStream>, TranslateError> {
-        let io_err = |err| TranslateError::Io {
-            path: path.to_owned(),
-            err,
-        };
-        let mut s = UnixStream::connect(path).map_err(io_err)?;
-        s.set_read_timeout(Some(Duration::from_secs(10)))
-            .map_err(io_err)?;
-        writeln!(s, "{}", json!({"cmd": "subscribe"})).map_err(io_err)?;
-        let mut r = BufReader::new(s);
-        let reply = read_line(&mut r).map_err(io_err)?;
-        let v = parse_reply(&reply)?;
-        if v.get("subscribed") != Some(&Value::Bool(true)) {
-            return Err(TranslateError::Protocol(reply));
-        }
-        r.get_ref().set_nonblocking(true).map_err(io_err)?;
-        Ok(r)
+    fn subscribe(path: &Path) -> Result<Subscription, TranslateError> {
+        let sub = Client::connect(path)?.subscribe()?;
+        sub.set_nonblocking(true)?;
+        Ok(sub)
     }
 
     /// The subscription's file descriptor: readable when invalidations wait. A VMM may poll
     /// it and call [`Self::poll_invalidations`]; `translate` drains it anyway.
     pub fn events_fd(&self) -> Option<RawFd> {
-        self.events.as_ref().map(|e| e.get_ref().as_raw_fd())
+        self.events.as_ref().map(AsRawFd::as_raw_fd)
     }
 
     pub fn stats(&self) -> Stats {
@@ -194,39 +192,14 @@ impl TranslationClient {
         };
         let mut lost = false;
         loop {
-            let mut chunk = Vec::new();
-            match events.by_ref().take(MAX_LINE).read_until(b'\n', &mut chunk) {
-                Ok(0) => {
-                    lost = true;
-                    break;
+            match events.next() {
+                Ok(Some(n)) => {
+                    apply_notification(&mut self.cache, &mut self.bypass, &n);
+                    applied += 1;
                 }
-                Ok(_) => {
-                    self.partial.extend_from_slice(&chunk);
-                    if self.partial.last() != Some(&b'\n') {
-                        continue;
-                    }
-                    let line = std::mem::take(&mut self.partial);
-                    match serde_json::from_slice::<Value>(&line) {
-                        Ok(v) if v.get("event").and_then(Value::as_str) == Some("invalidate") => {
-                            apply(&mut self.cache, &mut self.bypass, &v);
-                            applied += 1;
-                        }
-                        // Not understood: forget everything rather than risk a stale entry.
-                        _ => {
-                            self.cache.clear();
-                            self.bypass.clear();
-                            applied += 1;
-                        }
-                    }
-                }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                    // `read_until` keeps what it read before blocking in `chunk`.
-                    self.partial.extend_from_slice(&chunk);
-                    break;
-                }
-                Err(e) if e.kind() == ErrorKind::Interrupted => {
-                    self.partial.extend_from_slice(&chunk);
-                }
+                // Nothing (or only part of a line) waiting.
+                Ok(None) => break,
+                // Closed by the daemon (restart, too slow) or broken.
                 Err(_) => {
                     lost = true;
                     break;
@@ -244,7 +217,6 @@ impl TranslationClient {
     fn resubscribe(&mut self) -> Result<(), TranslateError> {
         self.cache.clear();
         self.bypass.clear();
-        self.partial.clear();
         self.stats.resubscriptions += 1;
         self.events = Some(Self::subscribe(&self.path)?);
         Ok(())
@@ -263,52 +235,55 @@ impl TranslationClient {
             return Ok(o);
         }
         self.stats.misses += 1;
-        let v = self.request(&json!({
-            "cmd": "translate", "endpoint": endpoint, "iova": iova, "access": access.wire(),
-        }))?;
-        let bad = || TranslateError::Protocol(v.to_string());
-        match v.get("outcome").and_then(Value::as_str) {
-            Some("translated") => {
-                let phys = v.get("phys").and_then(Value::as_u64).ok_or_else(bad)?;
-                let Some(m) = v.get("mapping").filter(|m| m.is_object()) else {
-                    // No mapping described (a translation that is not a single MAP): valid up
-                    // to the end of the smallest page, and not cached.
-                    return Ok(Outcome::Translated {
-                        phys,
-                        len: MIN_PAGE - (iova & (MIN_PAGE - 1)),
-                    });
-                };
-                let num = |k: &str| m.get(k).and_then(Value::as_u64).ok_or_else(bad);
-                let flag = |k: &str| m.get(k).and_then(Value::as_bool).ok_or_else(bad);
-                let (start, end) = (num("virt_start")?, num("virt_end")?);
+        let t = self.requests.translate(endpoint, iova, access.wire())?;
+        match t {
+            Translation::Translated {
+                phys,
+                mapping: None,
+                ..
+            } => {
+                // No mapping described (a translation that is not a single MAP): valid up to
+                // the end of the smallest page, and not cached.
+                Ok(Outcome::Translated {
+                    phys,
+                    len: MIN_PAGE - (iova & (MIN_PAGE - 1)),
+                })
+            }
+            Translation::Translated {
+                phys,
+                mapping: Some(m),
+                ..
+            } => {
                 let entry = Entry {
-                    virt_end: end,
-                    phys_start: num("phys_start")?,
-                    read: flag("read")?,
-                    write: flag("write")?,
+                    virt_end: m.virt_end,
+                    phys_start: m.phys_start,
+                    read: m.read,
+                    write: m.write,
                 };
                 // Only cache when the subscription is live: otherwise nobody would tell us
                 // when the entry goes stale.
                 if self.events.is_some() {
-                    self.cache.entry(endpoint).or_default().insert(start, entry);
+                    self.cache
+                        .entry(endpoint)
+                        .or_default()
+                        .insert(m.virt_start, entry);
                 }
                 Ok(Outcome::Translated {
                     phys,
-                    len: bytes_to_end(iova, end),
+                    len: bytes_to_end(iova, m.virt_end),
                 })
             }
-            Some("bypass") => {
+            Translation::Bypass { .. } => {
                 if self.events.is_some() {
                     self.bypass.insert(endpoint);
                 }
                 Ok(Outcome::Bypass)
             }
-            Some("fault") => {
+            Translation::Fault { .. } => {
                 self.stats.faults += 1;
                 Ok(Outcome::Fault)
             }
-            Some("page_request") => Ok(Outcome::PageRequest),
-            _ => Err(bad()),
+            Translation::PageRequest { .. } => Ok(Outcome::PageRequest),
         }
     }
 
@@ -325,19 +300,6 @@ impl TranslationClient {
             phys: e.phys_start.wrapping_add(iova - start),
             len: bytes_to_end(iova, e.virt_end),
         })
-    }
-
-    fn request(&mut self, req: &Value) -> Result<Value, TranslateError> {
-        let io_err = |err| TranslateError::Io {
-            path: self.path.clone(),
-            err,
-        };
-        writeln!(self.requests.get_mut(), "{req}").map_err(io_err)?;
-        let line = read_line(&mut self.requests).map_err(|err| TranslateError::Io {
-            path: self.path.clone(),
-            err,
-        })?;
-        parse_reply(&line)
     }
 
     /// DMA read: the device `endpoint` reads guest memory at `iova`, across mappings if
@@ -405,54 +367,39 @@ impl TranslationClient {
     }
 }
 
-fn read_line(r: &mut BufReader<UnixStream>) -> io::Result<String> {
-    let mut line = String::new();
-    let n = r.by_ref().take(MAX_LINE).read_line(&mut line)?;
-    if n == 0 {
-        return Err(io::Error::new(
-            ErrorKind::UnexpectedEof,
-            "the daemon closed the connection",
-        ));
-    }
-    Ok(line)
-}
-
-fn parse_reply(line: &str) -> Result<Value, TranslateError> {
-    let v: Value =
-        serde_json::from_str(line).map_err(|_| TranslateError::Protocol(line.to_string()))?;
-    match v.get("ok").and_then(Value::as_bool) {
-        Some(true) => Ok(v.get("result").cloned().unwrap_or(Value::Null)),
-        Some(false) => Err(TranslateError::Refused(
-            v.get("error")
-                .and_then(Value::as_str)
-                .unwrap_or("unknown error")
-                .to_string(),
-        )),
-        None => Err(TranslateError::Protocol(line.to_string())),
+/// Apply one subscription line to the cache.
+fn apply_notification(
+    cache: &mut HashMap<u32, BTreeMap<u64, Entry>>,
+    bypass: &mut HashSet<u32>,
+    n: &Notification,
+) {
+    match n {
+        Notification::Invalidation(ev) => apply(cache, bypass, &ev.invalidation),
+        // Not understood: forget everything rather than risk a stale entry.
+        Notification::NotUnderstood(_) => apply(cache, bypass, &Invalidation::All),
     }
 }
 
-/// Apply one invalidation line to the cache. Anything not understood clears everything.
-fn apply(cache: &mut HashMap<u32, BTreeMap<u64, Entry>>, bypass: &mut HashSet<u32>, v: &Value) {
-    let endpoint_of = |x: &Value| x.as_u64().and_then(|e| u32::try_from(e).ok());
-    match v.get("scope").and_then(Value::as_str) {
-        Some("range") => {
-            let (Some(start), Some(end), Some(eps)) = (
-                v.get("start").and_then(Value::as_u64),
-                v.get("end").and_then(Value::as_u64),
-                v.get("endpoints").and_then(Value::as_array),
-            ) else {
-                cache.clear();
-                bypass.clear();
-                return;
-            };
-            for ep in eps.iter().filter_map(endpoint_of) {
-                if let Some(m) = cache.get_mut(&ep) {
+/// Apply one invalidation to the cache.
+fn apply(
+    cache: &mut HashMap<u32, BTreeMap<u64, Entry>>,
+    bypass: &mut HashSet<u32>,
+    inv: &Invalidation,
+) {
+    match inv {
+        Invalidation::Range {
+            endpoints,
+            start,
+            end,
+            ..
+        } => {
+            for ep in endpoints {
+                if let Some(m) = cache.get_mut(ep) {
                     // Entries starting in the range, and one starting before it that reaches in.
                     let doomed: Vec<u64> = m
-                        .range(..=end)
+                        .range(..=*end)
                         .rev()
-                        .take_while(|(_, e)| e.virt_end >= start)
+                        .take_while(|(_, e)| e.virt_end >= *start)
                         .map(|(s, _)| *s)
                         .collect();
                     for s in doomed {
@@ -461,17 +408,11 @@ fn apply(cache: &mut HashMap<u32, BTreeMap<u64, Entry>>, bypass: &mut HashSet<u3
                 }
             }
         }
-        Some("endpoint") => match v.get("endpoint").and_then(endpoint_of) {
-            Some(ep) => {
-                cache.remove(&ep);
-                bypass.remove(&ep);
-            }
-            None => {
-                cache.clear();
-                bypass.clear();
-            }
-        },
-        _ => {
+        Invalidation::Endpoint { endpoint } => {
+            cache.remove(endpoint);
+            bypass.remove(endpoint);
+        }
+        Invalidation::All => {
             cache.clear();
             bypass.clear();
         }
@@ -492,7 +433,10 @@ mod tests {
     }
 
     /// A stand-in daemon: answers `subscribe`, then every `translate` with `answer`.
-    fn fake_daemon(answer: Value) -> (PathBuf, std::thread::JoinHandle<()>) {
+    fn fake_daemon(answer: Translation) -> (PathBuf, std::thread::JoinHandle<()>) {
+        use std::io::{BufRead, BufReader, Write};
+        use vhost_user_iommu_control::{Reply, Request, Response, Subscribed};
+
         let dir = std::env::temp_dir().join(format!(
             "vui-xlate-{}-{:?}",
             std::process::id(),
@@ -506,16 +450,18 @@ mod tests {
             let mut keep = Vec::new();
             for _ in 0..2 {
                 let (s, _) = listener.accept().unwrap();
-                let answer = answer.clone();
                 keep.push(std::thread::spawn(move || {
                     let mut w = s.try_clone().unwrap();
                     for line in BufReader::new(s).lines() {
-                        let req: Value = serde_json::from_str(&line.unwrap()).unwrap();
-                        let result = match req["cmd"].as_str() {
-                            Some("subscribe") => json!({"subscribed": true, "seq": 0}),
-                            _ => answer.clone(),
+                        let reply = match control::decode::<Request>(&line.unwrap()).unwrap() {
+                            Request::Subscribe => Reply::Ok(Response::Subscribe(Subscribed {
+                                subscribed: true,
+                                seq: 0,
+                            })),
+                            Request::Translate { .. } => Reply::Ok(Response::Translate(answer)),
+                            other => Reply::Err(format!("the stand-in does not serve {other:?}")),
                         };
-                        writeln!(w, "{}", json!({"ok": true, "result": result})).unwrap();
+                        writeln!(w, "{}", control::encode(&reply).unwrap()).unwrap();
                     }
                 }));
             }
@@ -528,8 +474,11 @@ mod tests {
 
     #[test]
     fn translations_without_a_mapping_are_not_cached() {
-        let (path, h) =
-            fake_daemon(json!({"outcome": "translated", "phys": 0x5123, "mapping": null}));
+        let (path, h) = fake_daemon(Translation::Translated {
+            phys: 0x5123,
+            guest_ram: None,
+            mapping: None,
+        });
         let mut c = TranslationClient::connect(&path).unwrap();
         for _ in 0..2 {
             assert_eq!(
@@ -547,7 +496,7 @@ mod tests {
 
     #[test]
     fn page_requests_are_reported() {
-        let (path, h) = fake_daemon(json!({"outcome": "page_request", "grpid": 3}));
+        let (path, h) = fake_daemon(Translation::PageRequest { grpid: 3 });
         let mut c = TranslationClient::connect(&path).unwrap();
         assert_eq!(
             c.translate(1, 0x1000, Access::Write).unwrap(),
@@ -574,30 +523,43 @@ mod tests {
         m.insert(0x3000, entry(0x3fff));
         m.insert(0x5000, entry(0x5fff));
         cache.entry(2).or_default().insert(0x1000, entry(0x1fff));
-        apply(
+        let line = |seq, invalidation| {
+            Notification::Invalidation(control::InvalidationEvent::new(seq, invalidation))
+        };
+        apply_notification(
             &mut cache,
             &mut bypass,
-            &json!({"event":"invalidate","scope":"range","endpoints":[1],"start":0x2000,"end":0x3fff}),
+            &line(
+                1,
+                Invalidation::Range {
+                    domain: 1,
+                    endpoints: vec![1],
+                    start: 0x2000,
+                    end: 0x3fff,
+                },
+            ),
         );
         let left: Vec<u64> = cache[&1].keys().copied().collect();
         assert_eq!(left, vec![0x0000, 0x5000]);
         assert_eq!(cache[&2].len(), 1, "other endpoints untouched");
-        apply(
+        apply_notification(
             &mut cache,
             &mut bypass,
-            &json!({"event":"invalidate","scope":"endpoint","endpoint":9}),
+            &line(2, Invalidation::Endpoint { endpoint: 9 }),
         );
         assert!(bypass.is_empty());
-        apply(
+        apply_notification(
             &mut cache,
             &mut bypass,
-            &json!({"event":"invalidate","scope":"endpoint","endpoint":2}),
+            &line(3, Invalidation::Endpoint { endpoint: 2 }),
         );
         assert!(!cache.contains_key(&2));
-        apply(
+        apply_notification(
             &mut cache,
             &mut bypass,
-            &json!({"event":"invalidate","scope":"something-new"}),
+            &Notification::NotUnderstood(
+                r#"{"event":"invalidate","scope":"something-new","seq":4}"#.into(),
+            ),
         );
         assert!(cache.is_empty());
     }

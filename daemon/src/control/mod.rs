@@ -7,21 +7,17 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use log::{debug, info, warn};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use vhost_user_iommu_control::{self as api, Access, Reply, Request, Response};
 
-use model::device::{Access, Translation};
+use model::device::{FaultReason, Translation};
 pub mod subscribers;
 
 use crate::transport::Shared;
 use model::protocol::Status;
 use subscribers::Subscribers;
 
-/// Longest request line accepted.
-const MAX_LINE: u64 = 64 * 1024;
 /// Default and largest page of mappings returned by one `mappings` request.
 const DEFAULT_PAGE: usize = 1000;
 const MAX_PAGE: usize = 100_000;
@@ -30,14 +26,6 @@ const MAX_PAGE: usize = 100_000;
 pub enum ControlError {
     #[error("control socket {path}: {err}")]
     Bind { path: PathBuf, err: io::Error },
-    #[error("cannot connect to the control socket {path}: {err}")]
-    Connect { path: PathBuf, err: io::Error },
-    #[error("control socket {path}: {err}")]
-    Io { path: PathBuf, err: io::Error },
-    #[error("the daemon answered with invalid JSON: {0}")]
-    Json(serde_json::Error),
-    #[error("the daemon refused the request: {0}")]
-    Refused(String),
 }
 
 /// Connection-level facts the control socket reports.
@@ -50,42 +38,6 @@ pub struct ConnectionInfo {
     pub poll_us: u64,
     /// Clients of `subscribe` (the server makes this the device's invalidation sink).
     pub subscribers: Arc<Subscribers>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(tag = "cmd", rename_all = "lowercase", deny_unknown_fields)]
-enum Request {
-    Status,
-    Endpoints,
-    Domains,
-    Mappings {
-        domain: u32,
-        #[serde(default)]
-        start: u64,
-        limit: Option<usize>,
-    },
-    Counters,
-    Faults,
-    Translate {
-        endpoint: u32,
-        iova: u64,
-        access: String,
-        /// PASID of the access (PASID extension); absent: traffic without PASID.
-        #[serde(default)]
-        pasid: Option<u32>,
-        /// Privileged (supervisor) access.
-        #[serde(default)]
-        privileged: bool,
-    },
-    /// Outstanding page requests.
-    #[serde(rename = "page_requests")]
-    PageRequests,
-    /// ATTACH_PASID bindings.
-    Pasids,
-    /// Turn this connection into a stream of invalidation lines (docs/CONTROL.md).
-    Subscribe,
-    /// The host backend's objects (docs/IOMMUFD.md).
-    Backend,
 }
 
 /// Bind the control socket (mode 0600: inspection can provoke faults, so only the daemon's
@@ -144,106 +96,149 @@ fn serve_client(stream: UnixStream, shared: &Shared, conn: &ConnectionInfo) -> i
     let mut reader = BufReader::new(stream);
     loop {
         let mut line = String::new();
-        let n = (&mut reader).take(MAX_LINE).read_line(&mut line)?;
+        let n = (&mut reader)
+            .take(api::MAX_REQUEST_LINE)
+            .read_line(&mut line)?;
         if n == 0 {
             return Ok(());
         }
-        if !line.ends_with('\n') && n as u64 >= MAX_LINE {
-            writeln!(
-                out,
-                "{}",
-                json!({"ok": false, "error": "request line too long"})
+        if !line.ends_with('\n') && n as u64 >= api::MAX_REQUEST_LINE {
+            write_reply(
+                &mut out,
+                &Reply::<Response>::Err("request line too long".into()),
             )?;
             return Ok(());
         }
-        let reply = match serde_json::from_str::<Request>(line.trim()) {
+        let reply = match api::decode::<Request>(&line) {
             Ok(Request::Subscribe) => {
                 // The reply is written by `add`, under the subscribers' lock, so it precedes
                 // every invalidation line. Nothing is read from this connection any more.
                 return match conn.subscribers.add(out) {
                     Ok(_) => Ok(()),
-                    Err(e) => {
-                        let mut s = reader.into_inner();
-                        writeln!(s, "{}", json!({"ok": false, "error": e.to_string()}))
-                    }
+                    Err(e) => write_reply(
+                        &mut reader.into_inner(),
+                        &Reply::<Response>::Err(e.to_string()),
+                    ),
                 };
             }
-            Ok(req) => match execute(req, shared, conn) {
-                Ok(v) => json!({"ok": true, "result": v}),
-                Err(e) => json!({"ok": false, "error": e}),
-            },
-            Err(e) => json!({"ok": false, "error": format!("bad request: {e}")}),
+            Ok(req) => execute(req, shared, conn).into(),
+            Err(e) => Reply::Err(format!("bad request: {e}")),
         };
-        writeln!(out, "{reply}")?;
+        write_reply(&mut out, &reply)?;
     }
 }
 
-fn parse_access(s: &str) -> Result<Access, String> {
-    match s {
-        "r" | "read" => Ok(Access::Read),
-        "w" | "write" => Ok(Access::Write),
-        "rw" | "readwrite" => Ok(Access::ReadWrite),
-        "x" | "exec" => Ok(Access::Exec),
-        other => Err(format!("access {other:?}: use r, w, rw or x")),
+/// Write one reply line, in one write.
+pub(crate) fn write_reply<T: serde::Serialize>(
+    out: &mut impl Write,
+    reply: &Reply<T>,
+) -> io::Result<()> {
+    let mut line = api::encode(reply).unwrap_or_else(|e| {
+        let error = serde_json::Value::String(format!("cannot encode the reply: {e}"));
+        format!(r#"{{"error":{error},"ok":false}}"#)
+    });
+    line.push('\n');
+    out.write_all(line.as_bytes())
+}
+
+fn parse_access(a: &Access) -> Result<model::device::Access, String> {
+    use model::device::Access as A;
+    match a {
+        Access::Read => Ok(A::Read),
+        Access::Write => Ok(A::Write),
+        Access::ReadWrite => Ok(A::ReadWrite),
+        Access::Exec => Ok(A::Exec),
+        Access::Other(other) => Err(format!("access {other:?}: use r, w, rw or x")),
     }
 }
 
-fn execute(req: Request, shared: &Shared, conn: &ConnectionInfo) -> Result<Value, String> {
+fn fault_reason(r: FaultReason) -> api::FaultReason {
+    match r {
+        FaultReason::Domain => api::FaultReason::Domain,
+        FaultReason::Mapping => api::FaultReason::Mapping,
+    }
+}
+
+/// One request type's row of the request counters, by status.
+fn status_counts(row: &[u64]) -> api::StatusCounts {
+    let n = |st: Status| row.get(st as usize).copied().unwrap_or(0);
+    api::StatusCounts {
+        ok: n(Status::Ok),
+        ioerr: n(Status::IoErr),
+        unsupp: n(Status::Unsupp),
+        deverr: n(Status::DevErr),
+        inval: n(Status::Inval),
+        range: n(Status::Range),
+        noent: n(Status::NoEnt),
+        fault: n(Status::Fault),
+        nomem: n(Status::NoMem),
+    }
+}
+
+fn execute(req: Request, shared: &Shared, conn: &ConnectionInfo) -> Result<Response, String> {
     match req {
         Request::Subscribe => Err("subscribe is handled by the connection".into()),
-        Request::Backend => Ok(shared.device().backend_info()),
+        Request::Backend => Ok(Response::Backend(api::BackendInfo(
+            shared.device().backend_info(),
+        ))),
         Request::Status => {
             let worker = shared.worker();
             let dev = shared.device();
             let c = dev.config();
-            Ok(json!({
-                "connected": conn.connected.load(Ordering::Relaxed),
-                "connections": conn.connections.load(Ordering::Relaxed),
-                "features_offered": dev.features(),
-                "features_acked": dev.acked_features(),
-                "config": {
-                    "page_size_mask": c.page_size_mask,
-                    "input_start": c.input_start,
-                    "input_end": c.input_end,
-                    "domain_start": c.domain_start,
-                    "domain_end": c.domain_end,
-                    "probe_size": c.probe_size,
-                    "bypass": dev.bypass(),
-                    "endpoints": c.endpoints.to_string(),
+            Ok(Response::Status(api::StatusInfo {
+                connected: conn.connected.load(Ordering::Relaxed),
+                connections: conn.connections.load(Ordering::Relaxed),
+                features_offered: dev.features(),
+                features_acked: dev.acked_features(),
+                config: api::ConfigInfo {
+                    page_size_mask: c.page_size_mask,
+                    input_start: c.input_start,
+                    input_end: c.input_end,
+                    domain_start: c.domain_start,
+                    domain_end: c.domain_end,
+                    probe_size: c.probe_size,
+                    bypass: dev.bypass(),
+                    endpoints: c.endpoints.to_string(),
                 },
-                "endpoints": dev.endpoint_list().count(),
-                "domains": dev.domain_list().count(),
-                "mappings": dev.total_mappings(),
-                "worker": {
-                    "sched": conn.worker_sched.to_string(),
-                    "poll_us": conn.poll_us,
-                    "tid": worker.as_ref().map(|w| w.tid),
-                    "sched_error": worker.and_then(|w| w.sched_error),
+                endpoints: dev.endpoint_list().count() as u64,
+                domains: dev.domain_list().count() as u64,
+                mappings: dev.total_mappings(),
+                worker: api::WorkerInfo {
+                    sched: conn.worker_sched.to_string(),
+                    poll_us: conn.poll_us,
+                    tid: worker.as_ref().map(|w| w.tid),
+                    sched_error: worker.and_then(|w| w.sched_error),
                 },
             }))
         }
         Request::Endpoints => {
             let dev = shared.device();
-            let list: Vec<Value> = dev
-                .endpoint_list()
-                .map(|(id, domain)| json!({"id": id, "domain": domain}))
-                .collect();
-            Ok(Value::Array(list))
+            Ok(Response::Endpoints(
+                dev.endpoint_list()
+                    .map(|(id, domain)| api::EndpointInfo { id, domain })
+                    .collect(),
+            ))
         }
         Request::Domains => {
             let dev = shared.device();
-            let list: Vec<Value> = dev
-                .domain_list()
-                .map(|(id, bypass, eps, n)| {
-                    let table = dev.domain_table(id).map(|(format, cached, hits, misses)| {
-                        json!({"format": format, "cached": cached, "hits": hits,
-                               "misses": misses})
-                    });
-                    json!({"id": id, "bypass": bypass, "endpoints": eps, "mappings": n,
-                           "table": table})
-                })
-                .collect();
-            Ok(Value::Array(list))
+            Ok(Response::Domains(
+                dev.domain_list()
+                    .map(|(id, bypass, endpoints, n)| api::DomainInfo {
+                        id,
+                        bypass,
+                        endpoints,
+                        mappings: n as u64,
+                        table: dev.domain_table(id).map(|(format, cached, hits, misses)| {
+                            api::TableInfo {
+                                format,
+                                cached: cached as u64,
+                                hits,
+                                misses,
+                            }
+                        }),
+                    })
+                    .collect(),
+            ))
         }
         Request::Mappings {
             domain,
@@ -255,57 +250,55 @@ fn execute(req: Request, shared: &Shared, conn: &ConnectionInfo) -> Result<Value
             let table = dev
                 .domain_mappings(domain)
                 .ok_or_else(|| format!("domain {domain} does not exist"))?;
-            let mut page = table.page(start, limit + 1);
-            let items: Vec<Value> = page
+            let mut page = table.page(start.unwrap_or(0), limit + 1);
+            let mappings = page
                 .by_ref()
                 .take(limit)
-                .map(|m| {
-                    json!({
-                        "virt_start": m.virt_start, "virt_end": m.virt_end,
-                        "phys_start": m.phys_start, "read": m.readable(),
-                        "write": m.writable(), "mmio": m.mmio(),
-                    })
+                .map(|m| api::MappingInfo {
+                    virt_start: m.virt_start,
+                    virt_end: m.virt_end,
+                    phys_start: m.phys_start,
+                    read: m.readable(),
+                    write: m.writable(),
+                    mmio: m.mmio(),
                 })
                 .collect();
             let next = page.next().map(|m| m.virt_start);
-            Ok(json!({"mappings": items, "next": next}))
+            Ok(Response::Mappings(api::MappingPage { mappings, next }))
         }
         Request::Counters => {
             let dev = shared.device();
             let s = dev.stats();
-            let mut requests = serde_json::Map::new();
-            for (type_, name) in [
-                (model::protocol::T_ATTACH, "attach"),
-                (model::protocol::T_DETACH, "detach"),
-                (model::protocol::T_MAP, "map"),
-                (model::protocol::T_UNMAP, "unmap"),
-                (model::protocol::T_PROBE, "probe"),
-            ] {
-                let row = &s.requests[usize::from(type_)];
-                let per_status: serde_json::Map<String, Value> = Status::ALL
-                    .iter()
-                    .map(|st| (st.name().to_string(), json!(row[*st as usize])))
-                    .collect();
-                requests.insert(name.to_string(), Value::Object(per_status));
-            }
-            Ok(json!({
-                "requests": requests,
-                "bad_buffers": s.ignored,
-                "faults": {"delivered": s.faults_delivered, "dropped": s.faults_dropped},
+            let row = |type_: u8| status_counts(&s.requests[usize::from(type_)]);
+            Ok(Response::Counters(api::Counters {
+                requests: api::RequestCounters {
+                    attach: row(model::protocol::T_ATTACH),
+                    detach: row(model::protocol::T_DETACH),
+                    map: row(model::protocol::T_MAP),
+                    unmap: row(model::protocol::T_UNMAP),
+                    probe: row(model::protocol::T_PROBE),
+                },
+                bad_buffers: s.ignored,
+                faults: api::FaultCounters {
+                    delivered: s.faults_delivered,
+                    dropped: s.faults_dropped,
+                },
             }))
         }
         Request::Faults => {
             let dev = shared.device();
-            let list: Vec<Value> = dev
-                .fault_log()
-                .map(|(f, delivered)| {
-                    json!({
-                        "reason": f.reason, "endpoint": f.endpoint, "address": f.address,
-                        "read": f.read, "write": f.write, "delivered": delivered,
+            Ok(Response::Faults(
+                dev.fault_log()
+                    .map(|(f, delivered)| api::FaultInfo {
+                        reason: fault_reason(f.reason),
+                        endpoint: f.endpoint,
+                        address: f.address,
+                        read: f.read,
+                        write: f.write,
+                        delivered,
                     })
-                })
-                .collect();
-            Ok(Value::Array(list))
+                    .collect(),
+            ))
         }
         Request::Translate {
             endpoint,
@@ -318,7 +311,7 @@ fn execute(req: Request, shared: &Shared, conn: &ConnectionInfo) -> Result<Value
             // `guest_ram`: whether the address is in the current memory table (a mapping
             // outlives the RAM it was made to when the VMM removes a region; null before the
             // first table, or when the backend does not know).
-            let (t, ram) = {
+            let (t, guest_ram) = {
                 let mut dev = shared.device();
                 let t = dev
                     .translate_pasid(endpoint, pasid, iova, access, privileged)
@@ -331,123 +324,72 @@ fn execute(req: Request, shared: &Shared, conn: &ConnectionInfo) -> Result<Value
                 };
                 (t, ram)
             };
-            Ok(match t {
-                Translation::Translated { phys, mapping } => json!({
-                    "outcome": "translated", "phys": phys, "guest_ram": ram,
-                    "mapping": mapping.map(|m| json!({
-                        "virt_start": m.virt_start, "virt_end": m.virt_end,
-                        "phys_start": m.phys_start,
-                        "read": m.readable(), "write": m.writable(),
-                    })),
-                }),
-                Translation::Bypass { phys } => {
-                    json!({"outcome": "bypass", "phys": phys, "guest_ram": ram})
-                }
+            Ok(Response::Translate(match t {
+                Translation::Translated { phys, mapping } => api::Translation::Translated {
+                    phys,
+                    guest_ram,
+                    mapping: mapping.map(|m| api::TranslatedMapping {
+                        virt_start: m.virt_start,
+                        virt_end: m.virt_end,
+                        phys_start: m.phys_start,
+                        read: m.readable(),
+                        write: m.writable(),
+                    }),
+                },
+                Translation::Bypass { phys } => api::Translation::Bypass { phys, guest_ram },
                 Translation::Fault { reason } => {
                     shared.wake();
-                    json!({"outcome": "fault", "reason": reason})
+                    api::Translation::Fault {
+                        reason: fault_reason(reason),
+                    }
                 }
                 Translation::PageRequest { grpid } => {
                     shared.wake();
-                    json!({"outcome": "page_request", "grpid": grpid})
+                    api::Translation::PageRequest { grpid }
                 }
-            })
+            }))
         }
         Request::PageRequests => {
             let dev = shared.device();
-            let list: Vec<Value> = dev
-                .page_request_list()
-                .map(|(endpoint, grpid, pr)| {
-                    json!({"endpoint": endpoint, "grpid": grpid, "pasid": pr.pasid,
-                           "address": pr.address})
-                })
-                .collect();
-            Ok(Value::Array(list))
+            Ok(Response::PageRequests(
+                dev.page_request_list()
+                    .map(|(endpoint, grpid, pr)| api::PageRequestInfo {
+                        endpoint,
+                        grpid,
+                        pasid: pr.pasid,
+                        address: pr.address,
+                    })
+                    .collect(),
+            ))
         }
         Request::Pasids => {
             let dev = shared.device();
-            let list: Vec<Value> = dev
-                .pasid_attach_list()
-                .map(|(endpoint, pasid, domain)| {
-                    json!({"endpoint": endpoint, "pasid": pasid, "domain": domain})
-                })
-                .collect();
-            Ok(Value::Array(list))
+            Ok(Response::Pasids(
+                dev.pasid_attach_list()
+                    .map(|(endpoint, pasid, domain)| api::PasidBinding {
+                        endpoint,
+                        pasid,
+                        domain,
+                    })
+                    .collect(),
+            ))
         }
     }
 }
 
-fn connect(path: &Path) -> Result<UnixStream, ControlError> {
-    UnixStream::connect(path).map_err(|err| ControlError::Connect {
-        path: path.to_owned(),
-        err,
-    })
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// Client side of `subscribe`, used by `vhost-user-iommu ctl watch`: call `each` with every
-/// invalidation line until it returns false or the daemon closes the connection.
-pub fn watch(path: &Path, mut each: impl FnMut(&Value) -> bool) -> Result<(), ControlError> {
-    let io_err = |err| ControlError::Io {
-        path: path.to_owned(),
-        err,
-    };
-    let mut s = connect(path)?;
-    s.write_all(format!("{}\n", json!({"cmd": "subscribe"})).as_bytes())
-        .map_err(io_err)?;
-    let mut reader = BufReader::new(s);
-    let mut first = true;
-    loop {
-        let mut line = String::new();
-        let n = (&mut reader)
-            .take(MAX_LINE)
-            .read_line(&mut line)
-            .map_err(io_err)?;
-        if n == 0 {
-            return Ok(());
+    /// The counters name every status the model has, by the model's own names.
+    #[test]
+    fn status_counts_cover_every_status() {
+        let row: Vec<u64> = (1..=Status::ALL.len() as u64).collect();
+        let v = serde_json::to_value(status_counts(&row)).unwrap();
+        let obj = v.as_object().unwrap();
+        assert_eq!(obj.len(), Status::ALL.len());
+        for st in Status::ALL {
+            assert_eq!(obj[st.name()], row[st as usize], "{}", st.name());
         }
-        let v: Value = serde_json::from_str(&line).map_err(ControlError::Json)?;
-        if first {
-            first = false;
-            if v.get("ok") != Some(&Value::Bool(true)) {
-                return Err(ControlError::Refused(
-                    v.get("error")
-                        .and_then(Value::as_str)
-                        .unwrap_or("unknown error")
-                        .to_string(),
-                ));
-            }
-            continue;
-        }
-        if !each(&v) {
-            return Ok(());
-        }
-    }
-}
-
-/// Client side, used by `vhost-user-iommu ctl`: send one request, return its result.
-pub fn request(path: &Path, req: &Value) -> Result<Value, ControlError> {
-    let io_err = |err| ControlError::Io {
-        path: path.to_owned(),
-        err,
-    };
-    let mut s = connect(path)?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))
-        .map_err(io_err)?;
-    writeln!(s, "{req}").map_err(io_err)?;
-    let mut line = String::new();
-    BufReader::new(s)
-        .take(64 * MAX_LINE * 1024)
-        .read_line(&mut line)
-        .map_err(io_err)?;
-    let v: Value = serde_json::from_str(&line).map_err(ControlError::Json)?;
-    if v.get("ok") == Some(&Value::Bool(true)) {
-        Ok(v.get("result").cloned().unwrap_or(Value::Null))
-    } else {
-        Err(ControlError::Refused(
-            v.get("error")
-                .and_then(Value::as_str)
-                .unwrap_or("unknown error")
-                .to_string(),
-        ))
     }
 }

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use log::{info, warn};
-use serde_json::json;
+use vhost_user_iommu_control::{self as api, InvalidationEvent, Reply, Subscribed};
 
 use model::device::{Invalidation, InvalidationSink};
 
@@ -53,10 +53,11 @@ impl Subscribers {
             return Err(SubscribeError::TooMany);
         }
         let seq = self.seq.load(Ordering::Relaxed);
-        let reply = json!({"ok": true, "result": {"subscribed": true, "seq": seq}});
-        stream
-            .write_all(format!("{reply}\n").as_bytes())
-            .map_err(SubscribeError::Io)?;
+        let reply = Reply::Ok(Subscribed {
+            subscribed: true,
+            seq,
+        });
+        super::write_reply(&mut stream, &reply).map_err(SubscribeError::Io)?;
         stream.set_nonblocking(true).map_err(SubscribeError::Io)?;
         clients.push(stream);
         self.active.store(true, Ordering::Release);
@@ -76,13 +77,12 @@ impl InvalidationSink for Subscribers {
             return;
         }
         let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
-        let mut line = json!({"event": "invalidate", "seq": seq});
-        if let (Some(obj), Ok(serde_json::Value::Object(fields))) =
-            (line.as_object_mut(), serde_json::to_value(inv))
-        {
-            obj.extend(fields);
-        }
-        let mut bytes = line.to_string().into_bytes();
+        let line = api::encode(&InvalidationEvent::new(seq, wire(inv))).unwrap_or_else(|e| {
+            // Cannot happen (numbers and lists); if it did, everything must go.
+            warn!("cannot encode an invalidation: {e}");
+            format!(r#"{{"event":"invalidate","scope":"all","seq":{seq}}}"#)
+        });
+        let mut bytes = line.into_bytes();
         bytes.push(b'\n');
         clients.retain_mut(|s| match s.write(&bytes) {
             Ok(n) if n == bytes.len() => true,
@@ -101,6 +101,27 @@ impl InvalidationSink for Subscribers {
     }
 }
 
+/// The model's invalidation as the protocol has it.
+fn wire(inv: &Invalidation) -> api::Invalidation {
+    match inv {
+        Invalidation::Range {
+            domain,
+            endpoints,
+            start,
+            end,
+        } => api::Invalidation::Range {
+            domain: *domain,
+            endpoints: endpoints.clone(),
+            start: *start,
+            end: *end,
+        },
+        Invalidation::Endpoint { endpoint } => api::Invalidation::Endpoint {
+            endpoint: *endpoint,
+        },
+        Invalidation::All => api::Invalidation::All,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::io::{BufRead, BufReader};
@@ -110,6 +131,7 @@ mod tests {
     use model::config::{DeviceConfig, EndpointSet};
     use model::device::{Device, Reply};
     use model::protocol::*;
+    use serde_json::json;
 
     fn dev(subs: &Arc<Subscribers>) -> Device {
         let mut d = Device::new(DeviceConfig {

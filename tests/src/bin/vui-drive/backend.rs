@@ -1,7 +1,8 @@
 //! What the daemon says about its host objects: the control socket's `backend` description
 //! (docs/CONTROL.md), whose object ids the checks look up in the shared iommufd.
 
-use serde_json::{json, Value};
+use serde_json::Value;
+use vhost_user_iommu_control::Request;
 use vhost_user_iommu_tests::Control;
 
 pub fn u32_of(v: &Value, k: &str) -> Option<u32> {
@@ -10,8 +11,7 @@ pub fn u32_of(v: &Value, k: &str) -> Option<u32> {
 
 /// The `backend` description (null if the request failed).
 pub fn backend(ctl: &mut Control) -> Value {
-    ctl.request(json!({"cmd": "backend"}))
-        .unwrap_or(Value::Null)
+    ctl.request(&Request::Backend).unwrap_or(Value::Null)
 }
 
 fn endpoint_of(b: &Value, ep: u32) -> Option<&Value> {
