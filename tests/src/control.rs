@@ -104,7 +104,7 @@ impl Control {
             domains.push(json!({"domain": d, "mappings": maps}));
         }
         json!({
-            "bypass": self.status()["bypass"],
+            "bypass": self.status()["config"]["bypass"],
             "endpoints": self.endpoints(),
             "domains": domains,
             "pasids": self.must(&Request::Pasids),
