@@ -136,3 +136,60 @@ fn ctl_subcommand_prints_json() {
         "ctl against a missing socket must say why"
     );
 }
+
+/// Clients are served 16 at a time (docs/VMM-TRUST.md): one more gets an error line and is
+/// closed; once a client leaves, the next is served.
+#[test]
+fn concurrent_clients_are_bounded() {
+    let daemon = Daemon::start(&[]);
+    let connect = || {
+        let s = UnixStream::connect(&daemon.control).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        let r = BufReader::new(s.try_clone().unwrap());
+        (s, r)
+    };
+    // Each of the 16 has been served once, so each holds its slot.
+    let mut held: Vec<_> = (0..16)
+        .map(|_| {
+            let (mut s, mut r) = connect();
+            let v = raw_line(&mut s, &mut r, r#"{"cmd":"status"}"#);
+            assert_eq!(v["ok"], true, "{v}");
+            (s, r)
+        })
+        .collect();
+    let (_s, mut r) = connect();
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    let v: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["ok"], false, "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("too many control clients"),
+        "{v}"
+    );
+    line.clear();
+    assert_eq!(
+        r.read_line(&mut line).unwrap(),
+        0,
+        "closed after the refusal"
+    );
+    // One leaves: a new client is served.
+    held.pop();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (mut s, mut r) = connect();
+        let v = raw_line(&mut s, &mut r, r#"{"cmd":"status"}"#);
+        if v["ok"] == true {
+            assert!(v["result"]["connected"].is_boolean(), "{v}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no slot came free: {v}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

@@ -21,6 +21,12 @@ use subscribers::Subscribers;
 /// Default and largest page of mappings returned by one `mappings` request.
 const DEFAULT_PAGE: usize = 1000;
 const MAX_PAGE: usize = 100_000;
+/// Clients served at once (a thread each; `watch` subscribers are counted apart, by
+/// [`subscribers::MAX_SUBSCRIBERS`]). One more is answered with an error line and closed.
+pub const MAX_CLIENTS: usize = 16;
+/// A client that sends no request for this long is disconnected, so idle connections cannot
+/// hold every slot.
+pub const CLIENT_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
@@ -71,18 +77,33 @@ pub fn spawn(
 }
 
 fn accept_loop(listener: UnixListener, shared: Arc<Shared>, conn: Arc<ConnectionInfo>) {
+    let active = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     for stream in listener.incoming() {
         match stream {
-            Ok(s) => {
-                let (shared, conn) = (shared.clone(), conn.clone());
+            Ok(mut s) => {
+                if active.fetch_add(1, Ordering::AcqRel) >= MAX_CLIENTS {
+                    active.fetch_sub(1, Ordering::AcqRel);
+                    let busy = Reply::<Response>::Err(format!(
+                        "too many control clients (at most {MAX_CLIENTS} at once); try again"
+                    ));
+                    if let Err(e) = write_reply(&mut s, &busy) {
+                        debug!("control client refused: {e}");
+                    }
+                    continue;
+                }
+                let (shared, conn, slot) = (shared.clone(), conn.clone(), active.clone());
                 let spawned = std::thread::Builder::new()
                     .name("control-client".into())
                     .spawn(move || {
-                        if let Err(e) = serve_client(s, &shared, &conn) {
+                        if let Err(e) = s.set_read_timeout(Some(CLIENT_IDLE)) {
+                            debug!("control client: {e}");
+                        } else if let Err(e) = serve_client(s, &shared, &conn) {
                             debug!("control client: {e}");
                         }
+                        slot.fetch_sub(1, Ordering::AcqRel);
                     });
                 if let Err(e) = spawned {
+                    active.fetch_sub(1, Ordering::AcqRel);
                     warn!("cannot start a control client thread: {e}");
                 }
             }
