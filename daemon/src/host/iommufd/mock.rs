@@ -1,16 +1,25 @@
-//! The iommufd selftest mock device (CONFIG_IOMMUFD_TEST kernels; for tests): one kind of
-//! [`HostDevice`]. The kernel makes it on request (IOMMU_TEST_OP_MOCK_DOMAIN) instead of a
-//! VFIO cdev being bound, and its moves and PASIDs go through IOMMU_TEST_CMD; it is destroyed
-//! as an object of the iommufd. Nothing outside this file knows a device is a mock.
+//! The iommufd selftest mock (CONFIG_IOMMUFD_TEST kernels; for tests).
+//!
+//! - The mock device, one kind of [`HostDevice`]: the kernel makes it on request
+//!   (IOMMU_TEST_OP_MOCK_DOMAIN) instead of a VFIO cdev being bound, its moves and PASIDs go
+//!   through IOMMU_TEST_CMD, and it is destroyed as an object of the iommufd. Nothing outside
+//!   this file knows a device is a mock.
+//! - The mock IOMMU as a nesting host (nest.rs, `NestKind::Selftest`): its nested HWPT data,
+//!   its invalidations and its events (`iommufd_test.h`, encoded in wire.rs).
 
 use std::os::fd::AsFd;
 
 use iommufd_sys as sys;
+use model::guest_tables::Invalidate;
+use model::host::BackendError;
 use serde_json::{json, Value};
 
 use super::adopt::SavedDevice;
 use super::device::{self, HostDevice};
-use super::ids::{DevId, HwptId, IoasId, Iommufd, MockId, Owned, Pt};
+use super::hwpt;
+use super::ids::{DevId, HwptId, IoasId, Iommufd, MockId, Owned, Pt, ViommuId};
+use super::viommu::{self, EventParser};
+use super::wire;
 
 /// A mock device: the selftest device object (`stdev_id`) and its iommufd device (`idev_id`).
 #[derive(Debug)]
@@ -83,3 +92,42 @@ impl HostDevice for MockDevice {
         self.stdev.keep();
     }
 }
+
+/// The nested HWPT data of any guest table: the mock keeps an IOTLB of 4 entries and no
+/// table (the binding is checked by the device model); the host sees `{u32 iotlb}` set to the
+/// mock's default.
+pub fn nested_data() -> (u32, Vec<u8>) {
+    (
+        sys::IOMMU_HWPT_DATA_SELFTEST,
+        wire::MOCK_IOTLB_DEFAULT.to_le_bytes().to_vec(),
+    )
+}
+
+/// Invalidate the mock's caches of the guest table of `nested`: its IOTLB on the nested HWPT,
+/// and on the vIOMMU the device cache entries of the users with a vDEVICE (`vdevs`, their
+/// virtual ids).
+pub fn invalidate(
+    fd: &Iommufd,
+    nested: HwptId,
+    viommu: Option<ViommuId>,
+    vdevs: &[u32],
+    inv: &Invalidate,
+) -> Result<(), BackendError> {
+    if let Some(e) = wire::mock_iotlb_entry(inv) {
+        let data = wire::le_bytes(&[e]);
+        let t = sys::IOMMU_HWPT_INVALIDATE_DATA_SELFTEST;
+        hwpt::invalidate(fd, nested, t, 8, &data)?;
+    }
+    let entries: Vec<[u32; 3]> = vdevs
+        .iter()
+        .filter_map(|ep| wire::mock_dev_cache_entry(inv, *ep))
+        .collect();
+    if let (Some(v), false) = (viommu, entries.is_empty()) {
+        let t = sys::IOMMU_VIOMMU_INVALIDATE_DATA_SELFTEST;
+        viommu::invalidate(fd, v, t, 12, &wire::le_bytes(&entries))?;
+    }
+    Ok(())
+}
+
+/// The mock's vEVENTs: `{u32 virt_id}` each, and how they become faults.
+pub const EVENTS: (usize, EventParser) = (wire::VEVENT_SELFTEST_SIZE, wire::mock_event_fault);

@@ -26,8 +26,9 @@
 //!   pieces.rs: guest RAM regions and the pieces of mappings the kernel holds;
 //! - adopt.rs: the objects file, from which a restarted daemon adopts the objects;
 //! - ioas.rs; hwpt.rs (HWPTs; an IOAS with its paging HWPT); device.rs (host devices and their
-//!   moves; VFIO); mock.rs (the selftest mock device); fault.rs (the fault queue); viommu.rs
-//!   (vIOMMU, vDEVICE, vEVENTQ); nest.rs (the nesting host: parent, nested HWPTs);
+//!   moves; VFIO); fault.rs (the fault queue); viommu.rs (vIOMMU, vDEVICE, vEVENTQ); mock.rs
+//!   (the selftest mock: its device, and its IOMMU as a nesting host); nest.rs (the nesting
+//!   host: parent, nested HWPTs, invalidations);
 //! - ram.rs (guest RAM in the IOASes: MAP, UNMAP, memory-table changes); domain.rs (a guest
 //!   domain's objects); setup.rs (the iommufd and the devices at start-up);
 //! - backend.rs: the backend's state (its fields in the order they go), start-up, and what the

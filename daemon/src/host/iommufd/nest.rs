@@ -30,6 +30,7 @@ use super::fault::{FaultQueue, Watch};
 use super::hwpt::{self, On};
 use super::ids::{os_err, DevId, EndpointId, FaultId, HwptId, IoasId, Iommufd, ObjId, OsResult};
 use super::ids::{Owned, VdeviceId, ViommuId};
+use super::mock;
 use super::viommu::{self, EventParser, Veventq};
 use super::wire;
 
@@ -86,12 +87,7 @@ pub fn host_iommu(kind: Option<NestKind>, data: &[u8; 64]) -> HostIommu {
 /// The nested HWPT data for `binding` on a `kind` host: (data type, bytes).
 pub fn nested_data(kind: NestKind, binding: &Binding) -> Result<(u32, Vec<u8>), BackendError> {
     match (kind, binding) {
-        // The mock keeps an IOTLB of 4 entries and no table: the binding is checked by the
-        // device model, the host sees `{u32 iotlb}` set to the mock's default.
-        (NestKind::Selftest, _) => Ok((
-            sys::IOMMU_HWPT_DATA_SELFTEST,
-            wire::MOCK_IOTLB_DEFAULT.to_le_bytes().to_vec(),
-        )),
+        (NestKind::Selftest, _) => Ok(mock::nested_data()),
         (NestKind::Smmuv3, Binding::CdTable(ste)) => {
             let words = ste.to_iommufd(&pasid::smmuv3::ste::SteHostPolicy::default());
             Ok((
@@ -394,21 +390,7 @@ impl Nest {
             .map(|ep| ep.0)
             .collect();
         match self.kind {
-            NestKind::Selftest => {
-                if let Some(e) = wire::mock_iotlb_entry(inv) {
-                    let data = wire::le_bytes(&[e]);
-                    let t = sys::IOMMU_HWPT_INVALIDATE_DATA_SELFTEST;
-                    hwpt::invalidate(fd, nested, t, 8, &data)?;
-                }
-                let entries: Vec<[u32; 3]> = sids
-                    .iter()
-                    .filter_map(|ep| wire::mock_dev_cache_entry(inv, *ep))
-                    .collect();
-                if let (Some(v), false) = (viommu, entries.is_empty()) {
-                    let t = sys::IOMMU_VIOMMU_INVALIDATE_DATA_SELFTEST;
-                    viommu::invalidate(fd, v, t, 12, &wire::le_bytes(&entries))?;
-                }
-            }
+            NestKind::Selftest => mock::invalidate(fd, nested, viommu, &sids, inv)?,
             NestKind::Vtd => {
                 if let Some(e) = wire::vtd_entry(inv) {
                     let t = sys::IOMMU_HWPT_INVALIDATE_DATA_VTD_S1;
@@ -453,7 +435,7 @@ impl Nest {
         };
         let (size, parse): (usize, EventParser) = match self.kind {
             NestKind::Smmuv3 => (wire::VEVENT_SMMUV3_SIZE, wire::smmu_event_fault),
-            _ => (wire::VEVENT_SELFTEST_SIZE, wire::mock_event_fault),
+            _ => mock::EVENTS,
         };
         let out = q.read(size, parse, known);
         self.faults += out.len() as u64;
