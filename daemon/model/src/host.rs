@@ -133,19 +133,29 @@ pub struct HostFault {
 
 pub use crate::guest_tables::{HostIommu, HOST_IOMMU_SELFTEST, HOST_IOMMU_SMMUV3, HOST_IOMMU_VTD};
 
-/// The operations of the device model that reach the host. Called with the device lock held,
-/// after validation; `Err` means nothing changed on the host either.
+/// The operations of the device model that reach the host, which every backend has. Called
+/// with the device lock held, after validation; `Err` means nothing changed on the host either.
+///
+/// Guest-owned tables (the PASID extension) are a second trait, [`NestingHost`], which only a
+/// backend whose host IOMMU walks the guest's tables implements ([`HostBackend::nesting_mut`]).
 pub trait HostBackend: Send + fmt::Debug {
     /// A name for logs and the control socket.
     fn name(&self) -> &'static str;
     /// Whether guest-owned tables (the PASID extension, docs/PASID.md) take effect on this
-    /// backend. Only then does the device offer the extension's feature bits.
+    /// backend. Only then does the device offer the extension's feature bits. True for a
+    /// backend with a [`NestingHost`], and for the software backend, which walks the tables
+    /// itself (in the device model) and so has no nesting host.
     fn guest_tables(&self) -> bool {
         false
     }
-    /// The host IOMMU behind guest tables, for the PROBE properties of docs/PASID.md §5
-    /// (None: the software backend walks the tables itself and advertises its own formats).
-    fn host_iommu(&self) -> Option<HostIommu> {
+    /// The host IOMMU that walks guest tables, for PROBE and the host's event fd. None: the
+    /// device model's own tables are all there is (the software backend), or the host does not
+    /// nest (then `guest_tables()` is false and no extension request comes).
+    fn nesting(&self) -> Option<&dyn NestingHost> {
+        None
+    }
+    /// [`HostBackend::nesting`], for the extension's requests.
+    fn nesting_mut(&mut self) -> Option<&mut dyn NestingHost> {
         None
     }
     /// `endpoint` joins `domain` (created by this call when `new_domain`). When it was attached
@@ -197,53 +207,40 @@ pub trait HostBackend: Send + fmt::Debug {
     fn serving_ioctls(&self) -> &'static [u64] {
         &[]
     }
+}
 
-    // --- The PASID extension (docs/PASID.md), called only when `guest_tables()` -----------
-
+/// A host IOMMU that walks the guest's own tables (the PASID extension, docs/PASID.md): guest
+/// tables become nested page tables on the host, PASIDs of host devices are attached, the
+/// host's caches are invalidated, and the host's page requests and faults come back to the
+/// guest. Reached through [`HostBackend::nesting_mut`]; the device calls it only when
+/// [`HostBackend::guest_tables`] made it offer the extension, with the same rules as
+/// [`HostBackend`] (after validation; `Err`: nothing changed on the host).
+pub trait NestingHost {
+    /// The host IOMMU behind guest tables, for the PROBE properties of docs/PASID.md §5 (None:
+    /// PROBE describes the device model's own formats).
+    fn host_iommu(&self) -> Option<HostIommu>;
     /// `domain` (which exists) now translates through the guest table `binding`; its endpoints
     /// move to it atomically (a replaced table included).
-    fn attach_table(&mut self, _domain: u32, _binding: &Binding) -> Result<(), BackendError> {
-        Ok(())
-    }
+    fn attach_table(&mut self, domain: u32, binding: &Binding) -> Result<(), BackendError>;
     /// `domain` has no table any more: an empty MAP domain (its endpoints' DMA is blocked).
-    fn detach_table(&mut self, _domain: u32) -> Result<(), BackendError> {
-        Ok(())
-    }
+    fn detach_table(&mut self, domain: u32) -> Result<(), BackendError>;
     /// `endpoint`'s DMA with `pasid` goes to `domain` (moved atomically if attached elsewhere).
-    fn attach_pasid(
-        &mut self,
-        _endpoint: u32,
-        _pasid: u32,
-        _domain: u32,
-    ) -> Result<(), BackendError> {
-        Ok(())
-    }
+    fn attach_pasid(&mut self, endpoint: u32, pasid: u32, domain: u32) -> Result<(), BackendError>;
     /// `endpoint`'s DMA with `pasid` is blocked again.
-    fn detach_pasid(&mut self, _endpoint: u32, _pasid: u32) -> Result<(), BackendError> {
-        Ok(())
-    }
+    fn detach_pasid(&mut self, endpoint: u32, pasid: u32) -> Result<(), BackendError>;
     /// Invalidate the host's caches of `domain`'s guest table as `inv` (validated) says.
-    fn invalidate(&mut self, _domain: u32, _inv: &Invalidate) -> Result<(), BackendError> {
-        Ok(())
-    }
-    /// A file descriptor that becomes readable when the host has page requests
-    /// ([`HostBackend::page_requests`]); the vhost worker watches it.
-    fn page_request_fd(&self) -> Option<std::os::fd::RawFd> {
-        None
-    }
+    fn invalidate(&mut self, domain: u32, inv: &Invalidate) -> Result<(), BackendError>;
+    /// A file descriptor that becomes readable when the host has page requests or faults
+    /// ([`NestingHost::page_requests`], [`NestingHost::host_faults`]); the vhost worker
+    /// watches it.
+    fn page_request_fd(&self) -> Option<std::os::fd::RawFd>;
     /// The page requests the host reported since the last call.
-    fn page_requests(&mut self) -> Vec<HostPageRequest> {
-        Vec::new()
-    }
+    fn page_requests(&mut self) -> Vec<HostPageRequest>;
     /// The faults the host reported since the last call (read with `page_requests`, when the
     /// same fd is readable).
-    fn host_faults(&mut self) -> Vec<HostFault> {
-        Vec::new()
-    }
+    fn host_faults(&mut self) -> Vec<HostFault>;
     /// Answer a host page request (`cookie` from [`HostPageRequest`]) with a PAGE_RESP code.
-    fn page_response(&mut self, _cookie: u32, _code: u16) -> Result<(), BackendError> {
-        Ok(())
-    }
+    fn page_response(&mut self, cookie: u32, code: u16) -> Result<(), BackendError>;
 }
 
 /// The software backend: the device model's tables are the whole IOMMU. It remembers the
@@ -258,7 +255,8 @@ impl HostBackend for Software {
     fn name(&self) -> &'static str {
         "software"
     }
-    /// The software backend walks the guest's tables itself ([`crate::guest_tables`]).
+    /// The software backend walks the guest's tables itself ([`crate::guest_tables`]): it has
+    /// no nesting host, and the extension's requests change the device model only.
     fn guest_tables(&self) -> bool {
         true
     }
@@ -367,7 +365,6 @@ pub fn holes_of(allowed: &[(u64, u64)], lo: u64, hi: u64) -> Vec<(u64, u64)> {
 }
 
 #[cfg(test)]
-#[cfg(test)]
 mod tests {
     use super::*;
     use crate::protocol::{RESV_MEM_T_MSI, RESV_MEM_T_RESERVED};
@@ -408,6 +405,16 @@ mod tests {
         }
         .to_string();
         assert!(msg.starts_with("IOMMU_IOAS_MAP failed: "), "{msg}");
+    }
+
+    #[test]
+    fn software_walks_guest_tables_without_a_nesting_host() {
+        // The device offers the extension (guest tables take effect) but the extension's
+        // requests have nothing to do on a host: the model's tables are the IOMMU.
+        let mut s = Software::default();
+        assert!(s.guest_tables());
+        assert!(s.nesting().is_none());
+        assert!(s.nesting_mut().is_none());
     }
 
     #[test]

@@ -8,7 +8,8 @@
 //! - [`Software`]: the default. Does nothing; the device model's own tables and `translate` are
 //!   the IOMMU (for a VMM's emulated devices, through the control socket).
 //! - [`iommufd::IommufdBackend`]: guest domains become iommufd objects on the host, so passthrough
-//!   (VFIO) devices are translated by the host IOMMU (docs/IOMMUFD.md).
+//!   (VFIO) devices are translated by the host IOMMU (docs/IOMMUFD.md). On a host IOMMU that
+//!   nests, it is also the model's `NestingHost`: guest tables become nested page tables.
 
 pub mod fdpass;
 pub mod iommufd;

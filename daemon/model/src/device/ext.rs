@@ -12,7 +12,7 @@ use zerocopy::{FromBytes, IntoBytes};
 
 use super::*;
 use crate::guest_tables::{self, zero, TableDomain, WalkFault, Walked, MAX_PAGE_REQUEST_GROUPS};
-use crate::host::HostPageRequest;
+use crate::host::{BackendError, HostPageRequest, NestingHost};
 
 /// An outstanding page-request group.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,6 +46,16 @@ impl Device {
             T_PAGE_RESP => self.acked(F_ATTACH_TABLE) && self.acked(F_PAGE_REQUEST),
             _ => false,
         }
+    }
+
+    /// Run `op` on the backend's nesting host. A backend without one (the software backend)
+    /// has nothing on the host for guest tables: the device model's tables are the IOMMU, and
+    /// the request succeeds there.
+    fn on_host(
+        &mut self,
+        op: impl FnOnce(&mut dyn NestingHost) -> Result<(), BackendError>,
+    ) -> Result<(), BackendError> {
+        self.backend.nesting_mut().map_or(Ok(()), op)
     }
 
     fn attach_table(&mut self, b: &AttachTableBody) -> Status {
@@ -84,7 +94,7 @@ impl Device {
         if binding.is_pasid_table() && !d.pasid_endpoints.is_empty() {
             return Status::Inval;
         }
-        if let Err(e) = self.backend.attach_table(domain, &binding) {
+        if let Err(e) = self.on_host(|h| h.attach_table(domain, &binding)) {
             return self.backend_failed("ATTACH_TABLE", e);
         }
         let Some(d) = self.domains.get_mut(&domain) else {
@@ -111,7 +121,7 @@ impl Device {
         if d.table.is_none() {
             return Status::Inval;
         }
-        if let Err(e) = self.backend.detach_table(domain) {
+        if let Err(e) = self.on_host(|h| h.detach_table(domain)) {
             return self.backend_failed("DETACH_TABLE", e);
         }
         let Some(d) = self.domains.get_mut(&domain) else {
@@ -158,7 +168,7 @@ impl Device {
         {
             return Status::NoMem;
         }
-        if let Err(e) = self.backend.attach_pasid(endpoint, pasid, domain) {
+        if let Err(e) = self.on_host(|h| h.attach_pasid(endpoint, pasid, domain)) {
             return self.backend_failed("ATTACH_PASID", e);
         }
         let previous = self.pasid_attach.insert((endpoint, pasid), domain);
@@ -186,7 +196,7 @@ impl Device {
         if self.pasid_attach.get(&(endpoint, pasid)) != Some(&domain) {
             return Status::Inval;
         }
-        if let Err(e) = self.backend.detach_pasid(endpoint, pasid) {
+        if let Err(e) = self.on_host(|h| h.detach_pasid(endpoint, pasid)) {
             return self.backend_failed("DETACH_PASID", e);
         }
         self.pasid_attach.remove(&(endpoint, pasid));
@@ -219,7 +229,7 @@ impl Device {
         }
         // MAP and BYPASS domains have nothing cached: the request succeeds and does nothing.
         if d.table.is_some() {
-            if let Err(e) = self.backend.invalidate(inv.domain, &inv) {
+            if let Err(e) = self.on_host(|h| h.invalidate(inv.domain, &inv)) {
                 return self.backend_failed("INVALIDATE", e);
             }
         }
@@ -254,7 +264,7 @@ impl Device {
             _ => return Status::NoEnt,
         };
         if let Some(cookie) = host_cookie {
-            if let Err(e) = self.backend.page_response(cookie, code) {
+            if let Err(e) = self.on_host(|h| h.page_response(cookie, code)) {
                 return self.backend_failed("PAGE_RESP", e);
             }
         }
@@ -427,7 +437,11 @@ impl Device {
     /// page-request record on the event queue, and the guest's PAGE_RESP goes back to the host.
     /// Returns how many records were queued.
     pub fn host_page_requests(&mut self) -> usize {
-        let reqs = self.backend.page_requests();
+        let reqs = self
+            .backend
+            .nesting_mut()
+            .map(|h| h.page_requests())
+            .unwrap_or_default();
         reqs.into_iter()
             .filter(|r| self.queue_host_page_request(r))
             .count()
@@ -438,7 +452,11 @@ impl Device {
     /// queued.
     pub fn host_events(&mut self) -> usize {
         let n = self.host_page_requests();
-        let faults = self.backend.host_faults();
+        let faults = self
+            .backend
+            .nesting_mut()
+            .map(|h| h.host_faults())
+            .unwrap_or_default();
         let mut queued = 0;
         for f in faults {
             let mut flags = f.access & (FAULT_F_READ | FAULT_F_WRITE | FAULT_F_EXEC | FAULT_F_PRIV);
@@ -476,7 +494,7 @@ impl Device {
     fn refuse_host_page_request(&mut self, r: &HostPageRequest) {
         self.stats.faults_dropped += 1;
         if r.last {
-            if let Err(e) = self.backend.page_response(r.cookie, PAGE_RESP_INVALID) {
+            if let Err(e) = self.on_host(|h| h.page_response(r.cookie, PAGE_RESP_INVALID)) {
                 log::warn!("host page request of endpoint {}: {e}", r.endpoint);
             }
         }
@@ -538,7 +556,7 @@ impl Device {
 
     /// The host's page-request fd, for the vhost worker to watch.
     pub fn host_page_request_fd(&self) -> Option<std::os::fd::RawFd> {
-        self.backend.page_request_fd()
+        self.backend.nesting()?.page_request_fd()
     }
 
     /// Outstanding page requests, for inspection.

@@ -18,6 +18,8 @@ struct Recorder {
     host_reqs: Arc<Mutex<Vec<HostPageRequest>>>,
     /// Faults the "host" reports at the next `host_faults`.
     host_faults: Arc<Mutex<Vec<HostFault>>>,
+    /// Guest tables without a nesting host, as the software backend has them.
+    no_nesting: bool,
 }
 
 impl Recorder {
@@ -70,6 +72,27 @@ impl HostBackend for Recorder {
     }
     fn guest_tables(&self) -> bool {
         true
+    }
+    fn nesting(&self) -> Option<&dyn NestingHost> {
+        if self.no_nesting {
+            return None;
+        }
+        Some(self)
+    }
+    fn nesting_mut(&mut self) -> Option<&mut dyn NestingHost> {
+        if self.no_nesting {
+            return None;
+        }
+        Some(self)
+    }
+}
+
+impl NestingHost for Recorder {
+    fn host_iommu(&self) -> Option<HostIommu> {
+        None
+    }
+    fn page_request_fd(&self) -> Option<std::os::fd::RawFd> {
+        None
     }
     fn attach_table(&mut self, d: u32, b: &Binding) -> Result<(), BackendError> {
         self.call("table", format!("attach_table d{d} format {}", b.format()))
@@ -292,7 +315,10 @@ fn a_backend_failure_changes_nothing_and_sets_the_status() {
 
 /// A device with the extension negotiated and 64 KiB of guest RAM at 0x10000.
 fn ext_device() -> (Device, Log, Fail, Arc<Mutex<Vec<HostPageRequest>>>) {
-    let r = Recorder::default();
+    ext_device_of(Recorder::default())
+}
+
+fn ext_device_of(r: Recorder) -> (Device, Log, Fail, Arc<Mutex<Vec<HostPageRequest>>>) {
     let (log, fail, reqs) = (r.log.clone(), r.fail.clone(), r.host_reqs.clone());
     let cfg = DeviceConfig {
         endpoints: EndpointSet::Ranges(vec![(0, 15)]),
@@ -436,6 +462,55 @@ fn extension_requests_reach_the_backend_before_they_commit() {
     );
     assert_eq!(d.domain_table(1), None);
     assert_eq!(take(&log), ["detach_table d1", "detach_table d1"]);
+}
+
+#[test]
+fn without_a_nesting_host_extension_requests_change_the_model_only() {
+    // Guest tables that take effect without a nesting host (the software backend): the same
+    // statuses as a host that accepts everything, and no host call.
+    let (mut d, log, fail, reqs) = ext_device_of(Recorder {
+        no_nesting: true,
+        ..Recorder::default()
+    });
+    assert_ne!(d.features() & (1 << F_ATTACH_TABLE), 0);
+    assert_eq!(status(&mut d, &attach(1, 3, 0)), Status::Ok);
+    assert_eq!(take(&log), ["attach ep3 d1 bypass=false new=true"]);
+    for kind in ["table", "invalidate", "pasid", "resp"] {
+        *fail.lock().unwrap() = Some((kind, libc::EIO));
+        assert_eq!(status(&mut d, &attach_table_vtd(1, 0x10000)), Status::Ok);
+        assert_eq!(status(&mut d, &invalidate_domain(1)), Status::Ok);
+        assert_eq!(
+            status(
+                &mut d,
+                &req(T_DETACH_TABLE, &[&1u32.to_le_bytes(), &[0; 8]])
+            ),
+            Status::Ok
+        );
+    }
+    assert_eq!(status(&mut d, &attach(2, 4, 0)), Status::Ok);
+    assert_eq!(
+        status(&mut d, &pasid_req(T_ATTACH_PASID, 2, 5, 7)),
+        Status::Ok
+    );
+    assert_eq!(
+        status(&mut d, &pasid_req(T_DETACH_PASID, 2, 5, 7)),
+        Status::Ok
+    );
+    assert_eq!(take(&log), ["attach ep4 d2 bypass=false new=true"]);
+    // No host page requests, no host fd.
+    reqs.lock().unwrap().push(HostPageRequest {
+        endpoint: 3,
+        pasid: None,
+        grpid: 1,
+        perm: 1,
+        address: 0x1000,
+        last: true,
+        cookie: 9,
+    });
+    assert_eq!(d.host_page_requests(), 0);
+    assert_eq!(d.host_events(), 0);
+    assert_eq!(d.host_page_request_fd(), None);
+    assert!(take(&log).is_empty());
 }
 
 #[test]

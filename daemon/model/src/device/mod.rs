@@ -709,7 +709,7 @@ impl Device {
         if self.acked(F_ATTACH_TABLE)
             && crate::guest_tables::probe_properties(
                 &self.soft,
-                self.backend.host_iommu().as_ref(),
+                self.backend.nesting().and_then(|h| h.host_iommu()).as_ref(),
                 props,
                 off,
             )

@@ -18,33 +18,35 @@ use std::path::{Path, PathBuf};
 use log::{error, warn};
 use serde_json::{json, Value};
 
+use super::ids::{destroy, DevId, EndpointId, HwptId, IoasId, Iommufd, MockId, ObjId};
+
 /// The file's name inside the state directory.
 pub const OBJECTS_FILE: &str = "iommufd-objects";
 
 /// A host device as the file records it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SavedDevice {
-    Mock { stdev: u32, idev: u32 },
-    Vfio { dev_id: u32 },
+    Mock { stdev: MockId, idev: DevId },
+    Vfio { dev_id: DevId },
 }
 
 /// An endpoint's device and the HWPT it was attached to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SavedEndpoint {
-    pub endpoint: u32,
+    pub endpoint: EndpointId,
     pub dev: SavedDevice,
-    pub hwpt: u32,
+    pub hwpt: HwptId,
 }
 
 /// What a previous process left in the iommufd.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Saved {
     /// Its blocked IOAS: the object that shows whether this is the same iommufd.
-    pub blocked: u32,
+    pub blocked: IoasId,
     pub endpoints: Vec<SavedEndpoint>,
     /// Every other object, in the order they can be destroyed (HWPTs and the objects on them
     /// before the IOASes under them).
-    pub objects: Vec<u32>,
+    pub objects: Vec<ObjId>,
     /// The IOVA ranges every host device can map and the IOVA alignment (the adopted devices
     /// are not on the new blocked IOAS, which cannot tell them).
     pub allowed: Vec<(u64, u64)>,
@@ -77,26 +79,26 @@ impl Saved {
         for e in v.get("endpoints")?.as_array()? {
             let dev = match e.get("kind")?.as_str()? {
                 "mock" => SavedDevice::Mock {
-                    stdev: u(e, "stdev_id")?,
-                    idev: u(e, "dev_id")?,
+                    stdev: MockId(u(e, "stdev_id")?),
+                    idev: DevId(u(e, "dev_id")?),
                 },
                 "vfio" => SavedDevice::Vfio {
-                    dev_id: u(e, "dev_id")?,
+                    dev_id: DevId(u(e, "dev_id")?),
                 },
                 _ => return None,
             };
             endpoints.push(SavedEndpoint {
-                endpoint: u(e, "endpoint")?,
+                endpoint: EndpointId(u(e, "endpoint")?),
                 dev,
-                hwpt: u(e, "hwpt")?,
+                hwpt: HwptId(u(e, "hwpt")?),
             });
         }
         let objects = v
             .get("objects")?
             .as_array()?
             .iter()
-            .map(|o| o.as_u64().and_then(|x| u32::try_from(x).ok()))
-            .collect::<Option<Vec<u32>>>()?;
+            .map(|o| o.as_u64().and_then(|x| u32::try_from(x).ok()).map(ObjId))
+            .collect::<Option<Vec<ObjId>>>()?;
         let allowed = v
             .get("allowed_iovas")?
             .as_array()?
@@ -104,7 +106,7 @@ impl Saved {
             .map(|r| Some((r.get(0)?.as_u64()?, r.get(1)?.as_u64()?)))
             .collect::<Option<Vec<_>>>()?;
         Some(Saved {
-            blocked: u(v, "blocked_ioas")?,
+            blocked: IoasId(u(v, "blocked_ioas")?),
             endpoints,
             objects,
             allowed,
@@ -180,6 +182,81 @@ impl ObjectsFile {
     }
 }
 
+/// The objects file as the backend holds it: rewritten whenever the objects change and, when
+/// the backend goes (it is its last field, so after every object), left with what a successor
+/// must adopt ([`Persist::on_exit`]) or emptied.
+#[derive(Debug)]
+pub struct Persist {
+    file: Option<ObjectsFile>,
+    on_exit: Option<Value>,
+}
+
+impl Persist {
+    /// Keep `file` (None: no state directory, nothing is written).
+    pub fn new(file: Option<ObjectsFile>) -> Persist {
+        Persist {
+            file,
+            on_exit: None,
+        }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.file.is_some()
+    }
+
+    /// Write `v` now (nothing written if it has not changed).
+    pub fn write(&mut self, v: &Value) {
+        if let Some(f) = self.file.as_mut() {
+            f.write(Some(v));
+        }
+    }
+
+    /// What the file says once the backend has gone: `v`, or nothing.
+    pub fn on_exit(&mut self, v: Option<Value>) {
+        self.on_exit = v;
+    }
+}
+
+impl Drop for Persist {
+    fn drop(&mut self) {
+        if let Some(f) = self.file.as_mut() {
+            f.write(self.on_exit.as_ref());
+        }
+    }
+}
+
+/// A previous process's objects, taken over at start-up, until the journaled state is resumed
+/// or dropped. Its devices are adopted by their endpoints (`device::Endpoint::adopted`).
+#[derive(Debug)]
+pub struct Adoption {
+    /// What the objects file said (written back if this process stops before finishing).
+    pub saved: Saved,
+    /// The previous process's objects, destroyed at the end, in order (never by this process
+    /// otherwise: a successor may still adopt them).
+    pub old: Vec<ObjId>,
+}
+
+impl Adoption {
+    pub fn new(saved: Saved) -> Adoption {
+        Adoption {
+            old: saved.objects.clone(),
+            saved,
+        }
+    }
+
+    /// Destroy the previous process's objects; returns how many went.
+    pub fn release(&self, fd: &Iommufd) -> usize {
+        let mut gone = 0;
+        for &id in &self.old {
+            match destroy(fd, id) {
+                Ok(()) => gone += 1,
+                Err(e) => warn!("previous process's object {id}: {e}"),
+            }
+        }
+        gone
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -187,20 +264,23 @@ mod tests {
     #[test]
     fn saved_objects_round_trip() {
         let s = Saved {
-            blocked: 1,
+            blocked: IoasId(1),
             endpoints: vec![
                 SavedEndpoint {
-                    endpoint: 1,
-                    dev: SavedDevice::Mock { stdev: 3, idev: 4 },
-                    hwpt: 5,
+                    endpoint: EndpointId(1),
+                    dev: SavedDevice::Mock {
+                        stdev: MockId(3),
+                        idev: DevId(4),
+                    },
+                    hwpt: HwptId(5),
                 },
                 SavedEndpoint {
-                    endpoint: 2,
-                    dev: SavedDevice::Vfio { dev_id: 6 },
-                    hwpt: 7,
+                    endpoint: EndpointId(2),
+                    dev: SavedDevice::Vfio { dev_id: DevId(6) },
+                    hwpt: HwptId(7),
                 },
             ],
-            objects: vec![9, 8, 2, 1],
+            objects: [9, 8, 2, 1].map(ObjId).to_vec(),
             allowed: vec![(0x100_0000, u64::MAX)],
             iova_alignment: 4096,
         };
@@ -215,9 +295,9 @@ mod tests {
         let (mut f, saved) = ObjectsFile::open(&dir).expect("open");
         assert_eq!(saved, None);
         let s = Saved {
-            blocked: 1,
+            blocked: IoasId(1),
             endpoints: vec![],
-            objects: vec![2, 1],
+            objects: vec![ObjId(2), ObjId(1)],
             allowed: vec![],
             iova_alignment: 1,
         };

@@ -15,271 +15,165 @@
 //! A kernel refusal is logged and counted; the bookkeeping always says what is in the kernel
 //! (a piece that could not be unmapped stays recorded and is retried on the next change).
 
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::collections::BTreeMap;
+use std::os::fd::BorrowedFd;
 
+use iommufd_sys as sys;
 use log::{info, warn};
-use serde_json::json;
-
-use super::{os_err, sys, DomainObj, IommufdBackend};
 use model::host::{BackendError, GuestRegion};
+use model::protocol::{MAP_F_MMIO, MAP_F_READ, MAP_F_WRITE};
+use serde_json::{json, Value};
 
-/// What backs guest RAM on the host: a file (the frontend's memfd: device, inode and offset)
-/// when the IOAS maps it by file, else the daemon's address of it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Backing {
-    File { dev: u64, ino: u64, offset: u64 },
-    Addr(u64),
-}
-
-impl Backing {
-    /// The backing `delta` bytes further on.
-    pub(super) fn at(self, delta: u64) -> Backing {
-        match self {
-            Backing::File { dev, ino, offset } => Backing::File {
-                dev,
-                ino,
-                offset: offset.wrapping_add(delta),
-            },
-            Backing::Addr(a) => Backing::Addr(a.wrapping_add(delta)),
-        }
-    }
-}
-
-/// A region of guest RAM: where the daemon mapped it and, when it is backed by a file (the
-/// frontend's memfd), a duplicate of that file and the region's offset in it.
-#[derive(Debug)]
-pub(super) struct Ram {
-    pub(super) gpa: u64,
-    pub(super) size: u64,
-    pub(super) host: u64,
-    pub(super) file: Option<(OwnedFd, u64)>,
-    /// What an IOAS mapping of the region's first byte refers to.
-    pub(super) backing: Backing,
-}
-
-impl Ram {
-    /// Take a region of a new memory table. `by_file`: the backend maps by file (a region
-    /// whose file cannot be duplicated or examined is then mapped by address, with a warning).
-    pub(super) fn new(r: &GuestRegion, by_file: bool) -> Ram {
-        let file = r.file.and_then(|(fd, start)| {
-            // SAFETY: the caller of `set_guest_memory` guarantees `fd` is open for the call.
-            let b = unsafe { BorrowedFd::borrow_raw(fd) };
-            match b.try_clone_to_owned() {
-                Ok(dup) => Some((dup, start)),
-                Err(e) => {
-                    warn!(
-                        "guest RAM {:#x}+{:#x}: cannot keep its file ({e}): mapped by address",
-                        r.gpa, r.size
-                    );
-                    None
-                }
-            }
-        });
-        let identity = file.as_ref().filter(|_| by_file).and_then(|(f, start)| {
-            use std::os::unix::fs::MetadataExt;
-            let dup = f.try_clone().ok()?;
-            match std::fs::File::from(dup).metadata() {
-                Ok(m) => Some(Backing::File {
-                    dev: m.dev(),
-                    ino: m.ino(),
-                    offset: *start,
-                }),
-                Err(e) => {
-                    warn!("guest RAM {:#x}+{:#x}: fstat: {e}", r.gpa, r.size);
-                    None
-                }
-            }
-        });
-        let (file, backing) = match identity {
-            Some(b) => (file, b),
-            // Mapped by address: the file is not needed.
-            None => (None, Backing::Addr(r.host_addr)),
-        };
-        Ram {
-            gpa: r.gpa,
-            size: r.size,
-            host: r.host_addr,
-            file,
-            backing,
-        }
-    }
-
-    /// Whether `[gpa, gpa + len)` (len > 0) lies inside the region.
-    pub(super) fn contains(&self, gpa: u64, len: u64) -> bool {
-        gpa >= self.gpa && len <= self.size && gpa - self.gpa <= self.size - len
-    }
-
-    pub(super) fn file(&self) -> Option<(BorrowedFd<'_>, u64)> {
-        self.file.as_ref().map(|(f, s)| (f.as_fd(), *s))
-    }
-}
-
-/// The part of a guest-physical range that one region backs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) struct Part {
-    pub(super) gpa: u64,
-    pub(super) len: u64,
-}
-
-/// The regions' parts of `[phys, phys + len)`, in guest-physical order (gaps where there is no
-/// RAM).
-pub(super) fn parts(memory: &[Ram], phys: u64, len: u64) -> Vec<Part> {
-    let Some(last) = len.checked_sub(1).and_then(|l| phys.checked_add(l)) else {
-        return Vec::new();
-    };
-    let mut out: Vec<Part> = memory
-        .iter()
-        .filter(|r| r.size > 0)
-        .filter_map(|r| {
-            let r_last = r.gpa.checked_add(r.size - 1)?;
-            let (s, e) = (phys.max(r.gpa), last.min(r_last));
-            (s <= e).then(|| Part {
-                gpa: s,
-                len: e - s + 1,
-            })
-        })
-        .collect();
-    out.sort_by_key(|p| p.gpa);
-    out
-}
-
-/// Whether `[phys, phys + len)` is entirely guest RAM (one region or several adjacent ones).
-pub(super) fn is_ram(memory: &[Ram], phys: u64, len: u64) -> bool {
-    len > 0 && parts(memory, phys, len).iter().map(|p| p.len).sum::<u64>() == len
-}
-
-/// Whether the RAM at `[gpa, gpa + len)` is `backing` in `memory`.
-pub(super) fn still_backed(memory: &[Ram], gpa: u64, len: u64, backing: Backing) -> bool {
-    memory
-        .iter()
-        .any(|r| r.contains(gpa, len) && r.backing.at(gpa - r.gpa) == backing)
-}
-
-/// One IOAS_MAP in the kernel: `len` bytes at `iova`, guest RAM `gpa` backed by `backing`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) struct Piece {
-    pub(super) iova: u64,
-    pub(super) len: u64,
-    pub(super) gpa: u64,
-    pub(super) backing: Backing,
-}
-
-/// The pieces of one guest mapping (one, without an allocation, in the usual case).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(super) enum Pieces {
-    One(Piece),
-    /// Sorted by IOVA; empty: nothing in the kernel.
-    Many(Vec<Piece>),
-}
-
-impl Pieces {
-    pub(super) fn from_vec(mut v: Vec<Piece>) -> Pieces {
-        if v.len() == 1 {
-            Pieces::One(v[0])
-        } else {
-            v.sort_by_key(|p| p.iova);
-            Pieces::Many(v)
-        }
-    }
-
-    pub(super) fn as_slice(&self) -> &[Piece] {
-        match self {
-            Pieces::One(p) => std::slice::from_ref(p),
-            Pieces::Many(v) => v,
-        }
-    }
-}
-
-/// A guest mapping with access (READ and/or WRITE), as the domain's IOAS has it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(super) struct HostMap {
-    /// Last IOVA (inclusive); the first is the key it is stored under.
-    pub(super) last: u64,
-    pub(super) phys: u64,
-    /// IOMMU_IOAS_MAP_READABLE / WRITEABLE.
-    pub(super) prot: u32,
-    pub(super) pieces: Pieces,
-}
-
-impl HostMap {
-    /// The IOVA ranges `(iova, len)` of `[iova, self.last]` no piece covers.
-    pub(super) fn unbacked(&self, iova: u64) -> Vec<(u64, u64)> {
-        gaps(iova, self.last, self.pieces.as_slice())
-    }
-}
-
-/// `[first, last]` minus the pieces (sorted by IOVA, inside the range): `(iova, len)` ranges.
-pub(super) fn gaps(first: u64, last: u64, pieces: &[Piece]) -> Vec<(u64, u64)> {
-    let mut out = Vec::new();
-    let mut next = Some(first);
-    for p in pieces {
-        let Some(n) = next else { break };
-        if p.iova > n {
-            out.push((n, p.iova - n));
-        }
-        next = p
-            .iova
-            .checked_add(p.len)
-            .filter(|e| *e <= last)
-            .map(|e| e.max(n));
-    }
-    if let Some(n) = next.filter(|n| *n <= last) {
-        out.push((n, last - n + 1));
-    }
-    out
-}
-
-/// What memory-table changes did on the host (control socket).
-#[derive(Clone, Copy, Debug, Default)]
-pub(super) struct MemStats {
-    /// Memory tables received.
-    pub(super) tables: u64,
-    /// Pieces of guest mappings unmapped because their RAM left (or changed).
-    pub(super) domain_unmapped: u64,
-    /// Pieces of guest mappings mapped again because RAM came back behind them.
-    pub(super) domain_mapped: u64,
-    pub(super) stage2_unmapped: u64,
-    pub(super) stage2_mapped: u64,
-    /// Kernel calls that failed while following a memory table (logged).
-    pub(super) failures: u64,
-}
-
-impl MemStats {
-    pub(super) fn to_json(self) -> serde_json::Value {
-        json!({
-            "tables": self.tables,
-            "domain_pieces_unmapped": self.domain_unmapped,
-            "domain_pieces_mapped": self.domain_mapped,
-            "stage2_pieces_unmapped": self.stage2_unmapped,
-            "stage2_pieces_mapped": self.stage2_mapped,
-            "failures": self.failures,
-        })
-    }
-}
+use super::ids::{os_err, DomainId, IoasId};
+use super::ioas;
+use super::pieces::{gaps, parts, still_backed, Backing, MemStats, Pieces};
+pub use super::pieces::{is_ram, HostMap, Piece, Ram};
 
 /// IOAS_UNMAP of exactly one piece; ENOENT (already gone) counts as done.
-fn unmap_piece(fd: BorrowedFd<'_>, ioas: u32, p: &Piece) -> Result<(), sys::SysError> {
-    match sys::ioas_unmap(fd, ioas, p.iova, p.len) {
+fn unmap_piece(fd: BorrowedFd<'_>, ioas: IoasId, p: &Piece) -> Result<(), sys::SysError> {
+    match ioas::unmap(fd, ioas, p.iova, p.len) {
         Ok(_) => Ok(()),
         Err(e) if e.errno == libc::ENOENT => Ok(()),
         Err(e) => Err(e),
     }
 }
 
-/// Work for the second half of a memory-table change: (domain, mapping key, IOAS, prot, the
-/// ranges `(iova, gpa, len)` to map).
-type Remap = (u32, u64, u32, u32, Vec<(u64, u64, u64)>);
+/// A domain's guest mappings as its IOAS holds them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Mappings {
+    /// Guest mappings with access, by first IOVA.
+    pub maps: BTreeMap<u64, HostMap>,
+    /// Pieces a failed MAP could not take back (no guest mapping owns them); retried on every
+    /// memory-table change, gone with an UNMAP over them or with the domain.
+    pub orphans: Vec<Piece>,
+}
 
-impl IommufdBackend {
+/// A MAP domain as a memory-table change walks it: its id (for logs), IOAS and mappings.
+#[derive(Debug)]
+pub struct DomainMaps<'a> {
+    pub id: DomainId,
+    pub ioas: IoasId,
+    pub maps: &'a mut Mappings,
+}
+
+/// Work for the second half of a memory-table change: (index in the domains, mapping key,
+/// prot, the ranges `(iova, gpa, len)` to map).
+type Remap = (usize, u64, u32, Vec<(u64, u64, u64)>);
+
+/// Guest RAM on the host: the memory table and what the stage-2 IOAS holds of it.
+#[derive(Debug)]
+pub struct GuestRam {
+    pub memory: Vec<Ram>,
+    /// The IOAS_MAPs of the stage-2 IOAS (what the kernel holds).
+    pub stage2: Vec<Piece>,
+    /// What memory-table changes did (control socket).
+    pub stats: MemStats,
+    /// Map guest RAM by file (IOAS_MAP_FILE, Linux 6.13) rather than by address; cleared when
+    /// the kernel does not know the call.
+    pub map_file: bool,
+}
+
+impl Default for GuestRam {
+    fn default() -> GuestRam {
+        GuestRam {
+            memory: Vec::new(),
+            stage2: Vec::new(),
+            stats: MemStats::default(),
+            map_file: true,
+        }
+    }
+}
+
+/// Guest RAM clipped to the IOVA ranges the host devices accept (the stage-2 pieces).
+pub fn pieces_for(memory: &[Ram], allowed: &[(u64, u64)]) -> Vec<Piece> {
+    let mut out = Vec::new();
+    for r in memory {
+        let Some(last) = r.gpa.checked_add(r.size.saturating_sub(1)) else {
+            continue;
+        };
+        if r.size == 0 {
+            continue;
+        }
+        for &(s, e) in allowed {
+            let (ps, pe) = (r.gpa.max(s), last.min(e));
+            if ps > pe {
+                continue;
+            }
+            out.push(Piece {
+                iova: ps,
+                len: pe - ps + 1,
+                gpa: ps,
+                backing: r.backing.at(ps - r.gpa),
+            });
+        }
+    }
+    out
+}
+
+impl GuestRam {
+    /// Take the regions of a new memory table (files duplicated as needed).
+    pub fn regions(&self, regions: &[GuestRegion]) -> Vec<Ram> {
+        regions.iter().map(|r| Ram::new(r, self.map_file)).collect()
+    }
+
+    /// IOAS_MAP guest-physical `[phys, phys + len)` at `iova` in `ioas`. By file when the region
+    /// has one: the IOAS then refers to the memfd's pages, not to an address in this process
+    /// that a later memory table could unmap and reuse; by address otherwise. Returns what the
+    /// new mapping refers to.
+    pub fn map_guest(
+        &mut self,
+        fd: BorrowedFd<'_>,
+        ioas: IoasId,
+        iova: u64,
+        phys: u64,
+        len: u64,
+        prot: u32,
+    ) -> Result<Backing, BackendError> {
+        let not_ram = BackendError::NotGuestRam {
+            start: phys,
+            end: phys.saturating_add(len - 1),
+        };
+        let last = phys.checked_add(len - 1).ok_or(not_ram.clone())?;
+        let ram = self
+            .memory
+            .iter()
+            .find(|r| phys >= r.gpa && last - r.gpa < r.size)
+            .ok_or(not_ram)?;
+        let off = phys - ram.gpa;
+        let host = ram.host + off;
+        if self.map_file {
+            if let Some((file, start)) = ram.file() {
+                match ioas::map_file(fd, ioas, iova, file, start + off, len, prot) {
+                    Ok(()) => return Ok(ram.backing.at(off)),
+                    Err(e) if e.errno == libc::ENOTTY || e.errno == libc::EOPNOTSUPP => {
+                        warn!("{e}: mapping guest RAM by address from now on");
+                        self.map_file = false;
+                    }
+                    Err(e) => return Err(os_err(e)),
+                }
+            }
+        }
+        ioas::map(fd, ioas, iova, host, len, prot).map_err(os_err)?;
+        Ok(Backing::Addr(host))
+    }
+
     /// Follow a new memory table: unmap what left guest RAM, keep what stayed, map what came
-    /// back (module documentation). Never fails: kernel refusals are logged and counted, and
-    /// the bookkeeping says what the kernel holds.
-    pub(super) fn follow_memory(&mut self, new: Vec<Ram>) {
-        self.mem_stats.tables += 1;
-        let fd = self.fd.as_fd();
+    /// back (module documentation), in the MAP `domains` and the `stage2` IOAS (clipped to the
+    /// `allowed` IOVA ranges). Never fails: kernel refusals are logged and counted, and the
+    /// bookkeeping says what the kernel holds.
+    pub fn follow(
+        &mut self,
+        fd: BorrowedFd<'_>,
+        new: Vec<Ram>,
+        domains: &mut [DomainMaps<'_>],
+        stage2: IoasId,
+        allowed: &[(u64, u64)],
+    ) {
+        self.stats.tables += 1;
         // 1. Domain pieces whose RAM is no longer what they map.
-        for (id, d) in self.domains.iter_mut().filter(|(_, d)| !d.bypass) {
-            for (iova, m) in d.maps.iter_mut() {
+        for d in domains.iter_mut() {
+            let (id, ioas) = (d.id, d.ioas);
+            for (iova, m) in d.maps.maps.iter_mut() {
                 if m.pieces
                     .as_slice()
                     .iter()
@@ -293,46 +187,46 @@ impl IommufdBackend {
                         keep.push(*p);
                         continue;
                     }
-                    match unmap_piece(fd, d.ioas, p) {
-                        Ok(()) => self.mem_stats.domain_unmapped += 1,
+                    match unmap_piece(fd, ioas, p) {
+                        Ok(()) => self.stats.domain_unmapped += 1,
                         Err(e) => {
                             warn!(
                                 "domain {id}: mapping {iova:#x}: cannot unmap {:#x}+{:#x} whose guest RAM left: {e}",
                                 p.iova, p.len
                             );
-                            self.mem_stats.failures += 1;
+                            self.stats.failures += 1;
                             keep.push(*p);
                         }
                     }
                 }
                 m.pieces = Pieces::from_vec(keep);
             }
-            d.orphans.retain(|p| unmap_piece(fd, d.ioas, p).is_err());
+            d.maps.orphans.retain(|p| unmap_piece(fd, ioas, p).is_err());
         }
         // 2. Stage 2: guest RAM at its guest-physical address, clipped to the host's ranges.
-        let wanted = self.pieces_for(&new);
-        let mut stage2 = Vec::with_capacity(wanted.len());
-        for p in std::mem::take(&mut self.stage2_pieces) {
+        let wanted = pieces_for(&new, allowed);
+        let mut kept = Vec::with_capacity(wanted.len());
+        for p in std::mem::take(&mut self.stage2) {
             if wanted.contains(&p) {
-                stage2.push(p);
+                kept.push(p);
                 continue;
             }
-            match unmap_piece(fd, self.stage2, &p) {
-                Ok(()) => self.mem_stats.stage2_unmapped += 1,
+            match unmap_piece(fd, stage2, &p) {
+                Ok(()) => self.stats.stage2_unmapped += 1,
                 Err(e) => {
                     warn!("stage-2 unmap {:#x}+{:#x}: {e}", p.iova, p.len);
-                    self.mem_stats.failures += 1;
-                    stage2.push(p);
+                    self.stats.failures += 1;
+                    kept.push(p);
                 }
             }
         }
         self.memory = new;
         let rw = sys::IOMMU_IOAS_MAP_READABLE | sys::IOMMU_IOAS_MAP_WRITEABLE;
         for p in wanted {
-            if stage2.contains(&p) {
+            if kept.contains(&p) {
                 continue;
             }
-            if stage2
+            if kept
                 .iter()
                 .any(|q| q.iova < p.iova + p.len && p.iova < q.iova + q.len)
             {
@@ -340,27 +234,27 @@ impl IommufdBackend {
                     "stage-2 map of guest RAM {:#x}+{:#x}: a piece that could not be unmapped is in the way",
                     p.iova, p.len
                 );
-                self.mem_stats.failures += 1;
+                self.stats.failures += 1;
                 continue;
             }
             // Guest-physical == IOVA in the stage-2 IOAS.
-            match self.map_guest(self.stage2, p.iova, p.iova, p.len, rw) {
+            match self.map_guest(fd, stage2, p.iova, p.iova, p.len, rw) {
                 Ok(backing) => {
-                    self.mem_stats.stage2_mapped += 1;
-                    stage2.push(Piece { backing, ..p });
+                    self.stats.stage2_mapped += 1;
+                    kept.push(Piece { backing, ..p });
                 }
                 Err(e) => {
                     warn!("stage-2 map of guest RAM {:#x}+{:#x}: {e}", p.iova, p.len);
-                    self.mem_stats.failures += 1;
+                    self.stats.failures += 1;
                 }
             }
         }
-        stage2.sort_by_key(|p| p.iova);
-        self.stage2_pieces = stage2;
+        kept.sort_by_key(|p| p.iova);
+        self.stage2 = kept;
         // 3. Parts of guest mappings with RAM behind them again.
         let mut work: Vec<Remap> = Vec::new();
-        for (id, d) in self.domains.iter().filter(|(_, d)| !d.bypass) {
-            for (iova, m) in &d.maps {
+        for (i, d) in domains.iter().enumerate() {
+            for (iova, m) in &d.maps.maps {
                 let pieces = m.pieces.as_slice();
                 let len = m.last - iova + 1;
                 if pieces.iter().map(|p| p.len).sum::<u64>() == len {
@@ -388,16 +282,20 @@ impl IommufdBackend {
                     }
                 }
                 if !todo.is_empty() {
-                    work.push((*id, *iova, d.ioas, m.prot, todo));
+                    work.push((i, *iova, m.prot, todo));
                 }
             }
         }
-        for (id, key, ioas, prot, todo) in work {
+        for (i, key, prot, todo) in work {
+            let Some(d) = domains.get_mut(i) else {
+                continue;
+            };
+            let (id, ioas) = (d.id, d.ioas);
             let mut made = Vec::new();
             for (iova, gpa, len) in todo {
-                match self.map_guest(ioas, iova, gpa, len, prot) {
+                match self.map_guest(fd, ioas, iova, gpa, len, prot) {
                     Ok(backing) => {
-                        self.mem_stats.domain_mapped += 1;
+                        self.stats.domain_mapped += 1;
                         made.push(Piece {
                             iova,
                             len,
@@ -409,17 +307,17 @@ impl IommufdBackend {
                         warn!(
                             "domain {id}: mapping {key:#x}: cannot map {iova:#x}+{len:#x} again (guest RAM {gpa:#x}): {e}"
                         );
-                        self.mem_stats.failures += 1;
+                        self.stats.failures += 1;
                     }
                 }
             }
-            if let Some(m) = self.domains.get_mut(&id).and_then(|d| d.maps.get_mut(&key)) {
+            if let Some(m) = d.maps.maps.get_mut(&key) {
                 let mut all = m.pieces.as_slice().to_vec();
                 all.extend(made);
                 m.pieces = Pieces::from_vec(all);
             }
         }
-        let s = self.mem_stats;
+        let s = self.stats;
         info!(
             "memory table {}: {} region(s); domain pieces unmapped {} / mapped {}, stage-2 pieces unmapped {} / mapped {}, failures {} (totals)",
             s.tables,
@@ -432,23 +330,70 @@ impl IommufdBackend {
         );
     }
 
-    /// Map guest MAP `[iova, iova + len) -> phys` in `domain`'s IOAS, one IOAS_MAP per region
-    /// the physical range meets (it must be entirely guest RAM). All or nothing: on a failure
-    /// the pieces already mapped are unmapped again (one that will not go is kept as an orphan
-    /// of the domain, and retried).
-    pub(super) fn map_pieces(
+    /// Guest MAP of `[iova, end]` to `phys` with `flags` (MAP_F_*) in `domain`, whose IOAS is
+    /// `ioas`. Without access nothing reaches the kernel (the range must still be guest RAM).
+    pub fn map(
         &mut self,
-        domain: u32,
+        at: At<'_>,
+        maps: &mut Mappings,
+        iova: u64,
+        end: u64,
+        phys: u64,
+        flags: u32,
+    ) -> Result<(), BackendError> {
+        if flags & MAP_F_MMIO != 0 {
+            return Err(BackendError::Mmio);
+        }
+        let len = (end - iova)
+            .checked_add(1)
+            .ok_or(BackendError::NotGuestRam {
+                start: phys,
+                end: u64::MAX,
+            })?;
+        let mut prot = 0;
+        if flags & MAP_F_READ != 0 {
+            prot |= sys::IOMMU_IOAS_MAP_READABLE;
+        }
+        if flags & MAP_F_WRITE != 0 {
+            prot |= sys::IOMMU_IOAS_MAP_WRITEABLE;
+        }
+        if prot == 0 {
+            // No access allowed: nothing to put in the host page table (but the physical range
+            // must still be guest RAM).
+            if !is_ram(&self.memory, phys, len) {
+                return Err(BackendError::NotGuestRam {
+                    start: phys,
+                    end: phys.saturating_add(len - 1),
+                });
+            }
+            return Ok(());
+        }
+        let pieces = self.map_pieces(at, maps, iova, phys, len, prot)?;
+        maps.maps.insert(
+            iova,
+            HostMap {
+                last: end,
+                phys,
+                prot,
+                pieces,
+            },
+        );
+        Ok(())
+    }
+
+    /// Map guest MAP `[iova, iova + len) -> phys` in `at`'s IOAS, one IOAS_MAP per region the
+    /// physical range meets (it must be entirely guest RAM). All or nothing: on a failure the
+    /// pieces already mapped are unmapped again (one that will not go is kept as an orphan of
+    /// the domain, and retried).
+    fn map_pieces(
+        &mut self,
+        at: At<'_>,
+        maps: &mut Mappings,
         iova: u64,
         phys: u64,
         len: u64,
         prot: u32,
     ) -> Result<Pieces, BackendError> {
-        let ioas = self
-            .domains
-            .get(&domain)
-            .ok_or(BackendError::Internal("map in unknown domain"))?
-            .ioas;
         if !is_ram(&self.memory, phys, len) {
             return Err(BackendError::NotGuestRam {
                 start: phys,
@@ -458,7 +403,7 @@ impl IommufdBackend {
         let mut done: Vec<Piece> = Vec::new();
         for part in parts(&self.memory, phys, len) {
             let piova = iova + (part.gpa - phys);
-            match self.map_guest(ioas, piova, part.gpa, part.len, prot) {
+            match self.map_guest(at.fd, at.ioas, piova, part.gpa, part.len, prot) {
                 Ok(backing) => done.push(Piece {
                     iova: piova,
                     len: part.len,
@@ -466,24 +411,21 @@ impl IommufdBackend {
                     backing,
                 }),
                 Err(e) => {
-                    let fd = self.fd.as_fd();
                     let left: Vec<Piece> = done
                         .iter()
-                        .filter(|p| match unmap_piece(fd, ioas, p) {
+                        .filter(|p| match unmap_piece(at.fd, at.ioas, p) {
                             Ok(()) => false,
                             Err(u) => {
                                 warn!(
-                                    "domain {domain}: cannot take back {:#x}+{:#x} of a failed MAP: {u}",
-                                    p.iova, p.len
+                                    "domain {}: cannot take back {:#x}+{:#x} of a failed MAP: {u}",
+                                    at.domain, p.iova, p.len
                                 );
                                 true
                             }
                         })
                         .copied()
                         .collect();
-                    if let Some(d) = self.domains.get_mut(&domain) {
-                        d.orphans.extend(left);
-                    }
+                    maps.orphans.extend(left);
                     return Err(e);
                 }
             }
@@ -491,60 +433,21 @@ impl IommufdBackend {
         Ok(Pieces::from_vec(done))
     }
 
-    /// Guest UNMAP of `[start, end]` in a MAP domain's IOAS, and the bookkeeping. On a kernel
-    /// error, each piece in the range is tried alone so the bookkeeping says what is left.
-    pub(super) fn unmap_range(
-        &mut self,
-        domain: u32,
-        start: u64,
-        end: u64,
-    ) -> Result<(), BackendError> {
-        let fd = self.fd.as_fd();
-        let Some(d) = self.domains.get_mut(&domain) else {
-            return Err(BackendError::Internal("unmap in unknown domain"));
-        };
-        // (0, u64::MAX) is iommufd's "everything".
-        let len = (end - start).saturating_add(1);
-        let r = match sys::ioas_unmap(fd, d.ioas, start, len) {
-            Ok(_) => Ok(()),
-            // Nothing mapped in the range (gaps, mappings without access or without RAM).
-            Err(e) if e.errno == libc::ENOENT => Ok(()),
-            Err(e) => Err(e),
-        };
-        let keys: Vec<u64> = d.maps.range(start..=end).map(|(k, _)| *k).collect();
-        match r {
-            Ok(()) => {
-                for k in keys {
-                    d.maps.remove(&k);
-                }
-                d.orphans
-                    .retain(|p| p.iova < start || p.iova.saturating_add(p.len - 1) > end);
-                Ok(())
-            }
-            Err(e) => {
-                warn!("domain {domain}: UNMAP {start:#x}-{end:#x}: {e}; unmapping piece by piece");
-                for k in keys {
-                    if let Some(m) = d.maps.get_mut(&k) {
-                        let left: Vec<Piece> = m
-                            .pieces
-                            .as_slice()
-                            .iter()
-                            .filter(|p| unmap_piece(fd, d.ioas, p).is_err())
-                            .copied()
-                            .collect();
-                        m.pieces = Pieces::from_vec(left);
-                    }
-                }
-                Err(os_err(e))
+    /// The connection went: guest RAM leaves stage 2 and the memory table is forgotten.
+    pub fn release(&mut self, fd: BorrowedFd<'_>, stage2: IoasId) {
+        for p in std::mem::take(&mut self.stage2) {
+            if let Err(e) = ioas::unmap(fd, stage2, p.iova, p.len) {
+                warn!("stage-2 unmap {:#x}+{:#x}: {e}", p.iova, p.len);
             }
         }
+        self.memory.clear();
     }
 
-    /// The domain's guest mappings (for the control socket): how many have access, the IOVA
+    /// A domain's guest mappings (for the control socket): how many have access, the IOVA
     /// ranges of them with nothing in the kernel (no RAM behind them, or a kernel refusal), and
     /// pieces in the kernel that map RAM the memory table no longer has, or that no mapping
     /// owns (kernel refusals; retried on the next change).
-    pub(super) fn describe_maps(&self, d: &DomainObj) -> serde_json::Value {
+    pub fn describe_maps(&self, d: &Mappings) -> Value {
         let mut unbacked = Vec::new();
         let mut stale = Vec::new();
         for (iova, m) in &d.maps {
@@ -562,139 +465,71 @@ impl IommufdBackend {
         }
         json!({"with_access": d.maps.len(), "unbacked": unbacked, "stale": stale})
     }
+
+    /// The stage-2 pieces and the guest RAM regions (for the control socket).
+    pub fn describe(&self) -> (Value, Value) {
+        let stage2: Vec<_> = self
+            .stage2
+            .iter()
+            .map(|p| json!({"iova": p.iova, "length": p.len}))
+            .collect();
+        let guest_ram: Vec<_> = self
+            .memory
+            .iter()
+            .map(|r| {
+                json!({"gpa": r.gpa, "size": r.size,
+                       "by_file": matches!(r.backing, Backing::File { .. })})
+            })
+            .collect();
+        (Value::from(stage2), Value::from(guest_ram))
+    }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// Where a guest MAP or UNMAP goes: the iommufd, the domain (for logs) and its IOAS.
+#[derive(Clone, Copy, Debug)]
+pub struct At<'a> {
+    pub fd: BorrowedFd<'a>,
+    pub domain: DomainId,
+    pub ioas: IoasId,
+}
 
-    fn ram(gpa: u64, size: u64, ino: u64) -> Ram {
-        Ram {
-            gpa,
-            size,
-            host: 0x7f00_0000_0000 + gpa,
-            file: None,
-            backing: Backing::File {
-                dev: 1,
-                ino,
-                offset: 0,
-            },
+/// Guest UNMAP of `[start, end]` in a MAP domain's IOAS, and the bookkeeping. On a kernel
+/// error, each piece in the range is tried alone so the bookkeeping says what is left.
+pub fn unmap_range(at: At<'_>, d: &mut Mappings, start: u64, end: u64) -> Result<(), BackendError> {
+    let At { fd, domain, ioas } = at;
+    // (0, u64::MAX) is iommufd's "everything".
+    let len = (end - start).saturating_add(1);
+    let r = match ioas::unmap(fd, ioas, start, len) {
+        Ok(_) => Ok(()),
+        // Nothing mapped in the range (gaps, mappings without access or without RAM).
+        Err(e) if e.errno == libc::ENOENT => Ok(()),
+        Err(e) => Err(e),
+    };
+    let keys: Vec<u64> = d.maps.range(start..=end).map(|(k, _)| *k).collect();
+    match r {
+        Ok(()) => {
+            for k in keys {
+                d.maps.remove(&k);
+            }
+            d.orphans
+                .retain(|p| p.iova < start || p.iova.saturating_add(p.len - 1) > end);
+            Ok(())
         }
-    }
-
-    fn piece(iova: u64, len: u64) -> Piece {
-        Piece {
-            iova,
-            len,
-            gpa: 0,
-            backing: Backing::Addr(0),
-        }
-    }
-
-    #[test]
-    fn parts_of_a_range_follow_the_regions() {
-        let mem = [
-            ram(0x2000, 0x1000, 2),
-            ram(0, 0x1000, 1),
-            ram(0x3000, 0x1000, 3),
-        ];
-        // Inside one region, across two adjacent ones, across a hole.
-        assert_eq!(
-            parts(&mem, 0x800, 0x100),
-            vec![Part {
-                gpa: 0x800,
-                len: 0x100
-            }]
-        );
-        assert_eq!(
-            parts(&mem, 0x2800, 0x1000),
-            vec![
-                Part {
-                    gpa: 0x2800,
-                    len: 0x800
-                },
-                Part {
-                    gpa: 0x3000,
-                    len: 0x800
+        Err(e) => {
+            warn!("domain {domain}: UNMAP {start:#x}-{end:#x}: {e}; unmapping piece by piece");
+            for k in keys {
+                if let Some(m) = d.maps.get_mut(&k) {
+                    let left: Vec<Piece> = m
+                        .pieces
+                        .as_slice()
+                        .iter()
+                        .filter(|p| unmap_piece(fd, ioas, p).is_err())
+                        .copied()
+                        .collect();
+                    m.pieces = Pieces::from_vec(left);
                 }
-            ]
-        );
-        assert!(is_ram(&mem, 0x2800, 0x1000));
-        assert!(!is_ram(&mem, 0x800, 0x1000), "0x1000-0x1fff is a hole");
-        assert_eq!(parts(&mem, 0x800, 0x1000).len(), 1);
-        assert!(!is_ram(&mem, 0x4000, 1));
-        assert!(!is_ram(&mem, 0, 0));
-        assert!(parts(&mem, u64::MAX, 2).is_empty(), "a wrapping range");
-    }
-
-    #[test]
-    fn a_piece_stays_only_while_the_same_file_backs_it() {
-        let mem = [ram(0x10_0000, 0x10_0000, 7)];
-        let b = mem[0].backing.at(0x1000);
-        assert!(still_backed(&mem, 0x10_1000, 0x1000, b));
-        // Same address, another file (new RAM at the same guest-physical address).
-        assert!(!still_backed(
-            &[ram(0x10_0000, 0x10_0000, 8)],
-            0x10_1000,
-            0x1000,
-            b
-        ));
-        // The region moved, shrank, or is gone.
-        assert!(!still_backed(
-            &[ram(0x20_0000, 0x10_0000, 7)],
-            0x10_1000,
-            0x1000,
-            b
-        ));
-        assert!(!still_backed(
-            &[ram(0x10_0000, 0x1000, 7)],
-            0x10_1000,
-            0x1000,
-            b
-        ));
-        assert!(!still_backed(&[], 0x10_1000, 0x1000, b));
-        // Another offset of the same file.
-        assert!(!still_backed(
-            &mem,
-            0x10_1000,
-            0x1000,
-            mem[0].backing.at(0x2000)
-        ));
-    }
-
-    #[test]
-    fn gaps_are_what_no_piece_covers() {
-        assert_eq!(gaps(0, 0xfff, &[]), vec![(0, 0x1000)]);
-        assert_eq!(gaps(0, 0xfff, &[piece(0, 0x1000)]), vec![]);
-        assert_eq!(
-            gaps(0, 0x3fff, &[piece(0x1000, 0x1000), piece(0x3000, 0x800)]),
-            vec![(0, 0x1000), (0x2000, 0x1000), (0x3800, 0x800)]
-        );
-        // Up to the end of the address space.
-        assert_eq!(
-            gaps(
-                u64::MAX - 0xfff,
-                u64::MAX,
-                &[piece(u64::MAX - 0xfff, 0x1000)]
-            ),
-            vec![]
-        );
-        assert_eq!(
-            gaps(
-                u64::MAX - 0xfff,
-                u64::MAX,
-                &[piece(u64::MAX - 0xfff, 0x800)]
-            ),
-            vec![(u64::MAX - 0x7ff, 0x800)]
-        );
-    }
-
-    #[test]
-    fn one_piece_needs_no_allocation() {
-        let p = Pieces::from_vec(vec![piece(0x1000, 0x1000)]);
-        assert!(matches!(p, Pieces::One(_)));
-        let p = Pieces::from_vec(vec![piece(0x3000, 0x1000), piece(0x1000, 0x1000)]);
-        assert_eq!(p.as_slice()[0].iova, 0x1000, "sorted by IOVA");
-        assert!(Pieces::from_vec(Vec::new()).as_slice().is_empty());
+            }
+            Err(os_err(e))
+        }
     }
 }
