@@ -55,13 +55,7 @@ fn bad_requests_get_an_error_line_and_the_connection_stays_usable() {
     s.write_all(b"{\"cmd\":\"domains\"}\n{\"cmd\":\"endpoints\"}\n{\"cmd\":\"counters\"}\n")
         .unwrap();
     for _ in 0..3 {
-        // Closed after the refusal (reset, as the request it sent was never read).
         let mut line = String::new();
-        match r.read_line(&mut line) {
-            Ok(0) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
-            other => panic!("the refused connection stays open: {other:?} {line:?}"),
-        }
         r.read_line(&mut line).unwrap();
         let v: Value = serde_json::from_str(&line).unwrap();
         assert_eq!(v["ok"].as_bool(), Some(true), "{v}");
