@@ -72,6 +72,18 @@ fn unknown_endpoint_is_noent() {
     d.run(&Request::probe(99, c.probe_size as usize))
         .expect(NOENT, "PROBE of endpoint 99");
     assert_eq!(daemon.ctl().endpoint_domain(99), None);
+    // The first PROBE answered NOENT is logged with the rule it breaks (Linux stops probing the
+    // bus there), once.
+    d.run(&Request::probe(98, c.probe_size as usize))
+        .expect(NOENT, "PROBE of endpoint 98");
+    let log = daemon.stderr();
+    assert_eq!(
+        log.matches("PROBE of endpoint 99 answered NOENT: it is not in --endpoints (0-15)")
+            .count(),
+        1,
+        "{log}"
+    );
+    assert!(!log.contains("PROBE of endpoint 98"), "{log}");
 }
 
 #[test]

@@ -188,6 +188,8 @@ impl Stats {
 #[derive(Debug)]
 pub struct Device {
     cfg: DeviceConfig,
+    /// A PROBE was answered NOENT and the log said why (once per process).
+    warned_probe_noent: bool,
     /// Features acknowledged by the driver, once it has negotiated.
     acked: Option<u64>,
     /// The config-space `bypass` byte.
@@ -232,6 +234,7 @@ impl Device {
         let soft = SoftCaps::new(cfg.pasid_bits);
         Device {
             cfg,
+            warned_probe_noent: false,
             acked: None,
             bypass,
             endpoints: BTreeMap::new(),
@@ -680,6 +683,16 @@ impl Device {
         // The specification says the device MUST ignore PROBE's reserved bytes.
         let endpoint = b.endpoint.get();
         if !self.cfg.endpoints.contains(endpoint) {
+            if !self.warned_probe_noent {
+                self.warned_probe_noent = true;
+                log::warn!(
+                    "PROBE of endpoint {endpoint} answered NOENT: it is not in --endpoints ({}). \
+                     Linux's virtio-iommu driver stops probing at the first NOENT, so no device \
+                     behind this IOMMU may be translated: make --endpoints cover every endpoint \
+                     the VMM's VIOT (or device tree) puts behind it",
+                    self.cfg.endpoints
+                );
+            }
             return Status::NoEnt;
         }
         let probe_size = self.cfg.probe_size as usize;
