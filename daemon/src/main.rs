@@ -44,6 +44,10 @@ enum Command {
         /// The VM's configuration file.
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
+        /// Where sysfs is mounted (to check the host devices against: VFIO cdevs, PCI
+        /// devices bound to vfio-pci).
+        #[arg(long, value_name = "DIR", default_value = "/sys", hide = true)]
+        sysfs: PathBuf,
     },
 }
 
@@ -275,12 +279,48 @@ fn init_logging() {
 }
 
 fn run_daemon(a: &RunArgs) -> Result<(), String> {
-    let s = settings(a)?;
     if a.check_config {
-        print_settings(&s);
-        return Ok(());
+        return check_config(a);
     }
+    let s = settings(a)?;
     server::run(s).map_err(|e| e.to_string())
+}
+
+/// `--check-config`: the resolved settings as JSON and exit 0, or every problem (of the file,
+/// the options, their combination, and the host devices the configuration names) as JSON on
+/// stdout and as text on stderr, and exit 1.
+fn check_config(a: &RunArgs) -> Result<(), String> {
+    let file = match &a.config {
+        Some(path) => match settings::load(path) {
+            Ok(l) => Some((path.as_path(), l)),
+            Err(e) => return Err(config_problems(e.messages())),
+        },
+        None => None,
+    };
+    let s =
+        settings::resolve(a.settings.clone(), file).map_err(|e| config_problems(e.messages()))?;
+    if let BackendConfig::Iommufd(c) = &s.backend {
+        let problems =
+            vhost_user_iommu::host::iommufd::check_sources(c, std::path::Path::new("/sys"));
+        if !problems.is_empty() {
+            return Err(config_problems(problems));
+        }
+    }
+    print_settings(&s);
+    Ok(())
+}
+
+/// Print `problems` as `{"valid": false, "errors": [...]}`; the text for stderr.
+fn config_problems(problems: Vec<String>) -> String {
+    let v = json!({"valid": false, "errors": problems});
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&v).unwrap_or_else(|_| v.to_string())
+    );
+    match problems.as_slice() {
+        [one] => one.clone(),
+        many => format!("{} problems:\n  - {}", many.len(), many.join("\n  - ")),
+    }
 }
 
 fn main() -> ExitCode {
@@ -301,11 +341,11 @@ fn main() -> ExitCode {
                 .map_err(|e| e.to_string())
         }),
         Some(Command::Ctl(a)) => run_ctl(a),
-        Some(Command::SystemdDropin { config }) => settings::load(&config)
+        Some(Command::SystemdDropin { config, sysfs }) => settings::load(&config)
             .and_then(|l| settings::resolve(Layer::default(), Some((&config, l))))
             .map_err(|e| e.to_string())
             .and_then(|s| {
-                vhost_user_iommu::service::unit::device_dropin(&s, std::path::Path::new("/sys"))
+                vhost_user_iommu::service::unit::device_dropin(&s, &sysfs)
                     .map_err(|e| e.to_string())
             })
             .map(|text| print!("{text}")),

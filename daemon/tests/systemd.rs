@@ -134,11 +134,22 @@ fn generated_device_dropin_verifies_with_the_unit() {
     let config = dir.path().join("vm1.toml");
     std::fs::write(
         &config,
-        "backend = \"iommufd\"\n[iommufd]\ndevices = [\n  { endpoint = 3, vfio = \"/dev/vfio/devices/vfio2\" },\n  { endpoint = 4, vfio = \"/dev/vfio/devices/vfio5\" },\n]\n",
+        "backend = \"iommufd\"\n[iommufd]\ndevices = [\n  { endpoint = 3, vfio = \"/dev/null\" },\n  { endpoint = 4, vfio = \"/dev/zero\" },\n]\n",
     )
     .expect("config");
+    // The host has no VFIO device: a sysfs in which /dev/null (1:3) and /dev/zero (1:5) are
+    // VFIO cdevs stands in. (A node that is not one is refused: the unit tests of unit.rs.)
+    let sysfs = dir.path().join("sys");
+    for dev in ["1:3", "1:5"] {
+        let d = sysfs.join("dev/char").join(dev);
+        std::fs::create_dir_all(&d).expect("fake sysfs");
+        std::os::unix::fs::symlink("../../../class/vfio-dev", d.join("subsystem"))
+            .expect("fake sysfs link");
+    }
     let out = Command::new(BIN)
-        .args(["systemd-dropin", "--config"])
+        .args(["systemd-dropin", "--sysfs"])
+        .arg(&sysfs)
+        .arg("--config")
         .arg(&config)
         .output()
         .expect("run systemd-dropin");
@@ -154,10 +165,7 @@ fn generated_device_dropin_verifies_with_the_unit() {
         .collect();
     assert_eq!(
         allows,
-        [
-            "DeviceAllow=/dev/vfio/devices/vfio2 rw",
-            "DeviceAllow=/dev/vfio/devices/vfio5 rw"
-        ]
+        ["DeviceAllow=/dev/null rw", "DeviceAllow=/dev/zero rw"]
     );
     for unit in ["vhost-user-iommu@.service", "vhost-user-iommu@.socket"] {
         let text = std::fs::read_to_string(Path::new(UNITS).join(unit)).expect("read unit");

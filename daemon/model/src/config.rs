@@ -258,45 +258,62 @@ impl DeviceConfig {
         1u64 << self.page_size_mask.trailing_zeros()
     }
 
+    /// The first problem of [`Self::validate_all`].
     pub fn validate(&self) -> Result<(), ConfigError> {
+        match self.validate_all().into_iter().next() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Every problem of the configuration, in the order of the settings (a check that needs an
+    /// earlier setting to be valid is skipped while it is not).
+    pub fn validate_all(&self) -> Vec<ConfigError> {
+        let mut errors = Vec::new();
         let m = self.page_size_mask;
-        if m == 0 || m.trailing_zeros() < MIN_GRANULE_SHIFT {
-            return Err(ConfigError::PageSizeMask(m));
+        let mask_ok = m != 0 && m.trailing_zeros() >= MIN_GRANULE_SHIFT;
+        if !mask_ok {
+            errors.push(ConfigError::PageSizeMask(m));
         }
         if self.input_start > self.input_end {
-            return Err(ConfigError::InputRange(self.input_start, self.input_end));
-        }
-        let g = self.granule();
-        let end_plus_one_aligned = self
-            .input_end
-            .checked_add(1)
-            .is_none_or(|e| e.is_multiple_of(g));
-        if !self.input_start.is_multiple_of(g) || !end_plus_one_aligned {
-            return Err(ConfigError::InputRangeAlign {
-                start: self.input_start,
-                end: self.input_end,
-                granule: g,
-            });
+            errors.push(ConfigError::InputRange(self.input_start, self.input_end));
+        } else if mask_ok {
+            let g = self.granule();
+            let end_plus_one_aligned = self
+                .input_end
+                .checked_add(1)
+                .is_none_or(|e| e.is_multiple_of(g));
+            if !self.input_start.is_multiple_of(g) || !end_plus_one_aligned {
+                errors.push(ConfigError::InputRangeAlign {
+                    start: self.input_start,
+                    end: self.input_end,
+                    granule: g,
+                });
+            }
         }
         if self.domain_start > self.domain_end {
-            return Err(ConfigError::DomainRange(self.domain_start, self.domain_end));
+            errors.push(ConfigError::DomainRange(self.domain_start, self.domain_end));
         }
         let mut sorted = self.reserved.clone();
         sorted.sort_by_key(|r| r.start);
+        let mut regions_ok = true;
         for r in &sorted {
             if r.start > r.end {
-                return Err(ConfigError::ReservedRegion(r.start, r.end));
+                errors.push(ConfigError::ReservedRegion(r.start, r.end));
+                regions_ok = false;
             }
         }
-        for w in sorted.windows(2) {
-            if w[1].start <= w[0].end {
-                return Err(ConfigError::ReservedOverlap(
-                    w[0].start, w[0].end, w[1].start, w[1].end,
-                ));
+        if regions_ok {
+            for w in sorted.windows(2) {
+                if w[1].start <= w[0].end {
+                    errors.push(ConfigError::ReservedOverlap(
+                        w[0].start, w[0].end, w[1].start, w[1].end,
+                    ));
+                }
             }
         }
         if self.pasid_bits > 20 {
-            return Err(ConfigError::PasidBits(self.pasid_bits));
+            errors.push(ConfigError::PasidBits(self.pasid_bits));
         }
         // Regions count is bounded by the probe size check right below; the extension's
         // properties come after them.
@@ -312,16 +329,16 @@ impl DeviceConfig {
             || self.probe_size > MAX_PROBE_SIZE
             || self.probe_size < need
         {
-            return Err(ConfigError::ProbeSize {
+            errors.push(ConfigError::ProbeSize {
                 size: self.probe_size,
                 regions: self.reserved.len(),
                 need,
             });
         }
         if self.max_mappings == 0 {
-            return Err(ConfigError::MaxMappings);
+            errors.push(ConfigError::MaxMappings);
         }
-        Ok(())
+        errors
     }
 
     /// Does `[start, end]` overlap a reserved region?
@@ -444,5 +461,26 @@ mod tests {
             ..ok
         };
         assert_eq!(c.validate(), Err(ConfigError::MaxMappings));
+    }
+
+    #[test]
+    fn every_problem_is_reported() {
+        let c = DeviceConfig {
+            page_size_mask: 0x800,
+            domain_start: 9,
+            domain_end: 3,
+            max_mappings: 0,
+            ..DeviceConfig::default()
+        };
+        assert_eq!(
+            c.validate_all(),
+            vec![
+                ConfigError::PageSizeMask(0x800),
+                ConfigError::DomainRange(9, 3),
+                ConfigError::MaxMappings
+            ]
+        );
+        assert_eq!(c.validate(), Err(ConfigError::PageSizeMask(0x800)));
+        assert!(DeviceConfig::default().validate_all().is_empty());
     }
 }

@@ -35,6 +35,34 @@ pub enum FileError {
     Invalid { origin: String, err: ConfigError },
     #[error("no vhost-user socket: set `socket` in the config file, pass --socket, or start the daemon through systemd socket activation")]
     NoSocket,
+    #[error("config file {path}: unknown key `{key}` at line {line} (the keys are the long option names: {})", KEYS.join(", "))]
+    UnknownKey {
+        path: PathBuf,
+        key: String,
+        line: usize,
+    },
+    #[error("{}", several(.0))]
+    Several(Vec<FileError>),
+}
+
+/// Every problem on a line of its own.
+fn several(errors: &[FileError]) -> String {
+    let mut out = format!("{} problems:", errors.len());
+    for e in errors {
+        out.push_str("\n  - ");
+        out.push_str(&e.to_string());
+    }
+    out
+}
+
+impl FileError {
+    /// Each problem as a message (one for most errors, several for [`FileError::Several`]).
+    pub fn messages(&self) -> Vec<String> {
+        match self {
+            FileError::Several(v) => v.iter().map(ToString::to_string).collect(),
+            e => vec![e.to_string()],
+        }
+    }
 }
 
 /// A number written as a TOML integer or as a string (decimal or 0x hex). Strings are needed
@@ -61,30 +89,28 @@ impl Number {
     }
 }
 
-/// The file as written. Keys are the long option names.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-struct RawFile {
-    socket: Option<PathBuf>,
-    control_socket: Option<PathBuf>,
-    state_dir: Option<PathBuf>,
-    page_size_mask: Option<Number>,
-    input_range: Option<String>,
-    domain_range: Option<String>,
-    endpoints: Option<String>,
-    reserved_regions: Option<Vec<String>>,
-    probe_size: Option<Number>,
-    bypass: Option<bool>,
-    legacy_bypass: Option<bool>,
-    max_mappings: Option<Number>,
-    poll_us: Option<Number>,
-    worker_sched: Option<String>,
-    pasid_bits: Option<Number>,
-    user: Option<String>,
-    seccomp: Option<bool>,
-    backend: Option<String>,
-    iommufd: Option<RawIommufd>,
-}
+/// The keys of the config file: the long option names (docs/OPERATORS.md, "Configuration file").
+const KEYS: &[&str] = &[
+    "socket",
+    "control-socket",
+    "state-dir",
+    "page-size-mask",
+    "input-range",
+    "domain-range",
+    "endpoints",
+    "reserved-regions",
+    "probe-size",
+    "bypass",
+    "legacy-bypass",
+    "max-mappings",
+    "poll-us",
+    "worker-sched",
+    "pasid-bits",
+    "user",
+    "seccomp",
+    "backend",
+    "iommufd",
+];
 
 /// The `[iommufd]` table (docs/IOMMUFD.md).
 #[derive(Debug, Default, Deserialize)]
@@ -246,79 +272,130 @@ pub fn load(path: &Path) -> Result<Layer, FileError> {
     parse(path, &text)
 }
 
-/// Parse config file text; `path` is only used in messages.
+/// Parse config file text; `path` is only used in messages. Every problem is reported, each
+/// naming its key and quoting the value as written.
 pub fn parse(path: &Path, text: &str) -> Result<Layer, FileError> {
-    let raw: RawFile = toml::from_str(text).map_err(|e| FileError::Syntax {
+    let table: toml::Table = toml::from_str(text).map_err(|e| FileError::Syntax {
         path: path.to_owned(),
         msg: e.to_string().trim_end().replace('\n', "\n  "),
     })?;
-    let bad = |key: &'static str| {
-        move |why: String| FileError::Value {
-            path: path.to_owned(),
-            key,
-            why,
+    let mut errors = Vec::new();
+    let mut l = Layer::default();
+    for (key, value) in table {
+        let Some(&k) = KEYS.iter().find(|k| **k == key) else {
+            errors.push(FileError::UnknownKey {
+                path: path.to_owned(),
+                line: line_of(text, &key),
+                key,
+            });
+            continue;
+        };
+        let shown = value.to_string();
+        let mut sink = Sink {
+            path,
+            key: k,
+            shown: &shown,
+            errors: &mut errors,
+        };
+        match k {
+            "socket" => l.socket = sink.get(typed(value)),
+            "control-socket" => l.control_socket = sink.get(typed(value)),
+            "state-dir" => l.state_dir = sink.get(typed(value)),
+            "page-size-mask" => {
+                l.page_size_mask = sink.get(typed(value).and_then(|n: Number| n.to_u64()))
+            }
+            "input-range" => l.input_range = sink.get(parsed(value)),
+            "domain-range" => l.domain_range = sink.get(parsed(value)),
+            "endpoints" => l.endpoints = sink.get(parsed(value)),
+            "reserved-regions" => {
+                l.reserved_regions = sink.get(typed(value).and_then(|list: Vec<String>| {
+                    check_regions(&list)?;
+                    Ok(list)
+                }))
+            }
+            "probe-size" => l.probe_size = sink.get(typed(value).and_then(|n: Number| n.to_u32())),
+            "bypass" => l.bypass = sink.get(typed(value)),
+            "legacy-bypass" => l.legacy_bypass = sink.get(typed(value)),
+            "max-mappings" => {
+                l.max_mappings = sink.get(typed(value).and_then(|n: Number| n.to_u64()))
+            }
+            "poll-us" => l.poll_us = sink.get(typed(value).and_then(|n: Number| n.to_u64())),
+            "worker-sched" => l.worker_sched = sink.get(parsed(value)),
+            "pasid-bits" => {
+                l.pasid_bits = sink.get(typed(value).and_then(|n: Number| {
+                    let v = n.to_u32()?;
+                    u8::try_from(v).map_err(|_| format!("{v} is above 20"))
+                }))
+            }
+            "user" => {
+                l.user = sink.get(typed(value).and_then(|u: String| {
+                    if u.is_empty() {
+                        Err("must not be empty".into())
+                    } else {
+                        Ok(u)
+                    }
+                }))
+            }
+            "seccomp" => l.seccomp = sink.get(typed(value)),
+            "backend" => l.backend = sink.get(parsed(value)),
+            "iommufd" => {
+                l.iommufd = sink.get(typed(value).and_then(|t: RawIommufd| t.into_config()))
+            }
+            _ => {}
         }
-    };
-    let num64 = |v: Option<Number>, key: &'static str| -> Result<Option<u64>, FileError> {
-        v.map(|n| n.to_u64().map_err(bad(key))).transpose()
-    };
-    let num32 = |v: Option<Number>, key: &'static str| -> Result<Option<u32>, FileError> {
-        v.map(|n| n.to_u32().map_err(bad(key))).transpose()
-    };
-    let regions = match raw.reserved_regions {
-        Some(list) => {
-            check_regions(&list).map_err(bad("reserved-regions"))?;
-            Some(list)
-        }
-        None => None,
-    };
-    if raw.user.as_deref() == Some("") {
-        return Err(bad("user")("must not be empty".into()));
     }
-    Ok(Layer {
-        socket: raw.socket,
-        control_socket: raw.control_socket,
-        state_dir: raw.state_dir,
-        page_size_mask: num64(raw.page_size_mask, "page-size-mask")?,
-        input_range: raw
-            .input_range
-            .map(|s| s.parse::<Range64>().map_err(bad("input-range")))
-            .transpose()?,
-        domain_range: raw
-            .domain_range
-            .map(|s| s.parse::<Range32>().map_err(bad("domain-range")))
-            .transpose()?,
-        endpoints: raw
-            .endpoints
-            .map(|s| s.parse::<EndpointSet>().map_err(bad("endpoints")))
-            .transpose()?,
-        reserved_regions: regions,
-        probe_size: num32(raw.probe_size, "probe-size")?,
-        bypass: raw.bypass,
-        legacy_bypass: raw.legacy_bypass,
-        max_mappings: num64(raw.max_mappings, "max-mappings")?,
-        poll_us: num64(raw.poll_us, "poll-us")?,
-        worker_sched: raw
-            .worker_sched
-            .map(|s| {
-                s.parse::<WorkerSched>()
-                    .map_err(|e| bad("worker-sched")(e.to_string()))
+    match errors.len() {
+        0 => Ok(l),
+        1 => Err(errors.remove(0)),
+        _ => Err(FileError::Several(errors)),
+    }
+}
+
+/// Where the value of one key goes, or its problem.
+struct Sink<'a> {
+    path: &'a Path,
+    key: &'static str,
+    shown: &'a str,
+    errors: &'a mut Vec<FileError>,
+}
+
+impl Sink<'_> {
+    /// The value, or None with the problem recorded (naming the key, quoting the value).
+    fn get<T>(&mut self, r: Result<T, String>) -> Option<T> {
+        r.map_err(|why| {
+            self.errors.push(FileError::Value {
+                path: self.path.to_owned(),
+                key: self.key,
+                why: format!("{}: {why}", self.shown),
             })
-            .transpose()?,
-        pasid_bits: num32(raw.pasid_bits, "pasid-bits")?
-            .map(|v| u8::try_from(v).map_err(|_| bad("pasid-bits")(format!("{v} is above 20"))))
-            .transpose()?,
-        user: raw.user,
-        seccomp: raw.seccomp,
-        backend: raw
-            .backend
-            .map(|s| s.parse::<BackendKind>().map_err(bad("backend")))
-            .transpose()?,
-        iommufd: raw
-            .iommufd
-            .map(|t| t.into_config().map_err(bad("iommufd")))
-            .transpose()?,
-    })
+        })
+        .ok()
+    }
+}
+
+/// A TOML value as `T` (toml's message says what it expected).
+fn typed<T: serde::de::DeserializeOwned>(v: toml::Value) -> Result<T, String> {
+    v.try_into::<T>()
+        .map_err(|e| e.to_string().trim_end().replace('\n', " "))
+}
+
+/// A TOML string parsed as `T`.
+fn parsed<T: std::str::FromStr>(v: toml::Value) -> Result<T, String>
+where
+    T::Err: std::fmt::Display,
+{
+    typed::<String>(v)?.parse::<T>().map_err(|e| e.to_string())
+}
+
+/// The line (1-based) where `key` is set, for messages.
+fn line_of(text: &str, key: &str) -> usize {
+    text.lines()
+        .position(|l| {
+            l.trim_start()
+                .strip_prefix(key)
+                .is_some_and(|r| r.trim_start().starts_with('='))
+        })
+        .map_or(0, |i| i + 1)
 }
 
 /// Check a list of region strings: `none` alone, or every entry parses.
@@ -399,6 +476,7 @@ pub fn resolve(flags: Layer, file: Option<(&Path, Layer)>) -> Result<Settings, F
         None => (None, Layer::default()),
     };
     let merged = flags.clone().over(file_layer.clone());
+    let mut errors = Vec::new();
     let mut device = DeviceConfig::default();
     if let Some(v) = merged.page_size_mask {
         device.page_size_mask = v;
@@ -413,10 +491,13 @@ pub fn resolve(flags: Layer, file: Option<(&Path, Layer)>) -> Result<Settings, F
         device.endpoints = e;
     }
     if let Some(list) = &merged.reserved_regions {
-        device.reserved = check_regions(list).map_err(|why| FileError::Flag {
-            key: "reserved-region",
-            why,
-        })?;
+        match check_regions(list) {
+            Ok(r) => device.reserved = r,
+            Err(why) => errors.push(FileError::Flag {
+                key: "reserved-region",
+                why,
+            }),
+        }
     }
     if let Some(v) = merged.probe_size {
         device.probe_size = v;
@@ -429,7 +510,7 @@ pub fn resolve(flags: Layer, file: Option<(&Path, Layer)>) -> Result<Settings, F
     if let Some(v) = merged.pasid_bits {
         device.pasid_bits = v;
     }
-    if let Err(err) = device.validate() {
+    for err in device.validate_all() {
         let key = error_key(&err);
         let origin = match file_path {
             Some(p) if !flags.sets(key) && file_layer.sets(key) => {
@@ -437,18 +518,24 @@ pub fn resolve(flags: Layer, file: Option<(&Path, Layer)>) -> Result<Settings, F
             }
             _ => "invalid configuration".to_string(),
         };
-        return Err(FileError::Invalid { origin, err });
+        errors.push(FileError::Invalid { origin, err });
     }
     let backend = match (merged.backend.unwrap_or_default(), merged.iommufd) {
         (BackendKind::Software, None) => BackendConfig::Software,
         (BackendKind::Software, Some(_)) => {
-            return Err(FileError::Flag {
+            errors.push(FileError::Flag {
                 key: "backend",
                 why: "an [iommufd] table is configured but the backend is `software`; set `backend = \"iommufd\"` or pass --backend iommufd".into(),
-            })
+            });
+            BackendConfig::Software
         }
         (BackendKind::Iommufd, c) => BackendConfig::Iommufd(c.unwrap_or_default()),
     };
+    match errors.len() {
+        0 => {}
+        1 => return Err(errors.remove(0)),
+        _ => return Err(FileError::Several(errors)),
+    }
     Ok(Settings {
         socket: merged.socket,
         control_socket: merged.control_socket,
@@ -553,9 +640,36 @@ seccomp = false
     fn unknown_keys_are_rejected() {
         let e = parse(p(), "socket = \"/a\"\npage-size = 4096\n").unwrap_err();
         let msg = e.to_string();
-        assert!(msg.contains("page-size"), "{msg}");
-        assert!(msg.contains("unknown field"), "{msg}");
-        assert!(msg.contains("line 2"), "{msg}");
+        assert!(msg.contains("unknown key `page-size` at line 2"), "{msg}");
+        assert!(msg.contains("page-size-mask"), "the known keys: {msg}");
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once_with_the_value_quoted() {
+        // A typo, a bad value and a wrong type in the file: all three in one run.
+        let text = "socket = \"/a\"\npage-size = 4096\ninput-range = \"0x1000-banana\"\nbypass = \"yes\"\n";
+        let e = parse(p(), text).unwrap_err();
+        let msgs = e.messages();
+        assert_eq!(msgs.len(), 3, "{msgs:?}");
+        let all = e.to_string();
+        assert!(all.starts_with("3 problems:"), "{all}");
+        assert!(all.contains("unknown key `page-size`"), "{all}");
+        assert!(
+            all.contains("key `input-range`: \"0x1000-banana\": "),
+            "the bad value is quoted: {all}"
+        );
+        assert!(all.contains("key `bypass`: \"yes\": "), "{all}");
+        // Range errors of the resolved configuration: all of them, with where each came from.
+        let l = parse(p(), "page-size-mask = 0x800\ndomain-range = \"9-3\"\n").unwrap();
+        let flags = Layer {
+            max_mappings: Some(0),
+            ..Layer::default()
+        };
+        let msgs = resolve(flags, Some((p(), l))).unwrap_err().messages();
+        assert_eq!(msgs.len(), 3, "{msgs:?}");
+        assert!(msgs[0].contains("key `page-size-mask`"), "{msgs:?}");
+        assert!(msgs[1].contains("key `domain-range`"), "{msgs:?}");
+        assert!(msgs[2].contains("--max-mappings"), "{msgs:?}");
     }
 
     #[test]

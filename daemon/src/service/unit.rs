@@ -10,7 +10,7 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use crate::host::iommufd::{pci_cdev, DeviceSource};
+use crate::host::iommufd::{pci_cdev, vfio_cdev, DeviceSource};
 use crate::host::BackendConfig;
 use crate::os::sched::WorkerSched;
 use crate::service::settings::Settings;
@@ -21,6 +21,12 @@ pub enum DropinError {
     Pci {
         endpoint: u32,
         bdf: String,
+        why: String,
+    },
+    #[error("endpoint {endpoint}: vfio = {path:?}: {why}")]
+    Vfio {
+        endpoint: u32,
+        path: PathBuf,
         why: String,
     },
 }
@@ -35,7 +41,15 @@ pub fn device_dropin(settings: &Settings, sysfs: &Path) -> Result<String, Dropin
         iommufd = c.iommufd.clone();
         for (ep, src) in &c.devices {
             match src {
-                DeviceSource::Vfio(p) => devices.push((*ep, p.clone())),
+                DeviceSource::Vfio(p) => {
+                    // Granting a node that is not this VM's VFIO device would be a hole.
+                    vfio_cdev(sysfs, p).map_err(|why| DropinError::Vfio {
+                        endpoint: *ep,
+                        path: p.clone(),
+                        why,
+                    })?;
+                    devices.push((*ep, p.clone()));
+                }
                 DeviceSource::Pci(bdf) => {
                     let p = pci_cdev(sysfs, bdf).map_err(|e| DropinError::Pci {
                         endpoint: *ep,
@@ -128,13 +142,20 @@ mod tests {
     fn vfio_and_pci_devices_are_allowed_one_by_one() {
         let sys = std::env::temp_dir().join(format!("vui-dropin-{}", std::process::id()));
         std::fs::create_dir_all(sys.join("bus/pci/devices/0000:00:05.0/vfio-dev/vfio7")).unwrap();
+        // A character device the fake sysfs calls a VFIO cdev (/dev/null, 1:3).
+        std::fs::create_dir_all(sys.join("dev/char/1:3")).unwrap();
+        std::os::unix::fs::symlink(
+            "../../../class/vfio-dev",
+            sys.join("dev/char/1:3/subsystem"),
+        )
+        .unwrap();
         let s = settings(
             r#"
 backend = "iommufd"
 [iommufd]
 fd-socket = "/run/launcher.sock"
 devices = [
-  { endpoint = 3, vfio = "/dev/vfio/devices/vfio2" },
+  { endpoint = 3, vfio = "/dev/null" },
   { endpoint = 5, pci = "0000:00:05.0" },
   { endpoint = 9, fd = true },
 ]
@@ -148,11 +169,20 @@ devices = [
         assert_eq!(
             allows,
             [
-                "DeviceAllow=/dev/vfio/devices/vfio2 rw",
+                "DeviceAllow=/dev/null rw",
                 "DeviceAllow=/dev/vfio/devices/vfio7 rw"
             ]
         );
         assert!(d.contains("endpoints 9 arrive as fds"), "{d}");
+        // A VFIO path that does not exist is not granted: an error naming the endpoint.
+        let s = settings(
+            "backend = \"iommufd\"\n[iommufd]\ndevices = [{ endpoint = 2, vfio = \"/dev/vfio/devices/vfio2\" }]\n",
+        );
+        let e = device_dropin(&s, &sys).unwrap_err().to_string();
+        assert!(
+            e.contains("endpoint 2") && e.contains("/dev/vfio/devices/vfio2"),
+            "{e}"
+        );
         // An unbound PCI device is an error naming the endpoint.
         let s = settings(
             "backend = \"iommufd\"\n[iommufd]\ndevices = [{ endpoint = 4, pci = \"0000:00:09.0\" }]\n",

@@ -102,3 +102,122 @@ pub fn pci_cdev(sysfs: &Path, bdf: &str) -> Result<PathBuf, SetupError> {
     }
     Err(no())
 }
+
+/// What can be checked of the configured host devices before the daemon starts (for
+/// `--check-config` and `systemd-dropin`): the iommufd node and each `vfio` path are character
+/// devices, each `vfio` path a VFIO device cdev (its sysfs class under `sysfs`, normally
+/// `/sys`, is `vfio-dev`), each `pci` address has one (it is bound to vfio-pci). One message
+/// per problem.
+pub fn check_sources(cfg: &IommufdConfig, sysfs: &Path) -> Vec<String> {
+    let mut problems = Vec::new();
+    if let Some(p) = &cfg.iommufd {
+        if let Err(why) = char_device(p) {
+            problems.push(format!("iommufd = {:?}: {why}", p.display().to_string()));
+        }
+    }
+    for (ep, src) in &cfg.devices {
+        let r = match src {
+            DeviceSource::Vfio(p) => vfio_cdev(sysfs, p)
+                .map_err(|why| format!("vfio = {:?}: {why}", p.display().to_string())),
+            DeviceSource::Pci(bdf) => pci_cdev(sysfs, bdf)
+                .map(|_| ())
+                .map_err(|e| format!("pci = {bdf:?}: {e}")),
+            DeviceSource::Passed | DeviceSource::Mock => Ok(()),
+        };
+        if let Err(why) = r {
+            problems.push(format!("[iommufd] endpoint {ep}: {why}"));
+        }
+    }
+    problems
+}
+
+/// `path` is a character device: its (major, minor).
+fn char_device(path: &Path) -> Result<(u32, u32), String> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let md = std::fs::metadata(path).map_err(|e| e.to_string())?;
+    if !md.file_type().is_char_device() {
+        return Err("not a character device".into());
+    }
+    let rdev = md.rdev();
+    Ok((libc::major(rdev), libc::minor(rdev)))
+}
+
+/// `path` is a VFIO device cdev (`/dev/vfio/devices/vfioN`).
+pub fn vfio_cdev(sysfs: &Path, path: &Path) -> Result<(), String> {
+    let (major, minor) = char_device(path)?;
+    let class = std::fs::read_link(sysfs.join(format!("dev/char/{major}:{minor}/subsystem")))
+        .ok()
+        .and_then(|l| l.file_name().and_then(|n| n.to_str()).map(String::from));
+    match class.as_deref() {
+        Some("vfio-dev") => Ok(()),
+        Some(other) => Err(format!(
+            "not a VFIO device cdev (device {major}:{minor} is of class {other}); VFIO device \
+             cdevs are /dev/vfio/devices/vfioN"
+        )),
+        None => Err(format!(
+            "not a VFIO device cdev (no sysfs entry for device {major}:{minor})"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod check_tests {
+    use super::*;
+
+    /// A sysfs root where char device 1:3 (/dev/null) has class `class`.
+    fn sysfs(tag: &str, class: &str) -> PathBuf {
+        let root = std::env::temp_dir().join(format!("vui-sysfs-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let dev = root.join("dev/char/1:3");
+        std::fs::create_dir_all(&dev).unwrap();
+        std::os::unix::fs::symlink(format!("../../../class/{class}"), dev.join("subsystem"))
+            .unwrap();
+        root
+    }
+
+    #[test]
+    fn vfio_paths_must_be_vfio_cdevs() {
+        let vfio = sysfs("vfio", "vfio-dev");
+        let mem = sysfs("mem", "mem");
+        let null = Path::new("/dev/null");
+        assert_eq!(vfio_cdev(&vfio, null), Ok(()));
+        let e = vfio_cdev(&mem, null).unwrap_err();
+        assert!(e.contains("of class mem"), "{e}");
+        let e = vfio_cdev(&vfio, Path::new("/dev/vfio/devices/no-such-vfio")).unwrap_err();
+        assert!(e.contains("No such file"), "{e}");
+        let e = vfio_cdev(&vfio, Path::new("/")).unwrap_err();
+        assert!(e.contains("not a character device"), "{e}");
+
+        let cfg = IommufdConfig {
+            iommufd: Some(PathBuf::from("/no/iommu")),
+            fd_socket: None,
+            devices: BTreeMap::from([
+                (
+                    1,
+                    DeviceSource::Vfio(PathBuf::from("/dev/vfio/devices/vfio2")),
+                ),
+                (2, DeviceSource::Vfio(null.to_path_buf())),
+                (3, DeviceSource::Pci("0000:00:09.0".into())),
+                (4, DeviceSource::Mock),
+            ]),
+        };
+        let problems = check_sources(&cfg, &mem);
+        assert_eq!(problems.len(), 4, "{problems:?}");
+        assert!(
+            problems[0].starts_with("iommufd = \"/no/iommu\""),
+            "{problems:?}"
+        );
+        assert!(
+            problems[1].starts_with("[iommufd] endpoint 1: vfio = \"/dev/vfio/devices/vfio2\""),
+            "{problems:?}"
+        );
+        assert!(problems[2].contains("endpoint 2"), "{problems:?}");
+        assert!(
+            problems[3].contains("pci = \"0000:00:09.0\""),
+            "{problems:?}"
+        );
+        for d in [vfio, mem] {
+            std::fs::remove_dir_all(d).unwrap();
+        }
+    }
+}

@@ -69,7 +69,7 @@ use model::host::{
 use serde_json::Value;
 
 pub use backend::IommufdBackend;
-pub use config::{pci_cdev, DeviceSource, IommufdConfig, SetupError};
+pub use config::{check_sources, pci_cdev, vfio_cdev, DeviceSource, IommufdConfig, SetupError};
 use device::move_domain;
 use domain::Domain;
 use hwpt::Space;
