@@ -57,6 +57,10 @@ struct RunArgs {
     /// given on the command line override it).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Read this file instead when the --config file does not exist (the packaged service:
+    /// /etc/vhost-user-iommu/VM.toml if the VM has one, else default.toml next to it).
+    #[arg(long, value_name = "FILE", requires = "config")]
+    default_config: Option<PathBuf>,
     /// Validate the configuration (file and options), print it and exit: 0 if valid, 1 if not.
     #[arg(long)]
     check_config: bool,
@@ -115,12 +119,21 @@ enum Query {
     },
 }
 
+/// The config file to read: --config, or --default-config when that does not exist.
+fn config_path(a: &RunArgs) -> Option<&std::path::Path> {
+    let config = a.config.as_deref()?;
+    match &a.default_config {
+        Some(d) if !config.exists() => Some(d.as_path()),
+        _ => Some(config),
+    }
+}
+
 fn settings(a: &RunArgs) -> Result<Settings, String> {
-    let file = match &a.config {
-        Some(path) => Some((
-            path.as_path(),
-            settings::load(path).map_err(|e| e.to_string())?,
-        )),
+    if let (Some(path), Some(_)) = (config_path(a), &a.default_config) {
+        log::info!("configuration: {}", path.display());
+    }
+    let file = match config_path(a) {
+        Some(path) => Some((path, settings::load(path).map_err(|e| e.to_string())?)),
         None => None,
     };
     settings::resolve(a.settings.clone(), file).map_err(|e| e.to_string())
@@ -157,6 +170,9 @@ fn print_settings(s: &Settings) {
         "worker-sched": s.worker_sched.to_string(),
         "pasid-bits": d.pasid_bits,
         "user": s.user,
+        "socket-user": s.socket_access.user,
+        "socket-group": s.socket_access.group,
+        "socket-mode": s.socket_access.mode.map(|m| format!("{m:04o}")),
         "seccomp": s.seccomp,
         "backend": backend_json(&s.backend),
     });
@@ -290,9 +306,9 @@ fn run_daemon(a: &RunArgs) -> Result<(), String> {
 /// the options, their combination, and the host devices the configuration names) as JSON on
 /// stdout and as text on stderr, and exit 1.
 fn check_config(a: &RunArgs) -> Result<(), String> {
-    let file = match &a.config {
+    let file = match config_path(a) {
         Some(path) => match settings::load(path) {
-            Ok(l) => Some((path.as_path(), l)),
+            Ok(l) => Some((path, l)),
             Err(e) => return Err(config_problems(e.messages())),
         },
         None => None,

@@ -246,3 +246,126 @@ fn the_documented_example_config_is_valid() {
     assert_eq!(v["seccomp"], true);
     assert!(v["backend"]["iommufd"].is_object(), "{v}");
 }
+
+/// `--socket-user`, `--socket-group`, `--socket-mode` (and their config keys): the vhost-user
+/// socket the daemon binds has that owner, group and mode (stat), and a bad name stops the
+/// start with a message naming the option.
+#[test]
+fn socket_owner_group_and_mode_are_applied() {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    use std::time::{Duration, Instant};
+    let dir = std::env::temp_dir().join(format!("vui-cli-sockown-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let sock = dir.join("vm.sock");
+    // SAFETY: geteuid/getegid cannot fail.
+    let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    // As root: another owner and group (numeric ids without entries are taken as such, the
+    // group from the file); otherwise our own group, which needs no privilege.
+    let (user_args, owner, group) = if euid == 0 {
+        (vec!["--socket-user", "4000123"], 4_000_123, 4_000_124)
+    } else {
+        (vec![], euid, egid)
+    };
+    let config = temp_file(
+        "sockown.toml",
+        &format!("socket-group = \"{group}\"\nsocket-mode = \"0600\"\n"),
+    );
+    let mut args = vec![
+        "--config".to_string(),
+        config.display().to_string(),
+        "--socket".to_string(),
+        sock.display().to_string(),
+        "--socket-mode".to_string(),
+        "0660".to_string(),
+        "--no-seccomp".to_string(),
+    ];
+    args.extend(user_args.iter().map(ToString::to_string));
+    let mut child = Command::new(BIN)
+        .args(&args)
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the daemon");
+    let ctl = dir.join("vm.sock.ctl");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !ctl.exists() {
+        if Instant::now() > deadline || child.try_wait().expect("try_wait").is_some() {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("output");
+            panic!("no socket: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let md = std::fs::symlink_metadata(&sock).expect("stat the socket");
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(md.file_type().is_socket());
+    // The flag's mode wins over the file's; the file's group applies.
+    assert_eq!(
+        (md.uid(), md.gid(), md.mode() & 0o7777),
+        (owner, group, 0o660),
+        "socket owner/group/mode"
+    );
+    let _ = std::fs::remove_file(&sock);
+    let _ = std::fs::remove_file(&ctl);
+
+    let out = run(&[
+        "--socket",
+        sock.to_str().expect("utf-8"),
+        "--socket-group",
+        "no-such-group-vui",
+        "--no-seccomp",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--socket-group \"no-such-group-vui\": group"),
+        "{err}"
+    );
+    assert!(!sock.exists(), "no socket left behind");
+    let out = run(&["--socket", "/tmp/x.sock", "--socket-mode", "rw"]);
+    assert_eq!(out.status.code(), Some(2), "clap refuses a bad mode");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `--default-config`: read when the `--config` file does not exist (the packaged unit's
+/// fallback to /etc/vhost-user-iommu/default.toml), ignored when it does.
+#[test]
+fn default_config_is_read_when_the_vm_file_is_missing() {
+    let default = temp_file("default.toml", "probe-size = 1024\n");
+    let vm = temp_file("vm-own.toml", "probe-size = 2048\n");
+    let missing = vm.with_file_name("vm-missing.toml");
+    let (code, v, err) = check(
+        &missing,
+        &["--default-config", default.to_str().expect("utf-8")],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(v["probe-size"], 1024);
+    let (code, v, err) = check(&vm, &["--default-config", default.to_str().expect("utf-8")]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(v["probe-size"], 2048);
+}
+
+/// The config the Debian package installs as /etc/vhost-user-iommu/default.toml is valid, and
+/// every key it shows (commented out) is a real key with a valid value.
+#[test]
+fn the_packaged_default_config_is_valid() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../systemd/default.toml");
+    let (code, _, err) = check(Path::new(path), &[]);
+    assert_eq!(code, 0, "{err}");
+    let text = std::fs::read_to_string(path).expect("read default.toml");
+    // Uncomment every `# key = value` line: still valid.
+    let uncommented: String = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# "))
+        .filter(|l| l.contains(" = ") && !l.starts_with(' '))
+        .map(|l| format!("{}\n", l.split("  #").next().unwrap_or(l).trim_end()))
+        .collect();
+    assert!(uncommented.contains("socket-mode"), "{uncommented}");
+    let p = temp_file("default-uncommented.toml", &uncommented);
+    let (code, v, err) = check(&p, &[]);
+    assert_eq!(code, 0, "{uncommented}\n{err}");
+    assert_eq!(v["socket-mode"], "0660");
+}

@@ -81,6 +81,9 @@ enum Cmd {
         #[arg(long, value_enum, default_value_t = Format::Shell)]
         format: Format,
     },
+    /// Print the manual page (roff) generated from this command line to stdout.
+    #[command(hide = true)]
+    Man,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -104,6 +107,8 @@ enum Error {
     },
     #[error("{0} is not behind the IOMMU in this VIOT (or is the IOMMU itself)")]
     NotCovered(PciAddress),
+    #[error("cannot write the man page: {0}")]
+    Man(std::io::Error),
 }
 
 fn read_viot(path: &Path) -> Result<Viot, QemuError> {
@@ -119,6 +124,15 @@ fn read_viot(path: &Path) -> Result<Viot, QemuError> {
 
 fn run(cli: Cli) -> Result<(), Error> {
     match cli.cmd {
+        Cmd::Man => {
+            use clap::CommandFactory;
+            use std::io::Write;
+            let mut page = Vec::new();
+            clap_mangen::Man::new(Cli::command().name("vhost-user-iommu-glue"))
+                .render(&mut page)
+                .map_err(Error::Man)?;
+            std::io::stdout().write_all(&page).map_err(Error::Man)?;
+        }
         Cmd::Viot { iommu, ranges, out } => {
             let viot = Viot::new(iommu, ranges)?;
             let bytes = viot.to_bytes();

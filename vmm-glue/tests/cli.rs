@@ -193,3 +193,24 @@ fn user_errors_say_what_to_fix() {
         "{out:?}"
     );
 }
+
+/// docs/man/vhost-user-iommu-glue.1 (installed by the Debian package) is what the binary
+/// generates.
+#[test]
+fn the_committed_man_page_is_up_to_date() {
+    let out = glue(&["man"]);
+    assert!(out.status.success());
+    let page = String::from_utf8(out.stdout).unwrap();
+    assert!(page.contains(".TH vhost-user-iommu-glue"), "{page}");
+    assert!(page.contains("qemu\\-args"), "subcommands listed");
+    let committed = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../docs/man/vhost-user-iommu-glue.1"
+    ))
+    .unwrap_or_default();
+    assert!(
+        committed == page,
+        "docs/man/vhost-user-iommu-glue.1 is stale: regenerate it with \
+         `cargo run -p vhost-user-iommu-glue -- man > docs/man/vhost-user-iommu-glue.1`"
+    );
+}

@@ -21,6 +21,10 @@ pub enum PrivilegeError {
     },
     #[error("--user {0:?}: privileges could be regained after the switch; refusing to run")]
     NotDropped(String),
+    #[error("group {0:?}: no such group")]
+    NoSuchGroup(String),
+    #[error("group {group:?}: cannot look the group up: {err}")]
+    GroupLookup { group: String, err: io::Error },
 }
 
 /// A user to run as: its uid and primary gid.
@@ -108,6 +112,44 @@ fn check(
     }
 }
 
+/// Look up a group by name, or take a numeric gid.
+pub fn lookup_group(group: &str) -> Result<u32, PrivilegeError> {
+    let name = CString::new(group).map_err(|_| PrivilegeError::NoSuchGroup(group.to_string()))?;
+    let mut buf: Vec<libc::c_char> = vec![0; 4096];
+    loop {
+        // SAFETY: group is a plain C struct; all-zero is a valid value for it.
+        let mut grp: libc::group = unsafe { std::mem::zeroed() };
+        let mut result: *mut libc::group = std::ptr::null_mut();
+        // SAFETY: `name` is a C string, `grp`/`result` point to live locals, and `buf` is a
+        // writable buffer of the given length.
+        let r = unsafe {
+            libc::getgrnam_r(
+                name.as_ptr(),
+                &mut grp,
+                buf.as_mut_ptr(),
+                buf.len(),
+                &mut result,
+            )
+        };
+        if r == libc::ERANGE && buf.len() < (1 << 20) {
+            buf.resize(buf.len() * 2, 0);
+            continue;
+        }
+        if r != 0 {
+            return Err(PrivilegeError::GroupLookup {
+                group: group.to_string(),
+                err: io::Error::from_raw_os_error(r),
+            });
+        }
+        if !result.is_null() {
+            return Ok(grp.gr_gid);
+        }
+        return group
+            .parse::<u32>()
+            .map_err(|_| PrivilegeError::NoSuchGroup(group.to_string()));
+    }
+}
+
 /// Switch the whole process (all threads: glibc broadcasts set*id) to `user`: supplementary
 /// groups dropped, real/effective/saved ids all changed. Call before starting threads.
 pub fn drop_to(user: &str) -> Result<Identity, PrivilegeError> {
@@ -173,6 +215,12 @@ mod tests {
         assert!(matches!(
             lookup("no-such-user-vui"),
             Err(PrivilegeError::NoSuchUser(_))
+        ));
+        assert_eq!(lookup_group("root").unwrap(), 0);
+        assert_eq!(lookup_group("4000125").unwrap(), 4_000_125);
+        assert!(matches!(
+            lookup_group("no-such-group-vui"),
+            Err(PrivilegeError::NoSuchGroup(_))
         ));
     }
 }

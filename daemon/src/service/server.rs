@@ -15,10 +15,10 @@ use vmm_sys_util::epoll::EventSet;
 
 use crate::control::{self, ConnectionInfo, ControlError};
 use crate::os::sandbox::{self, Role, SandboxError};
-use crate::os::socket::bind_unix;
+use crate::os::socket::{bind_unix_with, SocketAccess};
 use crate::service::activation::{self, ActivationError};
 use crate::service::privilege::{self, PrivilegeError};
-use crate::service::settings::Settings;
+use crate::service::settings::{Settings, SocketOwner};
 use crate::transport::{Shared, VhostDevice, VhostError, PAGE_REQUEST_EVENT_ID, WAKE_EVENT_ID};
 use model::device::Device;
 
@@ -30,6 +30,12 @@ pub enum ServerError {
     Activation(#[from] ActivationError),
     #[error("no vhost-user socket: pass --socket (or `socket` in the config file), or start the daemon through systemd socket activation")]
     NoSocket,
+    #[error("--{option} {value:?}: {why}")]
+    SocketOwner {
+        option: &'static str,
+        value: String,
+        why: String,
+    },
     #[error("the inherited vhost-user listener has no path; pass --control-socket")]
     NoControlPath,
     #[error(transparent)]
@@ -98,6 +104,40 @@ fn spawn_signal_thread(
     Ok(())
 }
 
+/// The configured owner, group and mode of the vhost-user socket, names looked up.
+fn socket_access(o: &SocketOwner) -> Result<SocketAccess, ServerError> {
+    let uid = match &o.user {
+        Some(u) => Some(
+            privilege::lookup(u)
+                .map_err(|e| ServerError::SocketOwner {
+                    option: "socket-user",
+                    value: u.clone(),
+                    why: match e {
+                        PrivilegeError::NoSuchUser(_) => "no such user".to_string(),
+                        e => e.to_string(),
+                    },
+                })?
+                .uid,
+        ),
+        None => None,
+    };
+    let gid = match &o.group {
+        Some(g) => Some(
+            privilege::lookup_group(g).map_err(|e| ServerError::SocketOwner {
+                option: "socket-group",
+                value: g.clone(),
+                why: e.to_string(),
+            })?,
+        ),
+        None => None,
+    };
+    Ok(SocketAccess {
+        uid,
+        gid,
+        mode: o.mode,
+    })
+}
+
 /// `path` + `.ctl`.
 fn default_control_path(socket: &Path) -> PathBuf {
     let mut p = socket.to_owned().into_os_string();
@@ -124,11 +164,19 @@ pub fn run(cfg: Settings) -> Result<(), ServerError> {
                 path.as_ref()
                     .map_or("no path".to_string(), |p| p.display().to_string())
             );
+            if !cfg.socket_access.is_default() {
+                warn!(
+                    "socket-user, socket-group and socket-mode apply to a socket the daemon \
+                     creates; the inherited one keeps what the service manager gave it (the \
+                     socket unit's SocketUser=, SocketGroup=, SocketMode=)"
+                );
+            }
             (l, path, true)
         }
         None => {
             let path = cfg.socket.clone().ok_or(ServerError::NoSocket)?;
-            let l = bind_unix(&path).map_err(|err| ServerError::Socket {
+            let access = socket_access(&cfg.socket_access)?;
+            let l = bind_unix_with(&path, &access).map_err(|err| ServerError::Socket {
                 path: path.clone(),
                 err,
             })?;

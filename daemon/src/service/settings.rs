@@ -107,6 +107,9 @@ const KEYS: &[&str] = &[
     "worker-sched",
     "pasid-bits",
     "user",
+    "socket-user",
+    "socket-group",
+    "socket-mode",
     "seccomp",
     "backend",
     "iommufd",
@@ -230,6 +233,20 @@ pub struct Layer {
     /// Needs root (or CAP_SETUID/CAP_SETGID).
     #[arg(long, value_name = "USER")]
     pub user: Option<String>,
+    /// Owner (user name or uid) of the vhost-user socket the daemon creates (`--socket`); needs
+    /// root or CAP_CHOWN. Under socket activation the socket unit's SocketUser= decides.
+    #[arg(long, value_name = "USER")]
+    pub socket_user: Option<String>,
+    /// Group (name or gid) of the vhost-user socket the daemon creates, e.g. the group the
+    /// VMM runs in (libvirt: `kvm` or `qemu`). Under socket activation the socket unit's
+    /// SocketGroup= decides.
+    #[arg(long, value_name = "GROUP")]
+    pub socket_group: Option<String>,
+    /// Permission bits (octal, e.g. 0660) of the vhost-user socket the daemon creates; a
+    /// frontend needs write permission to connect [default: from the umask]. Under socket
+    /// activation the socket unit's SocketMode= decides.
+    #[arg(long, value_name = "MODE", value_parser = parse_mode)]
+    pub socket_mode: Option<u32>,
     /// Do not install the seccomp system-call filters (for debugging only). In the config
     /// file: `seccomp = false`.
     #[arg(long = "no-seccomp", num_args = 0, default_missing_value = "false")]
@@ -255,12 +272,46 @@ pub struct Settings {
     pub device: DeviceConfig,
     /// Switch to this user (name or numeric uid) once the sockets are open.
     pub user: Option<String>,
+    /// Owner, group and mode of the vhost-user socket when the daemon binds it.
+    pub socket_access: SocketOwner,
     pub seccomp: bool,
     /// Request-queue polling window (None: sleep on the kick eventfd).
     pub poll: Option<std::time::Duration>,
     /// Scheduling policy of the request-queue worker thread.
     pub worker_sched: WorkerSched,
     pub backend: BackendConfig,
+}
+
+/// Who the vhost-user socket belongs to, as configured (names are looked up when it is bound).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SocketOwner {
+    pub user: Option<String>,
+    pub group: Option<String>,
+    pub mode: Option<u32>,
+}
+
+impl SocketOwner {
+    pub fn is_default(&self) -> bool {
+        *self == SocketOwner::default()
+    }
+}
+
+/// Socket permission bits: octal digits with an optional `0` or `0o` prefix (`0660`, `660`,
+/// `0o660`), at most 0777.
+pub fn parse_mode(s: &str) -> Result<u32, String> {
+    let t = s.trim();
+    let digits = t.strip_prefix("0o").unwrap_or(t);
+    if digits.is_empty() || !digits.bytes().all(|b| (b'0'..=b'7').contains(&b)) {
+        return Err(format!(
+            "{s:?} is not an octal mode (write it like \"0660\")"
+        ));
+    }
+    match u32::from_str_radix(digits, 8) {
+        Ok(m) if m <= 0o777 => Ok(m),
+        _ => Err(format!(
+            "{s:?}: only the permission bits (at most 0777) can be set on a socket"
+        )),
+    }
 }
 
 /// Read and parse a config file.
@@ -336,6 +387,14 @@ pub fn parse(path: &Path, text: &str) -> Result<Layer, FileError> {
                     }
                 }))
             }
+            "socket-user" => l.socket_user = sink.get(typed(value).and_then(non_empty)),
+            "socket-group" => l.socket_group = sink.get(typed(value).and_then(non_empty)),
+            "socket-mode" => {
+                l.socket_mode = sink.get(match value {
+                    toml::Value::String(s) => parse_mode(&s),
+                    _ => Err("write the mode as an octal string, like \"0660\"".to_string()),
+                })
+            }
             "seccomp" => l.seccomp = sink.get(typed(value)),
             "backend" => l.backend = sink.get(parsed(value)),
             "iommufd" => {
@@ -370,6 +429,15 @@ impl Sink<'_> {
             })
         })
         .ok()
+    }
+}
+
+/// A name that must not be empty.
+fn non_empty(s: String) -> Result<String, String> {
+    if s.is_empty() {
+        Err("must not be empty".into())
+    } else {
+        Ok(s)
     }
 }
 
@@ -448,6 +516,9 @@ impl Layer {
             worker_sched: self.worker_sched.or(base.worker_sched),
             pasid_bits: self.pasid_bits.or(base.pasid_bits),
             user: self.user.or(base.user),
+            socket_user: self.socket_user.or(base.socket_user),
+            socket_group: self.socket_group.or(base.socket_group),
+            socket_mode: self.socket_mode.or(base.socket_mode),
             seccomp: self.seccomp.or(base.seccomp),
             backend: self.backend.or(base.backend),
             iommufd: self.iommufd.or(base.iommufd),
@@ -542,6 +613,11 @@ pub fn resolve(flags: Layer, file: Option<(&Path, Layer)>) -> Result<Settings, F
         state_dir: merged.state_dir,
         device,
         user: merged.user,
+        socket_access: SocketOwner {
+            user: merged.socket_user,
+            group: merged.socket_group,
+            mode: merged.socket_mode,
+        },
         seccomp: merged.seccomp.unwrap_or(true),
         poll: merged
             .poll_us
@@ -570,6 +646,9 @@ legacy-bypass = false
 max-mappings = 65536
 worker-sched = "deadline:250/1000"
 user = "nobody"
+socket-user = "root"
+socket-group = "kvm"
+socket-mode = "0660"
 seccomp = false
 "#;
 
@@ -606,7 +685,47 @@ seccomp = false
             }
         );
         assert_eq!(s.user.as_deref(), Some("nobody"));
+        assert_eq!(
+            s.socket_access,
+            SocketOwner {
+                user: Some("root".into()),
+                group: Some("kvm".into()),
+                mode: Some(0o660),
+            }
+        );
         assert!(!s.seccomp);
+    }
+
+    #[test]
+    fn socket_mode_is_octal_and_only_permission_bits() {
+        assert_eq!(parse_mode("0660"), Ok(0o660));
+        assert_eq!(parse_mode("660"), Ok(0o660));
+        assert_eq!(parse_mode("0o600"), Ok(0o600));
+        assert_eq!(parse_mode("0777"), Ok(0o777));
+        for bad in ["", "0o", "0689", "rw-rw----", "04770", "1000", "-1"] {
+            assert!(parse_mode(bad).is_err(), "{bad:?}");
+        }
+        // In the file: a string; a TOML integer (decimal 660 is not 0660) is refused.
+        let msg = parse(p(), "socket-mode = 660").unwrap_err().to_string();
+        assert!(
+            msg.contains("key `socket-mode`") && msg.contains("\"0660\""),
+            "{msg}"
+        );
+        let msg = parse(p(), "socket-mode = \"0999\"")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("key `socket-mode`"), "{msg}");
+        let msg = parse(p(), "socket-group = \"\"").unwrap_err().to_string();
+        assert!(msg.contains("key `socket-group`"), "{msg}");
+        // The flag overrides the file, key by key.
+        let l = parse(p(), "socket-mode = \"0600\"\nsocket-group = \"kvm\"\n").unwrap();
+        let flags = Layer {
+            socket_mode: Some(0o660),
+            ..Layer::default()
+        };
+        let s = resolve(flags, Some((p(), l))).unwrap();
+        assert_eq!(s.socket_access.mode, Some(0o660));
+        assert_eq!(s.socket_access.group.as_deref(), Some("kvm"));
     }
 
     #[test]
