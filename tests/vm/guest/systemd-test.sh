@@ -1,0 +1,99 @@
+#!/bin/bash
+# The `systemd` VM test, in a Debian trixie guest with systemd as PID 1 (run by vui-test.service,
+# see tests/vm/systemd.sh): install the package as docs/OPERATORS.md says, enable a VM
+# instance, connect through the socket-activated service and look at it the way an operator
+# does. Output goes to ttyS0: VUI-RESULT lines, then VUI-DONE.
+H=/mnt/host
+VM=vm1
+SOCK=/run/vhost-user-iommu/$VM.sock
+CTL=$SOCK.ctl
+SVC=vhost-user-iommu@$VM.service
+SOCKU=vhost-user-iommu@$VM.socket
+FAILS=0
+result() {
+    local n=$1 v=$2; shift 2
+    echo "VUI-RESULT $n $v $(echo "$*" | tr '\n' '|' | cut -c1-400)"
+    [ "$v" = PASS ] || FAILS=$((FAILS + 1))
+}
+# expect NAME DETAIL CMD...: PASS when CMD succeeds.
+expect() {
+    local n=$1 d=$2; shift 2
+    if "$@"; then result "$n" PASS "$d"; else result "$n" FAIL "$d"; fi
+}
+wait_for() { # wait_for SECONDS CMD...
+    local t=$(($1 * 10)); shift
+    while ! "$@"; do t=$((t - 1)); [ $t -gt 0 ] || return 1; sleep 0.1; done
+}
+echo "VUI-START $(uname -r); systemd $(systemctl --version | head -n1); PID 1: $(cat /proc/1/comm)"
+expect pid1-is-systemd "$(cat /proc/1/comm)" test "$(cat /proc/1/comm)" = systemd
+
+install -m 0755 $H/vui-frontend /usr/local/bin/vui-frontend
+
+# 1. The install: dpkg -i, then systemctl enable --now (docs/OPERATORS.md, "Install").
+out=$(dpkg -i $H/vhost-user-iommu_*.deb 2>&1)
+expect dpkg-install "$(echo "$out" | tail -n 2)" dpkg -s vhost-user-iommu
+expect user-created "$(getent passwd vhost-user-iommu)" getent passwd vhost-user-iommu
+expect default-config-conffile "$(dpkg-query -W -f='${Conffiles}' vhost-user-iommu)" \
+    sh -c "dpkg-query -W -f='\${Conffiles}' vhost-user-iommu | grep -q /etc/vhost-user-iommu/default.toml"
+expect man-pages "$(ls /usr/share/man/man1/vhost-user-iommu* 2>&1)" \
+    test -f /usr/share/man/man1/vhost-user-iommu.1.gz -a -f /usr/share/man/man1/vhost-user-iommu-glue.1.gz
+expect glue-installed "$(vhost-user-iommu-glue --version 2>&1)" vhost-user-iommu-glue --version
+out=$(systemd-analyze verify --man=no /usr/lib/systemd/system/$SVC /usr/lib/systemd/system/$SOCKU 2>&1)
+expect units-verify "${out:-clean}" test -z "$out"
+out=$(systemctl enable --now $SOCKU 2>&1)
+expect enable-now "$out" systemctl is-active --quiet $SOCKU
+expect socket-listening "$(ls -l $SOCK 2>&1)" test -S $SOCK
+expect socket-owner "$(stat -c '%U:%G %a' $SOCK 2>&1)" test "$(stat -c '%U:%G %a' $SOCK)" = "vhost-user-iommu:vhost-user-iommu 660"
+expect service-not-started-yet "$(systemctl is-active $SVC)" test "$(systemctl is-active $SVC)" = inactive
+
+# 2. Socket activation: the first connection starts the service, as its own user.
+vui-frontend $SOCK 120 >/tmp/frontend.log 2>&1 &
+FE=$!
+wait_for 60 grep -q "holding the connection" /tmp/frontend.log
+expect frontend-attach-map "$(cat /tmp/frontend.log)" grep -q "holding the connection" /tmp/frontend.log
+expect service-active "$(systemctl is-active $SVC)" test "$(systemctl is-active $SVC)" = active
+pid=$(systemctl show -p MainPID --value $SVC)
+user=$(ps -o user= -p "$pid" 2>/dev/null | tr -d ' ')
+expect runs-as-own-user "pid $pid user $user" test "$user" = vhost-user-iommu
+out=$(systemctl status --no-pager $SVC 2>&1)
+expect systemctl-status "$(echo "$out" | grep -E 'Active:|Status:')" \
+    sh -c "echo \"\$1\" | grep -q 'active (running)' && echo \"\$1\" | grep -q 'serving a frontend'" _ "$out"
+out=$(journalctl --no-pager -u $SVC 2>&1)
+expect journalctl-u "$(echo "$out" | grep -E 'passed by the service manager|frontend connected' | cut -c1-200)" \
+    sh -c "echo \"\$1\" | grep -q 'passed by the service manager' && echo \"\$1\" | grep -q 'frontend connected'" _ "$out"
+expect control-socket "$(stat -c '%U %a' $CTL 2>&1)" test -S $CTL
+out=$(vhost-user-iommu ctl --control-socket $CTL status 2>&1)
+expect ctl-status "$(echo "$out" | tr -d ' \n' | cut -c1-200)" \
+    sh -c "echo \"\$1\" | tr -d ' \n' | grep -q '\"connected\":true'" _ "$out"
+out=$(vhost-user-iommu ctl --control-socket $CTL domains 2>&1)
+expect ctl-domains "$(echo "$out" | tr -d ' \n' | cut -c1-200)" sh -c "echo \"\$1\" | grep -q mappings" _ "$out"
+kill $FE 2>/dev/null; wait $FE 2>/dev/null
+expect service-survives-disconnect "$(systemctl is-active $SVC)" \
+    wait_for 10 sh -c "journalctl --no-pager -u $SVC | grep -q 'frontend disconnected' && systemctl is-active --quiet $SVC"
+
+# 3. Owner, group and mode per VM through a drop-in (docs/OPERATORS.md, "Who may connect").
+mkdir -p /etc/systemd/system/$SOCKU.d
+printf '[Socket]\nSocketGroup=kvm\nSocketMode=0660\n' >/etc/systemd/system/$SOCKU.d/vmm.conf
+getent group kvm >/dev/null || groupadd -r kvm
+systemctl daemon-reload
+systemctl stop $SVC
+systemctl restart $SOCKU
+expect dropin-socket-group "$(stat -c '%U:%G %a' $SOCK 2>&1)" test "$(stat -c '%U:%G %a' $SOCK)" = "vhost-user-iommu:kvm 660"
+# A VMM user in group kvm (not root) connects.
+useradd -r -M -G kvm vmm 2>/dev/null
+out=$(runuser -u vmm -- vui-frontend $SOCK 0 2>&1)
+expect vmm-user-connects "$(echo "$out" | tail -n 1)" sh -c "echo \"\$1\" | grep -q 'status 0'" _ "$out"
+useradd -r -M other 2>/dev/null
+out=$(runuser -u other -- vui-frontend $SOCK 0 2>&1)
+expect other-user-refused "$(echo "$out" | tail -n 1)" sh -c "echo \"\$1\" | grep -qi 'permission denied'" _ "$out"
+
+# 4. Stop: the service and its socket go, and so do both socket files.
+systemctl stop $SOCKU $SVC
+expect stopped "$(systemctl is-active $SVC $SOCKU | tr '\n' ' ')" \
+    sh -c "! systemctl is-active --quiet $SVC && ! systemctl is-active --quiet $SOCKU"
+expect sockets-removed "$(ls /run/vhost-user-iommu 2>&1)" sh -c "test ! -e $SOCK && test ! -e $CTL"
+
+journalctl --no-pager -b >$H/journal.txt 2>&1
+echo "VUI-DONE rc=$FAILS"
+# (No D-Bus in this guest: systemctl says so, then uses systemd's private socket.)
+systemctl --no-block poweroff 2>/dev/null
