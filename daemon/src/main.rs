@@ -315,12 +315,16 @@ fn check_config(a: &RunArgs) -> Result<(), String> {
     };
     let s =
         settings::resolve(a.settings.clone(), file).map_err(|e| config_problems(e.messages()))?;
+    let mut problems = Vec::new();
     if let BackendConfig::Iommufd(c) = &s.backend {
-        let problems =
-            vhost_user_iommu::host::iommufd::check_sources(c, std::path::Path::new("/sys"));
-        if !problems.is_empty() {
-            return Err(config_problems(problems));
-        }
+        problems = vhost_user_iommu::host::iommufd::check_sources(c, std::path::Path::new("/sys"));
+    }
+    // The socket's owner and group must exist on this host.
+    if let Err(e) = server::socket_access(&s.socket_access) {
+        problems.push(e.to_string());
+    }
+    if !problems.is_empty() {
+        return Err(config_problems(problems));
     }
     print_settings(&s);
     Ok(())

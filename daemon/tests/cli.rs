@@ -325,6 +325,15 @@ fn socket_owner_group_and_mode_are_applied() {
         "{err}"
     );
     assert!(!sock.exists(), "no socket left behind");
+    // --check-config looks them up too.
+    let p = temp_file("sockown-bad.toml", "socket-group = \"no-such-group-vui\"\n");
+    let (code, v, err) = check(&p, &["--socket-user", "no-such-user-vui"]);
+    assert_eq!(code, 1, "{err}");
+    let errors = v["errors"].to_string();
+    assert!(
+        errors.contains("--socket-user \\\"no-such-user-vui\\\": no such user"),
+        "{errors}"
+    );
     let out = run(&["--socket", "/tmp/x.sock", "--socket-mode", "rw"]);
     assert_eq!(out.status.code(), Some(2), "clap refuses a bad mode");
     let _ = std::fs::remove_dir_all(&dir);
@@ -364,6 +373,13 @@ fn the_packaged_default_config_is_valid() {
         .map(|l| format!("{}\n", l.split("  #").next().unwrap_or(l).trim_end()))
         .collect();
     assert!(uncommented.contains("socket-mode"), "{uncommented}");
+    // --check-config looks the socket's owner and group up: use ones every host has.
+    let uncommented = uncommented
+        .replace(
+            "socket-user = \"vhost-user-iommu\"",
+            "socket-user = \"root\"",
+        )
+        .replace("socket-group = \"kvm\"", "socket-group = \"root\"");
     let p = temp_file("default-uncommented.toml", &uncommented);
     let (code, v, err) = check(&p, &[]);
     assert_eq!(code, 0, "{uncommented}\n{err}");

@@ -446,3 +446,67 @@ fn socket_activation_readiness_and_watchdog() {
     let log = std::fs::read_to_string(&act.stderr).unwrap_or_default();
     assert!(log.contains("passed by the service manager"), "{log}");
 }
+
+/// The Debian package's description (`[package.metadata.deb]` of daemon/Cargo.toml, built by
+/// `cargo deb -p vhost-user-iommu`): every asset that is not a build product exists, both
+/// binaries are packaged, and systemd/ holds what cargo-deb's systemd support picks up by name
+/// (the VM test `systemd` installs the result).
+#[test]
+fn the_debian_package_description_is_complete() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let manifest: toml::Table = std::fs::read_to_string(dir.join("Cargo.toml"))
+        .expect("read Cargo.toml")
+        .parse()
+        .expect("parse Cargo.toml");
+    let deb = &manifest["package"]["metadata"]["deb"];
+    let assets = deb["assets"].as_array().expect("assets");
+    let mut targets = Vec::new();
+    for a in assets {
+        let a = a.as_array().expect("asset triple");
+        let (src, dest) = (a[0].as_str().unwrap(), a[1].as_str().unwrap());
+        if !src.starts_with("target/release/") {
+            assert!(dir.join(src).is_file(), "asset {src} does not exist");
+        }
+        // A destination ending in / is a directory: the file keeps its name.
+        if dest.ends_with('/') {
+            targets.push(format!("{dest}{}", src.rsplit('/').next().unwrap()));
+        } else {
+            targets.push(dest.to_string());
+        }
+    }
+    for want in [
+        "usr/bin/vhost-user-iommu",
+        "usr/bin/vhost-user-iommu-glue",
+        "usr/share/man/man1/vhost-user-iommu.1",
+        "usr/share/man/man1/vhost-user-iommu-glue.1",
+        "etc/vhost-user-iommu/default.toml",
+    ] {
+        assert!(
+            targets.iter().any(|t| t == want),
+            "{want} not packaged: {targets:?}"
+        );
+    }
+    let units = dir.join(
+        deb["maintainer-scripts"]
+            .as_str()
+            .expect("maintainer-scripts"),
+    );
+    for f in [
+        "vhost-user-iommu@.service",
+        "vhost-user-iommu@.socket",
+        "vhost-user-iommu.sysusers",
+        "vhost-user-iommu.tmpfile",
+        "vhost-user-iommu.postinst",
+        "vhost-user-iommu.postrm",
+    ] {
+        assert!(
+            units.join(f).is_file(),
+            "{f} missing in {}",
+            units.display()
+        );
+    }
+    for script in ["vhost-user-iommu.postinst", "vhost-user-iommu.postrm"] {
+        let text = std::fs::read_to_string(units.join(script)).expect("read script");
+        assert!(text.contains("#DEBHELPER#"), "{script} lacks #DEBHELPER#");
+    }
+}

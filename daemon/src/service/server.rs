@@ -104,8 +104,9 @@ fn spawn_signal_thread(
     Ok(())
 }
 
-/// The configured owner, group and mode of the vhost-user socket, names looked up.
-fn socket_access(o: &SocketOwner) -> Result<SocketAccess, ServerError> {
+/// The configured owner, group and mode of the vhost-user socket, names looked up (also what
+/// `--check-config` checks).
+pub fn socket_access(o: &SocketOwner) -> Result<SocketAccess, ServerError> {
     let uid = match &o.user {
         Some(u) => Some(
             privilege::lookup(u)
@@ -180,6 +181,18 @@ pub fn run(cfg: Settings) -> Result<(), ServerError> {
                 path: path.clone(),
                 err,
             })?;
+            if !access.is_default() {
+                let show = |v: Option<u32>| v.map_or("unchanged".to_string(), |v| v.to_string());
+                info!(
+                    "vhost-user socket {}: uid {}, gid {}, mode {}",
+                    path.display(),
+                    show(access.uid),
+                    show(access.gid),
+                    access
+                        .mode
+                        .map_or("from the umask".to_string(), |m| format!("{m:04o}"))
+                );
+            }
             (l, Some(path), false)
         }
     };
