@@ -10,8 +10,11 @@
 # once multi-user.target is reached; it prints the usual VUI-RESULT / VUI-DONE lines on ttyS0
 # and powers the guest off.
 #
-# The VMM in the guest is the test library's vhost-user frontend (tests/src/bin/vui-frontend.rs),
-# not a nested QEMU: QEMU under TCG inside a TCG guest needs minutes to boot a guest kernel.
+# The VMMs in the guest: the test library's vhost-user frontend (tests/src/bin/vui-frontend.rs),
+# then a real QEMU (the QEMU of setup-qemu.sh's trixie chroot, shared read-only into the guest
+# over 9p and run in a chroot there, as a user `qemu`) booting our kernel with
+# guest/systemd-nested.sh, whose virtio-iommu driver must probe the device. QEMU under TCG in a
+# TCG guest takes about 4 minutes; VUI_SYSTEMD_QEMU=0 leaves it out.
 
 SYSTEMD_MIRROR=${VUI_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 SYSTEMD_PKGS="systemd,systemd-sysv,udev,procps"
@@ -88,9 +91,10 @@ t_systemd() {
         return
     }
     rm -rf "$share"; mkdir -p "$share"
-    # The package as an operator builds it (docs/OPERATORS.md), from the debug build the suite
-    # has just made (the dev profile: no second, release build).
-    if ! (cd "$VUI_REPO" && cargo deb -p vhost-user-iommu --profile dev --output "$share/") \
+    # The package as an operator builds it (docs/OPERATORS.md), by default from the debug build
+    # the suite has just made (no second, release build; VUI_SYSTEMD_PROFILE=release for the
+    # operator's exact package).
+    if ! (cd "$VUI_REPO" && cargo deb -p vhost-user-iommu --profile "${VUI_SYSTEMD_PROFILE:-dev}" --output "$share/") \
         >"$RUN/systemd.cargo-deb.log" 2>&1; then
         report systemd/package FAIL "cargo deb failed: $(tail -n 3 "$RUN/systemd.cargo-deb.log" | tr '\n' '|')"
         return
@@ -103,10 +107,23 @@ t_systemd() {
         die "cannot build vui-frontend"
     cp "$VUI_REPO/target/debug/vui-frontend" "$share/"
     cp "$VUI_TESTS_DIR/guest/systemd-test.sh" "$share/test.sh"
+    local nested=() mem=1024 timeout=${VUI_SYSTEMD_TIMEOUT:-600}
+    if [ "${VUI_SYSTEMD_QEMU:-1}" = 1 ] && [ -z "$QEMU_ROOT" ]; then
+        log "systemd: no nested QEMU (it is the QEMU chroot of setup-qemu.sh, and the system QEMU is used; VUI_FORCE_CHROOT=1 makes one)"
+    elif [ "${VUI_SYSTEMD_QEMU:-1}" = 1 ]; then
+        # The nested VM: our kernel, a busybox initramfs, the VIOT (edu at 00:04.0 behind the
+        # IOMMU at 00:03.0), all in the share; QEMU's root is the chroot QEMU runs in here.
+        vm_initramfs "$share/nested.cpio.gz" "$VUI_TESTS_DIR/guest/systemd-nested.sh"
+        cp "$KERNEL" "$share/bzImage"
+        "$GLUE" viot --iommu "$IOMMU_BDF" --pci-range 0000:00:00.0-00:1f.7 --out "$share/nested.viot" 2>/dev/null ||
+            die "glue viot failed"
+        nested=(-virtfs "local,path=/,mount_tag=qemuroot,security_model=none,readonly=on")
+        mem=2048 timeout=${VUI_SYSTEMD_TIMEOUT:-1800}
+    fi
     log "booting $name (systemd guest, log $logf)"
-    qemu_start "$logf" -m 1024 -kernel "$(qpath "$KERNEL")" \
+    qemu_start "$logf" -m "$mem" -kernel "$(qpath "$KERNEL")" \
         -append "console=ttyS0 root=/dev/vda rw quiet panic=-1 systemd.show_status=false systemd.firstboot=off" \
         -drive "file=$(qpath "$SYSTEMD_IMG"),format=raw,if=virtio,snapshot=on" \
-        -virtfs "local,path=$(qpath "$share"),mount_tag=host0,security_model=none"
-    vm_wait "$name" "$logf" "$share" "${VUI_SYSTEMD_TIMEOUT:-600}"
+        -virtfs "local,path=$(qpath "$share"),mount_tag=host0,security_model=none" "${nested[@]}"
+    vm_wait "$name" "$logf" "$share" "$timeout"
 }

@@ -68,6 +68,36 @@ expect ctl-status "$(echo "$out" | tr -d ' \n' | cut -c1-200)" \
 out=$(vhost-user-iommu ctl --control-socket $CTL domains 2>&1)
 expect ctl-domains "$(echo "$out" | tr -d ' \n' | cut -c1-200)" sh -c "echo \"\$1\" | grep -q mappings" _ "$out"
 kill $FE 2>/dev/null; wait $FE 2>/dev/null
+
+# 2b. (VUI_SYSTEMD_QEMU=1) A real QEMU attaches through the service, as the operator guide says
+# (the glue's qemu-args), running as a VMM user in group vhost-user-iommu, and the stock guest
+# driver probes the device. QEMU is the host chroot's, shared read-only: chroot into it with
+# this guest's /dev, /proc, /run and the share bound in.
+if [ -f $H/nested.cpio.gz ] && mkdir -p /mnt/qemuroot &&
+    mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000,ro qemuroot /mnt/qemuroot; then
+    R=/mnt/qemuroot
+    mount --rbind /dev $R/dev && mount -t proc proc $R/proc && mount --rbind /run $R/run &&
+        mount --bind $H $R/mnt
+    useradd -r -M -G vhost-user-iommu qemu 2>/dev/null
+    mapfile -t QA < <(vhost-user-iommu-glue qemu-args --socket $SOCK --viot /mnt/nested.viot \
+        --viot-local $H/nested.viot --memory 256M --format lines 2>/dev/null)
+    echo "nested QEMU: ${QA[*]}"
+    t0=$(date +%s)
+    # (Numeric ids: chroot looks names up in the new root.)
+    timeout 1500 chroot --userspec="$(id -u qemu):$(id -g qemu)" \
+        --groups="$(getent group vhost-user-iommu | cut -d: -f3)" $R qemu-system-x86_64 \
+        -accel tcg -cpu max -smp 1 -nographic -no-reboot -net none \
+        -kernel /mnt/bzImage -initrd /mnt/nested.cpio.gz -append "console=ttyS0 quiet panic=-1" \
+        "${QA[@]}" -device edu,addr=0x4 </dev/null >$H/nested.log 2>&1
+    cp $H/nested.log /tmp/nested.log
+    expect nested-qemu-finished "$(($(date +%s) - t0)) s; $(tail -n 2 /tmp/nested.log)" grep -aq '^VUI-DONE rc=0' /tmp/nested.log
+    grep -a '^VUI-RESULT ' /tmp/nested.log | sed 's/^VUI-RESULT /VUI-RESULT nested-/'
+    grep -a '^VUI-RESULT [^ ]* FAIL' /tmp/nested.log >/dev/null && FAILS=$((FAILS + 1))
+    out=$(journalctl --no-pager -u $SVC 2>&1)
+    expect nested-connection "$(echo "$out" | grep 'connection 2' | head -n 1)" \
+        sh -c "echo \"\$1\" | grep -q 'frontend connected (connection 2)'" _ "$out"
+    umount -R $R/mnt $R/run $R/proc $R/dev 2>/dev/null
+fi
 expect service-survives-disconnect "$(systemctl is-active $SVC)" \
     wait_for 10 sh -c "journalctl --no-pager -u $SVC | grep -q 'frontend disconnected' && systemctl is-active --quiet $SVC"
 
@@ -76,8 +106,8 @@ mkdir -p /etc/systemd/system/$SOCKU.d
 printf '[Socket]\nSocketGroup=kvm\nSocketMode=0660\n' >/etc/systemd/system/$SOCKU.d/vmm.conf
 getent group kvm >/dev/null || groupadd -r kvm
 systemctl daemon-reload
-systemctl stop $SVC
-systemctl restart $SOCKU
+systemctl stop $SOCKU $SVC
+systemctl start $SOCKU
 expect dropin-socket-group "$(stat -c '%U:%G %a' $SOCK 2>&1)" test "$(stat -c '%U:%G %a' $SOCK)" = "vhost-user-iommu:kvm 660"
 # A VMM user in group kvm (not root) connects.
 useradd -r -M -G kvm vmm 2>/dev/null
