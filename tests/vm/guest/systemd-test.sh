@@ -123,6 +123,14 @@ expect stopped "$(systemctl is-active $SVC $SOCKU | tr '\n' ' ')" \
     sh -c "! systemctl is-active --quiet $SVC && ! systemctl is-active --quiet $SOCKU"
 expect sockets-removed "$(ls /run/vhost-user-iommu 2>&1)" sh -c "test ! -e $SOCK && test ! -e $CTL"
 
+# 5. Removal: purge leaves no unit, snippet or conffile behind, and systemd forgets the units.
+systemctl disable --quiet $SOCKU 2>/dev/null
+out=$(dpkg --purge vhost-user-iommu 2>&1)
+expect purge "$(echo "$out" | tail -n 1)" sh -c "! dpkg -s vhost-user-iommu >/dev/null 2>&1"
+expect purge-removes-files "$(ls /usr/lib/systemd/system/vhost-user-iommu* /etc/vhost-user-iommu 2>&1 | head -n 3)" \
+    sh -c "test ! -e /usr/lib/systemd/system/vhost-user-iommu@.service && test ! -e /etc/vhost-user-iommu/default.toml && test ! -e /usr/bin/vhost-user-iommu"
+expect units-forgotten "$(systemctl cat $SVC 2>&1 | head -n 1)" sh -c "! systemctl cat $SVC >/dev/null 2>&1"
+
 journalctl --no-pager -b >$H/journal.txt 2>&1
 echo "VUI-DONE rc=$FAILS"
 # (No D-Bus in this guest: systemctl says so, then uses systemd's private socket.)
