@@ -105,7 +105,7 @@ t_daemon() {
         # One successful PROBE per translated function, and no PROBE/ATTACH failure.
         dcheck daemon/host/probe-per-endpoint counter "$DCTL" probe ok "$(grep -c . "$share/groups.txt")"
         dcheck daemon/host/no-probe-attach-failure counter-failures "$DCTL" attach probe
-        timeout 10 "$DAEMON" ctl --control-socket "$DCTL" endpoints >"$RUN/daemon.ctl-endpoints.json" 2>&1
+        timeout 10 "$DAEMON" ctl --control-socket "$DCTL" --json endpoints >"$RUN/daemon.ctl-endpoints.json" 2>&1
         dcheck daemon/host/ctl-cli same-as-socket "$DCTL" endpoints "$RUN/daemon.ctl-endpoints.json"
         # Faults on purpose: edu's DMA domain has nothing at 0xdead000; an endpoint the guest
         # never attached has no domain and, with the bypass bit clear, must not reach memory.
