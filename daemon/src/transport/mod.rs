@@ -119,7 +119,7 @@ impl Shared {
     }
 
     /// The connection's worker is gone.
-    pub fn clear_worker(&self) {
+    fn clear_worker(&self) {
         *self.worker_slot() = None;
     }
 
@@ -143,7 +143,7 @@ impl Shared {
     /// Close the exit-event fds of a connection whose `VhostUserDaemon` has been dropped (its
     /// epoll handlers, the only users, are gone). An fd whose inode is no longer the one handed
     /// out (a future `vhost-user-backend` that closes it itself) is left alone.
-    pub fn close_exit_events(&self) {
+    fn close_exit_events(&self) {
         let fds = std::mem::take(&mut *self.exit_fds.lock().unwrap_or_else(|p| p.into_inner()));
         for (fd, ino) in fds {
             // SAFETY: fstat into a zeroed stat; `fd` may be closed or reused, which the
@@ -430,6 +430,27 @@ impl VhostDevice {
         }
         Ok(())
     }
+}
+
+/// The end of a frontend connection (it went away, or its session failed). The connection's
+/// worker threads stop first: one may still be draining a batch the frontend made available
+/// before it went away (its memory stays mapped until the daemon object goes), and nothing it
+/// makes may outlive the reset; dropping the daemon joins them. Then the fds the connection
+/// leaves behind are closed and the guest state goes (with a journaled state of a previous run
+/// that this frontend did not resume).
+pub fn end_connection(
+    shared: &Shared,
+    daemon: vhost_user_backend::VhostUserDaemon<Arc<std::sync::RwLock<VhostDevice>>>,
+) {
+    for h in daemon.get_epoll_handlers() {
+        h.send_exit_event();
+    }
+    drop(daemon);
+    shared.clear_worker();
+    shared.close_exit_events();
+    let mut dev = shared.device();
+    dev.discard_resume_state();
+    dev.reset(false);
 }
 
 /// Whether the driver wants an interrupt for the buffers just used. With EVENT_IDX the
