@@ -1,0 +1,250 @@
+//! The three defects of the hostile-VMM issue, each with a test that fails against the daemon
+//! before the fix (commit 9f0227f: run with `VHOST_USER_IOMMU_BIN` pointing at its binary):
+//!
+//! 1. A region larger than its file was accepted, and the first access past the end of the
+//!    file (a ring there) killed the daemon with SIGBUS (signal 31, SIGSYS, under seccomp); a
+//!    memfd shrunk after SET_MEM_TABLE was the same attack, later.
+//! 2. Every connection leaked an eventfd: under a 256-file limit the daemon exited after about
+//!    250 connections.
+//! 3. Without EVENT_IDX the device notified after every used buffer although the driver set
+//!    VRING_AVAIL_F_NO_INTERRUPT.
+
+use std::time::{Duration, Instant};
+
+use vhost_user_iommu_tests::raw::{self, code, mem_table, payload, Raw, Region, VERSION};
+use vhost_user_iommu_tests::virtq::DEFAULT_TIMEOUT;
+use vhost_user_iommu_tests::Request;
+
+use super::*;
+
+const MIB: u64 = 1 << 20;
+const VA: u64 = 0x7e00_0000_0000;
+
+/// Place queue 0's rings at frontend address `at` (size 8) and kick it: on a region without
+/// backing this is the access that raises SIGBUS.
+fn rings_at(r: &Raw, at: u64) {
+    let kick = vmm_sys_util::eventfd::EventFd::new(0).unwrap();
+    let call = vmm_sys_util::eventfd::EventFd::new(0).unwrap();
+    // Each may fail once the daemon has refused the table and closed the connection.
+    let _ = r.send(
+        code::SET_VRING_NUM,
+        VERSION,
+        &payload::vring_state(0, 8),
+        &[],
+    );
+    let _ = r.send(
+        code::SET_VRING_ADDR,
+        VERSION,
+        &payload::vring_addr(0, at, at + 0x2000, at + 0x1000),
+        &[],
+    );
+    let _ = r.send(
+        code::SET_VRING_BASE,
+        VERSION,
+        &payload::vring_state(0, 0),
+        &[],
+    );
+    let _ = r.send(
+        code::SET_VRING_CALL,
+        VERSION,
+        &payload::u64(0),
+        &[fd(&call)],
+    );
+    let _ = r.send(
+        code::SET_VRING_KICK,
+        VERSION,
+        &payload::u64(0),
+        &[fd(&kick)],
+    );
+    let _ = r.send(
+        code::SET_VRING_ENABLE,
+        VERSION,
+        &payload::vring_state(0, 1),
+        &[],
+    );
+    let _ = kick.write(1);
+    // A barrier: once GET_FEATURES is answered (or the connection is gone) all of the above
+    // has been handled.
+    let _ = r.alive();
+    std::thread::sleep(Duration::from_millis(200));
+}
+
+/// The daemon is alive, or the test fails with how it died.
+fn survived(env: &mut Env, what: &str) {
+    if let Some(st) = env.daemon.try_wait() {
+        panic!(
+            "{what}: the daemon died ({st}); stderr:\n{}",
+            env.daemon.stderr()
+        );
+    }
+}
+
+#[test]
+fn a_region_past_the_end_of_its_file_is_refused_and_never_touched() {
+    let mut env = Env::start();
+    let r = env.negotiated();
+    // 1 MiB of file (sealed: only the size is wrong), 2 MiB of region.
+    let f = raw::sealed_memfd(MIB).unwrap();
+    let region = Region::new(0, 2 * MIB, VA);
+    let reply = r.request(code::SET_MEM_TABLE, &mem_table(&[region], None), &[fd(&f)]);
+    rings_at(&r, region.va(MIB + 0x1000));
+    survived(&mut env, "rings past the end of the file");
+    refused(reply, "a 2 MiB region on a 1 MiB file");
+    drop(r);
+    env.still_serves("region past the end of its file");
+    env.finish("region past the end of its file");
+}
+
+#[test]
+fn a_memfd_that_may_shrink_is_refused() {
+    let mut env = Env::start();
+    let r = env.negotiated();
+    let f = raw::memfd(2 * MIB, 0).unwrap();
+    let region = Region::new(0, 2 * MIB, VA);
+    let reply = r.request(code::SET_MEM_TABLE, &mem_table(&[region], None), &[fd(&f)]);
+    // The frontend shrinks the file under the daemon's mapping, then uses it.
+    f.set_len(0).unwrap();
+    rings_at(&r, region.va(0x1000));
+    survived(&mut env, "rings in a memfd shrunk after SET_MEM_TABLE");
+    refused(reply, "an unsealed memfd");
+    drop(r);
+    env.still_serves("memfd shrunk later");
+    env.finish("memfd shrunk later");
+}
+
+/// The soft RLIMIT_NOFILE of `pid`, from /proc/PID/limits.
+fn nofile_limit(pid: i32) -> Option<u64> {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}
+
+/// A daemon started under a 256-file soft limit, and its open file count once warmed up (one
+/// full session served).
+fn limited() -> (Env, usize) {
+    let daemon = Daemon::start_with_nofile(&[], 256);
+    assert_eq!(
+        nofile_limit(daemon.pid()),
+        Some(256),
+        "the limit did not take"
+    );
+    let mut env = Env::with(daemon);
+    env.still_serves("warm-up");
+    let before = env.daemon.fd_count();
+    (env, before)
+}
+
+/// Connect and close at once; the daemon must be there to take it.
+fn connect_close(env: &mut Env, i: usize) {
+    if Raw::connect(&env.daemon.socket).is_err() {
+        survived(env, &format!("connection {i}"));
+        panic!("connection {i} refused by a live daemon");
+    }
+    env.count_connection();
+}
+
+#[test]
+fn every_connection_gives_back_its_files() {
+    let (mut env, before) = limited();
+    for i in 0..300 {
+        if i % 3 == 0 {
+            // A negotiated session, then gone.
+            let r = env.negotiated();
+            assert!(r.alive().is_some(), "connection {i}");
+        } else {
+            connect_close(&mut env, i);
+        }
+    }
+    env.settle();
+    survived(&mut env, "300 connections under a 256-file limit");
+    let after = env.daemon.fd_count();
+    assert_eq!(after, before, "open files before 300 connections, after");
+    env.still_serves("300 connections");
+    env.finish("300 connections");
+}
+
+#[test]
+fn five_thousand_connect_close_cycles_under_a_256_fd_limit() {
+    let (mut env, before) = limited();
+    let started = Instant::now();
+    let mut samples = Vec::new();
+    for i in 1..=5000 {
+        connect_close(&mut env, i);
+        if i % 500 == 0 {
+            // The same daemon still serves a full session, and holds no more files.
+            env.still_serves(&format!("after {i} cycles"));
+            samples.push(env.daemon.fd_count());
+        }
+    }
+    env.settle();
+    let after = env.daemon.fd_count();
+    eprintln!(
+        "5000 connect/close cycles in {:?} under RLIMIT_NOFILE 256: {before} open files before, \
+         {after} after, every 500 cycles: {samples:?}",
+        started.elapsed()
+    );
+    let worst = samples.iter().copied().max().unwrap_or(after);
+    assert!(
+        after <= before + 1 && worst <= before + 1,
+        "open files: {before} before, {after} after, samples {samples:?}"
+    );
+    env.finish("5000 cycles");
+}
+
+/// Count the call eventfd's notifications without waiting on it (non-blocking read).
+fn notifications(d: &Device) -> u64 {
+    d.reqq.call.read().unwrap_or(0)
+}
+
+/// Wait (bounded) until the used index reaches `idx`, by polling guest memory only.
+fn used_reaches(d: &Device, idx: u16) {
+    let deadline = Instant::now() + DEFAULT_TIMEOUT;
+    while d.reqq.used_idx(&d.mem) != idx {
+        assert!(Instant::now() < deadline, "used index stuck before {idx}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+#[test]
+fn no_interrupt_while_the_driver_sets_no_interrupt_without_event_idx() {
+    let mut env = Env::start();
+    let mut r = env.ready();
+    let d = r.dev();
+    assert_eq!(
+        d.acked & vhost_user_iommu_tests::proto::feature::RING_EVENT_IDX,
+        0,
+        "this test is about a driver without EVENT_IDX"
+    );
+    assert_eq!(d.attach(1, 3), OK);
+    let _ = notifications(d);
+    // The driver sets VRING_AVAIL_F_NO_INTERRUPT (as Linux does for a queue it polls).
+    d.reqq.quiet = true;
+    let mut idx = d.reqq.used_idx(&d.mem);
+    for i in 0..20u64 {
+        d.submit(&Request::map(1, i << 12, (i << 12) | 0xfff, i << 12, RW));
+        d.kick();
+        idx = idx.wrapping_add(1);
+        used_reaches(d, idx);
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    let quiet = notifications(d);
+    for resp in d.wait_responses(20) {
+        resp.expect(OK, "MAP");
+    }
+    // The flag cleared: a notification again.
+    d.reqq.quiet = false;
+    d.submit(&Request::unmap(1, 0, 0xfff));
+    d.kick();
+    used_reaches(d, idx.wrapping_add(1));
+    std::thread::sleep(Duration::from_millis(100));
+    let loud = notifications(d);
+    d.wait_responses(1)[0].expect(OK, "UNMAP");
+    assert_eq!(
+        quiet, 0,
+        "{quiet} interrupt(s) for 20 used buffers while the driver set VRING_AVAIL_F_NO_INTERRUPT"
+    );
+    assert!(loud > 0, "no interrupt once the driver cleared the flag");
+    drop(r);
+    env.still_serves("NO_INTERRUPT");
+    env.finish("NO_INTERRUPT");
+}
