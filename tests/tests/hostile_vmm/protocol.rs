@@ -78,6 +78,67 @@ pub fn vring_enable_with_a_bad_value(env: &mut Env) {
     dropped(&r, "SET_VRING_ENABLE 2");
 }
 
+/// SET_BACKEND_REQ_FD (BACKEND_REQ acked, never offered) with a memfd instead of a socket.
+pub fn backend_req_fd_that_is_not_a_socket(env: &mut Env) {
+    let r = env.negotiated();
+    accepted(
+        r.request(
+            code::SET_PROTOCOL_FEATURES,
+            &payload::u64(raw::PROTOCOL_NORMAL | raw::PROTOCOL_BACKEND_REQ),
+            &[],
+        ),
+        "SET_PROTOCOL_FEATURES",
+    );
+    let f = raw::sealed_memfd(4096).unwrap();
+    r.send(
+        code::SET_BACKEND_REQ_FD,
+        VERSION | NEED_REPLY,
+        &[],
+        &[fd(&f)],
+    )
+    .unwrap();
+    dropped(&r, "a memfd as the backend request channel");
+}
+
+/// SET_BACKEND_REQ_FD (BACKEND_REQ acked, never offered) with a real Unix socket: taken (the
+/// device never sends backend requests), the connection goes on.
+pub fn backend_req_fd_that_is_a_socket(env: &mut Env) {
+    let r = env.negotiated();
+    accepted(
+        r.request(
+            code::SET_PROTOCOL_FEATURES,
+            &payload::u64(raw::PROTOCOL_NORMAL | raw::PROTOCOL_BACKEND_REQ),
+            &[],
+        ),
+        "SET_PROTOCOL_FEATURES",
+    );
+    let (ours, _theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+    accepted(
+        r.request(code::SET_BACKEND_REQ_FD, &[], &[fd(&ours)]),
+        "a socket as the backend request channel",
+    );
+    still_talks(&r, "SET_BACKEND_REQ_FD");
+}
+
+/// GPU_SET_SOCKET (a message of GPU devices, taken without any feature) with a memfd.
+pub fn gpu_socket_that_is_not_a_socket(env: &mut Env) {
+    let r = env.negotiated();
+    let f = raw::sealed_memfd(4096).unwrap();
+    r.send(code::GPU_SET_SOCKET, VERSION | NEED_REPLY, &[], &[fd(&f)])
+        .unwrap();
+    dropped(&r, "a memfd as the GPU socket");
+}
+
+/// GPU_SET_SOCKET with a real Unix socket: this is no GPU, the request is refused.
+pub fn gpu_socket_that_is_a_socket(env: &mut Env) {
+    let r = env.negotiated();
+    let (ours, _theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+    refused(
+        r.request(code::GPU_SET_SOCKET, &[], &[fd(&ours)]),
+        "a GPU socket",
+    );
+}
+
 /// SET_LOG_BASE (LOG_SHMFD acked, never offered) of a 1 GiB log on a 4 KiB memfd, with a
 /// working device: the log is refused (and never written: LOG_ALL is not offered).
 pub fn log_base_beyond_its_file(env: &mut Env) {
