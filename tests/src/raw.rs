@@ -67,6 +67,8 @@ pub mod code {
     pub const SET_CONFIG: u32 = 25;
     /// GET_INFLIGHT_FD.
     pub const GET_INFLIGHT_FD: u32 = 31;
+    /// SET_INFLIGHT_FD.
+    pub const SET_INFLIGHT_FD: u32 = 32;
     /// GPU_SET_SOCKET (a message of GPU devices).
     pub const GPU_SET_SOCKET: u32 = 33;
     /// RESET_DEVICE.

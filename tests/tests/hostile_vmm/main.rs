@@ -274,6 +274,7 @@ sessions! {
     framing::garbage_bytes,
     framing::fds_on_a_message_that_takes_none,
     framing::more_fds_than_the_protocol_allows,
+    framing::every_request_code_with_junk,
     protocol::set_owner_twice,
     protocol::features_never_offered,
     protocol::protocol_features_never_offered_then_inflight_fd,
@@ -297,6 +298,9 @@ sessions! {
     protocol::flood_of_memory_tables,
     protocol::flood_of_call_eventfds,
     protocol::flood_of_kicks,
+    protocol::reset_owner_mid_session,
+    protocol::features_changed_while_running,
+    protocol::inflight_fd_set,
     memory::region_past_the_end_of_its_file,
     memory::region_offset_past_the_end_of_its_file,
     memory::unsealed_memfd_shrunk_later,
@@ -318,6 +322,10 @@ sessions! {
     memory::add_mem_reg_past_the_end_of_its_file,
     memory::add_mem_reg_without_an_fd,
     memory::rem_mem_reg_of_the_rings,
+    memory::add_mem_reg_overlapping_a_region,
+    memory::rem_mem_reg_of_a_missing_region,
+    memory::memory_table_replaced_under_a_batch,
+    memory::event_buffers_in_removed_memory,
     rings::ring_outside_guest_memory,
     rings::ring_straddling_the_end_of_a_region,
     rings::rings_overlapping_each_other,
@@ -333,6 +341,8 @@ sessions! {
     rings::kick_fd_that_is_a_regular_file,
     rings::call_fd_that_is_a_pipe_read_end,
     rings::kick_and_call_are_one_eventfd,
+    rings::kick_a_stopped_ring,
+    rings::ring_grown_while_running,
 }
 
 #[test]

@@ -314,3 +314,87 @@ pub fn rem_mem_reg_of_the_rings(env: &mut Env) {
         "a request answered in RAM the device no longer has"
     );
 }
+
+/// ADD_MEM_REG of a region overlapping the device's low region.
+pub fn add_mem_reg_overlapping_a_region(env: &mut Env) {
+    let r = with_mem_slots(env);
+    let f = raw::sealed_memfd(MIB).unwrap();
+    let region = Region::new(0x1000, MIB, VA);
+    refused(
+        r.request(code::ADD_MEM_REG, &single_region(&region), &[fd(&f)]),
+        "ADD_MEM_REG overlapping RAM",
+    );
+}
+
+/// REM_MEM_REG of a region that is not in the table.
+pub fn rem_mem_reg_of_a_missing_region(env: &mut Env) {
+    let r = with_mem_slots(env);
+    let region = Region::new(HOT, MIB, VA);
+    refused(
+        r.request(code::REM_MEM_REG, &single_region(&region), &[]),
+        "REM_MEM_REG of a missing region",
+    );
+}
+
+/// 100 MAPs in flight while the memory table loses the region of the rings and gets it back,
+/// 50 times: every request is answered once the table is whole again.
+pub fn memory_table_replaced_under_a_batch(env: &mut Env) {
+    let mut r = env.ready();
+    let (regions, fds) = device_table(r.dev());
+    let whole = mem_table(&regions, None);
+    let without_rings = mem_table(&regions[1..], None);
+    {
+        let d = r.dev();
+        assert_eq!(d.attach(1, 3), OK);
+        for i in 0..100u64 {
+            d.submit(&vhost_user_iommu_tests::Request::map(
+                1,
+                i << 12,
+                (i << 12) | 0xfff,
+                i << 12,
+                RW,
+            ));
+        }
+        d.kick();
+    }
+    for i in 0..50 {
+        accepted(
+            r.request(code::SET_MEM_TABLE, &without_rings, &fds[1..]),
+            &format!("table {i} without the rings"),
+        );
+        accepted(
+            r.request(code::SET_MEM_TABLE, &whole, &fds),
+            &format!("table {i} whole"),
+        );
+    }
+    let d = r.dev();
+    d.reqq.kick();
+    for resp in d.wait_responses(100) {
+        resp.expect(OK, "MAP under changing memory tables");
+    }
+}
+
+/// Event buffers in a region the frontend then takes out of the table, and a fault to report.
+pub fn event_buffers_in_removed_memory(env: &mut Env) {
+    let mut r = env.ready();
+    let (regions, fds) = device_table(r.dev());
+    {
+        let d = r.dev();
+        assert_eq!(d.attach(1, 3), OK);
+        d.buf_region = 1;
+        d.post_event_buffers(4, vhost_user_iommu_tests::proto::FAULT_RECORD_LEN);
+        d.buf_region = 0;
+    }
+    accepted(
+        r.request(
+            code::SET_MEM_TABLE,
+            &mem_table(&regions[..1], None),
+            &fds[..1],
+        ),
+        "the table without the event buffers' region",
+    );
+    let t = env.ctl.translate(3, 0xdead_0000, "r");
+    assert_eq!(t["outcome"], "fault", "{t}");
+    std::thread::sleep(QUIET);
+    device_works(&mut r, "after a fault with nowhere to go");
+}

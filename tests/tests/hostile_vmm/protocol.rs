@@ -406,3 +406,55 @@ pub fn flood_of_kicks(env: &mut Env) {
     }
     device_works(&mut r, "after 100000 kicks");
 }
+
+/// RESET_OWNER in the middle of a working session, then SET_OWNER again.
+pub fn reset_owner_mid_session(env: &mut Env) {
+    let mut r = env.ready();
+    assert_eq!(r.dev().attach(1, 3), OK);
+    accepted(r.request(code::RESET_OWNER, &[], &[]), "RESET_OWNER");
+    let reply = r.request(code::SET_OWNER, &[], &[]);
+    assert!(
+        matches!(reply, Reply::Msg { .. } | Reply::Closed),
+        "SET_OWNER after RESET_OWNER: {reply:?}"
+    );
+}
+
+/// EVENT_IDX switched on under a running driver that does not use it, then PROTOCOL_FEATURES
+/// switched off.
+pub fn features_changed_while_running(env: &mut Env) {
+    let mut r = env.ready();
+    let acked = r.dev().acked;
+    let event_idx = vhost_user_iommu_tests::proto::feature::RING_EVENT_IDX;
+    accepted(
+        r.request(code::SET_FEATURES, &payload::u64(acked | event_idx), &[]),
+        "SET_FEATURES with EVENT_IDX",
+    );
+    device_works(&mut r, "EVENT_IDX switched on underneath");
+    let plain = acked & !vhost_user_iommu_tests::proto::feature::PROTOCOL_FEATURES;
+    r.send(code::SET_FEATURES, VERSION, &payload::u64(plain), &[])
+        .unwrap();
+    still_talks(&r, "PROTOCOL_FEATURES switched off");
+}
+
+/// SET_INFLIGHT_FD (INFLIGHT_SHMFD acked, never offered) with a memfd.
+pub fn inflight_fd_set(env: &mut Env) {
+    let r = env.negotiated();
+    accepted(
+        r.request(
+            code::SET_PROTOCOL_FEATURES,
+            &payload::u64(raw::PROTOCOL_NORMAL | raw::PROTOCOL_INFLIGHT_SHMFD),
+            &[],
+        ),
+        "SET_PROTOCOL_FEATURES",
+    );
+    let f = raw::sealed_memfd(1 << 20).unwrap();
+    let mut body = payload::u64(1 << 20);
+    body.extend_from_slice(&payload::u64(0));
+    body.extend_from_slice(&2u16.to_le_bytes());
+    body.extend_from_slice(&256u16.to_le_bytes());
+    body.extend_from_slice(&[0; 4]);
+    refused(
+        r.request(code::SET_INFLIGHT_FD, &body, &[fd(&f)]),
+        "SET_INFLIGHT_FD",
+    );
+}

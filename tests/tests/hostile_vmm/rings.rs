@@ -249,3 +249,38 @@ pub fn kick_and_call_are_one_eventfd(env: &mut Env) {
     );
     device_works(&mut r, "kick = call");
 }
+
+/// A ring stopped with GET_VRING_BASE, kicked 100 times with a request waiting: nothing is
+/// answered until the frontend starts it again.
+pub fn kick_a_stopped_ring(env: &mut Env) {
+    let mut r = env.ready();
+    let d = r.dev();
+    let bases = d.stop_rings().unwrap();
+    d.submit(&Request::attach(1, 3, 0));
+    for _ in 0..100 {
+        d.kick();
+    }
+    assert!(d.wait_response(QUIET).is_none(), "a stopped ring answered");
+    d.start_rings(bases).unwrap();
+    d.reqq.kick();
+    let resp = d
+        .wait_response(T)
+        .expect("the waiting request after the restart");
+    resp.expect(OK, "ATTACH after the restart");
+}
+
+/// The request queue grown from 256 to 1024 entries under the driver (its avail and used
+/// rings now run into whatever follows them).
+pub fn ring_grown_while_running(env: &mut Env) {
+    let mut r = env.ready();
+    accepted(
+        r.request(code::SET_VRING_NUM, &payload::vring_state(0, 1024), &[]),
+        "SET_VRING_NUM 1024",
+    );
+    let d = r.dev();
+    for _ in 0..4 {
+        d.submit(&Request::attach(1, 3, 0));
+    }
+    d.kick();
+    let _ = d.wait_response(QUIET);
+}
