@@ -248,3 +248,54 @@ fn no_interrupt_while_the_driver_sets_no_interrupt_without_event_idx() {
     env.still_serves("NO_INTERRUPT");
     env.finish("NO_INTERRUPT");
 }
+
+/// Found by this suite: ADD_MEM_REG (CONFIGURE_MEM_SLOTS acked, never offered) added regions
+/// without bound, each keeping a file open in the daemon, until one session held every file
+/// the daemon may open (229 regions under a 256-file limit: the control socket dropped its
+/// clients, and the session ended only when no fd could be received any more). A table has at
+/// most 32 regions (what one SET_MEM_TABLE can carry): the next ADD_MEM_REG is refused.
+#[test]
+fn a_session_cannot_hold_every_file_the_daemon_may_open() {
+    let (mut env, before) = limited();
+    let r = env.ready();
+    accepted(
+        r.request(
+            code::SET_PROTOCOL_FEATURES,
+            &payload::u64(raw::PROTOCOL_NORMAL | raw::PROTOCOL_CONFIGURE_MEM_SLOTS),
+            &[],
+        ),
+        "SET_PROTOCOL_FEATURES",
+    );
+    let (mut added, mut held) = (0u64, 0);
+    let refusal = loop {
+        let f = raw::sealed_memfd(0x1000).unwrap();
+        let region = Region::new((1 << 40) + added * 0x10000, 0x1000, VA + added * 0x10000);
+        let reply = r.request(code::ADD_MEM_REG, &raw::single_region(&region), &[fd(&f)]);
+        if reply.value() != Some(0) || added == 300 {
+            break reply;
+        }
+        added += 1;
+        held = held.max(env.daemon.fd_count());
+        // While the session holds its regions the control socket still serves.
+        if added % 10 == 0 {
+            assert!(env
+                .ctl
+                .request(serde_json::json!({"cmd": "status"}))
+                .is_ok());
+        }
+    };
+    eprintln!(
+        "{added} regions added, then {refusal:?}; the daemon had {before} open files before the \
+         session, at most {held} with its regions"
+    );
+    refused(refusal, "one region too many");
+    assert!(added <= 32, "{added} regions taken");
+    assert!(
+        held <= before + 48,
+        "one session holds {held} open files (the daemon had {before})"
+    );
+    drop(r);
+    env.still_serves("ADD_MEM_REG without bound");
+    assert_eq!(env.daemon.fd_count(), before);
+    env.finish("ADD_MEM_REG without bound");
+}
