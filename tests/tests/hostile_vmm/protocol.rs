@@ -3,6 +3,7 @@
 //! config reads and writes out of range, and floods.
 
 use std::io::Write;
+use std::os::fd::RawFd;
 
 use vhost_user_iommu_tests::proto::{CONFIG_LEN, FAULT_RECORD_LEN};
 use vhost_user_iommu_tests::raw::{self, code, payload, NEED_REPLY, VERSION};
@@ -456,5 +457,81 @@ pub fn inflight_fd_set(env: &mut Env) {
     refused(
         r.request(code::SET_INFLIGHT_FD, &body, &[fd(&f)]),
         "SET_INFLIGHT_FD",
+    );
+}
+
+/// SET_DEVICE_STATE_FD(`direction`, STOPPED) with `fd`: the reply's u64 (0x100: no fd back).
+fn state_fd(r: &Raw, direction: u32, fd: RawFd) -> Reply {
+    let mut body = direction.to_le_bytes().to_vec();
+    body.extend_from_slice(&0u32.to_le_bytes());
+    r.send(code::SET_DEVICE_STATE_FD, VERSION, &body, &[fd])
+        .unwrap();
+    r.recv(T)
+}
+
+/// CHECK_DEVICE_STATE: the reply's u64 (0: the transfer succeeded).
+fn check_state(r: &Raw) -> Option<u64> {
+    r.send(code::CHECK_DEVICE_STATE, VERSION, &[], &[]).unwrap();
+    r.recv(T).value()
+}
+
+/// A migration stream of 256 KiB of junk loaded into a fresh device: refused at
+/// CHECK_DEVICE_STATE, the device as fresh as before.
+pub fn state_load_of_junk(env: &mut Env) {
+    let r = env.negotiated();
+    let (rd, wr) = raw::pipe().unwrap();
+    let reply = state_fd(&r, 1, fd(&rd));
+    assert_eq!(
+        reply.value(),
+        Some(0x100),
+        "SET_DEVICE_STATE_FD(LOAD): {reply:?}"
+    );
+    drop(rd);
+    let mut w = std::fs::File::from(wr);
+    let junk: Vec<u8> = (0..256 * 1024u32)
+        .map(|i| (i * 7 + i / 251) as u8)
+        .collect();
+    let _ = w.write_all(&junk);
+    drop(w);
+    let v = check_state(&r);
+    assert!(matches!(v, Some(v) if v != 0), "junk state accepted: {v:?}");
+    let st = env.ctl.status();
+    assert_eq!(st["domains"].as_u64(), Some(0), "{st}");
+}
+
+/// A state load whose pipe the frontend keeps open and never writes, then a disconnect.
+pub fn state_load_never_finished(env: &mut Env) {
+    let r = env.negotiated();
+    let (rd, wr) = raw::pipe().unwrap();
+    let reply = state_fd(&r, 1, fd(&rd));
+    assert_eq!(
+        reply.value(),
+        Some(0x100),
+        "SET_DEVICE_STATE_FD(LOAD): {reply:?}"
+    );
+    drop(rd);
+    drop(r);
+    // The next session is served while the transfer still waits for its stream.
+    env.still_serves("while a state load waits");
+    drop(wr);
+}
+
+/// A state save into a pipe whose read end the frontend closed at once.
+pub fn state_save_into_a_closed_pipe(env: &mut Env) {
+    let mut r = env.ready();
+    assert_eq!(r.dev().attach(1, 3), OK);
+    let (rd, wr) = raw::pipe().unwrap();
+    drop(rd);
+    let reply = state_fd(&r, 0, fd(&wr));
+    drop(wr);
+    assert_eq!(
+        reply.value(),
+        Some(0x100),
+        "SET_DEVICE_STATE_FD(SAVE): {reply:?}"
+    );
+    let v = check_state(&r);
+    assert!(
+        matches!(v, Some(v) if v != 0),
+        "a save into nothing succeeded: {v:?}"
     );
 }
