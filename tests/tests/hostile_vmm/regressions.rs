@@ -299,3 +299,42 @@ fn a_session_cannot_hold_every_file_the_daemon_may_open() {
     assert_eq!(env.daemon.fd_count(), before);
     env.finish("ADD_MEM_REG without bound");
 }
+
+/// Found by this suite: SET_DEVICE_STATE_FD(LOAD) of an fd that never reaches its end (an
+/// eventfd: reading it blocks, and it has no writer to close) stuck the transfer thread for
+/// good, and every further transfer queued behind it with its fd: 235 of them under a 256-file
+/// limit, held after the session and after the frontend had closed its copies, and no frontend
+/// could hand over a memory table again. One transfer at a time now (a second one is refused
+/// while the first runs), and a transfer ends within its deadline.
+#[test]
+fn state_transfers_that_never_end_hold_one_file_at_most() {
+    let (mut env, before) = limited();
+    let r = env.negotiated();
+    let (mut taken, mut refused_loads) = (0, 0);
+    for i in 0..300 {
+        // Blocking, and closed on our side at once: only the daemon holds it.
+        let e = vmm_sys_util::eventfd::EventFd::new(0).unwrap();
+        let mut body = 1u32.to_le_bytes().to_vec(); // LOAD
+        body.extend_from_slice(&0u32.to_le_bytes()); // STOPPED
+        r.send(code::SET_DEVICE_STATE_FD, VERSION, &body, &[fd(&e)])
+            .unwrap_or_else(|err| panic!("load {i}: {err}"));
+        drop(e);
+        match r.recv(T).value() {
+            Some(0x100) => taken += 1,
+            Some(_) => refused_loads += 1,
+            None => panic!(
+                "load {i}: no answer (the daemon has {} files)",
+                env.daemon.fd_count()
+            ),
+        }
+    }
+    let held = env.daemon.fd_count();
+    eprintln!(
+        "300 never-ending state loads: {taken} taken, {refused_loads} refused; {before} open \
+         files before, {held} after"
+    );
+    assert!(held <= before + 8, "{held} open files ({before} before)");
+    drop(r);
+    env.still_serves("never-ending state loads");
+    env.finish("never-ending state loads");
+}
