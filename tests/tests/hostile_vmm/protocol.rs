@@ -3,7 +3,7 @@
 //! config reads and writes out of range, and floods.
 
 use std::io::Write;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, RawFd};
 
 use vhost_user_iommu_tests::proto::{CONFIG_LEN, FAULT_RECORD_LEN};
 use vhost_user_iommu_tests::raw::{self, code, payload, NEED_REPLY, VERSION};
@@ -533,5 +533,81 @@ pub fn state_save_into_a_closed_pipe(env: &mut Env) {
     assert!(
         matches!(v, Some(v) if v != 0),
         "a save into nothing succeeded: {v:?}"
+    );
+}
+
+/// `n` requests of `code` on a ready session, each with a new fd from `make`: the daemon's open
+/// file count stays where it was (each replaces the one before), and the device still works.
+fn flood_of_fds<F: AsRawFd>(
+    env: &mut Env,
+    code: u32,
+    value: u64,
+    features: Option<u64>,
+    make: impl Fn() -> F,
+    what: &str,
+) {
+    let mut r = env.ready();
+    if let Some(f) = features {
+        accepted(
+            r.request(code::SET_PROTOCOL_FEATURES, &payload::u64(f), &[]),
+            "SET_PROTOCOL_FEATURES",
+        );
+    }
+    let before = env.daemon.fd_count();
+    for i in 0..500 {
+        let f = make();
+        accepted(
+            r.request(code, &payload::u64(value), &[fd(&f)]),
+            &format!("{what} {i}"),
+        );
+    }
+    let after = env.daemon.fd_count();
+    assert!(
+        after <= before + 2,
+        "{before} open files before 500 {what}, {after} after"
+    );
+    if code == code::SET_VRING_KICK {
+        let kick = fd(&r.dev().reqq.kick);
+        accepted(
+            r.request(code::SET_VRING_KICK, &payload::u64(0), &[kick]),
+            "the device's own kick fd",
+        );
+    }
+    device_works(&mut r, what);
+}
+
+/// 500 SET_VRING_KICKs of the event queue, each with a new eventfd.
+pub fn flood_of_kick_eventfds(env: &mut Env) {
+    flood_of_fds(
+        env,
+        code::SET_VRING_KICK,
+        1,
+        None,
+        || EventFd::new(0).unwrap(),
+        "kick eventfds",
+    );
+}
+
+/// 500 SET_VRING_ERRs, each with a new eventfd.
+pub fn flood_of_err_eventfds(env: &mut Env) {
+    flood_of_fds(
+        env,
+        code::SET_VRING_ERR,
+        0,
+        None,
+        || EventFd::new(0).unwrap(),
+        "err eventfds",
+    );
+}
+
+/// 500 SET_BACKEND_REQ_FDs (BACKEND_REQ acked, never offered), each with a new socket.
+pub fn flood_of_backend_req_sockets(env: &mut Env) {
+    flood_of_fds(
+        env,
+        code::SET_BACKEND_REQ_FD,
+        0,
+        Some(raw::PROTOCOL_NORMAL | raw::PROTOCOL_BACKEND_REQ),
+        || std::os::unix::net::UnixStream::pair().unwrap().0,
+        "backend request sockets",
     );
 }
