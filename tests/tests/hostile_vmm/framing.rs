@@ -206,7 +206,7 @@ pub fn every_request_code_with_junk(env: &mut Env) {
 }
 
 /// Send GET_FEATURES and skip anything else until its answer (or the end of the connection).
-fn barrier(r: &Raw) -> Reply {
+pub fn barrier(r: &Raw) -> Reply {
     if r.send(code::GET_FEATURES, VERSION, &[], &[]).is_err() {
         return Reply::Closed;
     }

@@ -14,6 +14,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod framing;
+mod fuzz;
 mod memory;
 mod protocol;
 mod regressions;
@@ -110,7 +111,7 @@ impl Env {
                 "the daemon did not finish connection {} ({st})",
                 self.conns
             );
-            std::thread::sleep(Duration::from_millis(5));
+            std::thread::sleep(Duration::from_millis(1));
         }
     }
 
@@ -349,6 +350,7 @@ sessions! {
     rings::kick_and_call_are_one_eventfd,
     rings::kick_a_stopped_ring,
     rings::ring_grown_while_running,
+    fuzz::random_well_framed_messages,
 }
 
 #[test]

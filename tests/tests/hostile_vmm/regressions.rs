@@ -338,3 +338,73 @@ fn state_transfers_that_never_end_hold_one_file_at_most() {
     env.still_serves("never-ending state loads");
     env.finish("never-ending state loads");
 }
+
+/// Found by this suite: the kick and call eventfds are the frontend's, blocking unless it made
+/// them non-blocking. One blocking eventfd as the kick of both queues (or a frontend that
+/// drains its own kick) made a worker read block with the ring locked, and a full call eventfd
+/// (counter at its maximum) made a notification block the same way: the message handler then
+/// waited for that lock for good, the connection never ended, and no frontend was served again,
+/// even after this one went away. The daemon makes both non-blocking when it gets them.
+#[test]
+fn a_blocking_kick_shared_by_both_queues_does_not_wedge_the_daemon() {
+    let mut env = Env::start();
+    let mut r = env.ready();
+    let k = vmm_sys_util::eventfd::EventFd::new(0).unwrap(); // blocking
+    for q in 0..2 {
+        accepted(
+            r.request(code::SET_VRING_KICK, &payload::u64(q), &[fd(&k)]),
+            "one blocking kick for both queues",
+        );
+        // Disabled and enabled again: the new kick is watched (each message brought the
+        // daemon its own descriptor of the one eventfd: two entries in its epoll set).
+        for on in [0, 1] {
+            accepted(
+                r.request(
+                    code::SET_VRING_ENABLE,
+                    &payload::vring_state(q as u32, on),
+                    &[],
+                ),
+                "SET_VRING_ENABLE",
+            );
+        }
+    }
+    // Both queues are woken by the one kick; the first read takes it, the second finds none.
+    let d = r.dev();
+    d.submit(&Request::attach(1, 3, 0));
+    d.reqq.publish(&d.mem);
+    k.write(1).unwrap();
+    std::thread::sleep(QUIET);
+    // The handler still answers on this connection (it needs the rings' locks).
+    accepted(
+        r.request(code::SET_VRING_CALL, &payload::u64(1), &[fd(&k)]),
+        "SET_VRING_CALL after the kick",
+    );
+    drop(r);
+    env.still_serves("one blocking kick for both queues");
+    env.finish("one blocking kick for both queues");
+}
+
+#[test]
+fn a_full_blocking_call_eventfd_does_not_wedge_the_daemon() {
+    let mut env = Env::start();
+    let mut r = env.ready();
+    let c = vmm_sys_util::eventfd::EventFd::new(0).unwrap(); // blocking
+    accepted(
+        r.request(code::SET_VRING_CALL, &payload::u64(0), &[fd(&c)]),
+        "a blocking call eventfd",
+    );
+    // The counter at its maximum: one more notification would block.
+    c.write(u64::MAX - 1).unwrap();
+    let d = r.dev();
+    d.submit(&Request::attach(1, 3, 0));
+    d.kick();
+    std::thread::sleep(QUIET);
+    let kick = fd(&r.dev().reqq.kick);
+    accepted(
+        r.request(code::SET_VRING_KICK, &payload::u64(0), &[kick]),
+        "SET_VRING_KICK after the notification",
+    );
+    drop(r);
+    env.still_serves("a full call eventfd");
+    env.finish("a full call eventfd");
+}
