@@ -209,13 +209,22 @@ fn feature_bits() -> u64 {
     0xffff_ffff | vhost_user_iommu_tests::proto::feature::VERSION_1
 }
 
-/// 4 seeds of 1500 random messages each, reconnecting whenever the daemon ends a session; in
-/// between, junk written into guest RAM (where rings may sit) and both queues kicked.
+/// 4 seeds (more with HOSTILE_VMM_SEEDS=<n>) of 1500 random messages each, reconnecting
+/// whenever the daemon ends a session; in between, junk written into guest RAM (where the rings
+/// are) and both queues kicked.
 pub fn random_well_framed_messages(env: &mut Env) {
     let kick = EventFd::new(0).unwrap();
     let call = EventFd::new(0).unwrap();
     let (mut answered, mut dropped_sessions) = (0, 0);
-    for seed in [1u64, 0x5eed, 0xdead_beef, 0x1234_5678_9abc] {
+    // More seeds for a longer hunt: HOSTILE_VMM_SEEDS=<n> adds n of them.
+    let extra: u64 = std::env::var("HOSTILE_VMM_SEEDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let seeds = [1u64, 0x5eed, 0xdead_beef, 0x1234_5678_9abc]
+        .into_iter()
+        .chain((0..extra).map(|i| 0x1000 + i));
+    for seed in seeds {
         let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
         let mut s = session(env, &kick, &call);
         for i in 0..1500 {
@@ -259,6 +268,7 @@ pub fn random_well_framed_messages(env: &mut Env) {
         }
     }
     eprintln!(
-        "6000 random messages: {answered} answered, {dropped_sessions} sessions ended by the daemon"
+        "{} random messages: {answered} answered, {dropped_sessions} sessions ended by the daemon",
+        answered + dropped_sessions
     );
 }
