@@ -90,7 +90,7 @@ impl Env {
     pub fn settle(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let st = match self.ctl.request(serde_json::json!({"cmd": "status"})) {
+            let st = match self.ctl.request(&vhost_user_iommu_control::Request::Status) {
                 Ok(st) => st,
                 Err(e) => {
                     // A control socket gone: show how the daemon died if it did.

@@ -280,7 +280,7 @@ fn a_session_cannot_hold_every_file_the_daemon_may_open() {
         if added % 10 == 0 {
             assert!(env
                 .ctl
-                .request(serde_json::json!({"cmd": "status"}))
+                .request(&vhost_user_iommu_control::Request::Status)
                 .is_ok());
         }
     };
