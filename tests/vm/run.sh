@@ -5,6 +5,7 @@
 set -uo pipefail
 . "$(dirname "$0")/lib.sh"
 . "$(dirname "$0")/iommufd.sh"
+. "$(dirname "$0")/passthrough.sh"
 
 G=$VUI_TESTS_DIR/guest
 # virtio-iommu on x86 has no MSI isolation; iommufd refuses VFIO binds without this.
