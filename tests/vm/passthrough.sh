@@ -26,6 +26,15 @@ def load(step, what):
     return json.load(open(f"{share}/l1-{step}-{what}.json"))
 def ep(step):
     return next((e for e in load(step, "endpoints") if e["id"] == EP), None)
+def hwpt(step):
+    """The HWPT the daemon has edu on (None: not attached by the daemon)."""
+    b = load(step, "backend")
+    return next((e["hwpt"] for e in b["endpoints"] if e["endpoint"] == EP), None)
+def qemu_hwpts():
+    """The ids QEMU attached edu to at realize (its trace, in the nested guest's log)."""
+    import re
+    log = open(f"{share}/l2.log", errors="replace").read()
+    return [int(m) for m in re.findall(r"iommufd_cdev_pasid_attach_ioas_hwpt.* to id=(\d+)", log)]
 def dom(step):
     e = ep(step)
     if e is None or e["domain"] is None:
@@ -53,8 +62,12 @@ t_passthrough() {
     GUEST_FILES=()
     pt_check passthrough/daemon/blocked "before ATTACH edu has no domain with mappings" \
         'dom("blocked") is None or dom("blocked")["mappings"] == 0'
-    pt_check passthrough/daemon/mapped "after ATTACH + MAP edu's domain maps" \
-        'dom("mapped") is not None and dom("mapped")["mappings"] >= 1'
+    pt_check passthrough/daemon/qemu-attached "QEMU attached edu to its own HWPT at realize (trace)" \
+        'len(qemu_hwpts()) >= 1'
+    pt_check passthrough/daemon/taken-over "before the guest's ATTACH the daemon has edu on its own HWPT, not QEMU's" \
+        'hwpt("blocked") is not None and hwpt("blocked") not in qemu_hwpts()'
+    pt_check passthrough/daemon/mapped "after ATTACH + MAP edu's domain maps, edu on the daemon's HWPT" \
+        'dom("mapped") is not None and dom("mapped")["mappings"] >= 1 and hwpt("mapped") not in qemu_hwpts() + [None, hwpt("blocked")]'
     pt_check passthrough/daemon/unmapped "after UNMAP edu's domain maps nothing" \
         'dom("unmapped") is not None and dom("unmapped")["mappings"] == 0'
     pt_check passthrough/daemon/replaced "after ATTACH to another domain edu is there, mapped" \

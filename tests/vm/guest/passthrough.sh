@@ -39,6 +39,7 @@ EOT
 export RUST_LOG=info
 vhost-user-iommu-glue launch --config /tmp/vm.toml --daemon /bin/vhost-user-iommu -- \
     chroot "$R" qemu-system-x86_64 -accel tcg -cpu max -smp 1 -nographic -no-reboot -net none \
+    -trace iommufd_cdev_pasid_attach_ioas_hwpt -trace iommufd_cdev_connect_and_bind \
     -kernel /tmp/vui/bzImage -initrd /tmp/vui/l2.cpio.gz \
     -append "console=ttyS0 quiet panic=-1 noapic iommufd.allow_unsafe_interrupts=1" \
     -virtfs local,path=/tmp/vui/share,mount_tag=host0,security_model=none \

@@ -340,7 +340,8 @@ impl RunPaths {
 }
 
 /// The daemon's configuration (TOML): the iommufd backend, the hand-over socket and one
-/// `fd = true` device per passthrough device, the endpoints of the VIOT.
+/// `fd = true, bind = false` device per passthrough device (QEMU binds it), the endpoints of
+/// the VIOT.
 pub fn daemon_config(plan: &Plan, paths: &RunPaths) -> String {
     use toml::{Table, Value};
     let s = |p: PathBuf| Value::String(p.display().to_string());
@@ -358,6 +359,8 @@ pub fn daemon_config(plan: &Plan, paths: &RunPaths) -> String {
             let mut t = Table::new();
             t.insert("endpoint".into(), Value::Integer(i64::from(d.endpoint)));
             t.insert("fd".into(), Value::Boolean(true));
+            // QEMU binds the device; the daemon attaches it through the same open file.
+            t.insert("bind".into(), Value::Boolean(false));
             Value::Table(t)
         })
         .collect();

@@ -62,6 +62,7 @@ fn daemon_config_and_qemu_arguments() {
     assert_eq!(devs.len(), 2);
     assert_eq!(devs[1]["endpoint"].as_integer(), Some(48));
     assert_eq!(devs[1]["fd"].as_bool(), Some(true));
+    assert_eq!(devs[1]["bind"].as_bool(), Some(false));
     assert_eq!(
         t["iommufd"]["fd-socket"].as_str(),
         Some("/srv/root/run/vm1/fd.sock")

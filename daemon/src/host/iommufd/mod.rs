@@ -258,6 +258,7 @@ impl HostBackend for IommufdBackend {
         let fd = self.fd.as_fd();
         self.ram
             .follow(fd, new, &mut domains, stage2, &self.allowed);
+        self.claim_shared();
         Ok(())
     }
 
@@ -285,14 +286,16 @@ impl NestingHost for IommufdBackend {
 
     fn attach_table(&mut self, domain: u32, binding: &Binding) -> Result<(), BackendError> {
         let dom = DomainId(domain);
-        let devices = self.devices();
+        // With nesting set up every device has an id (backend.rs `devices`).
+        let devices = self.devices().unwrap_or_default();
         let n = self.nest.as_mut();
         let n = n.ok_or(BackendError::Unsupported("the host IOMMU does not nest"))?;
         let data = nested_data(n.kind(), binding)?;
         let base = n.base(&self.fd, self.stage2.id(), &devices)?;
         // A device of the domain if it has one (the IOMMU instance that will walk the table).
         let dev = (self.endpoints.values().find(|e| e.domain == Some(dom)))
-            .map_or(n.dev(), |e| e.dev.dev_id());
+            .and_then(|e| e.dev.dev_id())
+            .unwrap_or(n.dev());
         let d = self.domains.get(&dom);
         let d = d.ok_or(BackendError::Internal("table for an unknown domain"))?;
         if d.bypass() {
@@ -380,7 +383,8 @@ impl NestingHost for IommufdBackend {
         let endpoints = &self.endpoints;
         let endpoint_of = |dev: DevId| {
             let mut eps = endpoints.iter();
-            eps.find(|(_, e)| e.dev.dev_id() == dev).map(|(id, _)| *id)
+            eps.find(|(_, e)| e.dev.dev_id() == Some(dev))
+                .map(|(id, _)| *id)
         };
         match self.nest.as_mut() {
             Some(n) => n.page_requests(endpoint_of),
