@@ -9,10 +9,14 @@
 #
 # Guest side (L2, guest/passthrough-l2.sh + vfio-dma edu): edu's DMA engine proves blocked
 # before ATTACH, data through a mapped IOVA to the mapped page, nothing through an IOVA never
-# mapped or after UNMAP, the same IOVA reaching another page after ATTACH to another domain.
+# mapped or after UNMAP, the same IOVA reaching another page after ATTACH to another domain;
+# then a reboot with those mappings live, and in the second boot a guest-physical address
+# reaching its page through an identity (bypass) domain.
 # Daemon side (L1 saves the control socket's answers at each step; checked here): the
-# endpoint's domain and its mappings at each step. Then QEMU is SIGKILLed: the launcher stops
-# the daemon, nothing is left running, edu is free (a new iommufd binds it).
+# endpoint's domain, its mappings and the HWPT the daemon has it on (not QEMU's, from QEMU's
+# trace) at each step; no stale domain after the reboot; a bypass domain. Then QEMU is
+# SIGKILLed: the launcher stops the daemon, nothing is left running, edu is free (a new
+# iommufd binds it).
 
 # pt_check NAME DETAIL PYTHON-EXPR: PASS when the expression over the saved answers is true.
 # `ep(step)` is edu's endpoint entry, `dom(step)` its domain entry (None if none).
@@ -55,7 +59,7 @@ t_passthrough() {
     vm_initramfs "$files/l2.cpio.gz" "$G/passthrough-l2.sh" "$RUN/vfio-dma"
     guest_dyn_files "$DAEMON" "$GLUE"
     GUEST_FILES+=("$RUN/vfio-dma")
-    boot_guest passthrough "$G/passthrough.sh" 1500 "$VFIO_APPEND" -- -m 1536 \
+    boot_guest passthrough "$G/passthrough.sh" 1800 "$VFIO_APPEND" -- -m 1536 \
         -device virtio-iommu-pci -device edu \
         -virtfs "local,path=/,mount_tag=qemuroot,security_model=none,readonly=on" \
         -virtfs "local,path=$(qpath "$files"),mount_tag=files,security_model=none,readonly=on"
@@ -72,4 +76,8 @@ t_passthrough() {
         'dom("unmapped") is not None and dom("unmapped")["mappings"] == 0'
     pt_check passthrough/daemon/replaced "after ATTACH to another domain edu is there, mapped" \
         'dom("replaced") is not None and dom("replaced")["id"] != dom("mapped")["id"] and dom("replaced")["mappings"] >= 1'
+    pt_check passthrough/daemon/no-stale-domain "after the nested guest rebooted with live mappings: no domain without endpoints, no mapping, no IOAS left behind" \
+        'all(d["endpoints"] for d in load("second-boot", "domains")) and sum(d["mappings"] for d in load("second-boot", "domains")) == 0 and len(load("second-boot", "backend")["domains"]) == len(load("second-boot", "domains"))'
+    pt_check passthrough/daemon/bypass "edu's group in an identity domain: a bypass domain in the daemon" \
+        'dom("bypass") is not None and dom("bypass")["bypass"]'
 }

@@ -488,7 +488,7 @@ t_endpoints() {
     unset -f sync_groups
 }
 
-ALL_TESTS="builtin builtin_vfio daemon vfio bench bypass reconnect endpoints reboot hotplug iommufd_mock iommufd_vfio"
+ALL_TESTS="builtin builtin_vfio daemon vfio bench bypass reconnect endpoints reboot hotplug iommufd_mock iommufd_vfio passthrough"
 vm_setup
 build_guest_programs
 for b in "$DAEMON" "$GLUE"; do

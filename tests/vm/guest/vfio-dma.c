@@ -2,11 +2,13 @@
  * Guest program: map and unmap DMA buffers for a PCI function bound to vfio-pci, through the
  * VFIO device cdev + iommufd, so that every map/unmap becomes a virtio-iommu MAP/UNMAP request.
  *
- * usage: vfio-dma BDF OUTDIR [hold|edu|bind]
+ * usage: vfio-dma BDF OUTDIR [hold|edu|edu-hold|bind|bypass]
  * With "hold" it stops after the "mapped" step and keeps the mappings until it is killed (or
  * the guest reboots under it). With "edu" (the device must be QEMU's edu) it proves each step
  * with edu's DMA engine instead (see edu_steps). With "bind" it only binds the device to a new
- * iommufd and attaches it to a new IOAS (the device is free), then exits.
+ * iommufd and attaches it to a new IOAS (the device is free), then exits. With "bypass" (edu
+ * on no driver, its IOMMU group's domain identity) it drives edu through sysfs (resource0,
+ * config) and proves that a guest-physical address reaches that page (see edu_bypass).
  * Writes OUTDIR/vfio-ranges.txt (the IOAS's allowed IOVA ranges after attach: "start last") and
  * OUTDIR/vfio-expected.txt (one line per 4 KiB page while mapped: "iova phys r w", phys from
  * /proc/self/pagemap). Between steps it prints "VUI-SYNC <name>" and waits (bounded) for
@@ -347,6 +349,68 @@ static int edu_steps(int dev, int iommufd, int hold)
 	return failures ? 1 : 0;
 }
 
+/* pagemap: the physical address of a resident page of this process (0 if none). */
+static uint64_t phys_of(int pagemap, void *va);
+
+/*
+ * Bypass: edu is on no driver and its group's domain is identity, so its DMA addresses are
+ * guest-physical. edu is driven through sysfs (config for bus mastering, resource0 for BAR0):
+ * page 0 of a buffer is read at its guest-physical address into edu's buffer and written to
+ * page 1's guest-physical address. Then a VUI-SYNC, holding the buffer, until killed.
+ */
+static int edu_bypass(const char *bdf)
+{
+	char path[256];
+	uint16_t cmd;
+	uint64_t pa0, pa1;
+	uint8_t *A, *bar;
+	int cfg, res, pagemap, r, i;
+	volatile uint64_t *regs;
+
+	snprintf(path, sizeof(path), "/sys/bus/pci/devices/%s/config", bdf);
+	cfg = open(path, O_RDWR);
+	snprintf(path, sizeof(path), "/sys/bus/pci/devices/%s/resource0", bdf);
+	res = open(path, O_RDWR | O_SYNC);
+	pagemap = open("/proc/self/pagemap", O_RDONLY);
+	if (cfg < 0 || res < 0 || pagemap < 0 || pread(cfg, &cmd, 2, 4) != 2) {
+		result("bypass-sysfs", 0, "config/resource0/pagemap of %s: %s", bdf, strerror(errno));
+		return 1;
+	}
+	cmd |= 0x2 | 0x4;
+	bar = mmap(NULL, 0x100000, PROT_READ | PROT_WRITE, MAP_SHARED, res, 0);
+	A = two_pages(0x5e, 0x66);
+	if (pwrite(cfg, &cmd, 2, 4) != 2 || bar == MAP_FAILED || !A || mlock(A, 2 * PAGE)) {
+		result("bypass-sysfs", 0, "bus master / mmap resource0 / buffer: %s", strerror(errno));
+		return 1;
+	}
+	regs = (volatile uint64_t *)bar;
+	pa0 = phys_of(pagemap, A);
+	pa1 = phys_of(pagemap, A + PAGE);
+	if (!pa0 || !pa1 || pa0 >= (1ull << 28) || pa1 >= (1ull << 28)) {
+		result("bypass-buffer", 0, "buffer at %#" PRIx64 "/%#" PRIx64 " (edu reaches 28 bits)",
+		       pa0, pa1);
+		return 1;
+	}
+	r = 0;
+	for (i = 0; i < 2 && !r; i++) {
+		regs[EDU_DMA_SRC / 8] = i ? EDU_BUF : pa0;
+		regs[EDU_DMA_DST / 8] = i ? pa1 : EDU_BUF;
+		regs[EDU_DMA_CNT / 8] = PAGE;
+		regs[EDU_DMA_CMD / 8] = EDU_CMD_START | (i ? EDU_CMD_TO_RAM : 0);
+		for (r = 500; r > 0 && (regs[EDU_DMA_CMD / 8] & EDU_CMD_START); r--)
+			usleep(20000);
+		r = r ? 0 : -1;
+	}
+	result("edu-bypass-identity", r == 0 && same_as_pattern(A + PAGE, 0x5e),
+	       "identity domain: edu read GPA %#" PRIx64 " and wrote GPA %#" PRIx64
+	       ": page 1 %s (dma %d)", pa0, pa1,
+	       same_as_pattern(A + PAGE, 0x5e) ? "holds page 0's data" : "unchanged", r);
+	if (sync_host("bypass"))
+		return 1;
+	for (;;)
+		pause();
+}
+
 int main(int argc, char **argv)
 {
 	char cdev[128], path[512];
@@ -362,11 +426,14 @@ int main(int argc, char **argv)
 	const char *mode = argc == 4 ? argv[3] : "";
 
 	if (argc != 3 && !(argc == 4 && (strcmp(mode, "hold") == 0 || strcmp(mode, "edu") == 0 ||
-					 strcmp(mode, "edu-hold") == 0 || strcmp(mode, "bind") == 0))) {
-		fprintf(stderr, "usage: %s BDF OUTDIR [hold|edu|edu-hold|bind]\n", argv[0]);
+					 strcmp(mode, "edu-hold") == 0 || strcmp(mode, "bind") == 0 ||
+					 strcmp(mode, "bypass") == 0))) {
+		fprintf(stderr, "usage: %s BDF OUTDIR [hold|edu|edu-hold|bind|bypass]\n", argv[0]);
 		return 2;
 	}
 	outdir = argv[2];
+	if (strcmp(mode, "bypass") == 0)
+		return edu_bypass(argv[1]);
 	if (find_cdev(argv[1], cdev, sizeof(cdev))) {
 		result("vfio-cdev", 0, "%s has no vfio-dev/vfioN (not bound to vfio-pci?)", argv[1]);
 		return 1;

@@ -192,7 +192,7 @@ impl HostBackend for IommufdBackend {
             &mut self.blocked
         };
         let pt = to.target(dev)?;
-        let unattached = self.endpoints.values_mut().filter(|e| e.domain.is_none());
+        let unattached = (self.endpoints.values_mut()).filter(|e| e.domain.is_none() && e.claimed);
         for e in unattached {
             e.move_to(pt, None)?;
         }
@@ -211,7 +211,9 @@ impl HostBackend for IommufdBackend {
             }
         }
         let pt = self.unattached_fallback();
-        for (ep, e) in self.endpoints.iter_mut() {
+        // A device the VMM binds that the daemon has not attached yet is claimed (to where the
+        // device then says) when the driver starts the device: the VMM may not have bound it.
+        for (ep, e) in self.endpoints.iter_mut().filter(|(_, e)| e.claimed) {
             if let Err(err) = e.move_to(pt, None) {
                 warn!("reset: endpoint {ep} cannot leave its domain: {err}");
             }

@@ -358,6 +358,10 @@ fn a_device_the_vmm_binds_is_claimed_only_by_a_successful_move() {
     assert!(!b.endpoints[&ep].claimed);
     assert!(b.detach(40).is_err());
     assert!(!b.endpoints[&ep].claimed);
+    // Resets and bypass changes leave it to the claim (the VMM may not have bound it yet).
+    b.reset(ResetKind::Device);
+    b.set_unattached_bypass(true).unwrap();
+    assert!(!b.endpoints[&ep].claimed);
 }
 
 #[test]
