@@ -51,7 +51,7 @@ lpid=$!
 tail -f /tmp/l2.log | sed 's/^/L2 /' &
 relay=$!
 
-ctl() { timeout 20 vhost-user-iommu ctl --control-socket "$W/run/control.sock" "$@"; }
+ctl() { timeout 20 vhost-user-iommu ctl --control-socket "$W/run/control.sock" --json "$@"; }
 # save NAME: the daemon's view at L2's sync point NAME, for the host.
 save() {
     for c in endpoints domains backend; do ctl "$c" >"/mnt/host/l1-$1-$c.json" 2>&1; done

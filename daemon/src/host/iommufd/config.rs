@@ -133,7 +133,7 @@ pub fn check_sources(cfg: &IommufdConfig, sysfs: &Path) -> Vec<String> {
             DeviceSource::Pci(bdf) => pci_cdev(sysfs, bdf)
                 .map(|_| ())
                 .map_err(|e| format!("pci = {bdf:?}: {e}")),
-            DeviceSource::Passed | DeviceSource::Mock => Ok(()),
+            DeviceSource::Passed | DeviceSource::Shared | DeviceSource::Mock => Ok(()),
         };
         if let Err(why) = r {
             problems.push(format!("[iommufd] endpoint {ep}: {why}"));
