@@ -35,6 +35,12 @@ with open(os.environ["FAKE_DAEMON_REPORT"], "w") as f:
     json.dump(report, f)
 l = socket.socket(socket.AF_UNIX)
 l.bind(get("socket"))
+if mode == "die-later":
+    import time
+    while not os.path.exists(os.environ["FAKE_QEMU_REPORT"] + ".fds"):
+        time.sleep(0.05)
+    time.sleep(0.3)
+    sys.exit(4)
 while True:
     signal.pause()
 "#;
@@ -253,6 +259,22 @@ fn sigterm_stops_qemu_and_the_daemon_and_a_second_launcher_is_refused() {
         gone(&report(&h, "run")["pid"].to_string()),
         "the daemon still runs"
     );
+    assert!(h.device_free());
+    assert_eq!(h.run_dir_empty("run"), Vec::<String>::new());
+}
+
+#[test]
+fn a_daemon_that_dies_under_a_running_qemu_stops_it() {
+    let h = Host::new("late");
+    let out = h.launch(
+        "run",
+        &[("FAKE_DAEMON", "die-later"), ("FAKE_QEMU_SLEEP", "60")],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("the daemon exited"), "{err}");
+    assert!(err.contains("stopping QEMU"), "{err}");
+    assert!(gone(&h.read("run.qemu.pid")), "QEMU still runs");
     assert!(h.device_free());
     assert_eq!(h.run_dir_empty("run"), Vec::<String>::new());
 }
