@@ -286,3 +286,24 @@ fn qemu_or_daemon_that_cannot_start_nothing_started() {
     assert!(e.to_string().contains("--daemon"), "{e}");
     a.device_free();
 }
+
+#[test]
+fn emulated_devices_only_when_asked() {
+    let cfg = config(
+        "run-dir = \"/r\"\nemulated = [\"00:07.0\"]\ndevices = [{ host = \"01:00.0\", guest = \"00:05.0\" }]\n",
+    );
+    let plan = Plan::new(&cfg, None).unwrap();
+    assert_eq!(plan.emulated, vec![("00:07.0".parse().unwrap(), 0x38)]);
+    assert_eq!(plan.endpoints(), "40,56");
+    // Without asking, the VIOT holds the passthrough device only.
+    let plain = Plan::new(
+        &config("run-dir = \"/r\"\ndevices = [{ host = \"01:00.0\", guest = \"00:05.0\" }]\n"),
+        None,
+    )
+    .unwrap();
+    assert_eq!(plain.endpoints(), "40");
+    let clash = config(
+        "run-dir = \"/r\"\nemulated = [\"00:05.0\"]\ndevices = [{ host = \"01:00.0\", guest = \"00:05.0\" }]\n",
+    );
+    assert!(Plan::new(&clash, None).is_err());
+}
