@@ -129,6 +129,7 @@ fn backend_json(b: &BackendConfig) -> serde_json::Value {
                     }
                     DeviceSource::Pci(bdf) => json!({"endpoint": ep, "pci": bdf}),
                     DeviceSource::Passed => json!({"endpoint": ep, "fd": true}),
+                    DeviceSource::Shared => json!({"endpoint": ep, "fd": true, "bind": false}),
                     DeviceSource::Mock => json!({"endpoint": ep, "mock": true}),
                 })
                 .collect();

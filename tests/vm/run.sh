@@ -5,6 +5,7 @@
 set -uo pipefail
 . "$(dirname "$0")/lib.sh"
 . "$(dirname "$0")/iommufd.sh"
+. "$(dirname "$0")/passthrough.sh"
 
 G=$VUI_TESTS_DIR/guest
 # virtio-iommu on x86 has no MSI isolation; iommufd refuses VFIO binds without this.
@@ -487,7 +488,7 @@ t_endpoints() {
     unset -f sync_groups
 }
 
-ALL_TESTS="builtin builtin_vfio daemon vfio bench bypass reconnect endpoints reboot hotplug iommufd_mock iommufd_vfio"
+ALL_TESTS="builtin builtin_vfio daemon vfio bench bypass reconnect endpoints reboot hotplug iommufd_mock iommufd_vfio passthrough"
 vm_setup
 build_guest_programs
 for b in "$DAEMON" "$GLUE"; do

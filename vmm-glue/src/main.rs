@@ -1,10 +1,12 @@
 //! `vhost-user-iommu-glue`: writes the VIOT table and prints the QEMU arguments that attach the
 //! vhost-user-iommu daemon to a VM.
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use vhost_user_iommu_glue::launch::{self, host::HostRoots, run::Launch, LaunchError};
 use vhost_user_iommu_glue::pci::{PciAddress, PciRange};
 use vhost_user_iommu_glue::qemu::{self, QemuArgs, QemuError};
 use vhost_user_iommu_glue::viot::{Viot, ViotError};
@@ -21,6 +23,28 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
+    /// Run a QEMU VM whose VFIO passthrough devices are translated by the daemon: opens
+    /// /dev/iommu and the devices' VFIO cdevs, writes the VIOT, starts the daemon (iommufd
+    /// backend) and hands it the fds, then starts QEMU (the command after `--`, with the
+    /// launcher's arguments appended). Stops everything when QEMU exits (docs/PASSTHROUGH.md).
+    Launch {
+        /// The launcher's configuration (TOML; docs/PASSTHROUGH.md).
+        #[arg(long, value_name = "VM.toml")]
+        config: PathBuf,
+        /// The daemon binary [default: `daemon` in the configuration, else vhost-user-iommu
+        /// next to this program, else on $PATH].
+        #[arg(long, value_name = "PATH")]
+        daemon: Option<PathBuf>,
+        /// sysfs mount point (for tests).
+        #[arg(long, value_name = "DIR", default_value = "/sys", hide = true)]
+        sysfs_root: PathBuf,
+        /// /dev mount point (for tests).
+        #[arg(long, value_name = "DIR", default_value = "/dev", hide = true)]
+        dev_root: PathBuf,
+        /// QEMU's program and arguments.
+        #[arg(last = true, value_name = "QEMU-COMMAND", required = true)]
+        qemu: Vec<OsString>,
+    },
     /// Write a VIOT table (for QEMU's `-acpitable file=`) placing the virtio-iommu at --iommu and
     /// the given PCI ranges behind it.
     Viot {
@@ -102,6 +126,8 @@ enum Error {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Launch(#[from] LaunchError),
     #[error("{0} is not behind the IOMMU in this VIOT (or is the IOMMU itself)")]
     NotCovered(PciAddress),
 }
@@ -117,8 +143,26 @@ fn read_viot(path: &Path) -> Result<Viot, QemuError> {
     })
 }
 
-fn run(cli: Cli) -> Result<(), Error> {
+fn run(cli: Cli) -> Result<u8, Error> {
     match cli.cmd {
+        Cmd::Launch {
+            config,
+            daemon,
+            sysfs_root,
+            dev_root,
+            qemu,
+        } => {
+            let code = launch::run::launch(&Launch {
+                config,
+                daemon,
+                qemu,
+                roots: HostRoots {
+                    sys: sysfs_root,
+                    dev: dev_root,
+                },
+            })?;
+            return Ok(u8::try_from(code).unwrap_or(1));
+        }
         Cmd::Viot { iommu, ranges, out } => {
             let viot = Viot::new(iommu, ranges)?;
             let bytes = viot.to_bytes();
@@ -190,13 +234,13 @@ fn run(cli: Cli) -> Result<(), Error> {
             }
         }
     }
-    Ok(())
+    Ok(0)
 }
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     match run(Cli::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("vhost-user-iommu-glue: error: {e}");
             ExitCode::FAILURE
