@@ -186,19 +186,7 @@ fn run(cli: Cli) -> Result<u8, Error> {
             println!("{id}");
         }
         Cmd::Endpoints { viot } => {
-            let v = read_viot(&viot)?;
-            let list: Vec<String> = v
-                .endpoint_ranges()
-                .iter()
-                .map(|&(a, b)| {
-                    if a == b {
-                        a.to_string()
-                    } else {
-                        format!("{a}-{b}")
-                    }
-                })
-                .collect();
-            println!("{}", list.join(","));
+            println!("{}", read_viot(&viot)?.endpoint_list());
         }
         Cmd::QemuArgs {
             socket,

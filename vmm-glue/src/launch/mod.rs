@@ -273,18 +273,7 @@ impl Plan {
     /// The daemon's `--endpoints`: every endpoint id the VIOT hands out (Linux stops probing a
     /// bus at the first endpoint the device does not know).
     pub fn endpoints(&self) -> String {
-        self.viot
-            .endpoint_ranges()
-            .iter()
-            .map(|&(a, b)| {
-                if a == b {
-                    a.to_string()
-                } else {
-                    format!("{a}-{b}")
-                }
-            })
-            .collect::<Vec<_>>()
-            .join(",")
+        self.viot.endpoint_list()
     }
 }
 
