@@ -92,6 +92,15 @@ enum Cmd {
         /// Read the VIOT from here instead (when QEMU sees the file under another path, e.g. in a chroot).
         #[arg(long, value_name = "FILE")]
         viot_local: Option<PathBuf>,
+        /// Where the daemon's socket is on this machine, when QEMU sees it under another path
+        /// (a chroot): the one checked for existence.
+        #[arg(long, value_name = "PATH")]
+        socket_local: Option<PathBuf>,
+        /// The daemon's --endpoints: every endpoint the VIOT puts behind the IOMMU must be in
+        /// it (Linux stops probing at the first PROBE answered NOENT, leaving the bus
+        /// untranslated).
+        #[arg(long, value_name = "LIST")]
+        endpoints: Option<model::config::EndpointSet>,
         /// Guest memory size (512M, 2G, ...).
         #[arg(long, value_name = "SIZE", default_value = "512M")]
         memory: String,
@@ -130,6 +139,12 @@ enum Error {
     Launch(#[from] LaunchError),
     #[error("{0} is not behind the IOMMU in this VIOT (or is the IOMMU itself)")]
     NotCovered(PciAddress),
+    #[error("the VIOT puts endpoints {missing} behind the IOMMU, which the daemon's --endpoints {served} does not serve: the guest's driver would stop at the first one and translate nothing; start the daemon with --endpoints {viot} (`vhost-user-iommu-glue endpoints --viot FILE`)")]
+    EndpointsNotServed {
+        served: String,
+        missing: String,
+        viot: String,
+    },
 }
 
 fn read_viot(path: &Path) -> Result<Viot, QemuError> {
@@ -192,6 +207,8 @@ fn run(cli: Cli) -> Result<u8, Error> {
             socket,
             viot,
             viot_local,
+            socket_local,
+            endpoints,
             memory,
             iommu_addr,
             bus,
@@ -206,10 +223,30 @@ fn run(cli: Cli) -> Result<u8, Error> {
             };
             let table = read_viot(viot_local.as_ref().unwrap_or(&viot))?;
             q.check_viot(&table)?;
-            if !q.socket.exists() {
+            if let Some(served) = &endpoints {
+                let missing: Vec<String> = table
+                    .endpoint_ranges()
+                    .into_iter()
+                    .filter(|&(a, b)| (a..=b).any(|e| !served.contains(e)))
+                    .map(|(a, b)| format!("{a}-{b}"))
+                    .collect();
+                if !missing.is_empty() {
+                    return Err(Error::EndpointsNotServed {
+                        served: served.to_string(),
+                        missing: missing.join(","),
+                        viot: table.endpoint_list(),
+                    });
+                }
+            }
+            // Where the socket is here: QEMU's path means nothing on this side of a chroot.
+            let here = socket_local.as_ref().or(match viot_local {
+                Some(_) => None,
+                None => Some(&q.socket),
+            });
+            if let Some(p) = here.filter(|p| !p.exists()) {
                 log::warn!(
                     "{} does not exist yet; start the daemon before QEMU",
-                    q.socket.display()
+                    p.display()
                 );
             }
             let args = q.args()?;
