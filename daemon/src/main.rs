@@ -6,12 +6,12 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 
-use model::config::{parse_u32, parse_u64};
 use model::protocol::RESV_MEM_T_MSI;
 use vhost_user_iommu::host::BackendConfig;
 use vhost_user_iommu::service::server;
 use vhost_user_iommu::service::settings::{self, Layer, Settings};
-use vhost_user_iommu_control::{self as control, Access, Client, Notification, Request};
+
+mod ctl;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -34,7 +34,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Query a running daemon through its control socket and print JSON.
-    Ctl(CtlArgs),
+    Ctl(ctl::CtlArgs),
     /// Print the manual page (roff) generated from this command line to stdout.
     #[command(hide = true)]
     Man,
@@ -66,57 +66,6 @@ struct RunArgs {
     check_config: bool,
     #[command(flatten)]
     settings: Layer,
-}
-
-#[derive(Debug, Args)]
-struct CtlArgs {
-    /// Path of the daemon's control socket.
-    #[arg(long, value_name = "PATH")]
-    control_socket: PathBuf,
-    #[command(subcommand)]
-    query: Query,
-}
-
-#[derive(Debug, Subcommand)]
-enum Query {
-    /// Connection, features, configuration and totals.
-    Status,
-    /// Endpoints the driver has probed or attached, with their domain.
-    Endpoints,
-    /// Domains with their endpoints and mapping counts.
-    Domains,
-    /// One page of a domain's mappings.
-    Mappings {
-        #[arg(long, value_parser = parse_u32)]
-        domain: u32,
-        #[arg(long, value_parser = parse_u64, default_value = "0")]
-        start: u64,
-        #[arg(long, default_value = "1000")]
-        limit: usize,
-    },
-    /// Requests per type and status, fault delivery counts.
-    Counters,
-    /// The most recent faults.
-    Faults,
-    /// The host backend's objects (iommufd: IOASes, HWPTs, devices).
-    Backend,
-    /// Translate an access through the software backend (a miss raises a fault event).
-    Translate {
-        #[arg(long, value_parser = parse_u32)]
-        endpoint: u32,
-        #[arg(long, value_parser = parse_u64)]
-        iova: u64,
-        /// r, w or rw
-        #[arg(long, default_value = "r")]
-        access: String,
-    },
-    /// Follow invalidations (`subscribe`): print one JSON line per UNMAP, ATTACH/DETACH, reset
-    /// or bypass change until interrupted.
-    Watch {
-        /// Stop after this many lines.
-        #[arg(long)]
-        count: Option<u64>,
-    },
 }
 
 /// The config file to read: --config, or --default-config when that does not exist.
@@ -196,6 +145,7 @@ fn backend_json(b: &BackendConfig) -> serde_json::Value {
                     }
                     DeviceSource::Pci(bdf) => json!({"endpoint": ep, "pci": bdf}),
                     DeviceSource::Passed => json!({"endpoint": ep, "fd": true}),
+                    DeviceSource::Shared => json!({"endpoint": ep, "fd": true, "bind": false}),
                     DeviceSource::Mock => json!({"endpoint": ep, "mock": true}),
                 })
                 .collect();
@@ -208,57 +158,6 @@ fn backend_json(b: &BackendConfig) -> serde_json::Value {
             })
         }
     }
-}
-
-fn run_ctl(a: CtlArgs) -> Result<(), String> {
-    let req = match a.query {
-        Query::Watch { count } => {
-            let mut left = count;
-            return control::watch(&a.control_socket, |n| {
-                match n {
-                    Notification::Invalidation(ev) => match control::encode(ev) {
-                        Ok(line) => println!("{line}"),
-                        Err(e) => eprintln!("vhost-user-iommu: {e}"),
-                    },
-                    Notification::NotUnderstood(line) => println!("{line}"),
-                }
-                if let Some(n) = left.as_mut() {
-                    *n = n.saturating_sub(1);
-                }
-                left != Some(0)
-            })
-            .map_err(|e| e.to_string());
-        }
-        Query::Status => Request::Status,
-        Query::Endpoints => Request::Endpoints,
-        Query::Domains => Request::Domains,
-        Query::Mappings {
-            domain,
-            start,
-            limit,
-        } => Request::Mappings {
-            domain,
-            start: Some(start),
-            limit: Some(limit),
-        },
-        Query::Counters => Request::Counters,
-        Query::Faults => Request::Faults,
-        Query::Backend => Request::Backend,
-        Query::Translate {
-            endpoint,
-            iova,
-            access,
-        } => Request::translate(endpoint, iova, Access::parse(&access)),
-    };
-    let result = Client::connect(&a.control_socket)
-        .and_then(|mut c| c.request(&req))
-        .map_err(|e| e.to_string())?;
-    // Through a `Value`, so keys are printed in sorted order as they always were.
-    let text = serde_json::to_value(&result)
-        .and_then(|v| serde_json::to_string_pretty(&v))
-        .map_err(|e| e.to_string())?;
-    println!("{text}");
-    Ok(())
 }
 
 /// The manual page, generated from the command-line definition.
@@ -360,7 +259,7 @@ fn main() -> ExitCode {
                 .write_all(&page)
                 .map_err(|e| e.to_string())
         }),
-        Some(Command::Ctl(a)) => run_ctl(a),
+        Some(Command::Ctl(a)) => ctl::run(a),
         Some(Command::SystemdDropin { config, sysfs }) => settings::load(&config)
             .and_then(|l| settings::resolve(Layer::default(), Some((&config, l))))
             .map_err(|e| e.to_string())

@@ -165,7 +165,7 @@ fn ctl_watch_follows_invalidations() {
     let watch = Command::new(BIN)
         .args(["ctl", "--control-socket"])
         .arg(&d.control)
-        .args(["watch", "--count", "2"])
+        .args(["--json", "watch", "--count", "2"])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("start ctl watch");
@@ -195,6 +195,14 @@ fn ctl_watch_follows_invalidations() {
     assert_eq!(lines[1]["endpoints"], serde_json::json!([3]));
     assert_eq!(lines[1]["start"], 0);
     assert_eq!(lines[1]["end"], 0xfffff);
+    // The watcher is gone: the next invalidation finds out, and that is not a warning.
+    assert_eq!(dev.attach(1, 4), 0);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !d.stderr().contains("invalidation subscriber left") {
+        assert!(std::time::Instant::now() < deadline, "{}", d.stderr());
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(!d.stderr().contains("WARN"), "{}", d.stderr());
 }
 
 /// The example in docs/OPERATORS.md is a valid config file, as written and with every

@@ -12,7 +12,8 @@ use std::sync::Arc;
 use model::config::DeviceConfig;
 use model::device::Device;
 use model::protocol::REQUEST_QUEUE;
-use vhost_user_backend::{VhostUserBackendMut, VringRwLock, VringT};
+use vhost_user_backend::{VhostUserBackendMut, VringT};
+use vhost_user_iommu::transport::vring::Vring;
 use vhost_user_iommu::transport::{Shared, VhostDevice};
 use vm_memory::{
     Bytes, FileOffset, GuestAddress, GuestMemoryAtomic, GuestMemoryMmap, GuestRegionMmap,
@@ -59,8 +60,8 @@ fn avail_entry_beyond_queue_size_is_skipped() {
     backend.update_memory(atomic.clone()).unwrap();
     shared.device().set_acked_features(u64::MAX);
 
-    let vrings: Vec<VringRwLock> = (0..2)
-        .map(|_| VringRwLock::new(atomic.clone(), SIZE).unwrap())
+    let vrings: Vec<Vring> = (0..2)
+        .map(|_| Vring::new(atomic.clone(), SIZE).unwrap())
         .collect();
     for v in &vrings {
         v.set_queue_size(SIZE);

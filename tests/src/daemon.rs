@@ -154,16 +154,22 @@ impl Daemon {
     /// Start the daemon with `--socket <tmp>/sock --control-socket <tmp>/ctl` plus `extra`, and
     /// wait (bounded) until both sockets exist. Panics (showing stderr) if it does not come up.
     pub fn start(extra: &[&str]) -> Daemon {
-        Self::spawn(extra, true)
+        Self::spawn(extra, true, None)
+    }
+
+    /// Like [`Daemon::start`], with the soft limit of open files (RLIMIT_NOFILE) of the daemon
+    /// set to `nofile` before it runs (the hard limit stays).
+    pub fn start_with_nofile(extra: &[&str], nofile: u64) -> Daemon {
+        Self::spawn(extra, true, Some(nofile))
     }
 
     /// Start the daemon with only `--socket <tmp>/sock` plus `extra`: the control socket is
     /// expected at its default place, `<tmp>/sock.ctl`.
     pub fn start_default_control(extra: &[&str]) -> Daemon {
-        Self::spawn(extra, false)
+        Self::spawn(extra, false, None)
     }
 
-    fn spawn(extra: &[&str], explicit_control: bool) -> Daemon {
+    fn spawn(extra: &[&str], explicit_control: bool, nofile: Option<u64>) -> Daemon {
         let dir = TempDir::new();
         let socket = dir.path().join("sock");
         let control = if explicit_control {
@@ -188,8 +194,8 @@ impl Daemon {
         // If the test process dies without running Drop (killed by a runner's timeout, an
         // abort), the daemon must not outlive it. The signal follows the spawning thread, which
         // is the test's own thread that owns this Daemon.
-        // SAFETY: the closure runs in the child between fork and exec and only calls prctl and
-        // getppid, both async-signal-safe.
+        // SAFETY: the closure runs in the child between fork and exec and only calls prctl,
+        // getppid, getrlimit and setrlimit, all async-signal-safe.
         unsafe {
             use std::os::unix::process::CommandExt;
             let parent = libc::getpid();
@@ -200,6 +206,19 @@ impl Daemon {
                 // The parent may already be gone: then we were reparented.
                 if libc::getppid() != parent {
                     return Err(std::io::Error::other("test process exited"));
+                }
+                if let Some(soft) = nofile {
+                    let mut lim = libc::rlimit {
+                        rlim_cur: 0,
+                        rlim_max: 0,
+                    };
+                    if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    lim.rlim_cur = soft.min(lim.rlim_max);
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
                 }
                 Ok(())
             });
@@ -260,6 +279,11 @@ impl Daemon {
     pub fn pid(&self) -> i32 {
         let id = self.child.as_ref().expect("daemon running").id();
         i32::try_from(id).expect("pid fits i32")
+    }
+
+    /// Number of file descriptors the daemon has open (/proc/PID/fd).
+    pub fn fd_count(&self) -> usize {
+        crate::raw::fd_count(self.pid())
     }
 
     /// Send a signal to the daemon.

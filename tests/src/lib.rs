@@ -27,10 +27,13 @@
 //!   source of it is newer).
 //!
 //! - [`launcher`]: the fd hand-over of a launcher (iommufd and device fds over SCM_RIGHTS).
+//! - [`raw`]: raw vhost-user messages of a hostile frontend (any header, payload and fds), on
+//!   a socket that may also carry a well-behaved frontend or device.
 //!
 //! Integration tests live in `tests/tests/` (one file per area: negotiation, requests, batch,
 //! faults, hostile, reconnect, process, control, memory_table, migration, restart, pasid,
-//! iommufd, sched); the binaries `vui-drive` (run inside the test VM against real iommufd) and
+//! iommufd, sched; the hostile-VMM suite, malformed vhost-user sessions, in `hostile_vmm/`);
+//! the binaries `vui-drive` (run inside the test VM against real iommufd) and
 //! `vui-bench` (benchmarks) in `tests/src/bin/`. docs/ARCHITECTURE.md says which test goes where.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -41,6 +44,7 @@ pub mod device;
 pub mod launcher;
 pub mod mem;
 pub mod proto;
+pub mod raw;
 pub mod virtq;
 
 pub use control::Control;

@@ -110,17 +110,37 @@ fn ctl_subcommand_prints_json() {
     let daemon = Daemon::start(&[]);
     let mut d = daemon.connect();
     assert_eq!(d.attach(2, 9), OK);
+    let ctl = |args: &[&str]| {
+        let out = Command::new(daemon::binary())
+            .arg("ctl")
+            .arg("--control-socket")
+            .arg(&daemon.control)
+            .args(args)
+            .output()
+            .expect("run ctl");
+        assert!(out.status.success(), "ctl {args:?}: {out:?}");
+        String::from_utf8(out.stdout).expect("utf-8")
+    };
+    let v: Value = serde_json::from_str(&ctl(&["--json", "endpoints"])).expect("--json is JSON");
+    assert_eq!(v, serde_json::json!([{"id": 9, "domain": 2}]));
+    // A table for people: hex, and the same endpoint.
+    let t = ctl(&["endpoints"]);
+    let rows: Vec<Vec<&str>> = t.lines().map(|l| l.split_whitespace().collect()).collect();
+    assert_eq!(rows, [vec!["ENDPOINT", "DOMAIN"], vec!["9", "2"]], "{t}");
+    let t = ctl(&["status"]);
+    assert!(t.contains("features offered   0x"), "{t}");
+    assert!(t.contains("page size mask     0xfffffffffffff000"), "{t}");
+    // The vhost-user socket names the control socket too (SOCKET.ctl, the daemon's default).
+    let other = Daemon::start_default_control(&[]);
     let out = Command::new(daemon::binary())
         .arg("ctl")
-        .arg("--control-socket")
-        .arg(&daemon.control)
-        .arg("endpoints")
+        .arg("--socket")
+        .arg(&other.socket)
+        .args(["--json", "endpoints"])
         .output()
         .expect("run ctl");
-    assert!(out.status.success(), "ctl endpoints: {out:?}");
-    let v: Value = serde_json::from_slice(&out.stdout).expect("ctl prints JSON");
-    let text = v.to_string();
-    assert!(text.contains('9'), "endpoint 9 missing from {text}");
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(out.stdout, b"[]\n", "{out:?}");
     let out = Command::new(daemon::binary())
         .args(["ctl", "--control-socket"])
         .arg(daemon.dir().join("missing.ctl"))

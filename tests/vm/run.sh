@@ -5,6 +5,7 @@
 set -uo pipefail
 . "$(dirname "$0")/lib.sh"
 . "$(dirname "$0")/iommufd.sh"
+. "$(dirname "$0")/passthrough.sh"
 . "$(dirname "$0")/systemd.sh"
 
 G=$VUI_TESTS_DIR/guest
@@ -106,7 +107,7 @@ t_daemon() {
         # One successful PROBE per translated function, and no PROBE/ATTACH failure.
         dcheck daemon/host/probe-per-endpoint counter "$DCTL" probe ok "$(grep -c . "$share/groups.txt")"
         dcheck daemon/host/no-probe-attach-failure counter-failures "$DCTL" attach probe
-        timeout 10 "$DAEMON" ctl --control-socket "$DCTL" endpoints >"$RUN/daemon.ctl-endpoints.json" 2>&1
+        timeout 10 "$DAEMON" ctl --control-socket "$DCTL" --json endpoints >"$RUN/daemon.ctl-endpoints.json" 2>&1
         dcheck daemon/host/ctl-cli same-as-socket "$DCTL" endpoints "$RUN/daemon.ctl-endpoints.json"
         # Faults on purpose: edu's DMA domain has nothing at 0xdead000; an endpoint the guest
         # never attached has no domain and, with the bypass bit clear, must not reach memory.
@@ -488,7 +489,7 @@ t_endpoints() {
     unset -f sync_groups
 }
 
-ALL_TESTS="builtin builtin_vfio daemon vfio bench bypass reconnect endpoints reboot hotplug iommufd_mock iommufd_vfio systemd"
+ALL_TESTS="builtin builtin_vfio daemon vfio bench bypass reconnect endpoints reboot hotplug iommufd_mock iommufd_vfio passthrough systemd"
 vm_setup
 build_guest_programs
 for b in "$DAEMON" "$GLUE"; do

@@ -5,6 +5,9 @@
 //! table. This crate builds it ([`viot`]), parses the PCI addresses and ranges users type
 //! ([`pci`]), and renders the QEMU command-line fragment that wires everything up ([`qemu`]).
 //!
+//! [`launch`] runs a QEMU VM with VFIO passthrough devices translated by the daemon: it opens
+//! the host devices, starts the daemon, hands it the fds and starts QEMU with the same fds.
+//!
 //! A Rust VMM embedding the device itself uses the library side: [`frontend`] (the vhost-user
 //! frontend: negotiation, feature and config pass-through, memory table, vrings), [`fdt`] (the
 //! device-tree nodes for device-tree guests) and [`translate`] (IOVA translation with an
@@ -12,6 +15,7 @@
 
 pub mod fdt;
 pub mod frontend;
+pub mod launch;
 pub mod pci;
 pub mod qemu;
 pub mod translate;

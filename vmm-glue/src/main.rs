@@ -1,10 +1,12 @@
 //! `vhost-user-iommu-glue`: writes the VIOT table and prints the QEMU arguments that attach the
 //! vhost-user-iommu daemon to a VM.
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use vhost_user_iommu_glue::launch::{self, host::HostRoots, run::Launch, LaunchError};
 use vhost_user_iommu_glue::pci::{PciAddress, PciRange};
 use vhost_user_iommu_glue::qemu::{self, QemuArgs, QemuError};
 use vhost_user_iommu_glue::viot::{Viot, ViotError};
@@ -21,6 +23,28 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
+    /// Run a QEMU VM whose VFIO passthrough devices are translated by the daemon: opens
+    /// /dev/iommu and the devices' VFIO cdevs, writes the VIOT, starts the daemon (iommufd
+    /// backend) and hands it the fds, then starts QEMU (the command after `--`, with the
+    /// launcher's arguments appended). Stops everything when QEMU exits (docs/PASSTHROUGH.md).
+    Launch {
+        /// The launcher's configuration (TOML; docs/PASSTHROUGH.md).
+        #[arg(long, value_name = "VM.toml")]
+        config: PathBuf,
+        /// The daemon binary [default: `daemon` in the configuration, else vhost-user-iommu
+        /// next to this program, else on $PATH].
+        #[arg(long, value_name = "PATH")]
+        daemon: Option<PathBuf>,
+        /// sysfs mount point (for tests).
+        #[arg(long, value_name = "DIR", default_value = "/sys", hide = true)]
+        sysfs_root: PathBuf,
+        /// /dev mount point (for tests).
+        #[arg(long, value_name = "DIR", default_value = "/dev", hide = true)]
+        dev_root: PathBuf,
+        /// QEMU's program and arguments.
+        #[arg(last = true, value_name = "QEMU-COMMAND", required = true)]
+        qemu: Vec<OsString>,
+    },
     /// Write a VIOT table (for QEMU's `-acpitable file=`) placing the virtio-iommu at --iommu and
     /// the given PCI ranges behind it.
     Viot {
@@ -68,6 +92,15 @@ enum Cmd {
         /// Read the VIOT from here instead (when QEMU sees the file under another path, e.g. in a chroot).
         #[arg(long, value_name = "FILE")]
         viot_local: Option<PathBuf>,
+        /// Where the daemon's socket is on this machine, when QEMU sees it under another path
+        /// (a chroot): the one checked for existence.
+        #[arg(long, value_name = "PATH")]
+        socket_local: Option<PathBuf>,
+        /// The daemon's --endpoints: every endpoint the VIOT puts behind the IOMMU must be in
+        /// it (Linux stops probing at the first PROBE answered NOENT, leaving the bus
+        /// untranslated).
+        #[arg(long, value_name = "LIST")]
+        endpoints: Option<model::config::EndpointSet>,
         /// Guest memory size (512M, 2G, ...).
         #[arg(long, value_name = "SIZE", default_value = "512M")]
         memory: String,
@@ -105,10 +138,18 @@ enum Error {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Launch(#[from] LaunchError),
     #[error("{0} is not behind the IOMMU in this VIOT (or is the IOMMU itself)")]
     NotCovered(PciAddress),
     #[error("cannot write the man page: {0}")]
     Man(std::io::Error),
+    #[error("the VIOT puts endpoints {missing} behind the IOMMU, which the daemon's --endpoints {served} does not serve: the guest's driver would stop at the first one and translate nothing; start the daemon with --endpoints {viot} (`vhost-user-iommu-glue endpoints --viot FILE`)")]
+    EndpointsNotServed {
+        served: String,
+        missing: String,
+        viot: String,
+    },
 }
 
 fn read_viot(path: &Path) -> Result<Viot, QemuError> {
@@ -122,7 +163,7 @@ fn read_viot(path: &Path) -> Result<Viot, QemuError> {
     })
 }
 
-fn run(cli: Cli) -> Result<(), Error> {
+fn run(cli: Cli) -> Result<u8, Error> {
     match cli.cmd {
         Cmd::Man => {
             use clap::CommandFactory;
@@ -132,6 +173,24 @@ fn run(cli: Cli) -> Result<(), Error> {
                 .render(&mut page)
                 .map_err(Error::Man)?;
             std::io::stdout().write_all(&page).map_err(Error::Man)?;
+        }
+        Cmd::Launch {
+            config,
+            daemon,
+            sysfs_root,
+            dev_root,
+            qemu,
+        } => {
+            let code = launch::run::launch(&Launch {
+                config,
+                daemon,
+                qemu,
+                roots: HostRoots {
+                    sys: sysfs_root,
+                    dev: dev_root,
+                },
+            })?;
+            return Ok(u8::try_from(code).unwrap_or(1));
         }
         Cmd::Viot { iommu, ranges, out } => {
             let viot = Viot::new(iommu, ranges)?;
@@ -156,24 +215,14 @@ fn run(cli: Cli) -> Result<(), Error> {
             println!("{id}");
         }
         Cmd::Endpoints { viot } => {
-            let v = read_viot(&viot)?;
-            let list: Vec<String> = v
-                .endpoint_ranges()
-                .iter()
-                .map(|&(a, b)| {
-                    if a == b {
-                        a.to_string()
-                    } else {
-                        format!("{a}-{b}")
-                    }
-                })
-                .collect();
-            println!("{}", list.join(","));
+            println!("{}", read_viot(&viot)?.endpoint_list());
         }
         Cmd::QemuArgs {
             socket,
             viot,
             viot_local,
+            socket_local,
+            endpoints,
             memory,
             iommu_addr,
             bus,
@@ -188,10 +237,30 @@ fn run(cli: Cli) -> Result<(), Error> {
             };
             let table = read_viot(viot_local.as_ref().unwrap_or(&viot))?;
             q.check_viot(&table)?;
-            if !q.socket.exists() {
+            if let Some(served) = &endpoints {
+                let missing: Vec<String> = table
+                    .endpoint_ranges()
+                    .into_iter()
+                    .filter(|&(a, b)| (a..=b).any(|e| !served.contains(e)))
+                    .map(|(a, b)| format!("{a}-{b}"))
+                    .collect();
+                if !missing.is_empty() {
+                    return Err(Error::EndpointsNotServed {
+                        served: served.to_string(),
+                        missing: missing.join(","),
+                        viot: table.endpoint_list(),
+                    });
+                }
+            }
+            // Where the socket is here: QEMU's path means nothing on this side of a chroot.
+            let here = socket_local.as_ref().or(match viot_local {
+                Some(_) => None,
+                None => Some(&q.socket),
+            });
+            if let Some(p) = here.filter(|p| !p.exists()) {
                 log::warn!(
                     "{} does not exist yet; start the daemon before QEMU",
-                    q.socket.display()
+                    p.display()
                 );
             }
             let args = q.args()?;
@@ -204,13 +273,13 @@ fn run(cli: Cli) -> Result<(), Error> {
             }
         }
     }
-    Ok(())
+    Ok(0)
 }
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     match run(Cli::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("vhost-user-iommu-glue: error: {e}");
             ExitCode::FAILURE

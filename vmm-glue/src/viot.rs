@@ -113,6 +113,21 @@ impl Viot {
         self.ranges.iter().find_map(|r| r.endpoint_of(addr))
     }
 
+    /// The endpoint ids as the daemon's `--endpoints` takes them (`0-7,9`).
+    pub fn endpoint_list(&self) -> String {
+        self.endpoint_ranges()
+            .iter()
+            .map(|&(a, b)| {
+                if a == b {
+                    a.to_string()
+                } else {
+                    format!("{a}-{b}")
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
     /// The endpoint ids the table hands out, as inclusive ranges sorted by start (the IOMMU's
     /// own function is left out). Written as `A-B,C-D`, this is the daemon's `--endpoints`.
     pub fn endpoint_ranges(&self) -> Vec<(u32, u32)> {

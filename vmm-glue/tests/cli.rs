@@ -214,3 +214,45 @@ fn the_committed_man_page_is_up_to_date() {
          `cargo run -p vhost-user-iommu-glue -- man > docs/man/vhost-user-iommu-glue.1`"
     );
 }
+
+/// `qemu-args --endpoints`: a VIOT that puts endpoints behind the IOMMU that the daemon does not
+/// serve is refused (the guest driver would stop probing at the first one), naming them and the
+/// `--endpoints` to use; and the socket is looked for where it is on this machine.
+#[test]
+fn qemu_args_checks_the_viot_against_the_daemons_endpoints() {
+    let viot = tmp("eps.viot");
+    let v = viot.to_str().unwrap();
+    let out = glue(&[
+        "viot",
+        "--iommu",
+        "0000:00:03.0",
+        "--pci-range",
+        "0000:00:04.0-00:05.7",
+        "--out",
+        v,
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let args = |extra: &[&str]| {
+        let mut a = vec!["qemu-args", "--socket", "/nonexistent.sock", "--viot", v];
+        a.extend_from_slice(extra);
+        glue(&a)
+    };
+    let out = args(&["--endpoints", "0-35"]);
+    assert!(!out.status.success(), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("endpoints 32-47"), "{err}");
+    assert!(err.contains("--endpoints 32-47"), "{err}");
+    for ok in ["32-47", "any", "0-100"] {
+        let out = args(&["--endpoints", ok]);
+        assert!(out.status.success(), "{ok}: {out:?}");
+    }
+    // The socket as QEMU sees it is not looked for when the VIOT comes from elsewhere too
+    // (a chroot); --socket-local is.
+    let warn = |out: &Output| String::from_utf8_lossy(&out.stderr).contains("does not exist yet");
+    assert!(warn(&args(&[])));
+    assert!(!warn(&args(&["--viot-local", v])));
+    let here = tmp("here.sock");
+    std::fs::write(&here, "").unwrap();
+    assert!(!warn(&args(&["--socket-local", here.to_str().unwrap()])));
+    assert!(warn(&args(&["--socket-local", "/also/nonexistent.sock"])));
+}

@@ -86,9 +86,20 @@ impl InvalidationSink for Subscribers {
         bytes.push(b'\n');
         clients.retain_mut(|s| match s.write(&bytes) {
             Ok(n) if n == bytes.len() => true,
+            // Gone (a `ctl watch` stopped, a VMM closed its connection): nothing to report.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+                ) =>
+            {
+                info!("invalidation subscriber left");
+                false
+            }
             Ok(_) | Err(_) => {
-                // Full or gone: a partial line would be ambiguous, so cut the subscriber off.
-                warn!("invalidation subscriber too slow or gone: disconnected");
+                // Full: a partial line would be ambiguous, and the subscriber would miss
+                // invalidations; cut it off (it must resubscribe and drop its caches).
+                warn!("invalidation subscriber too slow: disconnected");
                 let _ = s.shutdown(std::net::Shutdown::Both);
                 false
             }

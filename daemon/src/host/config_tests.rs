@@ -22,6 +22,8 @@ devices = [
   { endpoint = 16, pci = "0000:00:04.0" },
   { endpoint = 24, fd = true },
   { endpoint = 32, mock = true },
+  { endpoint = 40, fd = true, bind = false },
+  { endpoint = 48, fd = true, bind = true },
 ]
 "#;
     let s = resolve(Layer::default(), Some((p(), parse(p(), text).unwrap()))).unwrap();
@@ -39,6 +41,8 @@ devices = [
             (16, DeviceSource::Pci("0000:00:04.0".into())),
             (24, DeviceSource::Passed),
             (32, DeviceSource::Mock),
+            (40, DeviceSource::Shared),
+            (48, DeviceSource::Passed),
         ]
     );
 }
@@ -71,6 +75,9 @@ fn bad_iommufd_tables_name_the_key() {
         "[iommufd]\ndevices = [{ endpoint = 1, mock = true, pci = \"0000:00:01.0\" }]",
         "[iommufd]\ndevices = [{ endpoint = 1, mock = true }, { endpoint = 1, mock = true }]",
         "[iommufd]\ndevices = [{ endpoint = 1, fd = true }]",
+        "[iommufd]\nfd-socket = \"/s\"\ndevices = [{ endpoint = 1, mock = true, bind = false }]",
+        "[iommufd]\nfd-socket = \"/s\"\ndevices = [{ endpoint = 1, fd = false, bind = false }]",
+        "[iommufd]\ndevices = [{ endpoint = 1, fd = true, bind = false }]",
     ] {
         let msg = parse(p(), text).unwrap_err().to_string();
         assert!(

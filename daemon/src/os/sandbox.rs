@@ -225,6 +225,10 @@ pub fn role_calls(role: Role) -> Vec<Call> {
                 libc::SYS_lseek,
                 // FIONBIO (plus the backend's ioctls).
                 libc::SYS_ioctl,
+                // vhost checks that the fd of SET_BACKEND_REQ_FD or GPU_SET_SOCKET is a Unix
+                // stream socket (SO_DOMAIN, SO_TYPE) before it refuses or takes it: without
+                // this call any frontend could kill the daemon with one such message.
+                libc::SYS_getsockopt,
             ]);
         }
         Role::Transfer => {}
@@ -438,6 +442,31 @@ mod tests {
         assert!(killed_by_sigsys(in_child(Role::Main, other_process)));
         for role in [Role::Control, Role::Signals, Role::Watchdog, Role::Transfer] {
             assert!(killed_by_sigsys(in_child(role, own)), "{role:?}");
+        }
+    }
+
+    #[test]
+    fn the_handler_may_ask_a_socket_its_type() {
+        // vhost validates the fd of SET_BACKEND_REQ_FD and GPU_SET_SOCKET with SO_DOMAIN and
+        // SO_TYPE on the message handler thread: a frontend's fd must be refused, not kill.
+        fn so_type() -> i32 {
+            let mut v: libc::c_int = 0;
+            let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+            // SAFETY: getsockopt writes at most `len` bytes into the valid local `v`; the
+            // invalid fd makes it fail with EBADF.
+            unsafe {
+                libc::getsockopt(
+                    -1,
+                    libc::SOL_SOCKET,
+                    libc::SO_TYPE,
+                    (&mut v as *mut libc::c_int).cast(),
+                    &mut len,
+                )
+            };
+            0
+        }
+        for role in [Role::Main, Role::Handler] {
+            assert!(exited_with(in_child(role, so_type), 0), "{role:?}");
         }
     }
 

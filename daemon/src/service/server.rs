@@ -363,24 +363,9 @@ pub fn run(cfg: Settings) -> Result<(), ServerError> {
             )) => info!("frontend disconnected (connection {n})"),
             Err(e) => error!("connection {n} ended with an error: {e}"),
         }
-        for h in daemon.get_epoll_handlers() {
-            h.send_exit_event();
-        }
-        // Stop the workers before the reset: one may still be draining a batch the frontend
-        // made available before it went away (its memory stays mapped here until the daemon
-        // object goes), and nothing it makes may outlive the reset. Dropping the daemon joins
-        // them.
-        drop(daemon);
-        shared.clear_worker();
-        shared.close_exit_events();
         // Everything the guest built is gone with the connection; `connected` turns false only
-        // then, so whoever sees it sees the released state. (A journaled state of a previous
-        // run that this frontend did not resume goes too.)
-        {
-            let mut dev = shared.device();
-            dev.discard_resume_state();
-            dev.reset(false);
-        }
+        // then, so whoever sees it sees the released state.
+        crate::transport::end_connection(&shared, daemon);
         conn.connected.store(false, Ordering::Relaxed);
         activation::notify_status(&format!("waiting for a frontend on {where_}"));
     }

@@ -133,6 +133,9 @@ struct RawHostDevice {
     vfio: Option<PathBuf>,
     pci: Option<String>,
     fd: Option<bool>,
+    /// With `fd = true`: `bind = false` when the VMM binds the device (QEMU's
+    /// `-device vfio-pci,fd=`), docs/PASSTHROUGH.md.
+    bind: Option<bool>,
     mock: Option<bool>,
 }
 
@@ -140,14 +143,15 @@ impl RawIommufd {
     fn into_config(self) -> Result<IommufdConfig, String> {
         let mut devices = std::collections::BTreeMap::new();
         for d in self.devices {
-            let src = match (d.vfio, d.pci, d.fd, d.mock) {
-                (Some(p), None, None, None) => DeviceSource::Vfio(p),
-                (None, Some(bdf), None, None) => DeviceSource::Pci(bdf),
-                (None, None, Some(true), None) => DeviceSource::Passed,
-                (None, None, None, Some(true)) => DeviceSource::Mock,
+            let src = match (d.vfio, d.pci, d.fd, d.mock, d.bind) {
+                (Some(p), None, None, None, None) => DeviceSource::Vfio(p),
+                (None, Some(bdf), None, None, None) => DeviceSource::Pci(bdf),
+                (None, None, Some(true), None, None | Some(true)) => DeviceSource::Passed,
+                (None, None, Some(true), None, Some(false)) => DeviceSource::Shared,
+                (None, None, None, Some(true), None) => DeviceSource::Mock,
                 _ => {
                     return Err(format!(
-                        "endpoint {}: give exactly one of vfio = PATH, pci = BDF, fd = true, mock = true",
+                        "endpoint {}: give exactly one of vfio = PATH, pci = BDF, fd = true (with bind = false when the VMM binds it), mock = true",
                         d.endpoint
                     ))
                 }
@@ -156,7 +160,7 @@ impl RawIommufd {
                 return Err(format!("endpoint {} listed twice", d.endpoint));
             }
         }
-        if devices.values().any(|s| *s == DeviceSource::Passed) && self.fd_socket.is_none() {
+        if devices.values().any(DeviceSource::handed_over) && self.fd_socket.is_none() {
             return Err("devices with `fd = true` need `fd-socket`".into());
         }
         Ok(IommufdConfig {

@@ -58,7 +58,7 @@ pub fn device_dropin(settings: &Settings, sysfs: &Path) -> Result<String, Dropin
                     })?;
                     devices.push((*ep, p));
                 }
-                DeviceSource::Passed => passed.push(*ep),
+                DeviceSource::Passed | DeviceSource::Shared => passed.push(*ep),
                 DeviceSource::Mock => {}
             }
         }

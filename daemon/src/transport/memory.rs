@@ -7,10 +7,19 @@
 //! default, `seal=on`). A file that cannot be sealed (a plain file, hugetlbfs through
 //! `memory-backend-file`) is refused: the daemon cannot prove it will stay backed. docs/VMM-TRUST.md
 //! has the reasoning.
+//!
+//! A table has at most [`MAX_REGIONS`] regions: each keeps its file open in the daemon, and
+//! ADD_MEM_REG adds them one at a time without a bound of its own.
 
 use std::os::fd::AsRawFd;
 
 use vm_memory::{Address, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+
+/// The most regions a table may have: what one SET_MEM_TABLE can carry (one fd per region, at
+/// most 32 fds per message). Only ADD_MEM_REG adds more, and that needs CONFIGURE_MEM_SLOTS,
+/// which the daemon does not offer: a frontend that acks it anyway could otherwise make one
+/// session hold every file the daemon may open.
+pub const MAX_REGIONS: usize = 32;
 
 /// Why a memory table is refused. The frontend's request fails; the previous table stays.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -44,10 +53,17 @@ pub enum MemoryTableError {
     Unsealed { index: usize, gpa: u64 },
     #[error("memory region {index} (guest {gpa:#x}): cannot inspect its file: {errno}")]
     Inspect { index: usize, gpa: u64, errno: i32 },
+    #[error("a memory table of {count} regions: at most {MAX_REGIONS}")]
+    TooManyRegions { count: usize },
 }
 
-/// Check every region of `mem` against its file: inside it, and sealed against shrinking.
+/// Check every region of `mem` against its file: inside it, and sealed against shrinking; and
+/// that there are at most [`MAX_REGIONS`].
 pub fn check_table(mem: &GuestMemoryMmap) -> Result<(), MemoryTableError> {
+    let count = mem.iter().count();
+    if count > MAX_REGIONS {
+        return Err(MemoryTableError::TooManyRegions { count });
+    }
     for (index, r) in mem.iter().enumerate() {
         let gpa = r.start_addr().raw_value();
         let size = r.len();
@@ -130,6 +146,27 @@ mod tests {
     fn a_sealed_region_inside_its_file_is_accepted() {
         let f = memfd(0x20_0000, libc::F_SEAL_SHRINK | libc::F_SEAL_GROW);
         assert_eq!(check_table(&table(f, 0x1000, 0x10_0000)), Ok(()));
+    }
+
+    #[test]
+    fn a_table_of_more_regions_than_one_message_carries_is_refused() {
+        let regions = |n: u64| {
+            let regions = (0..n)
+                .map(|i| {
+                    let f = memfd(0x1000, libc::F_SEAL_SHRINK);
+                    let region = MmapRegion::from_file(FileOffset::new(f, 0), 0x1000).unwrap();
+                    GuestRegionMmap::new(region, GuestAddress(i * 0x10000)).unwrap()
+                })
+                .collect();
+            GuestMemoryMmap::from_regions(regions).unwrap()
+        };
+        assert_eq!(check_table(&regions(MAX_REGIONS as u64)), Ok(()));
+        assert_eq!(
+            check_table(&regions(MAX_REGIONS as u64 + 1)),
+            Err(MemoryTableError::TooManyRegions {
+                count: MAX_REGIONS + 1
+            })
+        );
     }
 
     #[test]

@@ -5,14 +5,22 @@
 //! The frontend reads (SAVE) or writes (LOAD) the pipe it passed only after our reply to
 //! `SET_DEVICE_STATE_FD`, so the bytes cannot move on the message handler thread without a
 //! deadlock once the state outgrows the pipe buffer. One transfer thread, started with the
-//! daemon (the handler thread may not start threads under its seccomp filter), does the blocking
-//! I/O; `CHECK_DEVICE_STATE` waits for its result.
+//! daemon (the handler thread may not start threads under its seccomp filter), does the I/O;
+//! `CHECK_DEVICE_STATE` waits for its result.
+//!
+//! The fd is the frontend's choice: one whose end never comes (an eventfd, a FIFO opened for
+//! reading and writing, a pipe whose writer stays open) must neither hold the thread for good
+//! nor let transfers, each holding its fd, pile up behind it. So a transfer does non-blocking
+//! I/O and gives up at its deadline, and there is one transfer at a time: another one is
+//! refused until it is done.
 
 use std::fs::File;
 use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
-use std::sync::Mutex;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use log::error;
 
@@ -31,6 +39,8 @@ pub enum TransferError {
     Gone,
     #[error("device state transfer did not finish within {0:?}")]
     Timeout(Duration),
+    #[error("a device state transfer is still running: one at a time")]
+    Busy,
 }
 
 enum Job {
@@ -57,6 +67,8 @@ pub enum Pending {
 #[derive(Debug)]
 pub struct Transfer {
     jobs: Mutex<Sender<Job>>,
+    /// A job is queued or running.
+    busy: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for Job {
@@ -68,17 +80,73 @@ impl std::fmt::Debug for Job {
     }
 }
 
-fn read_limited(file: &mut File, limit: usize) -> Result<Vec<u8>, TransferError> {
-    let mut data = Vec::new();
-    // One byte more than allowed tells a too-large stream from one of exactly `limit` bytes.
-    let n = file
-        .take(limit as u64 + 1)
-        .read_to_end(&mut data)
-        .map_err(TransferError::Io)?;
-    if n > limit {
-        return Err(TransferError::TooLarge(limit));
+/// Make `file` non-blocking (its I/O then waits in [`wait`], up to a deadline).
+fn set_nonblocking(file: &File) -> io::Result<()> {
+    // SAFETY: F_GETFL and F_SETFL on a descriptor `file` owns; no memory is passed.
+    let r = unsafe {
+        let flags = libc::fcntl(file.as_raw_fd(), libc::F_GETFL);
+        if flags < 0 {
+            flags
+        } else {
+            libc::fcntl(file.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK)
+        }
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
     }
-    Ok(data)
+    Ok(())
+}
+
+/// The fd is not ready: wait a little, or give up at `deadline`.
+fn wait(deadline: Instant, timeout: Duration) -> Result<(), TransferError> {
+    if Instant::now() >= deadline {
+        return Err(TransferError::Timeout(timeout));
+    }
+    std::thread::sleep(Duration::from_millis(1));
+    Ok(())
+}
+
+fn read_limited(
+    file: &mut File,
+    limit: usize,
+    timeout: Duration,
+) -> Result<Vec<u8>, TransferError> {
+    let deadline = Instant::now() + timeout;
+    set_nonblocking(file)?;
+    let mut data = Vec::new();
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        match file.read(&mut buf) {
+            Ok(0) => return Ok(data),
+            Ok(n) => {
+                data.extend_from_slice(&buf[..n]);
+                // One byte more than allowed tells a too-large stream from one of exactly
+                // `limit` bytes.
+                if data.len() > limit {
+                    return Err(TransferError::TooLarge(limit));
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => wait(deadline, timeout)?,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(TransferError::Io(e)),
+        }
+    }
+}
+
+fn write_all(file: &mut File, data: &[u8], timeout: Duration) -> Result<usize, TransferError> {
+    let deadline = Instant::now() + timeout;
+    set_nonblocking(file)?;
+    let mut rest = data;
+    while !rest.is_empty() {
+        match file.write(rest) {
+            Ok(0) => return Err(TransferError::Io(io::ErrorKind::WriteZero.into())),
+            Ok(n) => rest = &rest[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => wait(deadline, timeout)?,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(TransferError::Io(e)),
+        }
+    }
+    Ok(data.len())
 }
 
 impl Transfer {
@@ -86,7 +154,17 @@ impl Transfer {
     pub fn spawn(
         enter: impl FnOnce() -> Result<(), String> + Send + 'static,
     ) -> io::Result<Transfer> {
+        Self::spawn_with(enter, CHECK_TIMEOUT)
+    }
+
+    /// [`Transfer::spawn`], each transfer given up after `timeout`.
+    fn spawn_with(
+        enter: impl FnOnce() -> Result<(), String> + Send + 'static,
+        timeout: Duration,
+    ) -> io::Result<Transfer> {
         let (tx, rx) = mpsc::channel::<Job>();
+        let busy = Arc::new(AtomicBool::new(false));
+        let idle = busy.clone();
         std::thread::Builder::new()
             .name("state-transfer".into())
             .spawn(move || {
@@ -94,6 +172,8 @@ impl Transfer {
                     error!("state transfer thread: {e}");
                     return;
                 }
+                // The fd is closed and the thread idle before the result is sent: whoever sees
+                // the result may start the next transfer.
                 for job in rx {
                     match job {
                         Job::Save {
@@ -101,31 +181,45 @@ impl Transfer {
                             data,
                             done,
                         } => {
-                            let r = file.write_all(&data).map(|()| data.len());
+                            let r = write_all(&mut file, &data, timeout);
                             drop(file);
-                            let _ = done.send(r.map_err(TransferError::Io));
+                            idle.store(false, Ordering::Release);
+                            let _ = done.send(r);
                         }
                         Job::Load {
                             mut file,
                             limit,
                             done,
                         } => {
-                            let _ = done.send(read_limited(&mut file, limit));
+                            let r = read_limited(&mut file, limit, timeout);
+                            drop(file);
+                            idle.store(false, Ordering::Release);
+                            let _ = done.send(r);
                         }
                     }
                 }
             })?;
         Ok(Transfer {
             jobs: Mutex::new(tx),
+            busy,
         })
     }
 
+    /// Queue `job` unless a transfer is queued or running already (its fd is dropped then).
     fn send(&self, job: Job) -> Result<(), TransferError> {
-        self.jobs
+        if self.busy.swap(true, Ordering::AcqRel) {
+            return Err(TransferError::Busy);
+        }
+        let sent = self
+            .jobs
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .send(job)
-            .map_err(|_| TransferError::Gone)
+            .map_err(|_| TransferError::Gone);
+        if sent.is_err() {
+            self.busy.store(false, Ordering::Release);
+        }
+        sent
     }
 
     /// Write `data` into the frontend's pipe, in the background.
@@ -218,5 +312,30 @@ mod tests {
         });
         assert!(matches!(pending.wait(), Err(TransferError::TooLarge(1000))));
         writer.join().unwrap();
+    }
+
+    #[test]
+    fn a_transfer_that_never_ends_is_given_up_and_holds_off_the_next_meanwhile() {
+        let t = Transfer::spawn_with(|| Ok(()), Duration::from_millis(200)).unwrap();
+        // The writer stays open: the stream never ends.
+        let (r, w) = pipe();
+        let started = Instant::now();
+        let stuck = t.load(r, 1000).unwrap();
+        let (r2, _w2) = pipe();
+        assert!(matches!(t.load(r2, 1000), Err(TransferError::Busy)));
+        let (_r3, w3) = pipe();
+        assert!(matches!(t.save(w3, vec![1; 10]), Err(TransferError::Busy)));
+        assert!(matches!(stuck.wait(), Err(TransferError::Timeout(_))));
+        assert!(started.elapsed() >= Duration::from_millis(200));
+        // Done: the next transfer runs, a save into a pipe nobody reads gives up too.
+        let (_r4, w4) = pipe();
+        let pending = t.save(w4, vec![0; 1 << 20]).unwrap();
+        assert!(matches!(pending.wait(), Err(TransferError::Timeout(_))));
+        let (r5, mut w5) = pipe();
+        let pending = t.load(r5, 1000).unwrap();
+        w5.write_all(&[3; 10]).unwrap();
+        drop(w5);
+        assert!(matches!(pending.wait(), Ok(Finished::Loaded(v)) if v == vec![3; 10]));
+        drop(w);
     }
 }

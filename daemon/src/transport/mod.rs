@@ -15,7 +15,7 @@ use vhost::vhost_user::message::{
     VhostTransferStateDirection, VhostTransferStatePhase, VhostUserProtocolFeatures,
     VhostUserVirtioFeatures,
 };
-use vhost_user_backend::{VhostUserBackendMut, VringRwLock, VringT};
+use vhost_user_backend::{VhostUserBackendMut, VringT};
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use virtio_queue::QueueT;
 use vm_memory::{
@@ -32,6 +32,7 @@ use model::device::Device;
 use model::queue::{handle_chain, skip_bad_head};
 pub mod memory;
 pub mod migration;
+pub mod vring;
 
 use crate::os::sched::WorkerSched;
 use migration::{load_limit, Finished, Pending, Transfer};
@@ -119,7 +120,7 @@ impl Shared {
     }
 
     /// The connection's worker is gone.
-    pub fn clear_worker(&self) {
+    fn clear_worker(&self) {
         *self.worker_slot() = None;
     }
 
@@ -143,7 +144,7 @@ impl Shared {
     /// Close the exit-event fds of a connection whose `VhostUserDaemon` has been dropped (its
     /// epoll handlers, the only users, are gone). An fd whose inode is no longer the one handed
     /// out (a future `vhost-user-backend` that closes it itself) is left alone.
-    pub fn close_exit_events(&self) {
+    fn close_exit_events(&self) {
         let fds = std::mem::take(&mut *self.exit_fds.lock().unwrap_or_else(|p| p.into_inner()));
         for (fd, ino) in fds {
             // SAFETY: fstat into a zeroed stat; `fd` may be closed or reused, which the
@@ -251,7 +252,7 @@ impl VhostDevice {
     /// After a daemon restart (state journal, docs/STATE.md): the first event of the new
     /// connection shows whether the driver carries on from where the previous daemon left it
     /// (its request queue resumes past 0, the position the frontend kept) or started over.
-    fn resolve_resume(&mut self, vring: &VringRwLock) {
+    fn resolve_resume(&mut self, vring: &vring::Vring) {
         let at = vring.queue_next_avail();
         self.last_avail = at;
         match self.shared.device().resume_state(at != 0) {
@@ -264,7 +265,7 @@ impl VhostDevice {
         }
     }
 
-    fn check_restart(&mut self, vring: &VringRwLock) {
+    fn check_restart(&mut self, vring: &vring::Vring) {
         let Some(at) = self.stopped_at.take() else {
             return;
         };
@@ -283,7 +284,7 @@ impl VhostDevice {
     /// driver notifications suppressed, so the guest need not kick) until the queue has been
     /// idle for the poll window, then re-enable notifications and go back to sleep on the kick
     /// eventfd. A busy queue yields after `MAX_POLL_BURST` so the event queue is served too.
-    fn process_requests(&mut self, vring: &VringRwLock) -> Result<(), VhostError> {
+    fn process_requests(&mut self, vring: &vring::Vring) -> Result<(), VhostError> {
         let mut completed = std::mem::take(&mut self.completed);
         let r = self.drain_requests(vring, &mut completed);
         self.completed = completed;
@@ -293,7 +294,7 @@ impl VhostDevice {
 
     fn drain_requests(
         &self,
-        vring: &VringRwLock,
+        vring: &vring::Vring,
         completed: &mut Vec<(u16, u32)>,
     ) -> Result<(), VhostError> {
         let qerr = |err| VhostError::Queue {
@@ -336,12 +337,10 @@ impl VhostDevice {
             if n > 0 {
                 last_work = Instant::now();
                 if wants_interrupt(state.get_queue_mut(), mem, self.event_idx).map_err(qerr)? {
-                    state
-                        .signal_used_queue()
-                        .map_err(|err| VhostError::Signal {
-                            queue: REQUEST_QUEUE,
-                            err,
-                        })?;
+                    self::vring::signal(&state).map_err(|err| VhostError::Signal {
+                        queue: REQUEST_QUEUE,
+                        err,
+                    })?;
                 }
             }
             if let Some(window) = self.poll {
@@ -373,7 +372,7 @@ impl VhostDevice {
 
     /// Move queued fault records into the driver's event buffers. With no buffer posted a
     /// record is dropped (and counted): the request queue never waits for the event queue.
-    fn deliver_events(&self, vring: &VringRwLock) -> Result<(), VhostError> {
+    fn deliver_events(&self, vring: &vring::Vring) -> Result<(), VhostError> {
         let qerr = |err| VhostError::Queue {
             queue: EVENT_QUEUE,
             err,
@@ -432,6 +431,27 @@ impl VhostDevice {
     }
 }
 
+/// The end of a frontend connection (it went away, or its session failed). The connection's
+/// worker threads stop first: one may still be draining a batch the frontend made available
+/// before it went away (its memory stays mapped until the daemon object goes), and nothing it
+/// makes may outlive the reset; dropping the daemon joins them. Then the fds the connection
+/// leaves behind are closed and the guest state goes (with a journaled state of a previous run
+/// that this frontend did not resume).
+pub fn end_connection(
+    shared: &Shared,
+    daemon: vhost_user_backend::VhostUserDaemon<Arc<std::sync::RwLock<VhostDevice>>>,
+) {
+    for h in daemon.get_epoll_handlers() {
+        h.send_exit_event();
+    }
+    drop(daemon);
+    shared.clear_worker();
+    shared.close_exit_events();
+    let mut dev = shared.device();
+    dev.discard_resume_state();
+    dev.reset(false);
+}
+
 /// Whether the driver wants an interrupt for the buffers just used. With EVENT_IDX the
 /// `used_event` rule decides (virtio-queue); without it the driver's VRING_AVAIL_F_NO_INTERRUPT
 /// flag does (virtio 1.3, 2.7.10: the device SHOULD NOT notify while it is set), which
@@ -462,7 +482,7 @@ const VRING_AVAIL_F_NO_INTERRUPT_FLAG: u16 = 1;
 
 impl VhostUserBackendMut for VhostDevice {
     type Bitmap = ();
-    type Vring = VringRwLock;
+    type Vring = vring::Vring;
 
     fn num_queues(&self) -> usize {
         NUM_QUEUES
@@ -699,7 +719,7 @@ impl VhostUserBackendMut for VhostDevice {
         &mut self,
         device_event: u16,
         _evset: EventSet,
-        vrings: &[VringRwLock],
+        vrings: &[vring::Vring],
         _thread_id: usize,
     ) -> io::Result<()> {
         // The first event on a worker thread sets its scheduling policy, then narrows its

@@ -237,14 +237,10 @@ fuzz_target!(|data: &[u8]| {
     }
     drop(client);
     let _ = daemon.wait();
-    for h in daemon.get_epoll_handlers() {
-        h.send_exit_event();
-    }
-    drop(daemon);
-    shared.clear_worker();
-    shared.close_exit_events();
-    let mut dev = shared.device();
-    dev.discard_resume_state();
-    dev.reset(false);
-    assert!(dev.is_pristine(), "a connection left guest state behind");
+    // As the daemon ends a connection.
+    vhost_user_iommu::transport::end_connection(&shared, daemon);
+    assert!(
+        shared.device().is_pristine(),
+        "a connection left guest state behind"
+    );
 });

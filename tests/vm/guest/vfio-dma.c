@@ -2,9 +2,13 @@
  * Guest program: map and unmap DMA buffers for a PCI function bound to vfio-pci, through the
  * VFIO device cdev + iommufd, so that every map/unmap becomes a virtio-iommu MAP/UNMAP request.
  *
- * usage: vfio-dma BDF OUTDIR [hold]
+ * usage: vfio-dma BDF OUTDIR [hold|edu|edu-hold|bind|bypass]
  * With "hold" it stops after the "mapped" step and keeps the mappings until it is killed (or
- * the guest reboots under it).
+ * the guest reboots under it). With "edu" (the device must be QEMU's edu) it proves each step
+ * with edu's DMA engine instead (see edu_steps). With "bind" it only binds the device to a new
+ * iommufd and attaches it to a new IOAS (the device is free), then exits. With "bypass" (edu
+ * on no driver, its IOMMU group's domain identity) it drives edu through sysfs (resource0,
+ * config) and proves that a guest-physical address reaches that page (see edu_bypass).
  * Writes OUTDIR/vfio-ranges.txt (the IOAS's allowed IOVA ranges after attach: "start last") and
  * OUTDIR/vfio-expected.txt (one line per 4 KiB page while mapped: "iova phys r w", phys from
  * /proc/self/pagemap). Between steps it prints "VUI-SYNC <name>" and waits (bounded) for
@@ -31,6 +35,8 @@
 #define IOMMU_IOAS_UNMAP _IO(IOMMUFD_TYPE, 0x86)
 #define VFIO_DEVICE_BIND_IOMMUFD _IO(IOMMUFD_TYPE, 118)
 #define VFIO_DEVICE_ATTACH_IOMMUFD_PT _IO(IOMMUFD_TYPE, 119)
+#define VFIO_DEVICE_GET_REGION_INFO _IO(IOMMUFD_TYPE, 100 + 8)
+#define VFIO_PCI_CONFIG_REGION_INDEX 7
 
 #define MAP_FIXED_IOVA (1u << 0)
 #define MAP_WRITEABLE (1u << 1)
@@ -49,6 +55,7 @@ struct ioas_map {
 struct ioas_unmap { uint32_t size, ioas_id; uint64_t iova, length; };
 struct bind_iommufd { uint32_t argsz, flags; int32_t iommufd; uint32_t out_devid; };
 struct attach_pt { uint32_t argsz, flags, pt_id, pasid; };
+struct region_info { uint32_t argsz, flags, index, cap_offset; uint64_t size, offset; };
 
 #define PAGE 4096ul
 
@@ -137,6 +144,273 @@ static uint64_t phys_of(int pagemap, void *va)
 	return (e & ((1ull << 55) - 1)) * PAGE;
 }
 
+/*
+ * edu (QEMU hw/misc/edu.c): DMA registers in BAR0, a 4 KiB buffer at device address 0x40000,
+ * DMA addresses below 2^28. Accessed through the VFIO device fd (region offsets).
+ */
+#define EDU_DMA_SRC 0x80
+#define EDU_DMA_DST 0x88
+#define EDU_DMA_CNT 0x90
+#define EDU_DMA_CMD 0x98
+#define EDU_BUF 0x40000ull
+#define EDU_CMD_START 1ull
+#define EDU_CMD_TO_RAM 2ull
+#define EDU_IOVA 0x100000ull
+#define EDU_NEVER_MAPPED 0x300000ull
+
+static int edu_fd;
+static uint64_t edu_bar0;
+
+static uint64_t region_offset(int dev, uint32_t index)
+{
+	struct region_info r = { sizeof(r), 0, index, 0, 0, 0 };
+
+	if (ioctl(dev, VFIO_DEVICE_GET_REGION_INFO, &r))
+		return UINT64_MAX;
+	return r.offset;
+}
+
+static int edu_w64(uint64_t reg, uint64_t v)
+{
+	return pwrite(edu_fd, &v, 8, (off_t)(edu_bar0 + reg)) == 8 ? 0 : -1;
+}
+
+static int edu_init(int dev)
+{
+	uint64_t cfg;
+	uint16_t cmd;
+
+	edu_fd = dev;
+	edu_bar0 = region_offset(dev, 0);
+	cfg = region_offset(dev, VFIO_PCI_CONFIG_REGION_INDEX);
+	if (edu_bar0 == UINT64_MAX || cfg == UINT64_MAX)
+		return -1;
+	/* PCI_COMMAND: memory space and bus master on. */
+	if (pread(dev, &cmd, 2, (off_t)(cfg + 4)) != 2)
+		return -1;
+	cmd |= 0x2 | 0x4;
+	return pwrite(dev, &cmd, 2, (off_t)(cfg + 4)) == 2 ? 0 : -1;
+}
+
+/* One DMA transfer; waits (at most 10 s) for the device to finish it. */
+static int edu_dma(uint64_t src, uint64_t dst, uint64_t len, int to_ram)
+{
+	uint64_t c = 0;
+	int i;
+
+	if (edu_w64(EDU_DMA_SRC, src) || edu_w64(EDU_DMA_DST, dst) || edu_w64(EDU_DMA_CNT, len) ||
+	    edu_w64(EDU_DMA_CMD, EDU_CMD_START | (to_ram ? EDU_CMD_TO_RAM : 0)))
+		return -1;
+	for (i = 0; i < 500; i++) {
+		if (pread(edu_fd, &c, 8, (off_t)(edu_bar0 + EDU_DMA_CMD)) != 8)
+			return -1;
+		if (!(c & EDU_CMD_START))
+			return 0;
+		usleep(20000);
+	}
+	return -1;
+}
+
+static uint8_t *two_pages(uint8_t fill0, uint8_t fill1)
+{
+	uint8_t *p = mmap(NULL, 2 * PAGE, PROT_READ | PROT_WRITE,
+			  MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+	size_t i;
+
+	if (p == MAP_FAILED)
+		return NULL;
+	for (i = 0; i < PAGE; i++)
+		p[i] = (uint8_t)(fill0 ^ i);
+	memset(p + PAGE, fill1, PAGE);
+	return p;
+}
+
+static int all(const uint8_t *p, uint8_t b)
+{
+	size_t i;
+
+	for (i = 0; i < PAGE; i++)
+		if (((volatile const uint8_t *)p)[i] != b)
+			return 0;
+	return 1;
+}
+
+static int same_as_pattern(const uint8_t *p, uint8_t fill0)
+{
+	size_t i;
+
+	for (i = 0; i < PAGE; i++)
+		if (((volatile const uint8_t *)p)[i] != (uint8_t)(fill0 ^ i))
+			return 0;
+	return 1;
+}
+
+static int ioas_map(int iommufd, uint32_t ioas, void *va, uint64_t iova, uint64_t len)
+{
+	struct ioas_map m = { sizeof(m), MAP_FIXED_IOVA | MAP_READABLE | MAP_WRITEABLE, ioas, 0,
+			      (uintptr_t)va, len, iova };
+
+	return ioctl(iommufd, IOMMU_IOAS_MAP, &m);
+}
+
+/*
+ * edu's DMA engine proves each step: page 0 of a buffer is read through EDU_IOVA into edu's
+ * buffer, edu's buffer is written through EDU_IOVA + 4K (page 1). Steps, each followed by a
+ * VUI-SYNC so the other side can check the IOMMU's state:
+ *   blocked    bound, not attached: edu's DMA reaches nothing
+ *   mapped     attached to IOAS 1, buffer A mapped at EDU_IOVA: page 1 becomes page 0's
+ *              pattern; a write through an IOVA never mapped changes nothing in A
+ *   unmapped   after UNMAP: a write through EDU_IOVA + 4K changes nothing
+ *   replaced   IOAS 2 maps buffer B at EDU_IOVA; ATTACH replaces: the same IOVA reaches B
+ * "hold" after the last step keeps everything until the program is killed.
+ */
+static int edu_steps(int dev, int iommufd, int hold)
+{
+	struct ioas_alloc a1 = { sizeof(a1), 0, 0 }, a2 = { sizeof(a2), 0, 0 };
+	struct attach_pt at = { sizeof(at), 0, 0, 0 };
+	struct ioas_unmap u = { sizeof(u), 0, EDU_IOVA, 2 * PAGE };
+	uint8_t *A, *B;
+	int r;
+
+	if (edu_init(dev)) {
+		result("edu-init", 0, "BAR0/config region or PCI_COMMAND: %s", strerror(errno));
+		return 1;
+	}
+	A = two_pages(0xa5, 0x11);
+	B = two_pages(0x3c, 0x44);
+	if (!A || !B) {
+		result("edu-buffers", 0, "mmap: %s", strerror(errno));
+		return 1;
+	}
+
+	r = edu_dma(EDU_BUF, EDU_IOVA + PAGE, PAGE, 1);
+	result("edu-blocked", r == 0 && all(A + PAGE, 0x11) && all(B + PAGE, 0x44),
+	       "bound, not attached: edu's write through %#llx reached no buffer (dma %d)",
+	       EDU_IOVA + PAGE, r);
+	if (sync_host("blocked"))
+		return 1;
+
+	if (ioctl(iommufd, IOMMU_IOAS_ALLOC, &a1) || ioctl(iommufd, IOMMU_IOAS_ALLOC, &a2)) {
+		result("edu-ioas", 0, "IOMMU_IOAS_ALLOC: %s", strerror(errno));
+		return 1;
+	}
+	at.pt_id = a1.out_ioas_id;
+	if (ioctl(dev, VFIO_DEVICE_ATTACH_IOMMUFD_PT, &at) ||
+	    ioas_map(iommufd, a1.out_ioas_id, A, EDU_IOVA, 2 * PAGE)) {
+		result("edu-attach-map", 0, "ATTACH to IOAS %u / MAP: %s", a1.out_ioas_id,
+		       strerror(errno));
+		return 1;
+	}
+	r = edu_dma(EDU_IOVA, EDU_BUF, PAGE, 0);
+	if (!r)
+		r = edu_dma(EDU_BUF, EDU_IOVA + PAGE, PAGE, 1);
+	result("edu-dma-through-iova", r == 0 && same_as_pattern(A + PAGE, 0xa5),
+	       "edu read IOVA %#llx (page 0 of A) and wrote IOVA %#llx: page 1 of A %s (dma %d)",
+	       EDU_IOVA, EDU_IOVA + PAGE,
+	       same_as_pattern(A + PAGE, 0xa5) ? "holds page 0's data" : "unchanged", r);
+	memset(A + PAGE, 0x22, PAGE);
+	r = edu_dma(EDU_BUF, EDU_NEVER_MAPPED, PAGE, 1);
+	result("edu-never-mapped", all(A + PAGE, 0x22) && same_as_pattern(A, 0xa5) &&
+	       all(B + PAGE, 0x44), "a write through IOVA %#llx (never mapped) changed nothing (dma %d)",
+	       EDU_NEVER_MAPPED, r);
+	if (sync_host("mapped"))
+		return 1;
+
+	u.ioas_id = a1.out_ioas_id;
+	if (ioctl(iommufd, IOMMU_IOAS_UNMAP, &u)) {
+		result("edu-unmap", 0, "IOMMU_IOAS_UNMAP: %s", strerror(errno));
+		return 1;
+	}
+	memset(A + PAGE, 0x33, PAGE);
+	r = edu_dma(EDU_BUF, EDU_IOVA + PAGE, PAGE, 1);
+	result("edu-nothing-after-unmap", all(A + PAGE, 0x33),
+	       "after UNMAP edu's write through %#llx changed nothing (dma %d)", EDU_IOVA + PAGE, r);
+	if (sync_host("unmapped"))
+		return 1;
+
+	if (ioas_map(iommufd, a2.out_ioas_id, B, EDU_IOVA, 2 * PAGE)) {
+		result("edu-map-2", 0, "MAP in IOAS %u: %s", a2.out_ioas_id, strerror(errno));
+		return 1;
+	}
+	at.pt_id = a2.out_ioas_id;
+	if (ioctl(dev, VFIO_DEVICE_ATTACH_IOMMUFD_PT, &at)) {
+		result("edu-replace", 0, "ATTACH to IOAS %u: %s", a2.out_ioas_id, strerror(errno));
+		return 1;
+	}
+	r = edu_dma(EDU_BUF, EDU_IOVA + PAGE, PAGE, 1);
+	result("edu-replace-reaches-new-page", r == 0 && same_as_pattern(B + PAGE, 0xa5) &&
+	       all(A + PAGE, 0x33), "after ATTACH to IOAS %u the same IOVA reaches B, not A (dma %d)",
+	       a2.out_ioas_id, r);
+	if (sync_host("replaced"))
+		return 1;
+	if (hold)
+		for (;;)
+			pause();
+	return failures ? 1 : 0;
+}
+
+/* pagemap: the physical address of a resident page of this process (0 if none). */
+static uint64_t phys_of(int pagemap, void *va);
+
+/*
+ * Bypass: edu is on no driver and its group's domain is identity, so its DMA addresses are
+ * guest-physical. edu is driven through sysfs (config for bus mastering, resource0 for BAR0):
+ * page 0 of a buffer is read at its guest-physical address into edu's buffer and written to
+ * page 1's guest-physical address. Then a VUI-SYNC, holding the buffer, until killed.
+ */
+static int edu_bypass(const char *bdf)
+{
+	char path[256];
+	uint16_t cmd;
+	uint64_t pa0, pa1;
+	uint8_t *A, *bar;
+	int cfg, res, pagemap, r, i;
+	volatile uint64_t *regs;
+
+	snprintf(path, sizeof(path), "/sys/bus/pci/devices/%s/config", bdf);
+	cfg = open(path, O_RDWR);
+	snprintf(path, sizeof(path), "/sys/bus/pci/devices/%s/resource0", bdf);
+	res = open(path, O_RDWR | O_SYNC);
+	pagemap = open("/proc/self/pagemap", O_RDONLY);
+	if (cfg < 0 || res < 0 || pagemap < 0 || pread(cfg, &cmd, 2, 4) != 2) {
+		result("bypass-sysfs", 0, "config/resource0/pagemap of %s: %s", bdf, strerror(errno));
+		return 1;
+	}
+	cmd |= 0x2 | 0x4;
+	bar = mmap(NULL, 0x100000, PROT_READ | PROT_WRITE, MAP_SHARED, res, 0);
+	A = two_pages(0x5e, 0x66);
+	if (pwrite(cfg, &cmd, 2, 4) != 2 || bar == MAP_FAILED || !A || mlock(A, 2 * PAGE)) {
+		result("bypass-sysfs", 0, "bus master / mmap resource0 / buffer: %s", strerror(errno));
+		return 1;
+	}
+	regs = (volatile uint64_t *)bar;
+	pa0 = phys_of(pagemap, A);
+	pa1 = phys_of(pagemap, A + PAGE);
+	if (!pa0 || !pa1 || pa0 >= (1ull << 28) || pa1 >= (1ull << 28)) {
+		result("bypass-buffer", 0, "buffer at %#" PRIx64 "/%#" PRIx64 " (edu reaches 28 bits)",
+		       pa0, pa1);
+		return 1;
+	}
+	r = 0;
+	for (i = 0; i < 2 && !r; i++) {
+		regs[EDU_DMA_SRC / 8] = i ? EDU_BUF : pa0;
+		regs[EDU_DMA_DST / 8] = i ? pa1 : EDU_BUF;
+		regs[EDU_DMA_CNT / 8] = PAGE;
+		regs[EDU_DMA_CMD / 8] = EDU_CMD_START | (i ? EDU_CMD_TO_RAM : 0);
+		for (r = 500; r > 0 && (regs[EDU_DMA_CMD / 8] & EDU_CMD_START); r--)
+			usleep(20000);
+		r = r ? 0 : -1;
+	}
+	result("edu-bypass-identity", r == 0 && same_as_pattern(A + PAGE, 0x5e),
+	       "identity domain: edu read GPA %#" PRIx64 " and wrote GPA %#" PRIx64
+	       ": page 1 %s (dma %d)", pa0, pa1,
+	       same_as_pattern(A + PAGE, 0x5e) ? "holds page 0's data" : "unchanged", r);
+	if (sync_host("bypass"))
+		return 1;
+	for (;;)
+		pause();
+}
+
 int main(int argc, char **argv)
 {
 	char cdev[128], path[512];
@@ -149,11 +423,17 @@ int main(int argc, char **argv)
 	FILE *f;
 	size_t i, p;
 
-	if (argc != 3 && !(argc == 4 && strcmp(argv[3], "hold") == 0)) {
-		fprintf(stderr, "usage: %s BDF OUTDIR [hold]\n", argv[0]);
+	const char *mode = argc == 4 ? argv[3] : "";
+
+	if (argc != 3 && !(argc == 4 && (strcmp(mode, "hold") == 0 || strcmp(mode, "edu") == 0 ||
+					 strcmp(mode, "edu-hold") == 0 || strcmp(mode, "bind") == 0 ||
+					 strcmp(mode, "bypass") == 0))) {
+		fprintf(stderr, "usage: %s BDF OUTDIR [hold|edu|edu-hold|bind|bypass]\n", argv[0]);
 		return 2;
 	}
 	outdir = argv[2];
+	if (strcmp(mode, "bypass") == 0)
+		return edu_bypass(argv[1]);
 	if (find_cdev(argv[1], cdev, sizeof(cdev))) {
 		result("vfio-cdev", 0, "%s has no vfio-dev/vfioN (not bound to vfio-pci?)", argv[1]);
 		return 1;
@@ -169,6 +449,8 @@ int main(int argc, char **argv)
 		result("vfio-bind", 0, "VFIO_DEVICE_BIND_IOMMUFD: %s", strerror(errno));
 		return 1;
 	}
+	if (strncmp(mode, "edu", 3) == 0)
+		return edu_steps(dev, iommufd, strcmp(mode, "edu-hold") == 0);
 	if (ioctl(iommufd, IOMMU_IOAS_ALLOC, &alloc)) {
 		result("vfio-ioas", 0, "IOMMU_IOAS_ALLOC: %s", strerror(errno));
 		return 1;
@@ -180,6 +462,8 @@ int main(int argc, char **argv)
 	}
 	result("vfio-attach", 1, "%s bound to iommufd (devid %u), attached to IOAS %u", cdev,
 	       bind.out_devid, alloc.out_ioas_id);
+	if (strcmp(mode, "bind") == 0)
+		return 0;
 
 	memset(&rq, 0, sizeof(rq));
 	rq.size = sizeof(rq);
@@ -246,7 +530,7 @@ int main(int argc, char **argv)
 	result("vfio-map", 1, "%zu buffers mapped through IOMMU_IOAS_MAP", NBUFS);
 	if (sync_host("mapped"))
 		return 1;
-	if (argc == 4)
+	if (strcmp(mode, "hold") == 0)
 		for (;;)
 			pause();
 

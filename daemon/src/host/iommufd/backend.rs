@@ -105,7 +105,13 @@ impl IommufdBackend {
                 a.old.iter().map(|o| o.0).collect::<Vec<_>>()
             );
         }
-        b.nest = Nest::setup(&b.fd, &b.devices(), b.stage2.id());
+        b.nest = match b.devices() {
+            Some(devices) => Nest::setup(&b.fd, &devices, b.stage2.id()),
+            None => {
+                info!("a host device is bound by the VMM (no device id here): no guest tables");
+                None
+            }
+        };
         if b.pasid_dev().is_some() {
             // Leave the automatic domain of the blocked IOAS for a PASID-compatible HWPT.
             let ids: Vec<EndpointId> = b.endpoints.keys().copied().collect();
@@ -145,10 +151,11 @@ impl IommufdBackend {
         adopted.map(|(id, _)| *id).collect()
     }
 
-    /// The host devices, for the nesting host.
-    pub(super) fn devices(&self) -> Vec<nest::Dev> {
+    /// The host devices, for the nesting host; None if a device has no id the daemon knows
+    /// (bound by the VMM): guest tables need every device's id.
+    pub(super) fn devices(&self) -> Option<Vec<nest::Dev>> {
         let devs = self.endpoints.iter();
-        devs.map(|(id, e)| (*id, e.dev.dev_id())).collect()
+        devs.map(|(id, e)| Some((*id, e.dev.dev_id()?))).collect()
     }
 
     /// With PASIDs on every host device: the device paging HWPTs are allocated for.
@@ -199,6 +206,31 @@ impl IommufdBackend {
         }
     }
 
+    /// Take over the devices the VMM binds that the daemon has not attached yet: each goes to
+    /// where the device model has its endpoint (its domain, else blocked or stage 2 as the
+    /// bypass bit says). Called when the driver starts the device (the vhost-user memory
+    /// table comes with every start), when the VMM has long bound them; a device still
+    /// unbound (EINVAL) stays where it is, and is tried again at the next start.
+    pub(super) fn claim_shared(&mut self) {
+        let unclaimed: Vec<(EndpointId, Option<DomainId>)> = (self.endpoints.iter())
+            .filter(|(_, e)| !e.claimed)
+            .map(|(id, e)| (*id, e.domain))
+            .collect();
+        for (ep, domain) in unclaimed {
+            let pt = match domain {
+                Some(d) => self.domain_pt(d),
+                None => self.unattached_pt(),
+            };
+            match pt.and_then(|pt| self.move_endpoint(ep, pt, domain)) {
+                Ok(()) => info!(
+                    "endpoint {ep}: taken over from the VMM's attachment, now on hwpt {}",
+                    self.endpoints.get(&ep).map_or(0, |e| e.hwpt.0)
+                ),
+                Err(e) => warn!("endpoint {ep}: still on the VMM's attachment: {e}"),
+            }
+        }
+    }
+
     /// The explicit paging HWPTs, by IOAS.
     pub(super) fn paging(&self) -> Vec<(IoasId, HwptId)> {
         let spaces = [&self.blocked, &self.stage2].into_iter();
@@ -222,10 +254,12 @@ impl IommufdBackend {
         if let Some(a) = &self.adopting {
             objects.extend(a.old.iter().copied());
         }
-        let endpoints = self.endpoints.iter().map(|(&endpoint, e)| SavedEndpoint {
-            endpoint,
-            dev: e.dev.saved(),
-            hwpt: e.hwpt,
+        let endpoints = self.endpoints.iter().filter_map(|(&endpoint, e)| {
+            Some(SavedEndpoint {
+                endpoint,
+                dev: e.dev.saved()?,
+                hwpt: e.hwpt,
+            })
         });
         Saved {
             blocked: self.blocked.id(),

@@ -18,8 +18,19 @@ pub enum DeviceSource {
     Pci(String),
     /// A device fd handed over by the launcher (`fd-socket`).
     Passed,
+    /// A device fd handed over by the launcher that the VMM binds (`fd = true, bind = false`:
+    /// QEMU's `-device vfio-pci,fd=` on the same open file). The daemon never binds it; it
+    /// attaches it through the shared file once the VMM has bound it (docs/PASSTHROUGH.md).
+    Shared,
     /// An iommufd selftest mock device (CONFIG_IOMMUFD_TEST kernels; for tests).
     Mock,
+}
+
+impl DeviceSource {
+    /// Whether the launcher hands the device's fd over.
+    pub fn handed_over(&self) -> bool {
+        matches!(self, DeviceSource::Passed | DeviceSource::Shared)
+    }
 }
 
 /// `[iommufd]` settings.
@@ -71,14 +82,14 @@ pub fn check_handover(cfg: &IommufdConfig, h: &Handover) -> Result<(), String> {
     if let Some(ep) = h
         .devices
         .keys()
-        .find(|ep| cfg.devices.get(ep) != Some(&DeviceSource::Passed))
+        .find(|ep| !cfg.devices.get(ep).is_some_and(DeviceSource::handed_over))
     {
         return Err(SetupError::UnexpectedFd(*ep).to_string());
     }
     if let Some(ep) = cfg
         .devices
         .iter()
-        .find(|(ep, s)| **s == DeviceSource::Passed && !h.devices.contains_key(ep))
+        .find(|(ep, s)| s.handed_over() && !h.devices.contains_key(ep))
         .map(|(ep, _)| ep)
     {
         return Err(SetupError::MissingFd(*ep).to_string());
@@ -122,7 +133,7 @@ pub fn check_sources(cfg: &IommufdConfig, sysfs: &Path) -> Vec<String> {
             DeviceSource::Pci(bdf) => pci_cdev(sysfs, bdf)
                 .map(|_| ())
                 .map_err(|e| format!("pci = {bdf:?}: {e}")),
-            DeviceSource::Passed | DeviceSource::Mock => Ok(()),
+            DeviceSource::Passed | DeviceSource::Shared | DeviceSource::Mock => Ok(()),
         };
         if let Err(why) = r {
             problems.push(format!("[iommufd] endpoint {ep}: {why}"));

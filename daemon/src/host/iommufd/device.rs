@@ -22,8 +22,9 @@ use super::ids::{os_err, DevId, DomainId, EndpointId, HwptId, IoasId, Iommufd, O
 
 /// What the backend asks of a host device, whatever its kind.
 pub trait HostDevice: fmt::Debug + Send {
-    /// Its iommufd device id.
-    fn dev_id(&self) -> DevId;
+    /// Its iommufd device id (None: a device the VMM bound, whose id the daemon cannot
+    /// learn; docs/PASSTHROUGH.md).
+    fn dev_id(&self) -> Option<DevId>;
     /// Attach to `pt`, replacing the current attachment atomically; returns the HWPT the kernel
     /// attached it to.
     fn replace(&self, pt: Pt) -> Result<HwptId, sys::SysError>;
@@ -33,8 +34,9 @@ pub trait HostDevice: fmt::Debug + Send {
     fn detach_pasid(&self, pasid: u32) -> Result<(), sys::SysError>;
     /// The control socket's view of the device.
     fn describe(&self) -> Value;
-    /// The device as the objects file records it (adopt.rs).
-    fn saved(&self) -> SavedDevice;
+    /// The device as the objects file records it (adopt.rs); None: not recorded (a device the
+    /// VMM bound is taken over afresh by a restarted daemon).
+    fn saved(&self) -> Option<SavedDevice>;
     /// The ioctls serving this device needs (the seccomp filter allows them).
     fn serving_ioctls(&self) -> &'static [u64];
     /// Let go of the device without unbinding or destroying it: a successor adopts it.
@@ -75,8 +77,8 @@ impl VfioDevice {
 }
 
 impl HostDevice for VfioDevice {
-    fn dev_id(&self) -> DevId {
-        self.dev_id
+    fn dev_id(&self) -> Option<DevId> {
+        Some(self.dev_id)
     }
     fn replace(&self, pt: Pt) -> Result<HwptId, sys::SysError> {
         Ok(HwptId(sys::vfio_attach(self.file.as_fd(), pt.raw())?))
@@ -92,15 +94,58 @@ impl HostDevice for VfioDevice {
     fn describe(&self) -> Value {
         json!({"kind": "vfio", "dev_id": self.dev_id})
     }
-    fn saved(&self) -> SavedDevice {
-        SavedDevice::Vfio {
+    fn saved(&self) -> Option<SavedDevice> {
+        Some(SavedDevice::Vfio {
             dev_id: self.dev_id,
-        }
+        })
     }
     fn serving_ioctls(&self) -> &'static [u64] {
         &sys::SERVING_IOCTLS
     }
     /// Our copy of the cdev is closed; the launcher's keeps the device bound.
+    fn keep(self: Box<Self>) {}
+}
+
+/// A VFIO device cdev the VMM binds (QEMU's `-device vfio-pci,fd=`, on the same open file the
+/// launcher handed over). The daemon never binds it: a cdev is bound once, by the file, and a
+/// second open cannot be bound (Linux `vfio_df_open`). Every attachment goes through this
+/// copy of the file, which may ATTACH/DETACH once the VMM's BIND granted the file access
+/// (before that the kernel answers EINVAL). The device id was returned to the VMM only.
+#[derive(Debug)]
+pub struct SharedVfioDevice {
+    file: OwnedFd,
+}
+
+impl SharedVfioDevice {
+    pub fn new(file: OwnedFd) -> SharedVfioDevice {
+        SharedVfioDevice { file }
+    }
+}
+
+impl HostDevice for SharedVfioDevice {
+    fn dev_id(&self) -> Option<DevId> {
+        None
+    }
+    fn replace(&self, pt: Pt) -> Result<HwptId, sys::SysError> {
+        Ok(HwptId(sys::vfio_attach(self.file.as_fd(), pt.raw())?))
+    }
+    fn attach_pasid(&self, pasid: u32, pt: Pt, _replace: bool) -> Result<(), sys::SysError> {
+        sys::vfio_attach_pasid(self.file.as_fd(), pt.raw(), pasid)?;
+        Ok(())
+    }
+    fn detach_pasid(&self, pasid: u32) -> Result<(), sys::SysError> {
+        sys::vfio_detach_pasid(self.file.as_fd(), pasid)
+    }
+    fn describe(&self) -> Value {
+        json!({"kind": "vfio", "bound_by": "vmm", "dev_id": null})
+    }
+    fn saved(&self) -> Option<SavedDevice> {
+        None
+    }
+    fn serving_ioctls(&self) -> &'static [u64] {
+        &sys::SERVING_IOCTLS
+    }
+    /// Our copy of the cdev is closed; the VMM's keeps the device bound.
     fn keep(self: Box<Self>) {}
 }
 
@@ -110,8 +155,11 @@ pub struct Endpoint {
     pub dev: Box<dyn HostDevice>,
     /// The guest domain it is attached to (None: blocked or unattached bypass).
     pub domain: Option<DomainId>,
-    /// The HWPT the kernel attached it to.
+    /// The HWPT the kernel attached it to (meaningful once `claimed`).
     pub hwpt: HwptId,
+    /// The daemon has attached it at least once. A device the VMM binds starts on the VMM's
+    /// own HWPT (QEMU: all guest RAM); it is claimed at its first successful move.
+    pub claimed: bool,
     /// PASID attachments: PASID -> guest domain.
     pub pasids: BTreeMap<u32, DomainId>,
     /// Adopted from a previous process (adopt.rs): it stays on that process's HWPT until the
@@ -127,9 +175,18 @@ impl Endpoint {
             dev,
             domain: None,
             hwpt,
+            claimed: true,
             pasids: BTreeMap::new(),
             adopted,
             deferred: None,
+        }
+    }
+
+    /// A device the VMM binds: not attached by the daemon yet.
+    pub fn unclaimed(dev: Box<dyn HostDevice>) -> Endpoint {
+        Endpoint {
+            claimed: false,
+            ..Endpoint::new(dev, HwptId(0), false)
         }
     }
 
@@ -143,6 +200,7 @@ impl Endpoint {
             return Ok(());
         }
         self.hwpt = self.dev.replace(pt).os()?;
+        self.claimed = true;
         self.domain = domain;
         Ok(())
     }
@@ -201,8 +259,9 @@ impl Endpoint {
             .iter()
             .map(|(p, d)| json!({"pasid": p, "domain": d}))
             .collect();
+        let hwpt = self.claimed.then_some(self.hwpt);
         json!({"endpoint": id, "device": self.dev.describe(), "domain": self.domain,
-               "hwpt": self.hwpt, "pasids": pasids, "vdevice": vdevice})
+               "hwpt": hwpt, "pasids": pasids, "vdevice": vdevice})
     }
 }
 

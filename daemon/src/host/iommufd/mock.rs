@@ -59,8 +59,8 @@ impl MockDevice {
 }
 
 impl HostDevice for MockDevice {
-    fn dev_id(&self) -> DevId {
-        self.idev
+    fn dev_id(&self) -> Option<DevId> {
+        Some(self.idev)
     }
     fn replace(&self, pt: Pt) -> Result<HwptId, sys::SysError> {
         Ok(HwptId(sys::mock_replace(
@@ -78,11 +78,11 @@ impl HostDevice for MockDevice {
     fn describe(&self) -> Value {
         json!({"kind": "mock", "stdev_id": self.stdev.id(), "dev_id": self.idev})
     }
-    fn saved(&self) -> SavedDevice {
-        SavedDevice::Mock {
+    fn saved(&self) -> Option<SavedDevice> {
+        Some(SavedDevice::Mock {
             stdev: self.stdev.id(),
             idev: self.idev,
-        }
+        })
     }
     /// IOMMU_TEST_CMD besides the VFIO set.
     fn serving_ioctls(&self) -> &'static [u64] {

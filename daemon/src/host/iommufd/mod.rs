@@ -192,7 +192,7 @@ impl HostBackend for IommufdBackend {
             &mut self.blocked
         };
         let pt = to.target(dev)?;
-        let unattached = self.endpoints.values_mut().filter(|e| e.domain.is_none());
+        let unattached = (self.endpoints.values_mut()).filter(|e| e.domain.is_none() && e.claimed);
         for e in unattached {
             e.move_to(pt, None)?;
         }
@@ -211,7 +211,9 @@ impl HostBackend for IommufdBackend {
             }
         }
         let pt = self.unattached_fallback();
-        for (ep, e) in self.endpoints.iter_mut() {
+        // A device the VMM binds that the daemon has not attached yet is claimed (to where the
+        // device then says) when the driver starts the device: the VMM may not have bound it.
+        for (ep, e) in self.endpoints.iter_mut().filter(|(_, e)| e.claimed) {
             if let Err(err) = e.move_to(pt, None) {
                 warn!("reset: endpoint {ep} cannot leave its domain: {err}");
             }
@@ -258,6 +260,7 @@ impl HostBackend for IommufdBackend {
         let fd = self.fd.as_fd();
         self.ram
             .follow(fd, new, &mut domains, stage2, &self.allowed);
+        self.claim_shared();
         Ok(())
     }
 
@@ -285,14 +288,16 @@ impl NestingHost for IommufdBackend {
 
     fn attach_table(&mut self, domain: u32, binding: &Binding) -> Result<(), BackendError> {
         let dom = DomainId(domain);
-        let devices = self.devices();
+        // With nesting set up every device has an id (backend.rs `devices`).
+        let devices = self.devices().unwrap_or_default();
         let n = self.nest.as_mut();
         let n = n.ok_or(BackendError::Unsupported("the host IOMMU does not nest"))?;
         let data = nested_data(n.kind(), binding)?;
         let base = n.base(&self.fd, self.stage2.id(), &devices)?;
         // A device of the domain if it has one (the IOMMU instance that will walk the table).
         let dev = (self.endpoints.values().find(|e| e.domain == Some(dom)))
-            .map_or(n.dev(), |e| e.dev.dev_id());
+            .and_then(|e| e.dev.dev_id())
+            .unwrap_or(n.dev());
         let d = self.domains.get(&dom);
         let d = d.ok_or(BackendError::Internal("table for an unknown domain"))?;
         if d.bypass() {
@@ -380,7 +385,8 @@ impl NestingHost for IommufdBackend {
         let endpoints = &self.endpoints;
         let endpoint_of = |dev: DevId| {
             let mut eps = endpoints.iter();
-            eps.find(|(_, e)| e.dev.dev_id() == dev).map(|(id, _)| *id)
+            eps.find(|(_, e)| e.dev.dev_id() == Some(dev))
+                .map(|(id, _)| *id)
         };
         match self.nest.as_mut() {
             Some(n) => n.page_requests(endpoint_of),

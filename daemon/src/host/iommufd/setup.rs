@@ -8,7 +8,7 @@ use log::info;
 
 use super::adopt::{ObjectsFile, Saved, SavedDevice, SavedEndpoint, OBJECTS_FILE};
 use super::config::{check_handover, open_rw, pci_cdev, DeviceSource, IommufdConfig, SetupError};
-use super::device::{Endpoint, HostDevice, VfioDevice};
+use super::device::{Endpoint, HostDevice, SharedVfioDevice, VfioDevice};
 use super::ids::{EndpointId, IoasId, Iommufd};
 use super::ioas;
 use super::mock::MockDevice;
@@ -76,6 +76,12 @@ pub fn open_device(
         DeviceSource::Mock => {
             let (dev, hwpt) = MockDevice::create(fd, blocked).map_err(dev_err)?;
             (Box::new(dev), hwpt)
+        }
+        DeviceSource::Shared => {
+            let file = handover.devices.remove(&ep);
+            let file = file.ok_or(SetupError::MissingFd(ep))?;
+            info!("endpoint {endpoint}: host device bound by the VMM; the daemon attaches it when the driver starts the device");
+            return Ok(Endpoint::unclaimed(Box::new(SharedVfioDevice::new(file))));
         }
         DeviceSource::Vfio(_) | DeviceSource::Pci(_) | DeviceSource::Passed => {
             let file = match src {

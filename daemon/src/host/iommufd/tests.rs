@@ -333,3 +333,50 @@ fn opening_a_missing_iommufd_names_the_path() {
     let e = IommufdBackend::open(&cfg, None).unwrap_err().to_string();
     assert!(e.contains("/nonexistent/iommu"), "{e}");
 }
+
+/// A device the VMM binds (`fd = true, bind = false`): no device id, so no guest tables; not
+/// in the objects file; not attached by the daemon until a move succeeds (here every kernel
+/// call fails: it stays the VMM's, and says so).
+#[test]
+fn a_device_the_vmm_binds_is_claimed_only_by_a_successful_move() {
+    let mut b = offline(vec![(0, u64::MAX)], 4096);
+    let file = std::fs::File::open("/dev/null").unwrap().into();
+    let ep = ids::EndpointId(40);
+    b.endpoints.insert(
+        ep,
+        device::Endpoint::unclaimed(Box::new(device::SharedVfioDevice::new(file))),
+    );
+    assert!(b.devices().is_none(), "no device id: no nesting host");
+    assert!(b.saved().endpoints.is_empty());
+    let d = b.describe();
+    let e = &d["endpoints"][0];
+    assert_eq!(e["endpoint"], 40);
+    assert_eq!(e["hwpt"], serde_json::Value::Null);
+    assert_eq!(e["device"]["bound_by"], "vmm");
+    assert_eq!(e["device"]["dev_id"], serde_json::Value::Null);
+    b.claim_shared();
+    assert!(!b.endpoints[&ep].claimed);
+    assert!(b.detach(40).is_err());
+    assert!(!b.endpoints[&ep].claimed);
+    // Resets and bypass changes leave it to the claim (the VMM may not have bound it yet).
+    b.reset(ResetKind::Device);
+    b.set_unattached_bypass(true).unwrap();
+    assert!(!b.endpoints[&ep].claimed);
+}
+
+#[test]
+fn handed_over_devices_are_checked_whoever_binds_them() {
+    let mut cfg = IommufdConfig::default();
+    cfg.devices.insert(40, DeviceSource::Shared);
+    cfg.devices.insert(48, DeviceSource::Passed);
+    let fd = || std::fs::File::open("/dev/null").unwrap().into();
+    let mut h = crate::host::fdpass::Handover::default();
+    h.devices.insert(40, fd());
+    let e = config::check_handover(&cfg, &h).unwrap_err();
+    assert!(e.contains("endpoint 48"), "{e}");
+    h.devices.insert(48, fd());
+    config::check_handover(&cfg, &h).unwrap();
+    h.devices.insert(56, fd());
+    let e = config::check_handover(&cfg, &h).unwrap_err();
+    assert!(e.contains("endpoint 56"), "{e}");
+}

@@ -1,0 +1,83 @@
+# shellcheck shell=bash
+# The passthrough test (docs/PASSTHROUGH.md); sourced by run.sh.
+#
+# The test VM (L1) has QEMU's virtio-iommu-pci and edu (as iommufd_vfio); edu is bound to
+# vfio-pci there and `vhost-user-iommu-glue launch` runs QEMU 11.1 (this host's QEMU root,
+# shared read-only over 9p) for a nested guest (L2: the same kernel, a busybox initramfs) with
+# edu passed through from iommufd fds and the daemon as L2's IOMMU. TCG inside TCG: both boots
+# take minutes.
+#
+# Guest side (L2, guest/passthrough-l2.sh + vfio-dma edu): edu's DMA engine proves blocked
+# before ATTACH, data through a mapped IOVA to the mapped page, nothing through an IOVA never
+# mapped or after UNMAP, the same IOVA reaching another page after ATTACH to another domain;
+# then a reboot with those mappings live, and in the second boot a guest-physical address
+# reaching its page through an identity (bypass) domain.
+# Daemon side (L1 saves the control socket's answers at each step; checked here): the
+# endpoint's domain, its mappings and the HWPT the daemon has it on (not QEMU's, from QEMU's
+# trace) at each step; no stale domain after the reboot; a bypass domain. Then QEMU is
+# SIGKILLed: the launcher stops the daemon, nothing is left running, edu is free (a new
+# iommufd binds it).
+
+# pt_check NAME DETAIL PYTHON-EXPR: PASS when the expression over the saved answers is true.
+# `ep(step)` is edu's endpoint entry, `dom(step)` its domain entry (None if none).
+pt_check() {
+    local name=$1 detail=$2 expr=$3 out
+    out=$(python3 - "$RUN/passthrough.share" "$expr" 2>&1 <<'PY'
+import json, sys
+share, expr = sys.argv[1], sys.argv[2]
+EP = 0x28  # guest 00:05.0
+def load(step, what):
+    return json.load(open(f"{share}/l1-{step}-{what}.json"))
+def ep(step):
+    return next((e for e in load(step, "endpoints") if e["id"] == EP), None)
+def hwpt(step):
+    """The HWPT the daemon has edu on (None: not attached by the daemon)."""
+    b = load(step, "backend")
+    return next((e["hwpt"] for e in b["endpoints"] if e["endpoint"] == EP), None)
+def qemu_hwpts():
+    """The ids QEMU attached edu to at realize (its trace, in the nested guest's log)."""
+    import re
+    log = open(f"{share}/l2.log", errors="replace").read()
+    return [int(m) for m in re.findall(r"iommufd_cdev_pasid_attach_ioas_hwpt.* to id=(\d+)", log)]
+def dom(step):
+    e = ep(step)
+    if e is None or e["domain"] is None:
+        return None
+    return next((d for d in load(step, "domains") if d["id"] == e["domain"]), None)
+ok = eval(expr)
+print(f"{expr} -> {ok}")
+sys.exit(0 if ok else 1)
+PY
+)
+    if [ $? = 0 ]; then report "$name" PASS "$detail: $out"; else report "$name" FAIL "$detail: $out"; fi
+}
+
+t_passthrough() {
+    local files=$RUN/passthrough.files
+    mkdir -p "$files"
+    cp "$KERNEL" "$files/bzImage"
+    vm_initramfs "$files/l2.cpio.gz" "$G/passthrough-l2.sh" "$RUN/vfio-dma"
+    guest_dyn_files "$DAEMON" "$GLUE"
+    GUEST_FILES+=("$RUN/vfio-dma")
+    boot_guest passthrough "$G/passthrough.sh" 1800 "$VFIO_APPEND" -- -m 1536 \
+        -device virtio-iommu-pci -device edu \
+        -virtfs "local,path=/,mount_tag=qemuroot,security_model=none,readonly=on" \
+        -virtfs "local,path=$(qpath "$files"),mount_tag=files,security_model=none,readonly=on"
+    GUEST_FILES=()
+    pt_check passthrough/daemon/blocked "before ATTACH edu has no domain with mappings" \
+        'dom("blocked") is None or dom("blocked")["mappings"] == 0'
+    pt_check passthrough/daemon/qemu-attached "QEMU attached edu to its own HWPT at realize (trace)" \
+        'len(qemu_hwpts()) >= 1'
+    pt_check passthrough/daemon/taken-over "before the guest's ATTACH the daemon has edu on its own HWPT, not QEMU's" \
+        'hwpt("blocked") is not None and hwpt("blocked") not in qemu_hwpts()'
+    pt_check passthrough/daemon/mapped "after ATTACH + MAP edu's domain maps, edu on the daemon's HWPT" \
+        'dom("mapped") is not None and dom("mapped")["mappings"] >= 1 and hwpt("mapped") not in qemu_hwpts() + [None, hwpt("blocked")]'
+    pt_check passthrough/daemon/unmapped "after UNMAP edu's domain maps nothing" \
+        'dom("unmapped") is not None and dom("unmapped")["mappings"] == 0'
+    pt_check passthrough/daemon/replaced "after ATTACH to another domain edu is there, mapped" \
+        'dom("replaced") is not None and dom("replaced")["id"] != dom("mapped")["id"] and dom("replaced")["mappings"] >= 1'
+    pt_check passthrough/daemon/no-stale-domain "after the nested guest rebooted with live mappings: no domain without endpoints, no mapping, no IOAS left behind" \
+        'all(d["endpoints"] for d in load("second-boot", "domains")) and sum(d["mappings"] for d in load("second-boot", "domains")) == 0 and len(load("second-boot", "backend")["domains"]) == len(load("second-boot", "domains"))'
+    pt_check passthrough/daemon/bypass "edu's group in an identity domain: a bypass domain in the daemon" \
+        'dom("bypass") is not None and dom("bypass")["bypass"]'
+}
