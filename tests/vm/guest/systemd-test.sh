@@ -62,10 +62,13 @@ out=$(journalctl --no-pager -u $SVC 2>&1)
 expect journalctl-u "$(echo "$out" | grep -E 'passed by the service manager|frontend connected' | cut -c1-200)" \
     sh -c "echo \"\$1\" | grep -q 'passed by the service manager' && echo \"\$1\" | grep -q 'frontend connected'" _ "$out"
 expect control-socket "$(stat -c '%U %a' $CTL 2>&1)" test -S $CTL
-out=$(vhost-user-iommu ctl --control-socket $CTL status 2>&1)
+# As docs/OPERATORS.md, "Inspect", has it: the table, and JSON for the check.
+out=$(vhost-user-iommu ctl --vm $VM status 2>&1)
+expect ctl-status-table "$(echo "$out" | head -n 4)" test -n "$out"
+out=$(vhost-user-iommu ctl --vm $VM --json status 2>&1)
 expect ctl-status "$(echo "$out" | tr -d ' \n' | cut -c1-200)" \
     sh -c "echo \"\$1\" | tr -d ' \n' | grep -q '\"connected\":true'" _ "$out"
-out=$(vhost-user-iommu ctl --control-socket $CTL domains 2>&1)
+out=$(vhost-user-iommu ctl --vm $VM --json domains 2>&1)
 expect ctl-domains "$(echo "$out" | tr -d ' \n' | cut -c1-200)" sh -c "echo \"\$1\" | grep -q mappings" _ "$out"
 kill $FE 2>/dev/null; wait $FE 2>/dev/null
 
