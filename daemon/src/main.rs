@@ -218,9 +218,27 @@ fn check_config(a: &RunArgs) -> Result<(), String> {
     if let BackendConfig::Iommufd(c) = &s.backend {
         problems = vhost_user_iommu::host::iommufd::check_sources(c, std::path::Path::new("/sys"));
     }
-    // The socket's owner and group must exist on this host.
-    if let Err(e) = server::socket_access(&s.socket_access) {
-        problems.push(e.to_string());
+    // The users and groups named must exist on this host (each checked on its own, so every
+    // unknown one is reported).
+    let o = &s.socket_access;
+    for one in [
+        settings::SocketOwner {
+            user: o.user.clone(),
+            ..Default::default()
+        },
+        settings::SocketOwner {
+            group: o.group.clone(),
+            ..Default::default()
+        },
+    ] {
+        if let Err(e) = server::socket_access(&one) {
+            problems.push(e.to_string());
+        }
+    }
+    if let Some(u) = &s.user {
+        if let Err(e) = vhost_user_iommu::service::privilege::lookup(u) {
+            problems.push(format!("option --user (key `user`) {u:?}: {e}"));
+        }
     }
     if !problems.is_empty() {
         return Err(config_problems(problems));

@@ -393,3 +393,33 @@ fn the_packaged_default_config_is_valid() {
     assert_eq!(code, 0, "{uncommented}\n{err}");
     assert_eq!(v["socket-mode"], "0660");
 }
+
+/// Every unknown user and group the configuration names is reported in one run.
+#[test]
+fn check_config_reports_every_unknown_user_and_group() {
+    let p = temp_file(
+        "owners.toml",
+        "socket-user = \"no-such-user-vui\"\nsocket-group = \"no-such-group-vui\"\nuser = \"no-such-runner-vui\"\n",
+    );
+    let (code, v, err) = check(&p, &["--socket", "/tmp/vui-owners.sock"]);
+    assert_eq!(code, 1, "{err}");
+    let errors: Vec<&str> = v["errors"]
+        .as_array()
+        .expect("errors")
+        .iter()
+        .filter_map(|e| e.as_str())
+        .collect();
+    assert_eq!(errors.len(), 3, "{errors:?}");
+    assert!(
+        errors.iter().any(|e| e.contains("no-such-user-vui")),
+        "{errors:?}"
+    );
+    assert!(
+        errors.iter().any(|e| e.contains("no-such-group-vui")),
+        "{errors:?}"
+    );
+    assert!(
+        errors.iter().any(|e| e.contains("no-such-runner-vui")),
+        "{errors:?}"
+    );
+}
