@@ -250,10 +250,7 @@ fn config_problems(problems: Vec<String>) -> String {
         "{}",
         serde_json::to_string_pretty(&v).unwrap_or_else(|_| v.to_string())
     );
-    match problems.as_slice() {
-        [one] => one.clone(),
-        many => format!("{} problems:\n  - {}", many.len(), many.join("\n  - ")),
-    }
+    settings::problem_list(&problems)
 }
 
 fn main() -> ExitCode {

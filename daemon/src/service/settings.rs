@@ -47,12 +47,15 @@ pub enum FileError {
 
 /// Every problem on a line of its own.
 fn several(errors: &[FileError]) -> String {
-    let mut out = format!("{} problems:", errors.len());
-    for e in errors {
-        out.push_str("\n  - ");
-        out.push_str(&e.to_string());
+    problem_list(&errors.iter().map(ToString::to_string).collect::<Vec<_>>())
+}
+
+/// Problems as one message: the problem alone, or `N problems:` and one per line.
+pub fn problem_list(problems: &[String]) -> String {
+    match problems {
+        [one] => one.clone(),
+        many => format!("{} problems:\n  - {}", many.len(), many.join("\n  - ")),
     }
-    out
 }
 
 impl FileError {
