@@ -128,12 +128,7 @@ impl Shared {
     /// with `into_raw_fd` and never closes it (one fd per connection, until `EMFILE` ends the
     /// daemon). Remember it with its inode.
     fn handed_out(&self, fd: RawFd) {
-        // SAFETY: fstat on a descriptor we still own, into a zeroed stat.
-        let ino = unsafe {
-            let mut st: libc::stat = std::mem::zeroed();
-            (libc::fstat(fd, &mut st) == 0).then_some(st.st_ino)
-        };
-        if let Some(ino) = ino {
+        if let Some(ino) = inode(fd) {
             self.exit_fds
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -147,13 +142,9 @@ impl Shared {
     fn close_exit_events(&self) {
         let fds = std::mem::take(&mut *self.exit_fds.lock().unwrap_or_else(|p| p.into_inner()));
         for (fd, ino) in fds {
-            // SAFETY: fstat into a zeroed stat; `fd` may be closed or reused, which the
-            // inode comparison detects before anything is closed.
-            let same = unsafe {
-                let mut st: libc::stat = std::mem::zeroed();
-                libc::fstat(fd, &mut st) == 0 && st.st_ino == ino
-            };
-            if same {
+            // `fd` may be closed or reused by now: the inode comparison tells, before anything
+            // is closed.
+            if inode(fd) == Some(ino) {
                 // SAFETY: `fd` is the eventfd handed out (same inode), released by its last
                 // owner with `into_raw_fd`; nothing else refers to it.
                 drop(unsafe { OwnedFd::from_raw_fd(fd) });
@@ -185,8 +176,7 @@ impl Shared {
         }
     }
 
-    pub fn wake_fd(&self) -> std::os::fd::RawFd {
-        use std::os::fd::AsRawFd;
+    pub fn wake_fd(&self) -> RawFd {
         self.wake_consumer.as_raw_fd()
     }
 }
@@ -198,10 +188,9 @@ pub struct VhostDevice {
     /// Guest memory as this device uses it: the frontend's table once it passed
     /// [`memory::check_table`]. Not the handler's own (`vhost-user-backend` publishes a new
     /// table to its vrings before the device can check it); ring and buffer accesses of the
-    /// device go through this one only.
+    /// device go through this one only, and it is what the handler gets back when a new table
+    /// is refused.
     mem: Mem,
-    /// The table in `mem`, to give back to the handler when a new one is refused.
-    accepted: GuestMemoryMmap,
     event_idx: bool,
     /// Request-queue polling window, if enabled.
     poll: Option<Duration>,
@@ -229,7 +218,6 @@ impl VhostDevice {
         let resume_pending = shared.device().has_resume_state();
         VhostDevice {
             mem: GuestMemoryAtomic::new(GuestMemoryMmap::new()),
-            accepted: GuestMemoryMmap::new(),
             event_idx: false,
             poll: poll.filter(|d| !d.is_zero()),
             sched,
@@ -452,6 +440,24 @@ pub fn end_connection(
     dev.reset(false);
 }
 
+/// The inode of the file `fd` refers to, if `fd` is open.
+fn inode(fd: RawFd) -> Option<u64> {
+    // SAFETY: fstat of any descriptor number into a zeroed stat; a closed one is an error.
+    unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        (libc::fstat(fd, &mut st) == 0).then_some(st.st_ino)
+    }
+}
+
+/// Make `table` the memory `mem` hands out (a poisoned lock is taken over: the table is
+/// replaced whole).
+fn publish(mem: &Mem, table: GuestMemoryMmap) {
+    match mem.lock() {
+        Ok(g) => g.replace(table),
+        Err(p) => p.into_inner().replace(table),
+    }
+}
+
 /// Whether the driver wants an interrupt for the buffers just used. With EVENT_IDX the
 /// `used_event` rule decides (virtio-queue); without it the driver's VRING_AVAIL_F_NO_INTERRUPT
 /// flag does (virtio 1.3, 2.7.10: the device SHOULD NOT notify while it is set), which
@@ -652,10 +658,7 @@ impl VhostUserBackendMut for VhostDevice {
         // a SIGBUS). A refusal fails the frontend's request (SET_MEM_TABLE, ADD_MEM_REG, ...).
         let new: GuestMemoryMmap = (*handler_mem.memory()).clone();
         let refuse = |e: io::Error| {
-            match handler_mem.lock() {
-                Ok(g) => g.replace(self.accepted.clone()),
-                Err(p) => p.into_inner().replace(self.accepted.clone()),
-            }
+            publish(&handler_mem, (*self.mem.memory()).clone());
             warn!("memory table refused: {e}");
             e
         };
@@ -670,10 +673,8 @@ impl VhostUserBackendMut for VhostDevice {
                 gpa: vm_memory::GuestMemoryRegion::start_addr(r).raw_value(),
                 size: vm_memory::GuestMemoryRegion::len(r),
                 host_addr: r.as_ptr() as u64,
-                file: vm_memory::GuestMemoryRegion::file_offset(r).map(|f| {
-                    use std::os::fd::AsRawFd;
-                    (f.file().as_raw_fd(), f.start())
-                }),
+                file: vm_memory::GuestMemoryRegion::file_offset(r)
+                    .map(|f| (f.file().as_raw_fd(), f.start())),
             })
             .collect();
         {
@@ -681,11 +682,7 @@ impl VhostUserBackendMut for VhostDevice {
             if let Err(e) = dev.set_guest_memory(&regions) {
                 return Err(refuse(io::Error::other(e)));
             }
-            match self.mem.lock() {
-                Ok(g) => g.replace(new.clone()),
-                Err(p) => p.into_inner().replace(new.clone()),
-            }
-            self.accepted = new;
+            publish(&self.mem, new);
             // The software backend walks guest tables in the same memory.
             dev.set_walk_memory(self.mem.clone());
             let deferred = self
