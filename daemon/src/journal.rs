@@ -366,6 +366,75 @@ mod tests {
         );
     }
 
+    /// The worker's passes: the last whole one comes back to the restarted daemon (to publish
+    /// its used entries), and the REQUEST records of a pass whose write a crash cut short (no
+    /// PASS record after them) are dropped: the driver never saw their statuses and submits
+    /// them again from the queue, so applying them now would apply them twice.
+    #[test]
+    fn a_pass_cut_short_is_dropped_and_the_last_whole_pass_comes_back() {
+        use model::device::state::Pass;
+        let dir = tempdir("passes");
+        let (j, saved) = Journal::open(&dir).expect("journal");
+        let mut d = dev();
+        d.set_journal(Box::new(j), saved);
+        ok(&mut d, &proto::attach(1, 0, 0));
+        d.journal_pass(7, &[(3, 4)]);
+        ok(&mut d, &proto::map(1, 0x1000, 0x1fff, 0x5000, MAP_F_READ));
+        ok(&mut d, &proto::map(1, 0x2000, 0x2fff, 0x6000, MAP_F_READ));
+        d.journal_pass(8, &[(9, 4), (10, 4)]);
+        // A pass that never got its PASS record: its MAP reached the file, its status never
+        // reached the driver.
+        ok(&mut d, &proto::map(1, 0x3000, 0x3fff, 0x7000, MAP_F_READ));
+        d.journal_flush();
+        drop(d);
+        let (j, saved) = Journal::open(&dir).expect("journal again");
+        let mut again = dev();
+        again.set_journal(Box::new(j), saved);
+        let s = again.resume_state(true).expect("a state").expect("resumed");
+        assert_eq!((s.domains, s.mappings), (1, 2));
+        assert_eq!(
+            again.take_resumed_pass(),
+            Some(Pass {
+                avail_start: 8,
+                chains: vec![(9, 4), (10, 4)]
+            })
+        );
+        // The resumed state's snapshot carries the pass on: a second crash right away gives
+        // the same answer.
+        drop(again);
+        let (j, saved) = Journal::open(&dir).expect("journal again");
+        let mut third = dev();
+        third.set_journal(Box::new(j), saved);
+        let s = third.resume_state(true).expect("a state").expect("resumed");
+        assert_eq!((s.domains, s.mappings), (1, 2));
+        assert_eq!(third.take_resumed_pass().map(|p| p.avail_start), Some(8));
+        drop(third);
+        std::fs::remove_dir_all(&dir).expect("clean up");
+    }
+
+    /// A journal written before passes existed (no PASSES flag): every record counts.
+    #[test]
+    fn a_journal_without_passes_keeps_every_request() {
+        let dir = tempdir("nopasses");
+        let mut d = dev();
+        ok(&mut d, &proto::attach(1, 0, 0));
+        let mut old = d.save_state();
+        push_record(
+            &mut old,
+            model::device::state::REC_REQUEST,
+            &proto::map(1, 0x1000, 0x1fff, 0x5000, MAP_F_READ),
+        );
+        write(&dir, 0, &old);
+        let (j, saved) = Journal::open(&dir).expect("journal");
+        let mut again = dev();
+        again.set_journal(Box::new(j), saved);
+        let s = again.resume_state(true).expect("a state").expect("resumed");
+        assert_eq!((s.domains, s.mappings), (1, 1));
+        assert_eq!(again.take_resumed_pass(), None);
+        drop(again);
+        std::fs::remove_dir_all(&dir).expect("clean up");
+    }
+
     #[test]
     fn a_guest_that_maps_and_unmaps_forever_keeps_the_journal_bounded() {
         let dir = std::env::temp_dir().join(format!("vui-bounded-{}", std::process::id()));
@@ -391,11 +460,13 @@ mod tests {
         let state_len = d.save_state().len() as u64;
         let mut largest = 0;
         for i in 0..40_000u64 {
+            // One pass of the worker per request pair, as a driver waiting for each.
             ok(
                 &mut d,
                 &proto::map(1, 0, 0xfff, 0x1000 * (i % 16), MAP_F_READ),
             );
             ok(&mut d, &proto::unmap(1, 0, 0xfff));
+            d.journal_pass((2 * i) as u16, &[(0, 4), (1, 4)]);
             if i % 1000 == 0 {
                 largest = largest.max(sizes());
             }

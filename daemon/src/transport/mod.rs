@@ -243,14 +243,62 @@ impl VhostDevice {
     fn resolve_resume(&mut self, vring: &vring::Vring) {
         let at = vring.queue_next_avail();
         self.last_avail = at;
-        match self.shared.device().resume_state(at != 0) {
-            Some(Ok(s)) => log::info!(
-                "journaled state resumed: {} domains, {} mappings, {} endpoints (request queue at {at})",
-                s.domains, s.mappings, s.endpoints
-            ),
-            Some(Err(e)) => log::error!("journaled state not resumed: {e}"),
-            None => {}
+        let pass = {
+            let mut dev = self.shared.device();
+            match dev.resume_state(at != 0) {
+                Some(Ok(s)) => log::info!(
+                    "journaled state resumed: {} domains, {} mappings, {} endpoints (request queue at {at})",
+                    s.domains, s.mappings, s.endpoints
+                ),
+                Some(Err(e)) => log::error!("journaled state not resumed: {e}"),
+                None => {}
+            }
+            dev.take_resumed_pass()
+        };
+        if let Some(pass) = pass {
+            if let Err(e) = self.finish_pass(vring, &pass) {
+                log::error!("the previous process's last pass: {e}");
+            }
         }
+    }
+
+    /// The request queue restarted at the used index (`SET_VRING_BASE` from the driver's used
+    /// ring): the chains of the previous process's last pass past that index were handled and
+    /// journaled, and their replies are in the driver's buffers, but their used entries were
+    /// never published. Publish them (never handle them again) and carry on after the pass.
+    fn finish_pass(
+        &mut self,
+        vring: &vring::Vring,
+        pass: &model::device::state::Pass,
+    ) -> Result<(), VhostError> {
+        let at = vring.queue_next_avail();
+        let done = usize::from(at.wrapping_sub(pass.avail_start));
+        let Some(missing) = pass.chains.get(done..).filter(|m| !m.is_empty()) else {
+            return Ok(());
+        };
+        let qerr = |err| VhostError::Queue {
+            queue: REQUEST_QUEUE,
+            err,
+        };
+        let guard = self.mem.memory();
+        let mem: &GuestMemoryMmap = &guard;
+        let mut state = vring.get_mut();
+        for &(head, len) in missing {
+            let r = state.get_queue_mut().add_used(mem, head, len);
+            skip_bad_head(r, REQUEST_QUEUE, head).map_err(qerr)?;
+        }
+        let next = pass.avail_start.wrapping_add(pass.chains.len() as u16);
+        state.get_queue_mut().set_next_avail(next);
+        self.last_avail = next;
+        log::info!(
+            "request queue: {} requests the previous process had handled but not published \
+             (available ring {at}..{next}) answered from the journal",
+            missing.len()
+        );
+        self::vring::signal(&state).map_err(|err| VhostError::Signal {
+            queue: REQUEST_QUEUE,
+            err,
+        })
     }
 
     fn check_restart(&mut self, vring: &vring::Vring) {
@@ -309,13 +357,14 @@ impl VhostDevice {
             completed.clear();
             {
                 let mut dev = self.shared.device();
+                let avail_start = state.get_queue_mut().next_avail();
                 while let Some(chain) = state.get_queue_mut().pop_descriptor_chain(mem) {
                     let head = chain.head_index();
                     completed.push((head, handle_chain(&mut dev, mem, chain)));
                 }
-                // The state changes of the batch reach the journal (one write) before any of
-                // its statuses reaches the driver.
-                dev.journal_flush();
+                // The state changes of the batch and the pass itself reach the journal (one
+                // write) before any of its statuses reaches the driver.
+                dev.journal_pass(avail_start, completed);
             }
             let n = completed.len();
             for &(head, used) in completed.iter() {

@@ -218,6 +218,10 @@ pub struct Device {
     journal: Option<Box<dyn state::StateJournal>>,
     /// A journaled state from before a restart, until the driver shows whether it carries on.
     resume: Option<Vec<u8>>,
+    /// The PASS record of the request worker's last pass (journal snapshots carry it).
+    last_pass: Option<Vec<u8>>,
+    /// The last pass found in a resumed journal, for the transport to finish publishing.
+    resumed_pass: Option<state::Pass>,
     /// Where validated requests take effect outside the model (backend/mod.rs).
     backend: Box<dyn HostBackend>,
 }
@@ -252,6 +256,8 @@ impl Device {
             invalidation_sink: None,
             journal: None,
             resume: None,
+            last_pass: None,
+            resumed_pass: None,
             backend,
         }
     }
@@ -389,6 +395,9 @@ impl Device {
         self.domains.clear();
         self.total_mappings = 0;
         self.pending_events.clear();
+        // The driver's queue positions start over with its state.
+        self.last_pass = None;
+        self.resumed_pass = None;
         self.backend.reset(ResetKind::Device);
         self.invalidate(|| Invalidation::All);
         self.journal_snapshot();

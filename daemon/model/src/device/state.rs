@@ -24,6 +24,10 @@ pub const STATE_MAGIC: [u8; 8] = *b"VUIOMMUS";
 pub const STATE_VERSION: u32 = 1;
 /// Header flag: `acked` holds the driver's features (the driver had negotiated).
 pub const STATE_F_ACKED: u32 = 1;
+/// Header flag (journal snapshots): the request worker ends each pass over the request queue
+/// with a PASS record, so REQUEST records after the last PASS record belong to a pass whose
+/// write a crash cut short (the driver saw none of its statuses) and are dropped on resume.
+pub const STATE_F_PASSES: u32 = 2;
 
 /// Record kinds.
 pub const REC_REQUEST: u8 = 1;
@@ -35,6 +39,12 @@ pub const REC_FEATURES: u8 = 6;
 /// Journal snapshots only: `le64` generation, the first record (which of the two journal files
 /// is newer; a load ignores it).
 pub const REC_GENERATION: u8 = 7;
+/// Journals only: one pass of the request worker, written after its REQUEST records and before
+/// any of its statuses is published: `le16 avail_start, le16 count`, then `count` times
+/// `le16 head, le16 reserved (0), le32 used length`. A restarted daemon publishes the used
+/// entries the previous process had not (the replies are already in the driver's buffers)
+/// instead of handling those requests a second time.
+pub const REC_PASS: u8 = 8;
 pub const REC_END: u8 = 0xff;
 
 /// The 72-byte header.
@@ -143,11 +153,68 @@ pub struct StateSummary {
     pub events: usize,
 }
 
+/// One pass of the request worker over the request queue (a PASS record): the chains it took
+/// from the available ring, from index `avail_start` on, with the length each reply has.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pass {
+    pub avail_start: u16,
+    /// (head descriptor, used length), in the order they were taken.
+    pub chains: Vec<(u16, u32)>,
+}
+
+/// Most chains one pass holds (a queue of at most this many descriptors).
+pub const PASS_MAX_CHAINS: usize = 4096;
+
+impl Pass {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(4 + 8 * self.chains.len());
+        v.extend_from_slice(&self.avail_start.to_le_bytes());
+        v.extend_from_slice(&(self.chains.len() as u16).to_le_bytes());
+        for &(head, len) in &self.chains {
+            v.extend_from_slice(&head.to_le_bytes());
+            v.extend_from_slice(&[0, 0]);
+            v.extend_from_slice(&len.to_le_bytes());
+        }
+        v
+    }
+
+    pub fn decode(payload: &[u8]) -> Result<Pass, String> {
+        let (Some(start), Some(count)) = (payload.get(0..2), payload.get(2..4)) else {
+            return Err("PASS record shorter than 4 bytes".into());
+        };
+        let avail_start = u16::from_le_bytes([start[0], start[1]]);
+        let count = usize::from(u16::from_le_bytes([count[0], count[1]]));
+        if count > PASS_MAX_CHAINS || payload.len() != 4 + 8 * count {
+            return Err(format!(
+                "PASS record of {} bytes for {count} chains",
+                payload.len()
+            ));
+        }
+        let mut chains = Vec::with_capacity(count);
+        for c in payload[4..].chunks_exact(8) {
+            if c[2..4] != [0, 0] {
+                return Err("reserved bytes of a PASS entry are not 0".into());
+            }
+            chains.push((
+                u16::from_le_bytes([c[0], c[1]]),
+                u32::from_le_bytes([c[4], c[5], c[6], c[7]]),
+            ));
+        }
+        Ok(Pass {
+            avail_start,
+            chains,
+        })
+    }
+}
+
 /// A parsed, structurally checked stream (no device state touched yet).
 #[derive(Debug)]
 pub struct ParsedState<'a> {
     pub header: StateHeader,
     pub records: Vec<(u8, &'a [u8])>,
+    /// How many of `records` precede the END record (a journal's snapshot; the rest were
+    /// appended after it).
+    pub snapshot_records: usize,
     /// Bytes consumed (up to and including END, or the last whole record of a journal).
     pub used: usize,
 }
@@ -173,6 +240,7 @@ pub fn parse_state(data: &[u8], kind: StreamKind) -> Result<ParsedState<'_>, Sta
     let mut off = std::mem::size_of::<StateHeader>();
     let mut records = Vec::new();
     let mut ended = false;
+    let mut snapshot_records = 0;
     while off < data.len() {
         let index = records.len();
         let Some(rest) = data.get(off..) else { break };
@@ -223,6 +291,7 @@ pub fn parse_state(data: &[u8], kind: StreamKind) -> Result<ParsedState<'_>, Sta
                 });
             }
             ended = true;
+            snapshot_records = records.len();
             off = start + len;
             if kind == StreamKind::Migration {
                 break;
@@ -244,6 +313,7 @@ pub fn parse_state(data: &[u8], kind: StreamKind) -> Result<ParsedState<'_>, Sta
     Ok(ParsedState {
         header,
         records,
+        snapshot_records,
         used: off,
     })
 }
@@ -266,6 +336,37 @@ pub trait StateJournal: Send + std::fmt::Debug {
     fn wants_compaction(&self) -> bool;
     /// Replace the content with `snapshot`, atomically with respect to a crash.
     fn rewrite(&mut self, snapshot: &[u8]);
+}
+
+/// In a journal with passes, drop the REQUEST records after the last PASS record (or after the
+/// snapshot, with none): the write of a pass that a crash cut short, whose statuses the driver
+/// never saw; the restarted daemon reads those requests from the queue again.
+pub fn drop_unfinished_pass(parsed: &mut ParsedState<'_>) {
+    if parsed.header.flags.get() & STATE_F_PASSES == 0 {
+        return;
+    }
+    // The snapshot is whole (it ends with END); appended records count up to the last PASS.
+    let boundary = parsed
+        .records
+        .iter()
+        .rposition(|&(kind, _)| kind == REC_PASS)
+        .filter(|&i| i >= parsed.snapshot_records)
+        .map_or(parsed.snapshot_records, |i| i + 1);
+    let before = parsed.records.len();
+    let mut index = 0;
+    parsed.records.retain(|&(kind, _)| {
+        let keep = index < boundary || kind != REC_REQUEST;
+        index += 1;
+        keep
+    });
+    let dropped = before - parsed.records.len();
+    if dropped > 0 {
+        log::warn!(
+            "state journal: {dropped} request records of a pass the previous process did not \
+             finish writing dropped (the driver saw none of their statuses; they are read \
+             from the request queue again)"
+        );
+    }
 }
 
 /// The generation of a journal snapshot (its GENERATION record; 0 without one).
@@ -446,11 +547,16 @@ impl Device {
 
     /// The state as a stream; a journal snapshot carries its `generation` as the first record.
     fn save_state_as(&self, generation: Option<u64>) -> Vec<u8> {
-        let mut out = self.state_header().as_bytes().to_vec();
+        let mut header = self.state_header();
         let mut recs = self.state_records();
         if let Some(g) = generation {
+            header.flags = (header.flags.get() | STATE_F_PASSES).into();
             recs.insert(0, (REC_GENERATION, g.to_le_bytes().to_vec()));
+            if let Some(pass) = &self.last_pass {
+                recs.push((REC_PASS, pass.clone()));
+            }
         }
+        let mut out = header.as_bytes().to_vec();
         for (kind, payload) in &recs {
             push_record(&mut out, *kind, payload);
         }
@@ -487,7 +593,7 @@ impl Device {
                 return Err(StateError::Incompatible { field, saved, ours });
             }
         }
-        if h.flags.get() & !STATE_F_ACKED != 0 || h.reserved != [0; 6] {
+        if h.flags.get() & !(STATE_F_ACKED | STATE_F_PASSES) != 0 || h.reserved != [0; 6] {
             return Err(StateError::Record {
                 index: 0,
                 reason: "unknown header flags or reserved bytes set".into(),
@@ -572,12 +678,16 @@ impl Device {
         let data = self.resume.take()?;
         if !driver_continues {
             log::info!("a new driver started: the journaled state of the previous run is dropped");
+            self.resumed_pass = None;
             self.journal_snapshot();
             self.backend.resumed(false);
             return None;
         }
         let acked = self.acked;
-        let result = parse_state(&data, StreamKind::Journal).and_then(|p| self.apply_state(&p));
+        let result = parse_state(&data, StreamKind::Journal).and_then(|mut p| {
+            drop_unfinished_pass(&mut p);
+            self.apply_state(&p)
+        });
         // The features this connection negotiated are the ones in force.
         if acked.is_some() {
             self.acked = acked;
@@ -626,16 +736,50 @@ impl Device {
             return;
         };
         j.append(kind, payload);
-        // Requests are written per batch (Device::journal_flush); other changes at once.
-        if kind != REC_REQUEST {
-            j.flush();
+        // Requests are written per pass (Device::journal_pass), and a new snapshot waits for
+        // the end of the pass (it carries the pass's PASS record); other changes at once.
+        if kind == REC_REQUEST {
+            return;
         }
-        // The records since the last snapshot outweigh it: write the state afresh, so the
-        // journal stays within about twice the state (plus a minimum), however long the guest
-        // keeps mapping and unmapping.
-        if j.wants_compaction() {
+        j.flush();
+        self.compact_if_due();
+    }
+
+    /// The records since the last snapshot outweigh it: write the state afresh, so the journal
+    /// stays within about twice the state (plus a minimum), however long the guest keeps
+    /// mapping and unmapping.
+    fn compact_if_due(&mut self) {
+        if self.journal.as_ref().is_some_and(|j| j.wants_compaction()) {
             self.journal_snapshot();
         }
+    }
+
+    /// End a pass of the request worker: the pass took `chains` (head, used length) from the
+    /// available ring starting at `avail_start`. Its REQUEST records and its PASS record are
+    /// written with one write(2), before the worker publishes any of its statuses; the used
+    /// entries a crash keeps from the driver are published by the next process
+    /// ([`Device::take_resumed_pass`]), never handled twice. Without a journal: nothing.
+    pub fn journal_pass(&mut self, avail_start: u16, chains: &[(u16, u32)]) {
+        if self.resume.is_some() || self.journal.is_none() || chains.is_empty() {
+            self.journal_flush();
+            return;
+        }
+        let pass = Pass {
+            avail_start,
+            chains: chains.to_vec(),
+        }
+        .encode();
+        if let Some(j) = self.journal.as_mut() {
+            j.append(REC_PASS, &pass);
+            j.flush();
+        }
+        self.last_pass = Some(pass);
+        self.compact_if_due();
+    }
+
+    /// The last pass of the previous process, found in the journal just resumed.
+    pub fn take_resumed_pass(&mut self) -> Option<Pass> {
+        self.resumed_pass.take()
     }
 
     /// Write the journal records of the requests handled since the last call. The request
@@ -758,6 +902,14 @@ impl Device {
                             "GENERATION record is not the first record of 8 bytes".into()
                         ));
                     }
+                }
+                REC_PASS => {
+                    if h.flags.get() & STATE_F_PASSES == 0 {
+                        return Err(bad("PASS record in a stream without passes".into()));
+                    }
+                    self.resumed_pass = Some(Pass::decode(payload).map_err(bad)?);
+                    // Still the last pass until the driver submits more.
+                    self.last_pass = Some(payload.to_vec());
                 }
                 REC_FEATURES => {
                     let f = U64::read_from_bytes(payload)
