@@ -10,6 +10,8 @@
 //! - [`journal`]: the restart journal (`--state-dir`), the model's state written to files;
 //! - [`control`]: the inspection socket and its invalidation subscribers;
 //! - [`os`]: per-thread seccomp filters, the worker's CPU policy, unix socket binding;
+//! - [`proxy`]: keeps the VMM's connection across a restart of the daemon and replays its
+//!   set-up into the new process;
 //! - [`service`]: the process: settings (options and config file), sockets and connection
 //!   lifecycle, systemd activation, privilege drop, unit generation.
 
@@ -17,5 +19,6 @@ pub mod control;
 pub mod host;
 pub mod journal;
 pub mod os;
+pub mod proxy;
 pub mod service;
 pub mod transport;

@@ -35,6 +35,18 @@ struct Cli {
 enum Command {
     /// Query a running daemon through its control socket and print JSON.
     Ctl(ctl::CtlArgs),
+    /// Keep the VMM's vhost-user connection while the daemon behind it restarts or is
+    /// upgraded: the VMM connects here, the proxy to the daemon's --socket; after a restart
+    /// it replays the connection's set-up into the new daemon, which resumes its --state-dir
+    /// journal (docs/STATE.md, "Restart").
+    Proxy {
+        /// Where the VMM connects (a systemd socket unit's listener takes its place).
+        #[arg(long, value_name = "PATH")]
+        socket: Option<PathBuf>,
+        /// The daemon's vhost-user socket.
+        #[arg(long, value_name = "PATH")]
+        backend: PathBuf,
+    },
     /// Print the manual page (roff) generated from this command line to stdout.
     #[command(hide = true)]
     Man,
@@ -271,6 +283,11 @@ fn main() -> ExitCode {
                 .map_err(|e| e.to_string())
         }),
         Some(Command::Ctl(a)) => ctl::run(a),
+        Some(Command::Proxy { socket, backend }) => {
+            init_logging();
+            vhost_user_iommu::proxy::run(vhost_user_iommu::proxy::ProxyOptions { socket, backend })
+                .map_err(|e| e.to_string())
+        }
         Some(Command::SystemdDropin { config, sysfs }) => settings::load(&config)
             .and_then(|l| settings::resolve(Layer::default(), Some((&config, l))))
             .map_err(|e| e.to_string())
