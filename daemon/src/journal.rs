@@ -412,6 +412,84 @@ mod tests {
         std::fs::remove_dir_all(&dir).expect("clean up");
     }
 
+    /// A journal whose driver kept its request queue elsewhere belongs to another VM (or to
+    /// this one before its driver started over): refused with the reason, the device starts
+    /// clean and the journal is emptied (never a half-resumed device); the same driver resumes.
+    #[test]
+    fn a_journal_of_another_driver_is_refused_and_emptied() {
+        use model::device::state::StateError;
+        let dir = tempdir("otherdriver");
+        let (j, saved) = Journal::open(&dir).expect("journal");
+        let mut d = dev();
+        d.set_journal(Box::new(j), saved);
+        d.set_ring_identity(0x10_0000, 0x10_4000, 0x10_5000, 256);
+        ok(&mut d, &proto::attach(1, 0, 0));
+        ok(&mut d, &proto::map(1, 0x1000, 0x1fff, 0x5000, MAP_F_READ));
+        d.journal_pass(0, &[(0, 4), (1, 4)]);
+        drop(d);
+        // The same driver: resumed.
+        let (j, saved) = Journal::open(&dir).expect("journal");
+        let mut same = dev();
+        same.set_journal(Box::new(j), saved);
+        same.set_ring_identity(0x10_0000, 0x10_4000, 0x10_5000, 256);
+        let s = same.resume_state(true).expect("a state").expect("resumed");
+        assert_eq!((s.domains, s.mappings), (1, 1));
+        drop(same);
+        // Another driver whose queue also carries on past 0.
+        let (j, saved) = Journal::open(&dir).expect("journal");
+        let mut other = dev();
+        other.set_journal(Box::new(j), saved);
+        other.set_ring_identity(0x20_0000, 0x20_4000, 0x20_5000, 256);
+        let e = other
+            .resume_state(true)
+            .expect("a state")
+            .expect_err("refused");
+        assert!(matches!(e, StateError::OtherDriver { .. }), "{e}");
+        assert!(e.to_string().contains("used 0x105000"), "{e}");
+        assert!(other.is_pristine());
+        assert_eq!(other.take_resumed_pass(), None);
+        drop(other);
+        let (j, saved) = Journal::open(&dir).expect("journal");
+        let mut next = dev();
+        next.set_journal(Box::new(j), saved);
+        assert!(
+            !next.has_resume_state(),
+            "the refused state was dropped from the journal"
+        );
+        drop(next);
+        std::fs::remove_dir_all(&dir).expect("clean up");
+    }
+
+    /// A corrupt journal (a flipped byte in its snapshot) or one in a format this binary does
+    /// not read is not resumed: the device starts clean.
+    #[test]
+    fn a_corrupt_or_newer_journal_is_not_resumed() {
+        for (what, patch) in [("checksum", 80usize), ("version", 8)] {
+            let dir = tempdir(what);
+            let (j, saved) = Journal::open(&dir).expect("journal");
+            let mut d = dev();
+            d.set_journal(Box::new(j), saved);
+            ok(&mut d, &proto::attach(1, 0, 0));
+            d.journal_pass(0, &[(0, 4)]);
+            drop(d);
+            for f in JOURNAL_FILES {
+                let p = dir.join(f);
+                let mut b = std::fs::read(&p).expect("read");
+                if let Some(x) = b.get_mut(patch) {
+                    *x ^= 0x40;
+                }
+                std::fs::write(&p, b).expect("write");
+            }
+            let (j, saved) = Journal::open(&dir).expect("journal");
+            let mut again = dev();
+            again.set_journal(Box::new(j), saved);
+            assert!(!again.has_resume_state(), "{what}");
+            assert!(again.is_pristine(), "{what}");
+            drop(again);
+            std::fs::remove_dir_all(&dir).expect("clean up");
+        }
+    }
+
     /// A journal written before passes existed (no PASSES flag): every record counts.
     #[test]
     fn a_journal_without_passes_keeps_every_request() {

@@ -211,6 +211,8 @@ pub struct VhostDevice {
     /// The device holds a journaled state of a previous run: decide at the first event
     /// whether this connection's driver carries on with it.
     resume_pending: bool,
+    /// The device knows where this connection's driver keeps its request queue.
+    ring_noted: bool,
 }
 
 impl VhostDevice {
@@ -227,6 +229,7 @@ impl VhostDevice {
             transfer: Mutex::new(None),
             deferred_state: Mutex::new(None),
             resume_pending,
+            ring_noted: false,
             shared,
         }
     }
@@ -245,6 +248,7 @@ impl VhostDevice {
         self.last_avail = at;
         let pass = {
             let mut dev = self.shared.device();
+            note_ring(&mut dev, vring);
             match dev.resume_state(at != 0) {
                 Some(Ok(s)) => log::info!(
                     "journaled state resumed: {} domains, {} mappings, {} endpoints (request queue at {at})",
@@ -311,7 +315,9 @@ impl VhostDevice {
                 "request queue restarted at {now} after stopping at {at}: the driver started \
                  over; dropping domains, endpoints and mappings"
             );
-            self.shared.device().reset_guest_state();
+            let mut dev = self.shared.device();
+            dev.reset_guest_state();
+            note_ring(&mut dev, vring);
             self.last_avail = now;
         }
     }
@@ -487,6 +493,14 @@ pub fn end_connection(
     let mut dev = shared.device();
     dev.discard_resume_state();
     dev.reset(false);
+}
+
+/// Tell the device where the driver keeps its request queue (a journal of another driver is
+/// not resumed).
+fn note_ring(dev: &mut Device, vring: &vring::Vring) {
+    let state = vring.get_ref();
+    let q = state.get_queue();
+    dev.set_ring_identity(q.desc_table(), q.avail_ring(), q.used_ring(), q.size());
 }
 
 /// The inode of the file `fd` refers to, if `fd` is open.
@@ -786,7 +800,12 @@ impl VhostUserBackendMut for VhostDevice {
         };
         if self.resume_pending {
             self.resume_pending = false;
+            self.ring_noted = true;
             self.resolve_resume(vring(REQUEST_QUEUE)?);
+        }
+        if !self.ring_noted {
+            self.ring_noted = true;
+            note_ring(&mut self.shared.device(), vring(REQUEST_QUEUE)?);
         }
         self.check_restart(vring(REQUEST_QUEUE)?);
         match device_event {

@@ -222,6 +222,8 @@ pub struct Device {
     last_pass: Option<Vec<u8>>,
     /// The last pass found in a resumed journal, for the transport to finish publishing.
     resumed_pass: Option<state::Pass>,
+    /// Where the connection's driver keeps its request queue (a RING record's payload).
+    ring: Option<[u8; 32]>,
     /// Where validated requests take effect outside the model (backend/mod.rs).
     backend: Box<dyn HostBackend>,
 }
@@ -258,6 +260,7 @@ impl Device {
             resume: None,
             last_pass: None,
             resumed_pass: None,
+            ring: None,
             backend,
         }
     }
@@ -377,8 +380,9 @@ impl Device {
         self.reset_guest_state();
         if !keep_bypass {
             // The connection's memory goes with it (its mappings are released with the last
-            // reference).
+            // reference), and its driver's queue.
             self.mem = None;
+            self.ring = None;
             self.backend.reset(ResetKind::Connection);
         }
         self.sync_unattached_bypass();

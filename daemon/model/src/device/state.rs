@@ -45,6 +45,10 @@ pub const REC_GENERATION: u8 = 7;
 /// entries the previous process had not (the replies are already in the driver's buffers)
 /// instead of handling those requests a second time.
 pub const REC_PASS: u8 = 8;
+/// Journals only: where the driver's request queue lives, `le64 desc, le64 avail, le64 used,
+/// le16 size`, 6 reserved bytes (0). A journal whose queue is not this driver's belongs to
+/// another VM (or to this VM before its driver started over) and is not resumed.
+pub const REC_RING: u8 = 9;
 pub const REC_END: u8 = 0xff;
 
 /// The 72-byte header.
@@ -141,6 +145,8 @@ pub enum StateError {
     },
     #[error("the device already has guest state; a state is loaded into a reset device only")]
     NotPristine,
+    #[error("the journal belongs to another driver: its request queue was {saved}, this driver's is {current} (a journal of another VM, or of this VM before its driver started over)")]
+    OtherDriver { saved: String, current: String },
 }
 
 /// What a load restored.
@@ -336,6 +342,26 @@ pub trait StateJournal: Send + std::fmt::Debug {
     fn wants_compaction(&self) -> bool;
     /// Replace the content with `snapshot`, atomically with respect to a crash.
     fn rewrite(&mut self, snapshot: &[u8]);
+}
+
+/// Bytes of a RING record.
+const RING_RECORD: usize = 32;
+
+fn describe_ring(rec: &[u8]) -> String {
+    let at = |o: usize| {
+        rec.get(o..o + 8)
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .map_or(0, u64::from_le_bytes)
+    };
+    let size = rec
+        .get(24..26)
+        .map_or(0, |b| u16::from_le_bytes([b[0], b[1]]));
+    format!(
+        "at descriptors {:#x}, available {:#x}, used {:#x}, size {size}",
+        at(0),
+        at(8),
+        at(16)
+    )
 }
 
 /// In a journal with passes, drop the REQUEST records after the last PASS record (or after the
@@ -552,6 +578,9 @@ impl Device {
         if let Some(g) = generation {
             header.flags = (header.flags.get() | STATE_F_PASSES).into();
             recs.insert(0, (REC_GENERATION, g.to_le_bytes().to_vec()));
+            if let Some(ring) = &self.ring {
+                recs.insert(1, (REC_RING, ring.to_vec()));
+            }
             if let Some(pass) = &self.last_pass {
                 recs.push((REC_PASS, pass.clone()));
             }
@@ -634,8 +663,14 @@ impl Device {
     /// Keep the state in `journal` from now on. `saved` is what the journal held: the state of
     /// a previous run, resumed if the next driver carries on (see [`Device::resume_state`]).
     pub fn set_journal(&mut self, journal: Box<dyn StateJournal>, saved: Vec<u8>) {
+        // Records that say where the driver was, not what it built, are no state to resume.
+        let holds_state = |p: &ParsedState<'_>| {
+            p.records
+                .iter()
+                .any(|&(k, _)| !matches!(k, REC_GENERATION | REC_RING | REC_PASS))
+        };
         self.resume = match parse_state(&saved, StreamKind::Journal) {
-            Ok(p) if !p.records.is_empty() => {
+            Ok(p) if holds_state(&p) => {
                 log::info!(
                     "state journal {}: {} records of a previous run, resumed if the driver carries on",
                     journal.describe(),
@@ -686,6 +721,7 @@ impl Device {
         let acked = self.acked;
         let result = parse_state(&data, StreamKind::Journal).and_then(|mut p| {
             drop_unfinished_pass(&mut p);
+            self.check_ring(&p)?;
             self.apply_state(&p)
         });
         // The features this connection negotiated are the ones in force.
@@ -775,6 +811,40 @@ impl Device {
         }
         self.last_pass = Some(pass);
         self.compact_if_due();
+    }
+
+    /// Where this connection's driver keeps its request queue (guest addresses and size): the
+    /// identity a journal is checked against before it is resumed, and journaled for the next
+    /// process.
+    pub fn set_ring_identity(&mut self, desc: u64, avail: u64, used: u64, size: u16) {
+        let mut rec = [0u8; RING_RECORD];
+        rec[0..8].copy_from_slice(&desc.to_le_bytes());
+        rec[8..16].copy_from_slice(&avail.to_le_bytes());
+        rec[16..24].copy_from_slice(&used.to_le_bytes());
+        rec[24..26].copy_from_slice(&size.to_le_bytes());
+        if self.ring != Some(rec) {
+            self.ring = Some(rec);
+            self.journal_record(REC_RING, &rec);
+        }
+    }
+
+    /// A journal's request queue (its last RING record) must be this driver's.
+    fn check_ring(&self, parsed: &ParsedState<'_>) -> Result<(), StateError> {
+        let saved = parsed
+            .records
+            .iter()
+            .rev()
+            .find(|&&(kind, _)| kind == REC_RING)
+            .map(|&(_, p)| p);
+        match (saved, &self.ring) {
+            (Some(saved), Some(current)) if saved != current.as_slice() => {
+                Err(StateError::OtherDriver {
+                    saved: describe_ring(saved),
+                    current: describe_ring(current),
+                })
+            }
+            _ => Ok(()),
+        }
     }
 
     /// The last pass of the previous process, found in the journal just resumed.
@@ -901,6 +971,11 @@ impl Device {
                         return Err(bad(
                             "GENERATION record is not the first record of 8 bytes".into()
                         ));
+                    }
+                }
+                REC_RING => {
+                    if h.flags.get() & STATE_F_PASSES == 0 || payload.len() != RING_RECORD {
+                        return Err(bad("RING record outside a journal, or not 32 bytes".into()));
                     }
                 }
                 REC_PASS => {
