@@ -208,6 +208,62 @@ impl Journal {
     }
 }
 
+/// Can this binary resume the journal in `dir` (for `--check-config` before an upgrade)? Read
+/// only, without the lock the running daemon holds: the current snapshot's format, its
+/// configuration against `device`, and its record kinds. `Ok` says what it holds.
+pub fn check(dir: &Path, device: &model::config::DeviceConfig) -> Result<String, String> {
+    let mut whole = Vec::new();
+    let mut errors = Vec::new();
+    for name in JOURNAL_FILES {
+        let path = dir.join(name);
+        let data = match std::fs::read(&path) {
+            Ok(d) => d,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(format!("state journal {}: {e}", path.display())),
+        };
+        if data.is_empty() {
+            continue;
+        }
+        match parse_state(&data, StreamKind::Journal) {
+            Ok(p) => whole.push((journal_generation(&p), path, p.header, kinds(&p))),
+            Err(e) => errors.push(format!("{}: {e}", path.display())),
+        }
+    }
+    fn kinds(p: &model::device::state::ParsedState<'_>) -> Vec<u8> {
+        p.records.iter().map(|&(k, _)| k).collect()
+    }
+    let Some((generation, path, header, kinds)) = whole.into_iter().max_by_key(|w| w.0) else {
+        return if errors.is_empty() {
+            Ok(format!("state journal {}: empty", dir.display()))
+        } else {
+            Err(format!(
+                "state journal cannot be resumed by this binary: {}",
+                errors.join("; ")
+            ))
+        };
+    };
+    let refuse = |why: String| {
+        Err(format!(
+            "state journal {} cannot be resumed by this binary: {why}",
+            path.display()
+        ))
+    };
+    if let Err(e) = model::device::Device::new(device.clone()).check_state_header(&header) {
+        return refuse(e.to_string());
+    }
+    if let Some(k) = kinds
+        .iter()
+        .find(|&&k| !model::device::state::known_record_kind(k))
+    {
+        return refuse(format!("record kind {k} is unknown to this version"));
+    }
+    Ok(format!(
+        "state journal {}: generation {generation}, {} records, resumable by this binary",
+        path.display(),
+        kinds.len()
+    ))
+}
+
 impl StateJournal for Journal {
     fn describe(&self) -> String {
         self.path().display().to_string()
@@ -488,6 +544,41 @@ mod tests {
             drop(again);
             std::fs::remove_dir_all(&dir).expect("clean up");
         }
+    }
+
+    /// `--check-config` before an upgrade: a journal the binary can resume, one written with
+    /// another configuration, one with a record kind it does not know.
+    #[test]
+    fn check_says_whether_this_binary_resumes_the_journal() {
+        let dir = tempdir("check");
+        let cfg = dev().config().clone();
+        assert!(check(&dir, &cfg).expect("no journal").contains("empty"));
+        let (j, saved) = Journal::open(&dir).expect("journal");
+        let mut d = dev();
+        d.set_journal(Box::new(j), saved);
+        ok(&mut d, &proto::attach(1, 0, 0));
+        d.journal_pass(0, &[(0, 4)]);
+        // Checked while the daemon holds the lock.
+        let said = check(&dir, &cfg).expect("resumable");
+        assert!(said.contains("resumable by this binary"), "{said}");
+        let other = model::config::DeviceConfig {
+            domain_end: 2000,
+            ..cfg.clone()
+        };
+        let e = check(&dir, &other).expect_err("another configuration");
+        assert!(e.contains("domain-end"), "{e}");
+        drop(d);
+        let path = dir.join(JOURNAL_FILES[1]);
+        let mut data = std::fs::read(&path).expect("read");
+        if data.is_empty() {
+            data = std::fs::read(dir.join(JOURNAL_FILES[0])).expect("read");
+        }
+        push_record(&mut data, 0x42, &[]);
+        std::fs::write(dir.join(JOURNAL_FILES[0]), &data).expect("write");
+        std::fs::write(dir.join(JOURNAL_FILES[1]), b"").expect("write");
+        let e = check(&dir, &cfg).expect_err("unknown kind");
+        assert!(e.contains("record kind 66"), "{e}");
+        std::fs::remove_dir_all(&dir).expect("clean up");
     }
 
     /// A journal written before passes existed (no PASSES flag): every record counts.

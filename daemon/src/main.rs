@@ -248,6 +248,13 @@ fn check_config(a: &RunArgs) -> Result<(), String> {
         }
     }
 
+    // Before an upgrade: can this binary resume the running daemon's journal?
+    if let Some(dir) = &s.state_dir {
+        match vhost_user_iommu::journal::check(dir, &s.device) {
+            Ok(said) => eprintln!("{said}"),
+            Err(e) => problems.push(e),
+        }
+    }
     if !problems.is_empty() {
         return Err(config_problems(problems));
     }

@@ -344,6 +344,11 @@ pub trait StateJournal: Send + std::fmt::Debug {
     fn rewrite(&mut self, snapshot: &[u8]);
 }
 
+/// Record kinds this version reads (END aside).
+pub fn known_record_kind(kind: u8) -> bool {
+    (REC_REQUEST..=REC_RING).contains(&kind)
+}
+
 /// Bytes of a RING record.
 const RING_RECORD: usize = 32;
 
