@@ -121,7 +121,7 @@ fn connect(path: &Path) -> UnixStream {
 
 /// A restarted daemon, with the connection's set-up replayed into it; a daemon that refuses
 /// the replay is disconnected (it resets its device) and the next one tried.
-fn restore(path: &Path, setup: &Setup) -> UnixStream {
+fn restore(path: &Path, setup: &Setup, lost: Instant) -> UnixStream {
     let mut refusals = 0u32;
     loop {
         let d = connect(path);
@@ -129,7 +129,8 @@ fn restore(path: &Path, setup: &Setup) -> UnixStream {
         match setup.replay(&d) {
             Ok(()) => {
                 info!(
-                    "daemon connection restored: set-up replayed in {} us",
+                    "daemon connection restored {} ms after it closed (set-up replayed in {} us)",
+                    lost.elapsed().as_millis(),
                     started.elapsed().as_micros()
                 );
                 return d;
@@ -143,7 +144,7 @@ fn restore(path: &Path, setup: &Setup) -> UnixStream {
             Err(e) => {
                 refusals += 1;
                 // The same daemon refuses the same set-up again: say it once in a while.
-                if refusals == 1 || refusals % 50 == 0 {
+                if refusals == 1 || refusals.is_multiple_of(50) {
                     error!(
                         "the daemon on {} cannot carry on this VM's connection: {e}; retrying",
                         path.display()
@@ -236,7 +237,7 @@ fn session(vmm: &UnixStream, backend: &Path) -> SessionEnd {
         if daemon_gone {
             restarts += 1;
             warn!("the daemon's connection closed (restart {restarts}): waiting for the daemon to come back");
-            daemon = restore(backend, &setup);
+            daemon = restore(backend, &setup, Instant::now());
             if let Some(m) = &outstanding {
                 info!(
                     "message {} sent again: the VMM waits for its answer",
