@@ -46,6 +46,9 @@ enum Command {
         /// The daemon's vhost-user socket.
         #[arg(long, value_name = "PATH")]
         backend: PathBuf,
+        /// Run without the proxy's seccomp filter (to find out which call was missing).
+        #[arg(long)]
+        no_seccomp: bool,
     },
     /// Print the manual page (roff) generated from this command line to stdout.
     #[command(hide = true)]
@@ -290,10 +293,18 @@ fn main() -> ExitCode {
                 .map_err(|e| e.to_string())
         }),
         Some(Command::Ctl(a)) => ctl::run(a),
-        Some(Command::Proxy { socket, backend }) => {
+        Some(Command::Proxy {
+            socket,
+            backend,
+            no_seccomp,
+        }) => {
             init_logging();
-            vhost_user_iommu::proxy::run(vhost_user_iommu::proxy::ProxyOptions { socket, backend })
-                .map_err(|e| e.to_string())
+            vhost_user_iommu::proxy::run(vhost_user_iommu::proxy::ProxyOptions {
+                socket,
+                backend,
+                seccomp: !no_seccomp,
+            })
+            .map_err(|e| e.to_string())
         }
         Some(Command::SystemdDropin { config, sysfs }) => settings::load(&config)
             .and_then(|l| settings::resolve(Layer::default(), Some((&config, l))))

@@ -58,10 +58,14 @@ pub enum Role {
     /// The device state transfer thread (live migration): reads or writes the pipe the frontend
     /// passed; nothing beyond the calls every thread makes.
     Transfer,
+    /// `vhost-user-iommu proxy` (its one thread): accept the VMM, connect to the daemon,
+    /// forward messages with fds, read a vring's used index from guest memory (pread), signal
+    /// a kick eventfd.
+    Proxy,
 }
 
 impl Role {
-    pub const ALL: [Role; 7] = [
+    pub const ALL: [Role; 8] = [
         Role::Main,
         Role::Control,
         Role::Signals,
@@ -69,6 +73,7 @@ impl Role {
         Role::Worker,
         Role::Handler,
         Role::Transfer,
+        Role::Proxy,
     ];
 }
 
@@ -232,6 +237,22 @@ pub fn role_calls(role: Role) -> Vec<Call> {
             ]);
         }
         Role::Transfer => {}
+        Role::Proxy => {
+            v.extend(sys![
+                libc::SYS_accept4,
+                libc::SYS_recvmsg,
+                libc::SYS_recvfrom,
+                // Connecting to the daemon (unix sockets only, as everywhere), sd_notify.
+                libc::SYS_socket,
+                libc::SYS_connect,
+                libc::SYS_ppoll,
+                libc::SYS_pread64,
+                libc::SYS_dup,
+                libc::SYS_shutdown,
+            ]);
+            #[cfg(target_arch = "x86_64")]
+            v.extend(sys![libc::SYS_poll]);
+        }
         Role::Worker => {
             // shutdown: an invalidation subscriber that cannot keep up is cut off; epoll_ctl:
             // the iommufd backend adds a vIOMMU's event queue to its page-request epoll set
@@ -556,7 +577,7 @@ mod tests {
             let fd = unsafe { libc::syscall(libc::SYS_socket, libc::AF_UNIX, libc::SOCK_DGRAM, 0) };
             i32::from(fd < 0)
         }
-        for role in [Role::Main, Role::Watchdog] {
+        for role in [Role::Main, Role::Watchdog, Role::Proxy] {
             assert!(exited_with(in_child(role, unix_socket), 0), "{role:?}");
         }
         for role in [Role::Control, Role::Signals, Role::Worker, Role::Handler] {

@@ -40,6 +40,8 @@ pub enum ProxyError {
     NoSocket,
     #[error("accepting a frontend: {0}")]
     Accept(io::Error),
+    #[error(transparent)]
+    Sandbox(#[from] crate::os::sandbox::SandboxError),
 }
 
 /// Why a frontend's session ended.
@@ -63,6 +65,8 @@ pub struct ProxyOptions {
     pub socket: Option<PathBuf>,
     /// The daemon's vhost-user socket.
     pub backend: PathBuf,
+    /// Install the proxy's seccomp filter once its socket is bound.
+    pub seccomp: bool,
 }
 
 /// Serve frontends one at a time, each through a daemon connection that may be replaced.
@@ -79,6 +83,12 @@ pub fn run(o: ProxyOptions) -> Result<(), ProxyError> {
         describe(&listener),
         o.backend.display()
     );
+    // The socket is bound: from here on only what forwarding needs.
+    if o.seccomp {
+        crate::os::sandbox::install(crate::os::sandbox::Role::Proxy)?;
+    } else {
+        warn!("running without seccomp filters (--no-seccomp)");
+    }
     crate::service::activation::notify_ready("waiting for a frontend");
     loop {
         let (vmm, _) = listener.accept().map_err(ProxyError::Accept)?;
