@@ -32,7 +32,12 @@ fn tool(name: &str) -> PathBuf {
 #[test]
 fn units_pass_systemd_analyze_verify() {
     let dir = TempDir::new();
-    for unit in ["vhost-user-iommu@.service", "vhost-user-iommu@.socket"] {
+    for unit in [
+        "vhost-user-iommu@.service",
+        "vhost-user-iommu@.socket",
+        "vhost-user-iommu-proxy@.service",
+        "vhost-user-iommu-proxy@.socket",
+    ] {
         let text = std::fs::read_to_string(Path::new(UNITS).join(unit)).expect("read unit");
         // verify checks that ExecStart= exists: point it at the binary under test.
         let text = text.replace("/usr/bin/vhost-user-iommu", BIN);
@@ -43,6 +48,8 @@ fn units_pass_systemd_analyze_verify() {
         .arg("--man=no")
         .arg(dir.path().join("vhost-user-iommu@vm1.service"))
         .arg(dir.path().join("vhost-user-iommu@vm1.socket"))
+        .arg(dir.path().join("vhost-user-iommu-proxy@vm1.service"))
+        .arg(dir.path().join("vhost-user-iommu-proxy@vm1.socket"))
         .output()
         .expect("run systemd-analyze");
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -113,7 +113,7 @@ t_systemd() {
     elif [ "${VUI_SYSTEMD_QEMU:-1}" = 1 ]; then
         # The nested VM: our kernel, a busybox initramfs, the VIOT (edu at 00:04.0 behind the
         # IOMMU at 00:03.0), all in the share; QEMU's root is the chroot QEMU runs in here.
-        vm_initramfs "$share/nested.cpio.gz" "$VUI_TESTS_DIR/guest/systemd-nested.sh"
+        vm_initramfs "$share/nested.cpio.gz" "$VUI_TESTS_DIR/guest/systemd-nested.sh" "$RUN/map-bench"
         cp "$KERNEL" "$share/bzImage"
         "$GLUE" viot --iommu "$IOMMU_BDF" --pci-range 0000:00:00.0-00:1f.7 --out "$share/nested.viot" 2>/dev/null ||
             die "glue viot failed"

@@ -12,4 +12,14 @@ g=$(group_of "$edu")
 check edu-group "edu in IOMMU group ${g:-none}" test -e "/sys/kernel/iommu_groups/$g/devices/$edu"
 iommu=$(readlink "/sys/bus/pci/devices/$edu/iommu" 2>/dev/null)
 check edu-behind-the-daemon "edu's iommu: $iommu" sh -c "echo '$iommu' | grep -q '$viommu/virtio'"
+# DMA load while the systemd guest restarts and kills the daemon behind the proxy.
+spec=$(sed -n 's/.*vui\.bench=\([0-9]*\),\([0-9]*\).*/\1 \2/p' /proc/cmdline)
+if [ -n "$spec" ] && [ -n "$edu" ]; then
+    echo dma_map_benchmark >"/sys/bus/pci/devices/$edu/driver_override"
+    echo "$edu" >/sys/bus/pci/drivers_probe
+    echo "VUI-NESTED-BUSY"
+    map-bench $spec
+    errs=$(dmesg | grep -i -E 'virtio_iommu|iommu.*(fault|error|fail)' | grep -v -E 'input address|page mask|domain range|Adding to iommu group' | head -n 3 | tr '\n' '|')
+    check no-iommu-errors "dmesg: ${errs:-no virtio-iommu error}" test -z "$errs"
+fi
 finish

@@ -72,9 +72,12 @@ out=$(vhost-user-iommu ctl --vm $VM --json domains 2>&1)
 expect ctl-domains "$(echo "$out" | tr -d ' \n' | cut -c1-200)" sh -c "echo \"\$1\" | grep -q mappings" _ "$out"
 kill $FE 2>/dev/null; wait $FE 2>/dev/null
 
-# 2b. (VUI_SYSTEMD_QEMU=1) A real QEMU attaches through the service, as the operator guide says
-# (the glue's qemu-args), running as a VMM user in group vhost-user-iommu, and the stock guest
-# driver probes the device. QEMU is the host chroot's, shared read-only: chroot into it with
+# 2b. (VUI_SYSTEMD_QEMU=1) A real QEMU attaches through the proxy and the service, as the
+# operator guide says (the glue's qemu-args on the proxy's socket), running as a VMM user in group
+# vhost-user-iommu, and the stock guest driver probes the device. While the nested guest runs the
+# DMA map benchmark, the daemon is restarted with `systemctl restart` and killed with
+# `systemctl kill -s KILL` (Restart=on-failure): the proxy carries the connection over, the
+# journal is resumed, and the nested guest's benchmark finishes without an IOMMU error. QEMU is the host chroot's, shared read-only: chroot into it with
 # this guest's /dev, /proc, /run and the share bound in.
 if [ -f $H/nested.cpio.gz ] && mkdir -p /mnt/qemuroot &&
     mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000,ro qemuroot /mnt/qemuroot; then
@@ -82,7 +85,10 @@ if [ -f $H/nested.cpio.gz ] && mkdir -p /mnt/qemuroot &&
     mount --rbind /dev $R/dev && mount -t proc proc $R/proc && mount --rbind /run $R/run &&
         mount --bind $H $R/mnt
     useradd -r -M -G vhost-user-iommu qemu 2>/dev/null
-    mapfile -t QA < <(vhost-user-iommu-glue qemu-args --socket $SOCK --viot /mnt/nested.viot \
+    PSOCK=/run/vhost-user-iommu/$VM.vm.sock PSVC=vhost-user-iommu-proxy@$VM.service
+    systemctl start vhost-user-iommu-proxy@$VM.socket
+    expect proxy-socket "$(stat -c '%U:%G %a' $PSOCK 2>&1)" test -S $PSOCK
+    mapfile -t QA < <(vhost-user-iommu-glue qemu-args --socket $PSOCK --viot /mnt/nested.viot \
         --viot-local $H/nested.viot --memory 256M --format lines 2>/dev/null)
     echo "nested QEMU: ${QA[*]}"
     t0=$(date +%s)
@@ -92,8 +98,36 @@ if [ -f $H/nested.cpio.gz ] && mkdir -p /mnt/qemuroot &&
     timeout 1500 chroot --userspec="$(id -u qemu):$(id -g qemu)" \
         --groups="$(getent group vhost-user-iommu | cut -d: -f3)" $R qemu-system-x86_64 \
         -accel tcg -cpu max -smp 1 -nographic -no-reboot -net none \
-        -kernel /mnt/bzImage -initrd /mnt/nested.cpio.gz -append "console=ttyS0 quiet panic=-1 noapic" \
-        "${QA[@]}" -device edu,addr=0x4 </dev/null >$H/nested.log 2>&1
+        -kernel /mnt/bzImage -initrd /mnt/nested.cpio.gz \
+        -append "console=ttyS0 quiet panic=-1 noapic vui.bench=90,1" \
+        "${QA[@]}" -device edu,addr=0x4 </dev/null >$H/nested.log 2>&1 &
+    qpid=$!
+    restored() { [ "$(journalctl --no-pager -u $PSVC | grep -c 'daemon connection restored')" -ge "$1" ]; }
+    if wait_for 1200 grep -aq '^VUI-NESTED-BUSY' $H/nested.log; then
+        pid1=$(systemctl show -p MainPID --value $SVC)
+        systemctl restart $SVC
+        wait_for 120 restored 1
+        rc=$?
+        pid2=$(systemctl show -p MainPID --value $SVC)
+        expect restart-carried-over "systemctl restart: pid $pid1 -> $pid2, the proxy restored the connection" \
+            sh -c "[ $rc = 0 ] && [ $pid1 != $pid2 ]"
+        systemctl kill -s KILL $SVC
+        wait_for 120 restored 2
+        rc=$?
+        wait_for 30 systemctl is-active --quiet $SVC
+        pid3=$(systemctl show -p MainPID --value $SVC)
+        expect kill-restarted "systemctl kill -s KILL: pid $pid2 -> $pid3 ($(systemctl show -p NRestarts $SVC)), the proxy restored the connection" \
+            sh -c "[ $rc = 0 ] && [ $pid2 != $pid3 ] && [ $pid3 != 0 ]"
+    else
+        result nested-busy FAIL "the nested guest never started its DMA load: $(tail -n 2 $H/nested.log | tr -d '\r')"
+    fi
+    wait $qpid
+    out=$(journalctl --no-pager -u $SVC 2>&1)
+    expect journal-resumed-twice "$(echo "$out" | grep -c 'journaled state resumed') resumes" \
+        test "$(echo "$out" | grep -c 'journaled state resumed')" = 2
+    out=$(journalctl --no-pager -u $PSVC 2>&1)
+    expect proxy-log "$(echo "$out" | grep -E 'restored|ERROR' | cut -c1-160)" \
+        sh -c "! echo \"\$1\" | grep -q ERROR" _ "$out"
     cp $H/nested.log /tmp/nested.log
     expect nested-qemu-finished "$(($(date +%s) - t0)) s; $(tail -n 2 /tmp/nested.log)" grep -aq '^VUI-DONE rc=0' /tmp/nested.log
     grep -a '^VUI-RESULT ' /tmp/nested.log | sed 's/^VUI-RESULT /VUI-RESULT nested-/'
