@@ -257,6 +257,13 @@ impl SplitQueue {
         mem.read_u16(self.used + 2)
     }
 
+    /// Undo the device's last `n` publications of the used index, as if it had died after
+    /// writing the replies but before publishing them (restart tests). The elements stay.
+    pub fn take_back_used(&self, mem: &GuestMemory, n: u16) {
+        let idx = self.used_idx(mem);
+        mem.write_u16(self.used + 2, idx.wrapping_sub(n));
+    }
+
     /// Entries handed out but not yet returned.
     pub fn in_flight(&self) -> usize {
         self.chains.len()

@@ -1,8 +1,8 @@
 //! Restarting the daemon under a running VM (`--state-dir`, docs/STATE.md "Restart"): the
 //! device state is journaled as it changes; a daemon started again on the same directory
 //! resumes it when the VMM reconnects and the driver carries on, and drops it for a new
-//! driver. The frontend here reconnects as QEMU's `reconnect` chardev does: same memory, rings
-//! restarted at the used index.
+//! driver. The frontend here reconnects as `vhost-user-iommu proxy` does for QEMU: same
+//! memory, rings restarted at the used index.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use serde_json::{json, Value};
@@ -236,4 +236,50 @@ fn a_guest_churning_mappings_keeps_the_journal_bounded_and_resumable() {
     next_request(&mut d);
     assert_eq!(b.ctl().guest_state(), before, "state after the restart");
     assert_eq!(b.ctl().mappings(1).unwrap().len(), 164);
+}
+
+/// The daemon died after its last pass reached the journal (the PASS record) but before the
+/// driver saw the used entries: the queue restarts at the used index, the restarted daemon
+/// publishes the pass's entries from the journal and does not handle those requests a second
+/// time (a second MAP of the same range would be refused, and its status would overwrite OK).
+#[test]
+fn requests_handled_but_not_published_are_answered_from_the_journal() {
+    let dir = TempDir::new();
+    let a = start(&dir);
+    let mut d = a.connect_with(&Options::default());
+    assert_eq!(d.attach(1, 0), OK);
+    let before = d.reqq.used_idx(&d.mem);
+    let map = d.submit(&Request::map(1, 0x1000, 0x1fff, 0x8000, R));
+    d.kick();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while d.reqq.used_idx(&d.mem) == before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the MAP was never used"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    drop(a);
+    d.reqq.take_back_used(&d.mem, 1);
+    let b = start(&dir);
+    d.reconnect(&b.socket, d.ring_positions()).unwrap();
+    let size = d.config().probe_size as usize;
+    let probe = d.submit(&Request::probe(0, size));
+    d.kick();
+    let rs = d.wait_responses(2);
+    assert_eq!(
+        (rs[0].head, rs[0].status()),
+        (map, OK),
+        "the MAP, from the journal"
+    );
+    assert_eq!((rs[1].head, rs[1].status()), (probe, OK));
+    let mut ctl = b.ctl();
+    let maps = &ctl.counters()["requests"]["map"];
+    assert!(
+        maps.as_object().is_none_or(|m| m.values().all(|v| v == 0)),
+        "the restarted daemon handled the MAP again: {maps}"
+    );
+    assert_eq!(ctl.mappings(1).unwrap().len(), 1);
+    // The driver carries on.
+    assert_eq!(d.map(1, 0x2000, 0x2fff, 0x9000, R), OK);
 }

@@ -901,6 +901,7 @@ fn parse<T: FromBytes>(body: &[u8]) -> Option<T> {
 mod ext;
 pub use ext::{EventRecord, PageRequest};
 
+pub mod journal;
 pub mod state;
 
 #[cfg(test)]
