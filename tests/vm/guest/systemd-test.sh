@@ -103,7 +103,7 @@ if [ -f $H/nested.cpio.gz ] && mkdir -p /mnt/qemuroot &&
         "${QA[@]}" -device edu,addr=0x4 </dev/null >$H/nested.log 2>&1 &
     qpid=$!
     restored() { [ "$(journalctl --no-pager -u $PSVC | grep -c 'daemon connection restored')" -ge "$1" ]; }
-    if wait_for 1200 grep -aq '^VUI-NESTED-BUSY' $H/nested.log; then
+    if wait_for 1200 grep -aqs '^VUI-NESTED-BUSY' $H/nested.log; then
         pid1=$(systemctl show -p MainPID --value $SVC)
         systemctl restart $SVC
         wait_for 120 restored 1
