@@ -34,6 +34,6 @@ check bench-passed "$(grep VUI-RESULT /tmp/bench.out | head -n 1)" grep -q '^VUI
 vui_sync after
 kill $hold_pid 2>/dev/null
 wait $hold_pid 2>/dev/null
-errs=$(dmesg | grep -i -E 'virtio_iommu|iommu.*(fault|error|fail)|dma_map_benchmark.*(fail|error)' | grep -v -E 'input address|page mask|domain range|Adding to iommu group|Default domain type|DMA domain TLB' | head -n 5 | tr '\n' '|')
+errs=$(iommu_errors)
 check no-iommu-errors "guest dmesg: ${errs:-no virtio-iommu error}" test -z "$errs"
 finish

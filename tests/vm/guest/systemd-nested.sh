@@ -19,7 +19,7 @@ if [ -n "$spec" ] && [ -n "$edu" ]; then
     echo "$edu" >/sys/bus/pci/drivers_probe
     echo "VUI-NESTED-BUSY"
     map-bench $spec
-    errs=$(dmesg | grep -i -E 'virtio_iommu|iommu.*(fault|error|fail)' | grep -v -E 'input address|page mask|domain range|Adding to iommu group' | head -n 3 | tr '\n' '|')
+    errs=$(iommu_errors)
     check no-iommu-errors "dmesg: ${errs:-no virtio-iommu error}" test -z "$errs"
 fi
 finish

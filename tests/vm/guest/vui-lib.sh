@@ -62,3 +62,11 @@ translated_functions() {
         case "$l" in */"$1"/*) basename "$d" ;; esac
     done
 }
+
+# iommu_errors: up to 5 kernel log lines of IOMMU trouble (virtio_iommu messages other than the
+# probe's, IOMMU faults or errors, dma_map_benchmark failures), '|'-separated; empty if none.
+iommu_errors() {
+    dmesg | grep -i -E 'virtio_iommu|iommu.*( fault|error|fail)|dma_map_benchmark.*(fail|error)' |
+        grep -v -E 'input address|page mask|domain range|Adding to iommu group|Default domain type|DMA domain TLB' |
+        head -n 5 | tr '\n' '|'
+}
