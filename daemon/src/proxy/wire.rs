@@ -182,3 +182,59 @@ pub fn write_msg(s: &UnixStream, m: &Msg) -> io::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn header(request: u32, flags: u32, size: u32) -> Vec<u8> {
+        [request, flags, size]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect()
+    }
+
+    #[test]
+    fn a_message_and_its_fds_go_through_whole() {
+        let (a, b) = UnixStream::pair().expect("pair");
+        let (x, _y) = UnixStream::pair().expect("pair");
+        let mut m = Msg::new(SET_VRING_KICK, 0, 0u64.to_le_bytes().to_vec());
+        m.fds.push(OwnedFd::from(x));
+        write_msg(&a, &m).expect("write");
+        let got = read_msg(&b).expect("read").expect("a message");
+        assert_eq!(
+            (got.request, got.flags, got.payload.clone(), got.fds.len()),
+            (SET_VRING_KICK, F_VERSION, m.payload.clone(), 1)
+        );
+        drop(a);
+        assert!(matches!(read_msg(&b), Ok(None)), "EOF between messages");
+    }
+
+    /// What a hostile or broken VMM sends is refused with the reason, never forwarded.
+    #[test]
+    fn bad_headers_and_cut_messages_are_refused() {
+        let cases: [(Vec<u8>, &str); 4] = [
+            (
+                header(GET_FEATURES, F_VERSION, 1 << 20),
+                "payload of 1048576",
+            ),
+            (header(GET_FEATURES, 0x2, 0), "version 1 expected"),
+            (
+                [header(SET_FEATURES, F_VERSION, 8), vec![1, 2, 3]].concat(),
+                "in the middle",
+            ),
+            (
+                header(SET_FEATURES, F_VERSION, 8)[..7].to_vec(),
+                "in the middle",
+            ),
+        ];
+        for (bytes, want) in cases {
+            let (mut a, b) = UnixStream::pair().expect("pair");
+            a.write_all(&bytes).expect("write");
+            drop(a);
+            let e = read_msg(&b).expect_err("refused");
+            assert!(e.to_string().contains(want), "{e}");
+        }
+    }
+}
