@@ -427,3 +427,76 @@ mod tests {
         assert!(stale(&bin, &[src]), "a source edited after the build");
     }
 }
+
+/// `vhost-user-iommu proxy --socket SOCKET --backend BACKEND` (docs/STATE.md, "Restarting under
+/// a running VM"), its stderr in `log`; killed and reaped on drop.
+#[derive(Debug)]
+pub struct Proxy {
+    child: Child,
+    /// Where frontends connect.
+    pub socket: PathBuf,
+    log: PathBuf,
+}
+
+impl Proxy {
+    /// Start the proxy and wait (bounded) for its socket. Panics if it does not come up.
+    pub fn start(socket: &Path, backend: &Path, log: PathBuf) -> Proxy {
+        let stderr = File::create(&log).expect("create the proxy's log");
+        let child = Command::new(binary())
+            .arg("proxy")
+            .arg("--socket")
+            .arg(socket)
+            .arg("--backend")
+            .arg(backend)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn the proxy");
+        let mut p = Proxy {
+            child,
+            socket: socket.to_owned(),
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !is_socket(socket) {
+            if let Ok(Some(st)) = p.child.try_wait() {
+                panic!("the proxy exited ({st}): {}", p.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the proxy's socket did not appear"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        p
+    }
+
+    /// What the proxy logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// How many times it restored a daemon connection.
+    pub fn restored(&self) -> usize {
+        self.log().matches("daemon connection restored").count()
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Point `link` (a proxy's `--backend`) at `daemon`'s socket: each test daemon has its own
+/// directory, the proxy one path.
+pub fn point_at(link: &Path, daemon: &Daemon) -> std::io::Result<()> {
+    match std::fs::remove_file(link) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    std::os::unix::fs::symlink(&daemon.socket, link)
+}

@@ -3,65 +3,14 @@
 //! behind it is killed and started again on the same journal.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use vhost_user_iommu_tests::daemon::{binary, TempDir};
+use vhost_user_iommu_tests::daemon::{point_at, Proxy, TempDir};
 use vhost_user_iommu_tests::device::Options;
 use vhost_user_iommu_tests::proto::status::OK;
 use vhost_user_iommu_tests::{Daemon, Device};
 
 const R: u32 = 1;
-
-/// The proxy process, killed on drop.
-struct Proxy {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Proxy {
-    fn start(socket: &Path, backend: &Path, log: PathBuf) -> Proxy {
-        let child = Command::new(binary())
-            .arg("proxy")
-            .arg("--socket")
-            .arg(socket)
-            .arg("--backend")
-            .arg(backend)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("spawn the proxy");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::fs::symlink_metadata(socket).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "the proxy's socket did not appear"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        Proxy { child, log }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Point the proxy's backend path at `daemon`'s socket (each test daemon has its own directory).
-fn point(link: &Path, daemon: &Daemon) {
-    let _ = std::fs::remove_file(link);
-    std::os::unix::fs::symlink(&daemon.socket, link).unwrap();
-}
 
 #[test]
 fn a_frontend_behind_the_proxy_carries_on_through_daemon_restarts() {
@@ -71,7 +20,7 @@ fn a_frontend_behind_the_proxy_carries_on_through_daemon_restarts() {
     let link = dir.path().join("daemon.sock");
     let vm = dir.path().join("vm.sock");
     let mut current = Daemon::start(&["--state-dir", state]);
-    point(&link, &current);
+    point_at(&link, &current).unwrap();
     let proxy = Proxy::start(&vm, &link, dir.path().join("proxy.log"));
     let mut d = Device::connect(&vm, &Options::default()).unwrap();
     assert_eq!(d.attach(1, 0), OK);
@@ -80,7 +29,7 @@ fn a_frontend_behind_the_proxy_carries_on_through_daemon_restarts() {
         // A crash (SIGKILL, on drop), and a new daemon on the same journal.
         drop(current);
         current = Daemon::start(&["--state-dir", state]);
-        point(&link, &current);
+        point_at(&link, &current).unwrap();
         // The frontend just goes on: the proxy has replayed its set-up into the new daemon,
         // which resumed the journal.
         let iova = 0x10_0000 * round;

@@ -404,6 +404,7 @@ pub fn mock(fd: BorrowedFd<'_>) -> usize {
     rep.note_log_if_failed("daemon", &daemon);
     drop(daemon);
     let _ = std::fs::remove_dir_all(&dir);
-    restart::restart(&mut rep);
+    restart::restart(&mut rep, false);
+    restart::restart(&mut rep, true);
     rep.failed
 }

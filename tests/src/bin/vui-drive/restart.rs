@@ -7,8 +7,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use iommufd_sys::{md_check_map, md_check_refs};
+use vhost_user_iommu_tests::daemon::{point_at, Proxy};
 use vhost_user_iommu_tests::proto::status;
-use vhost_user_iommu_tests::Daemon;
+use vhost_user_iommu_tests::{Daemon, Device};
 
 use crate::backend::{backend, domain_maps, ep_state, mock_ids};
 use crate::census::{census, expected_census};
@@ -38,31 +39,57 @@ fn start(
 /// The daemon is SIGKILLed under a VM with a live mapping while the launcher keeps the iommufd:
 /// the device keeps translating; a new daemon on the same state directory and iommufd adopts
 /// the mock devices, resumes the journal when the frontend reconnects, moves the device onto
-/// its new HWPT with one replace and releases the old objects.
-pub fn restart(rep: &mut Report) {
+/// its new HWPT with one replace and releases the old objects. With `via_proxy` the frontend is
+/// attached through `vhost-user-iommu proxy` and does nothing itself across the restart: the
+/// proxy replays its set-up into the new daemon (checks named `restart-proxy-*`).
+pub fn restart(rep: &mut Report, via_proxy: bool) {
+    let prefix = if via_proxy {
+        "restart-proxy-"
+    } else {
+        "restart-"
+    };
+    let name = |n: &str| format!("{prefix}{n}");
     // A fresh iommufd: the census sees this phase's objects only.
     let iommufd = match open_iommufd() {
         Ok(f) => f,
         Err(e) => {
-            rep.check("restart-setup", Err(format!("/dev/iommu: {e}")));
+            rep.check(&name("setup"), Err(format!("/dev/iommu: {e}")));
             return;
         }
     };
     let fd = iommufd.as_fd();
-    let dir = work_dir("restart-");
+    let dir = work_dir(prefix);
     let _ = std::fs::create_dir_all(&dir);
     let launcher = dir.join("launcher.sock");
     let state = dir.join("state");
     let config = dir.join("vui.toml");
     if let Err(e) = write_config(&config, Some(&launcher), MOCK_DEVICES) {
-        rep.check("restart-setup", Err(format!("{}: {e}", config.display())));
+        rep.check(&name("setup"), Err(format!("{}: {e}", config.display())));
         return;
     }
     let (mut first, answer) = start(fd, &launcher, &config, &state);
     let mut ctl = first.ctl();
     let fresh = census(fd);
     let b_fresh = backend(&mut ctl);
-    let mut dev = first.connect_with(&opts());
+    let link = dir.join("daemon.sock");
+    let proxy = if via_proxy {
+        if let Err(e) = point_at(&link, &first) {
+            rep.check(&name("setup"), Err(format!("{}: {e}", link.display())));
+            return;
+        }
+        Some(Proxy::start(
+            &dir.join("vm.sock"),
+            &link,
+            dir.join("proxy.log"),
+        ))
+    } else {
+        None
+    };
+    let mut dev = match &proxy {
+        Some(p) => Device::connect(&p.socket, &opts())
+            .unwrap_or_else(|e| panic!("frontend through the proxy: {e}\nproxy log:\n{}", p.log())),
+        None => first.connect_with(&opts()),
+    };
     let plugged = dev.hotplug_region(RAM_GPA, RAM_SIZE);
     let host = dev.mem.host_addr(RAM_GPA);
     let s = [
@@ -75,7 +102,7 @@ pub fn restart(rep: &mut Report) {
     let census1 = census(fd);
     let (domains1, maps1) = (ctl.domains(), ctl.mappings(90));
     rep.check(
-        "restart-before",
+        &name("before"),
         (|| {
             answer.clone()?;
             plugged.clone()?;
@@ -96,7 +123,7 @@ pub fn restart(rep: &mut Report) {
     drop(ctl);
     let down = census(fd);
     rep.check(
-        "restart-daemon-down-dma-continues",
+        &name("daemon-down-dma-continues"),
         (|| {
             ensure(exited.is_some(), || "the daemon did not die".into())?;
             md_check_map(fd, h1, IOVA, LEN, host)
@@ -113,7 +140,7 @@ pub fn restart(rep: &mut Report) {
     let mut ctl = second.ctl();
     let b_adopt = backend(&mut ctl);
     rep.check(
-        "restart-adopts",
+        &name("adopts"),
         (|| {
             answer.clone()?;
             let ids = (mock_ids(&b_adopt, 1), mock_ids(&b_adopt, 2));
@@ -131,7 +158,16 @@ pub fn restart(rep: &mut Report) {
         })(),
     );
     let positions = dev.ring_positions();
-    let reconnected = dev.reconnect(&second.socket, positions);
+    let how = if proxy.is_some() {
+        "the proxy replayed the set-up"
+    } else {
+        "the frontend reconnected"
+    };
+    let reconnected = match &proxy {
+        // The proxy finds the new daemon on its backend path and replays the set-up.
+        Some(_) => point_at(&link, &second).map_err(|e| format!("{}: {e}", link.display())),
+        None => dev.reconnect(&second.socket, positions),
+    };
     // The driver's next request: attaching again to the same domain changes nothing.
     let s = dev.attach(90, 1);
     let b2 = backend(&mut ctl);
@@ -139,10 +175,13 @@ pub fn restart(rep: &mut Report) {
     let census2 = census(fd);
     let (domains2, maps2) = (ctl.domains(), ctl.mappings(90));
     rep.check(
-        "restart-resumes-with-same-mappings",
+        &name("resumes-with-same-mappings"),
         (|| {
             reconnected.clone()?;
             ensure(s == status::OK, || format!("ATTACH status {s}"))?;
+            if let Some(p) = &proxy {
+                ensure(p.restored() == 1, || format!("proxy log:\n{}", p.log()))?;
+            }
             ensure(d2 == Some(90), || format!("{b2}"))?;
             ensure(domains1 == domains2, || {
                 format!("domains before {domains1:?}, after {domains2:?}")
@@ -171,7 +210,7 @@ pub fn restart(rep: &mut Report) {
                 || format!("census {census2:?} now, {census1:?} before the restart"),
             )?;
             Ok(format!(
-                "frontend reconnected at {positions:?}; journal resumed: the same domains {domains2:?} and mappings {maps:?} (backend {m2}); endpoint 1 moved from hwpt {h1} to new hwpt {h2} (MD_CHECK_MAP ok), pinned once; census {census2:?} = the new daemon's objects, as many as before the restart {census1:?}"
+                "rings restarted at {positions:?} ({how}); journal resumed: the same domains {domains2:?} and mappings {maps:?} (backend {m2}); endpoint 1 moved from hwpt {h1} to new hwpt {h2} (MD_CHECK_MAP ok), pinned once; census {census2:?} = the new daemon's objects, as many as before the restart {census1:?}"
             ))
         })(),
     );
@@ -180,7 +219,7 @@ pub fn restart(rep: &mut Report) {
     let b3 = backend(&mut ctl);
     let census3 = census(fd);
     rep.check(
-        "restart-then-disconnect",
+        &name("then-disconnect"),
         (|| {
             ensure(gone, || "the daemon still reports the frontend".into())?;
             let want = expected_census(&b3);
@@ -196,6 +235,10 @@ pub fn restart(rep: &mut Report) {
             ))
         })(),
     );
+    if via_proxy {
+        // The new-driver case below needs no proxy: it is the same with and without one.
+        return;
+    }
     // Killed again under a VM; this time a new driver comes (its rings start at 0): the
     // journaled state is dropped, and with it the adopted objects.
     let mut old = second.connect_with(&opts());
