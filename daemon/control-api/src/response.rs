@@ -229,6 +229,19 @@ pub struct RequestCounters {
     pub map: StatusCounts,
     pub unmap: StatusCounts,
     pub probe: StatusCounts,
+    /// The PASID extension's requests (docs/PASID.md); zero unless the driver negotiated it.
+    #[serde(default)]
+    pub attach_table: StatusCounts,
+    #[serde(default)]
+    pub detach_table: StatusCounts,
+    #[serde(default)]
+    pub invalidate: StatusCounts,
+    #[serde(default)]
+    pub attach_pasid: StatusCounts,
+    #[serde(default)]
+    pub detach_pasid: StatusCounts,
+    #[serde(default)]
+    pub page_resp: StatusCounts,
 }
 
 /// Requests of one type per virtio-iommu status.

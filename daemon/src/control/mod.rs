@@ -298,6 +298,12 @@ fn execute(req: Request, shared: &Shared, conn: &ConnectionInfo) -> Result<Respo
                     map: row(model::protocol::T_MAP),
                     unmap: row(model::protocol::T_UNMAP),
                     probe: row(model::protocol::T_PROBE),
+                    attach_table: row(model::protocol::T_ATTACH_TABLE),
+                    detach_table: row(model::protocol::T_DETACH_TABLE),
+                    invalidate: row(model::protocol::T_INVALIDATE),
+                    attach_pasid: row(model::protocol::T_ATTACH_PASID),
+                    detach_pasid: row(model::protocol::T_DETACH_PASID),
+                    page_resp: row(model::protocol::T_PAGE_RESP),
                 },
                 bad_buffers: s.ignored,
                 faults: api::FaultCounters {

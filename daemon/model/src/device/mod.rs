@@ -164,8 +164,8 @@ struct Domain {
 /// Per request type and status counters, plus transport-level counters.
 #[derive(Clone, Debug, Default)]
 pub struct Stats {
-    /// Indexed by request type (1..=5) and status code.
-    pub requests: [[u64; 9]; 6],
+    /// Indexed by request type (1..=5, the extension's 6..=11) and status code.
+    pub requests: [[u64; 9]; 12],
     /// Buffers returned unwritten: unknown types, no room for a tail, unreadable chains.
     pub ignored: u64,
     pub faults_delivered: u64,
