@@ -146,9 +146,15 @@ pub fn decode(
             if ttbr >> 48 != 0 {
                 return Err(Status::Inval);
             }
+            // HA [39] / HD [40]: hardware access-flag and dirty updates, which PROBE never
+            // offers (the device does not write guest tables).
+            if tcr & ((1 << 39) | (1 << 40)) != 0 {
+                return Err(Status::Unsupp);
+            }
             let (params, _) = Stage1Params::from_tcr_el1(tcr, ttbr, mair, caps.stage1)
                 .map_err(|_| Status::Inval)?;
-            let stage1 = Stage1::new(params).map_err(|_| Status::Range)?;
+            // T0SZ, IPS: fields out of their architectural range.
+            let stage1 = Stage1::new(params).map_err(|_| Status::Inval)?;
             mem.check_range(params.ttb0, 8).map_err(|_| Status::Range)?;
             Ok(Binding::Vmsa { stage1, asid })
         }
@@ -546,7 +552,10 @@ pub fn probe_properties(
                 PROBE_T_PASID_SIZE,
                 &u32::from(pasid_bits.min(v.pasid_bits)).to_le_bytes(),
             )?;
-            put(PROBE_T_PAGE_TABLE_FMT, &fmt(FMT_INTEL_VTD_S1, vtd_bits(&v), 0))?;
+            put(
+                PROBE_T_PAGE_TABLE_FMT,
+                &fmt(FMT_INTEL_VTD_S1, vtd_bits(&v), 0),
+            )?;
         }
         // The software walkers (and the selftest mock, which checks the uAPI whatever the
         // format): every format.
@@ -640,7 +649,11 @@ mod tests {
         assert_eq!((p[2].1.len(), p[2].1[8]), (12, 16), "VMSA: 16-bit ASIDs");
         assert_eq!((p[3].1.len(), p[3].1[8]), (12, 0), "VT-d: no ASID");
         for (t, v) in &p {
-            assert_eq!((4 + v.len()) % 8, 0, "property {t} is a multiple of 8 bytes");
+            assert_eq!(
+                (4 + v.len()) % 8,
+                0,
+                "property {t} is a multiple of 8 bytes"
+            );
         }
         assert_eq!(u32_at(&p[4].1, 4), 0b111, "LINEAR, 4KL2, 64KL2");
         assert_eq!(

@@ -23,7 +23,6 @@ use vhost_user_iommu_model::guest_tables::{self, Binding, Scope, SoftCaps};
 use vhost_user_iommu_model::protocol::*;
 use zerocopy::FromBytes;
 
-
 const HEAD: usize = 4;
 const TAIL: usize = 4;
 
@@ -226,7 +225,9 @@ int main(void)
         ));
     }
     for k in CONSTANTS {
-        c.push_str(&format!("\tprintf(\"const {k} %u\\n\", (unsigned int)({k}));\n"));
+        c.push_str(&format!(
+            "\tprintf(\"const {k} %u\\n\", (unsigned int)({k}));\n"
+        ));
     }
     c.push_str(
         r#"
@@ -450,12 +451,27 @@ fn patch_header_matches_the_model() {
     // Fields: the model's structs (offsets from the start of the request).
     let f = |s: &str, field: &str| c.field[&format!("{s}.{field}")];
     let at = "virtio_iommu_req_attach_table";
-    assert_eq!(f(at, "domain").0, HEAD + offset_of!(AttachTableBody, domain));
-    assert_eq!(f(at, "format").0, HEAD + offset_of!(AttachTableBody, format));
+    assert_eq!(
+        f(at, "domain").0,
+        HEAD + offset_of!(AttachTableBody, domain)
+    );
+    assert_eq!(
+        f(at, "format").0,
+        HEAD + offset_of!(AttachTableBody, format)
+    );
     assert_eq!(f(at, "flags").0, HEAD + offset_of!(AttachTableBody, flags));
-    assert_eq!(f(at, "reserved"), (HEAD + offset_of!(AttachTableBody, reserved), 4));
-    assert_eq!(f(at, "desc"), (HEAD + offset_of!(AttachTableBody, desc), 48));
-    assert_eq!(f(at, "reserved2"), (HEAD + offset_of!(AttachTableBody, reserved2), 4));
+    assert_eq!(
+        f(at, "reserved"),
+        (HEAD + offset_of!(AttachTableBody, reserved), 4)
+    );
+    assert_eq!(
+        f(at, "desc"),
+        (HEAD + offset_of!(AttachTableBody, desc), 48)
+    );
+    assert_eq!(
+        f(at, "reserved2"),
+        (HEAD + offset_of!(AttachTableBody, reserved2), 4)
+    );
     assert_eq!(f(at, "tail").0, HEAD + size_of::<AttachTableBody>());
     let inv = "virtio_iommu_req_invalidate";
     for (field, off, len) in [
@@ -476,14 +492,29 @@ fn patch_header_matches_the_model() {
         assert_eq!(f(inv, field), (HEAD + off, len), "INVALIDATE {field}");
     }
     let dt = "virtio_iommu_req_detach_table";
-    assert_eq!(f(dt, "domain").0, HEAD + offset_of!(DetachTableBody, domain));
-    assert_eq!(f(dt, "reserved").0, HEAD + offset_of!(DetachTableBody, reserved));
+    assert_eq!(
+        f(dt, "domain").0,
+        HEAD + offset_of!(DetachTableBody, domain)
+    );
+    assert_eq!(
+        f(dt, "reserved").0,
+        HEAD + offset_of!(DetachTableBody, reserved)
+    );
     let ap = "virtio_iommu_req_attach_pasid";
-    assert_eq!(f(ap, "domain").0, HEAD + offset_of!(PasidAttachBody, domain));
-    assert_eq!(f(ap, "endpoint").0, HEAD + offset_of!(PasidAttachBody, endpoint));
+    assert_eq!(
+        f(ap, "domain").0,
+        HEAD + offset_of!(PasidAttachBody, domain)
+    );
+    assert_eq!(
+        f(ap, "endpoint").0,
+        HEAD + offset_of!(PasidAttachBody, endpoint)
+    );
     assert_eq!(f(ap, "pasid").0, HEAD + offset_of!(PasidAttachBody, pasid));
     let pr = "virtio_iommu_req_page_resp";
-    assert_eq!(f(pr, "endpoint").0, HEAD + offset_of!(PageRespBody, endpoint));
+    assert_eq!(
+        f(pr, "endpoint").0,
+        HEAD + offset_of!(PageRespBody, endpoint)
+    );
     assert_eq!(f(pr, "pasid").0, HEAD + offset_of!(PageRespBody, pasid));
     assert_eq!(f(pr, "grpid").0, HEAD + offset_of!(PageRespBody, grpid));
     assert_eq!(f(pr, "code").0, HEAD + offset_of!(PageRespBody, code));
@@ -541,11 +572,20 @@ fn patch_header_matches_the_model() {
         ("VIRTIO_IOMMU_PAGE_RESP_SUCCESS", PAGE_RESP_SUCCESS),
         ("VIRTIO_IOMMU_PAGE_RESP_INVALID", PAGE_RESP_INVALID),
         ("VIRTIO_IOMMU_PAGE_RESP_FAILURE", PAGE_RESP_FAILURE),
-        ("VIRTIO_IOMMU_PAGE_RESP_F_PASID_VALID", PAGE_RESP_F_PASID_VALID),
+        (
+            "VIRTIO_IOMMU_PAGE_RESP_F_PASID_VALID",
+            PAGE_RESP_F_PASID_VALID,
+        ),
         ("VIRTIO_IOMMU_PROBE_T_OUTPUT_SIZE", PROBE_T_OUTPUT_SIZE),
         ("VIRTIO_IOMMU_PROBE_T_PASID_SIZE", PROBE_T_PASID_SIZE),
-        ("VIRTIO_IOMMU_PROBE_T_PAGE_TABLE_FMT", PROBE_T_PAGE_TABLE_FMT),
-        ("VIRTIO_IOMMU_PROBE_T_PASID_TABLE_FMT", PROBE_T_PASID_TABLE_FMT),
+        (
+            "VIRTIO_IOMMU_PROBE_T_PAGE_TABLE_FMT",
+            PROBE_T_PAGE_TABLE_FMT,
+        ),
+        (
+            "VIRTIO_IOMMU_PROBE_T_PASID_TABLE_FMT",
+            PROBE_T_PASID_TABLE_FMT,
+        ),
         ("VIRTIO_IOMMU_PROBE_T_HOST_IOMMU", PROBE_T_HOST_IOMMU),
         ("VIRTIO_IOMMU_PROBE_T_PAGE_REQUEST", PROBE_T_PAGE_REQUEST),
     ] {
@@ -561,7 +601,10 @@ fn patch_header_matches_the_model() {
     let a = &c.bytes["attach_table"];
     assert_eq!(a.len(), 72);
     let body = AttachTableBody::read_from_bytes(&a[HEAD..a.len() - TAIL]).unwrap();
-    assert_eq!((body.domain.get(), body.format.get()), (7, FMT_INTEL_VTD_S1));
+    assert_eq!(
+        (body.domain.get(), body.format.get()),
+        (7, FMT_INTEL_VTD_S1)
+    );
     match guest_tables::decode(&body, &SoftCaps::new(8), &Ram) {
         Ok(Binding::Vtd(fs)) => {
             assert_eq!(fs.params().pgtbl, 0x123000);

@@ -342,7 +342,13 @@ fn attach_table_vtd(domain: u32, pgd: u64) -> Vec<u8> {
     desc[8..16].copy_from_slice(&pgd.to_le_bytes());
     req(
         T_ATTACH_TABLE,
-        &[&domain.to_le_bytes(), &4u16.to_le_bytes(), &[0; 6], &desc, &[0; 4]],
+        &[
+            &domain.to_le_bytes(),
+            &4u16.to_le_bytes(),
+            &[0; 6],
+            &desc,
+            &[0; 4],
+        ],
     )
 }
 
