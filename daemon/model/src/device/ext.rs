@@ -147,6 +147,8 @@ impl Device {
         for endpoint in endpoints {
             self.invalidate(|| Invalidation::Endpoint { endpoint });
         }
+        // A domain ATTACH_TABLE created, with nothing attached, ends here.
+        self.end_domain_if_unused(domain);
         Status::Ok
     }
 
