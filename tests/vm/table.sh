@@ -84,3 +84,77 @@ t_table() {
     # The stock kernel: the same daemon offers the extension, the driver does not take it.
     table_round table-stock "$KERNEL" lazy 0
 }
+
+# table_bench_row LABEL KERNEL STRICT THREADS EXPECT: one benchmark boot against a fresh daemon
+# offering the extension; EXPECT "table" (no MAP, tables bound) or "map" (MAP/UNMAP served).
+# Appends "LABEL|RESULT" to $TB_ROWS.
+table_bench_row() {
+    local label=$1 kernel=$2 strict=$3 threads=$4 expect=$5 name
+    name=tb$threads-$(echo "$label" | tr -c 'a-z0-9\n' '-' | tr -s '-' | head -c 40)
+    daemon_start "$name" --pasid-bits 8 || return
+    viot_args "$name" 0000:00:00.0-00:1f.7
+    local KERNEL=$kernel
+    boot_guest "$name" "$G/bench.sh" "$((BENCH_SECONDS + 120))" \
+        "vui.bench=$BENCH_SECONDS,$BENCH_GRANULE,$threads iommu.strict=$strict" -- \
+        "${QARGS[@]}" -device "edu,addr=$EDU_ADDR"
+    if [ "$expect" = table ]; then
+        dcheck "$name/host/no-map" counter "$DCTL" map ok 0
+        dcheck "$name/host/table-bound" counter "$DCTL" attach_table ok 1+
+        dcheck "$name/host/invalidates" counter "$DCTL" invalidate ok 1+
+    else
+        dcheck "$name/host/maps" counter "$DCTL" map ok 1000+
+        dcheck "$name/host/no-table" counter "$DCTL" attach_table ok 0
+    fi
+    echo "$label|$(bench_parse "$RUN/$name.log")" >>"$TB_ROWS"
+    stop_pid "$DAEMON_PID"
+}
+
+# table_bench: the kernel's DMA map benchmark (edu on dma_map_benchmark, granule 1) in one run:
+# QEMU's built-in device, the daemon with the stock driver (MAP/UNMAP), the daemon with the
+# patched driver in table mode, strict and lazy; 1 and 2 guest threads
+# (VUI_TABLE_BENCH_THREADS). Writes $RUN/BENCHMARKS-table.md (VUI_BENCH_DOC: copied there too).
+# Not in ALL_TESTS: a benchmark (about 10 boots), run it by name.
+t_table_bench() {
+    table_kernel || return
+    local threads load
+    load=$(uptime)
+    for threads in ${VUI_TABLE_BENCH_THREADS:-1 2}; do
+        TB_ROWS=$RUN/table-bench-$threads.rows
+        : >"$TB_ROWS"
+        export VUI_SMP=$threads
+        GUEST_FILES=("$RUN/map-bench")
+        boot_guest "tb$threads-builtin" "$G/bench.sh" "$((BENCH_SECONDS + 120))" \
+            "vui.bench=$BENCH_SECONDS,$BENCH_GRANULE,$threads" -- \
+            -object memory-backend-memfd,id=mem,size=512M,share=on -m 512M -machine q35,memory-backend=mem \
+            -device virtio-iommu-pci -device "edu,addr=$EDU_ADDR"
+        echo "QEMU built-in virtio-iommu-pci, stock driver (lazy)|$(bench_parse "$RUN/tb$threads-builtin.log")" >>"$TB_ROWS"
+        table_bench_row "vhost-user-iommu, stock driver: MAP/UNMAP (lazy)" "$KERNEL" 0 "$threads" map
+        table_bench_row "vhost-user-iommu, table mode, strict" "$TABLE_KERNEL" 1 "$threads" table
+        table_bench_row "vhost-user-iommu, table mode, lazy" "$TABLE_KERNEL" 0 "$threads" table
+        GUEST_FILES=()
+        unset VUI_SMP
+    done
+    {
+        echo "| guest threads | configuration | map, us | unmap, us | map vs built-in | unmap vs built-in |"
+        echo "|---|---|---:|---:|---:|---:|"
+        for threads in ${VUI_TABLE_BENCH_THREADS:-1 2}; do
+            python3 - "$RUN/table-bench-$threads.rows" "$threads" <<'PY'
+import sys
+rows = []
+for line in open(sys.argv[1]):
+    label, _, res = line.rstrip("\n").partition("|")
+    v = res.split()
+    rows.append((label, int(v[0]) if v else None, int(v[1]) if v else None))
+base = rows[0]
+def us(x): return "-" if x is None else f"{x / 10:.1f}"
+def ratio(x, b): return "-" if x is None or not b else f"{x / b:.2f}"
+for label, m, u in rows:
+    print(f"| {sys.argv[2]} | {label} | {us(m)} | {us(u)} | {ratio(m, base[1])} | {ratio(u, base[2])} |")
+PY
+        done
+        echo
+        echo "Host load when the run started (uptime): $load"
+    } >"$RUN/BENCHMARKS-table.md"
+    report table_bench/results PASS "$(grep '^| [0-9]' "$RUN/BENCHMARKS-table.md" | tr -s ' ' | tr '\n' ' ')"
+    if [ -n "${VUI_BENCH_DOC:-}" ]; then cp "$RUN/BENCHMARKS-table.md" "$VUI_BENCH_DOC"; log "wrote $VUI_BENCH_DOC"; fi
+}
