@@ -9,6 +9,12 @@
 TABLE_KERNEL=""
 table_kernel() {
     [ -n "$TABLE_KERNEL" ] && return 0
+    # VUI_TABLE_KERNEL=IMAGE: use this image instead (a kernel built elsewhere with the patches).
+    if [ -n "${VUI_TABLE_KERNEL:-}" ]; then
+        cp "$VUI_TABLE_KERNEL" "$RUN/bzImage-table" || return 1
+        TABLE_KERNEL=$RUN/bzImage-table
+        return 0
+    fi
     local t0=$SECONDS img blog=$VUI_VM_DIR/kernel-table-build.log
     log "patched guest kernel: guest/linux/build-kernel.sh (from scratch about 30 minutes; log $blog)"
     if ! img=$(VUI_VM_DIR=$VUI_VM_DIR VUI_SHARED_VM=$VUI_SHARED_VM "$VUI_REPO/guest/linux/build-kernel.sh" 2>"$blog"); then

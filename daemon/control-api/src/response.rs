@@ -81,7 +81,8 @@ pub enum Response {
     Endpoints(Vec<EndpointInfo>),
     Domains(Vec<DomainInfo>),
     Mappings(MappingPage),
-    Counters(Counters),
+    /// Boxed: a count per status of every request type is the largest result.
+    Counters(Box<Counters>),
     Faults(Vec<FaultInfo>),
     Translate(Translation),
     PageRequests(Vec<PageRequestInfo>),
@@ -99,7 +100,7 @@ impl Response {
             Request::Endpoints => Response::Endpoints(de(v)?),
             Request::Domains => Response::Domains(de(v)?),
             Request::Mappings { .. } => Response::Mappings(de(v)?),
-            Request::Counters => Response::Counters(de(v)?),
+            Request::Counters => Response::Counters(Box::new(de(v)?)),
             Request::Faults => Response::Faults(de(v)?),
             Request::Translate { .. } => Response::Translate(de(v)?),
             Request::PageRequests => Response::PageRequests(de(v)?),

@@ -363,7 +363,7 @@ fn counters_reply() {
             r#"{{"ok":true,"result":{{"bad_buffers":11,"faults":{{"delivered":12,"dropped":13}},"requests":{{"attach":{counts},"attach_pasid":{zeros},"attach_table":{zeros},"detach":{zeros},"detach_pasid":{zeros},"detach_table":{zeros},"invalidate":{counts},"map":{zeros},"page_resp":{zeros},"probe":{counts},"unmap":{zeros}}}}}}}"#
         ),
         &Request::Counters,
-        Response::Counters,
+        |c| Response::Counters(Box::new(c)),
     );
 }
 

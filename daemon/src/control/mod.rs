@@ -291,7 +291,7 @@ fn execute(req: Request, shared: &Shared, conn: &ConnectionInfo) -> Result<Respo
             let dev = shared.device();
             let s = dev.stats();
             let row = |type_: u8| status_counts(&s.requests[usize::from(type_)]);
-            Ok(Response::Counters(api::Counters {
+            Ok(Response::Counters(Box::new(api::Counters {
                 requests: api::RequestCounters {
                     attach: row(model::protocol::T_ATTACH),
                     detach: row(model::protocol::T_DETACH),
@@ -310,7 +310,7 @@ fn execute(req: Request, shared: &Shared, conn: &ConnectionInfo) -> Result<Respo
                     delivered: s.faults_delivered,
                     dropped: s.faults_dropped,
                 },
-            }))
+            })))
         }
         Request::Faults => {
             let dev = shared.device();
