@@ -26,10 +26,11 @@ table_kernel() {
     report table/kernel PASS "$img ($((SECONDS - t0)) s)"
 }
 
-# table_round NAME KERNEL MODE WANT: one boot of guest/table.sh with KERNEL in MODE (strict or
-# lazy) against a fresh daemon that offers the extension; WANT 1 = table mode expected.
+# table_round NAME KERNEL MODE WANT [APPEND]: one boot of guest/table.sh with KERNEL in MODE
+# (strict or lazy) against a fresh daemon that offers the extension; WANT 1 = table mode
+# expected; APPEND: more kernel command line.
 table_round() {
-    local name=$1 kernel=$2 mode=$3 want=$4 strict=0
+    local name=$1 kernel=$2 mode=$3 want=$4 extra=${5:-} strict=0
     [ "$mode" = strict ] && strict=1
     local input_start=0x1000 input_end=0x7fffffffff msi_start=0xfee00000 msi_end=0xfeefffff
     daemon_start "$name" --pasid-bits 8 --input-range "$input_start-$input_end" \
@@ -76,7 +77,7 @@ table_round() {
     }
     local KERNEL=$kernel
     GUEST_FILES=("$RUN/vfio-dma" "$RUN/map-bench")
-    boot_guest "$name" "$G/table.sh" 240 "$VFIO_APPEND iommu.strict=$strict vui.table=$want vui.mode=$mode" -- \
+    boot_guest "$name" "$G/table.sh" 240 "$VFIO_APPEND iommu.strict=$strict vui.table=$want vui.mode=$mode $extra" -- \
         "${QARGS[@]}" -device "edu,addr=$EDU_ADDR"
     GUEST_FILES=()
     unset -f sync_before-dma sync_after-dma sync_attached sync_mapped sync_unmapped
@@ -87,6 +88,8 @@ t_table() {
     table_kernel || return
     table_round table-strict "$TABLE_KERNEL" strict 1
     table_round table-lazy "$TABLE_KERNEL" lazy 1
+    # The same kernel with the driver's switch off: MAP/UNMAP.
+    table_round table-param-off "$TABLE_KERNEL" lazy 0 virtio_iommu.table_mode=0
     # The stock kernel: the same daemon offers the extension, the driver does not take it.
     table_round table-stock "$KERNEL" lazy 0
 }
