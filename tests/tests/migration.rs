@@ -182,6 +182,8 @@ fn guest_tables_pasids_and_page_requests_move_too() {
     desc[..4].copy_from_slice(&48u32.to_le_bytes());
     desc[8..16].copy_from_slice(&fs.pgtbl().to_le_bytes());
     at.extend(desc);
+    at.extend([0u8; 4]);
+    assert_eq!(at.len(), 68, "ATTACH_TABLE: 72 bytes with the tail");
     d.run(&Request::new(at)).expect(OK, "ATTACH_TABLE");
     let mut ap = vec![10u8, 0, 0, 0];
     ap.extend(5u32.to_le_bytes());
