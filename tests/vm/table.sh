@@ -16,7 +16,7 @@ table_kernel() {
         return 0
     fi
     local t0=$SECONDS img blog=$VUI_VM_DIR/kernel-table-build.log
-    log "patched guest kernel: guest/linux/build-kernel.sh (from scratch about 30 minutes; log $blog)"
+    log "patched guest kernel: guest/linux/build-kernel.sh (from scratch about 20-30 minutes on 2 cores; log $blog)"
     if ! img=$(VUI_VM_DIR=$VUI_VM_DIR VUI_SHARED_VM=$VUI_SHARED_VM "$VUI_REPO/guest/linux/build-kernel.sh" 2>"$blog"); then
         report table/kernel FAIL "guest/linux/build-kernel.sh failed: $(tail -n 5 "$blog" | tr '\n' '|')"
         return 1
