@@ -404,12 +404,18 @@ fn mappings_table(all: &[(u32, MappingInfo)]) -> String {
 
 fn counters(c: &Counters) -> String {
     let mut o = format!("{:<8}  {:<8}  {:>12}\n", "REQUEST", "STATUS", "COUNT");
-    let rows: [(&str, &StatusCounts); 5] = [
+    let rows: [(&str, &StatusCounts); 11] = [
         ("attach", &c.requests.attach),
         ("detach", &c.requests.detach),
         ("map", &c.requests.map),
         ("unmap", &c.requests.unmap),
         ("probe", &c.requests.probe),
+        ("attach_table", &c.requests.attach_table),
+        ("detach_table", &c.requests.detach_table),
+        ("invalidate", &c.requests.invalidate),
+        ("attach_pasid", &c.requests.attach_pasid),
+        ("detach_pasid", &c.requests.detach_pasid),
+        ("page_resp", &c.requests.page_resp),
     ];
     for (name, s) in rows {
         for (status, n) in [

@@ -224,10 +224,10 @@ pub fn page_resp(endpoint: u32, pasid: Option<u32>, grpid: u32, code: u16) -> Ve
     b
 }
 
-/// Device-readable part of ATTACH_TABLE (64 bytes): `desc` is the format's descriptor (at most
-/// 48 bytes, zero-padded).
+/// Device-readable part of ATTACH_TABLE (68 bytes; the tail is at 68): `desc` is the format's
+/// descriptor (at most 48 bytes, zero-padded).
 pub fn attach_table(domain: u32, format: u16, desc: &[u8]) -> Vec<u8> {
-    let mut b = head(req::ATTACH_TABLE, 64);
+    let mut b = head(req::ATTACH_TABLE, 68);
     put_u32(&mut b, 4, domain);
     b[8..10].copy_from_slice(&format.to_le_bytes());
     b[16..16 + desc.len()].copy_from_slice(desc);
@@ -283,9 +283,9 @@ pub struct Invalidate {
     pub granule: u8,
 }
 
-/// Device-readable part of INVALIDATE (64 bytes).
+/// Device-readable part of INVALIDATE (60 bytes; the tail is at 60).
 pub fn invalidate(i: &Invalidate) -> Vec<u8> {
-    let mut b = head(req::INVALIDATE, 64);
+    let mut b = head(req::INVALIDATE, 60);
     b[4..6].copy_from_slice(&i.scope.to_le_bytes());
     b[6..8].copy_from_slice(&i.caches.to_le_bytes());
     b[8..10].copy_from_slice(&i.flags.to_le_bytes());
@@ -512,7 +512,7 @@ mod tests {
             table_format::INTEL_VTD_S1,
             &vtd_s1_desc(48, 0x4000_0000, 4),
         );
-        assert_eq!(t.len(), 64);
+        assert_eq!(t.len(), 68);
         assert_eq!(&t[..12], &[6, 0, 0, 0, 5, 0, 0, 0, 4, 0, 0, 0]);
         assert_eq!(
             (get_u32(&t, 16), get_u64(&t, 24), get_u64(&t, 32)),
@@ -538,7 +538,7 @@ mod tests {
             nr_pages: 3,
             granule: 12,
         });
-        assert_eq!(i.len(), 64);
+        assert_eq!(i.len(), 60);
         assert_eq!(&i[..10], &[7, 0, 0, 0, 4, 0, 1, 0, 5, 0]);
         assert_eq!((get_u32(&i, 12), get_u32(&i, 16)), (2, 6));
         assert_eq!((get_u64(&i, 32), get_u64(&i, 40), i[48]), (0x10000, 3, 12));

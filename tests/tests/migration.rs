@@ -15,6 +15,7 @@ use vhost_user_iommu_control::{Access, Request as Ctl};
 use vhost_user_iommu_tests::device::Options;
 use vhost_user_iommu_tests::mem::{TableMem, HIGH_REGION_GPA};
 use vhost_user_iommu_tests::proto::status::{NOENT, OK};
+use vhost_user_iommu_tests::proto::vtd_s1_desc;
 use vhost_user_iommu_tests::{Daemon, Device, Request};
 
 const LEGACY_BYPASS: u64 = 1 << 3;
@@ -182,6 +183,8 @@ fn guest_tables_pasids_and_page_requests_move_too() {
     desc[..4].copy_from_slice(&48u32.to_le_bytes());
     desc[8..16].copy_from_slice(&fs.pgtbl().to_le_bytes());
     at.extend(desc);
+    at.extend([0u8; 4]);
+    assert_eq!(at.len(), 68, "ATTACH_TABLE: 72 bytes with the tail");
     d.run(&Request::new(at)).expect(OK, "ATTACH_TABLE");
     let mut ap = vec![10u8, 0, 0, 0];
     ap.extend(5u32.to_le_bytes());
@@ -200,6 +203,13 @@ fn guest_tables_pasids_and_page_requests_move_too() {
     ap.extend([0u8; 8]);
     d.run(&Request::new(ap)).expect(OK, "ATTACH_PASID 8");
     assert_eq!(d.detach(8, 0), OK);
+    // Domain 11: made by ATTACH_TABLE alone (docs/PASID.md §4.1), nothing attached yet.
+    d.run(&Request::attach_table(
+        11,
+        4,
+        &vtd_s1_desc(48, fs.pgtbl(), 0),
+    ))
+    .expect(OK, "ATTACH_TABLE creating domain 11");
     // A page request outstanding: delivered to the driver by the source, answered at the
     // destination.
     d.post_event_buffers(2, 32);
@@ -227,6 +237,18 @@ fn guest_tables_pasids_and_page_requests_move_too() {
     let before = observe(&a, &probe);
     migrate(&mut d, &b, false);
     assert_eq!(observe(&b, &probe), before);
+    let dom = b.ctl().domain(11).expect("domain 11 moved");
+    assert_eq!(dom["table"]["format"], 4, "{dom}");
+    // It translates for an endpoint that joins it at the destination.
+    assert_eq!(d.attach(11, 6), OK);
+    let t = b.ctl().must(&Ctl::Translate {
+        endpoint: 6,
+        iova: 0x7000_0010,
+        access: Access::Read,
+        pasid: None,
+        privileged: false,
+    });
+    assert_eq!(t["phys"], 0x60_0010, "{t}");
     fs.map(&mut TableMem(&d.mem), 0x7001_0000, 0x70_0000, 0x1000, prot)
         .unwrap();
     let mut pr = vec![8u8, 0, 0, 0];

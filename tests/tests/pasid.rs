@@ -288,8 +288,8 @@ fn vtd_first_stage_per_pasid_with_attach_pasid() {
     inv.extend(1u16.to_le_bytes()); // IOTLB
     inv.extend([0u8; 4]);
     inv.extend(5u32.to_le_bytes());
-    inv.extend([0u8; 48]);
-    assert_eq!(inv.len(), 64);
+    inv.extend([0u8; 44]);
+    assert_eq!(inv.len(), 60, "INVALIDATE: 64 bytes with the tail");
     d.run(&Request::new(inv)).expect(OK, "INVALIDATE domain");
     assert_eq!(
         phys(&translate(&daemon, 4, Some(9), 0x7000_0123, "r")),
@@ -359,17 +359,25 @@ fn hostile_bindings_and_invalidations_get_precise_statuses() {
         &vtd_s1_desc(39, HIGH_REGION_GPA, 0),
     ))
     .expect(INVAL, "address width 39");
-    // Unknown format, no such domain, non-zero reserved.
+    // Unknown format, non-zero reserved bytes (before anything else: INVAL even for a domain
+    // that does not exist), VMSA hardware A/D updates (never offered).
     d.run(&Request::attach_table(1, 3, &[]))
         .expect(2, "format 3 -> UNSUPP");
-    d.run(&Request::attach_table(
-        2,
-        4,
-        &vtd_s1_desc(48, HIGH_REGION_GPA, 0),
-    ))
-    .expect(NOENT, "no domain 2");
     d.run(&Request::attach_table(1, 4, &vtd_s1_desc(48, HIGH_REGION_GPA, 0)).with_byte(13, 1))
         .expect(INVAL, "reserved byte");
+    d.run(&Request::attach_table(7, 4, &vtd_s1_desc(48, HIGH_REGION_GPA, 0)).with_byte(64, 1))
+        .expect(INVAL, "reserved byte after the descriptor, no such domain");
+    let s1 = VmsaBuilder::new(Granule::K4, 16, false, false, allocator(0)).unwrap();
+    let mut vmsa = vec![0u8; 48];
+    vmsa[8..16].copy_from_slice(&s1.ttb0().to_le_bytes());
+    // T0SZ 16, TG0 4K, IPS 48 bits, then HA (39).
+    let tcr: u64 = 16 | (5 << 32);
+    vmsa[16..24].copy_from_slice(&(tcr | (1 << 39)).to_le_bytes());
+    d.run(&Request::attach_table(1, 1, &vmsa))
+        .expect(2, "TCR.HA -> UNSUPP");
+    vmsa[16..24].copy_from_slice(&(5u64 << 32).to_le_bytes());
+    d.run(&Request::attach_table(1, 1, &vmsa))
+        .expect(INVAL, "T0SZ 0 -> INVAL");
     // Nothing of the above changed the domain.
     assert!(daemon.ctl().domain(1).unwrap()["table"].is_null());
 
@@ -412,7 +420,7 @@ fn hostile_bindings_and_invalidations_get_precise_statuses() {
         r.extend(start.to_le_bytes());
         r.extend(pages.to_le_bytes());
         r.push(granule);
-        r.extend([0u8; 15]);
+        r.extend([0u8; 11]);
         Request::new(r)
     };
     d.run(&inv(3, 0, 0, 0, 0, 12)).expect(INVAL, "scope 3");
@@ -439,4 +447,52 @@ fn hostile_bindings_and_invalidations_get_precise_statuses() {
         }
     }
     assert_eq!(d.attach(7, 1), OK, "the daemon still serves");
+}
+
+#[test]
+fn attach_table_creates_a_domain_and_page_resp_failure_stops_page_requests() {
+    let (daemon, mut d) = setup(&[]);
+    d.post_event_buffers(8, 32);
+    let prot = Prot {
+        write: true,
+        user: true,
+        exec: false,
+    };
+    let mut fs = VtdBuilder::new(false, allocator(0)).unwrap();
+    fs.map(&mut TableMem(&d.mem), 0x10_0000, 0x60_0000, 0x1000, prot)
+        .unwrap();
+    // Domain 9 does not exist: ATTACH_TABLE makes it, with nothing attached (an SVA domain
+    // waiting for ATTACH_PASID), then an endpoint ATTACHes to it and translates at once.
+    d.run(&Request::attach_table(
+        9,
+        4,
+        &vtd_s1_desc(48, fs.pgtbl(), 0),
+    ))
+    .expect(OK, "ATTACH_TABLE creates domain 9");
+    let dom = daemon.ctl().domain(9).unwrap();
+    assert_eq!(dom["table"]["format"], 4, "{dom}");
+    assert_eq!(dom["endpoints"].as_array().unwrap().len(), 0, "{dom}");
+    assert_eq!(d.attach(9, 2), OK);
+    assert_eq!(
+        phys(&translate(&daemon, 2, None, 0x10_0042, "rw")),
+        0x60_0042
+    );
+
+    // A miss is a page request; FAILURE stops the endpoint's page requests: misses fault.
+    let v = translate(&daemon, 2, None, 0x20_0000, "r");
+    assert_eq!(v["outcome"], "page_request", "{v}");
+    let grpid = u32::try_from(v["grpid"].as_u64().unwrap()).unwrap();
+    d.run(&Request::page_resp(2, None, grpid, 2))
+        .expect(OK, "PAGE_RESP FAILURE");
+    assert_eq!(
+        translate(&daemon, 2, None, 0x20_0000, "r")["outcome"],
+        "fault",
+        "no page request after FAILURE"
+    );
+    // The next ATTACH of the endpoint enables them again.
+    assert_eq!(d.attach(9, 2), OK);
+    assert_eq!(
+        translate(&daemon, 2, None, 0x20_0000, "r")["outcome"],
+        "page_request"
+    );
 }

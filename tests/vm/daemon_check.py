@@ -300,6 +300,84 @@ def cmd_domain_ids(sock, first, last):
     return bool(ids) and all(lo <= i <= hi for i in ids), f"domain ids {ids} (range {lo}-{hi})"
 
 
+def cmd_table_domains(sock, fmt):
+    """Every domain the guest made is a table domain of format FMT ("none": none has a table),
+    none bypasses or holds MAP mappings."""
+    doms = ask(sock, {"cmd": "domains"})
+    want = None if fmt == "none" else int(fmt)
+    bad = [d["id"] for d in doms
+           if d["bypass"] or (d["table"] or {}).get("format") != want or (want is not None and d["mappings"])]
+    desc = "; ".join(f"domain {d['id']} eps={d['endpoints']} table={(d['table'] or {}).get('format')} "
+                     f"maps={d['mappings']}" for d in doms)
+    return (bool(doms) and not bad), f"{len(doms)} domain(s): {desc}" + (f"; not as wanted: {bad}" if bad else "")
+
+
+BENCH_LINE = re.compile(r"^VUI-BENCH map_100ns=(\d+) map_stddev=\d+ unmap_100ns=(\d+) unmap_stddev=\d+ seconds=(\d+) ")
+
+
+def cmd_table_dma(sock, before_file, want_table, mode, guest_log):
+    """Requests since BEFORE_FILE while the guest ran the DMA map benchmark (its VUI-BENCH line in
+    GUEST_LOG gives the calls' latencies, so about how many map/unmap pairs it made). Table
+    mode: no MAP/UNMAP, every unmap an INVALIDATE (strict) or a few flushes of the whole domain
+    (lazy: the flush queue); stock mode: MAPs and UNMAPs, no INVALIDATE."""
+    with open(before_file) as f:
+        before = json.load(f)["requests"]
+    now = ask(sock, {"cmd": "counters"})["requests"]
+
+    def delta(kind, st="ok"):
+        return now.get(kind, {}).get(st, 0) - before.get(kind, {}).get(st, 0)
+
+    failed = {f"{k}.{st}": n - before.get(k, {}).get(st, 0) for k, v in now.items() for st, n in v.items()
+              if st != "ok" and n != before.get(k, {}).get(st, 0)}
+    bench = None
+    with open(guest_log, errors="replace") as f:
+        for line in f:
+            m = BENCH_LINE.match(line.strip())
+            if m:
+                bench = tuple(int(x) for x in m.groups())
+    if bench is None:
+        return False, "no VUI-BENCH line in the guest's log"
+    map100, unmap100, secs = bench
+    pairs = secs * 10_000_000 / max(1, map100 + unmap100)
+    maps, unmaps, invs = delta("map"), delta("unmap"), delta("invalidate")
+    detail = (f"MAP +{maps}, UNMAP +{unmaps}, INVALIDATE +{invs}, failures {failed or 'none'}; "
+              f"benchmark: map {map100 / 10:.1f} us, unmap {unmap100 / 10:.1f} us, about {pairs:.0f} pairs")
+    if failed:
+        return False, detail
+    if want_table == "1":
+        if mode == "strict":
+            ok = maps == 0 and unmaps == 0 and invs >= 0.2 * pairs
+        else:
+            ok = maps == 0 and unmaps == 0 and 1 <= invs <= 0.05 * pairs
+    else:
+        ok = maps >= 0.2 * pairs and unmaps > 0 and invs == 0
+    return ok, detail
+
+
+def cmd_table_translate(sock, endpoint, expected_file, state):
+    """STATE "mapped": the daemon's translate of every page of EXPECTED_FILE (the guest's
+    "iova phys r w" lines, phys from pagemap) gives that page, and a write to a read-only page
+    faults; "unmapped": every one of those pages faults (the driver invalidated them)."""
+    exp = read_expected(expected_file)
+    if not exp:
+        return False, f"{expected_file}: no pages"
+    bad = []
+    for iova, (phys, r, w) in sorted(exp.items()):
+        access = "rw" if r and w else ("w" if w else "r")
+        t = ask(sock, {"cmd": "translate", "endpoint": int(endpoint, 0), "iova": iova, "access": access})
+        if state == "mapped":
+            if t.get("outcome") != "translated" or t.get("phys") != phys:
+                bad.append((hex(iova), hex(phys), t))
+            elif not w:
+                t = ask(sock, {"cmd": "translate", "endpoint": int(endpoint, 0), "iova": iova, "access": "w"})
+                if t.get("outcome") != "fault":
+                    bad.append((hex(iova), "write to a read-only page", t))
+        elif t.get("outcome") != "fault":
+            bad.append((hex(iova), "still translates", t))
+    return not bad, (f"{len(exp)} page(s) {state}: " + ("all as the guest has them" if not bad
+                                                         else f"{len(bad)} wrong, first {bad[:3]}"))
+
+
 def main():
     if len(sys.argv) < 3:
         print(__doc__)
@@ -310,7 +388,8 @@ def main():
           "save-counters": cmd_save_counters, "domain-ids": cmd_domain_ids, "detached": cmd_detached, "totals": cmd_totals, "counter-failures": cmd_counter_failures, "same-as-socket": cmd_same_as_socket, "counter": cmd_counter, "connection": cmd_connection,
           "wait-disconnect": cmd_wait_disconnect, "translate": cmd_translate,
           "fault-logged": cmd_fault_logged, "bypass-domains": cmd_bypass_domains,
-          "status-bypass": cmd_status_bypass, "unknown-endpoint": cmd_unknown_endpoint, "counters-delta": cmd_counters_delta}.get(cmd)
+          "status-bypass": cmd_status_bypass, "unknown-endpoint": cmd_unknown_endpoint, "counters-delta": cmd_counters_delta,
+          "table-domains": cmd_table_domains, "table-dma": cmd_table_dma, "table-translate": cmd_table_translate}.get(cmd)
     if fn is None:
         print(f"unknown subcommand {cmd}")
         return 2

@@ -8,6 +8,7 @@ set -uo pipefail
 . "$(dirname "$0")/passthrough.sh"
 . "$(dirname "$0")/systemd.sh"
 . "$(dirname "$0")/restart.sh"
+. "$(dirname "$0")/table.sh"
 
 G=$VUI_TESTS_DIR/guest
 # virtio-iommu on x86 has no MSI isolation; iommufd refuses VFIO binds without this.
@@ -490,7 +491,7 @@ t_endpoints() {
     unset -f sync_groups
 }
 
-ALL_TESTS="builtin builtin_vfio daemon vfio bench bypass reconnect live_restart endpoints reboot hotplug iommufd_mock iommufd_vfio passthrough systemd"
+ALL_TESTS="builtin builtin_vfio daemon vfio bench bypass reconnect live_restart endpoints reboot hotplug iommufd_mock iommufd_vfio passthrough systemd table"
 vm_setup
 build_guest_programs
 for b in "$DAEMON" "$GLUE"; do

@@ -81,7 +81,8 @@ pub enum Response {
     Endpoints(Vec<EndpointInfo>),
     Domains(Vec<DomainInfo>),
     Mappings(MappingPage),
-    Counters(Counters),
+    /// Boxed: a count per status of every request type is the largest result.
+    Counters(Box<Counters>),
     Faults(Vec<FaultInfo>),
     Translate(Translation),
     PageRequests(Vec<PageRequestInfo>),
@@ -99,7 +100,7 @@ impl Response {
             Request::Endpoints => Response::Endpoints(de(v)?),
             Request::Domains => Response::Domains(de(v)?),
             Request::Mappings { .. } => Response::Mappings(de(v)?),
-            Request::Counters => Response::Counters(de(v)?),
+            Request::Counters => Response::Counters(Box::new(de(v)?)),
             Request::Faults => Response::Faults(de(v)?),
             Request::Translate { .. } => Response::Translate(de(v)?),
             Request::PageRequests => Response::PageRequests(de(v)?),
@@ -229,6 +230,19 @@ pub struct RequestCounters {
     pub map: StatusCounts,
     pub unmap: StatusCounts,
     pub probe: StatusCounts,
+    /// The PASID extension's requests (docs/PASID.md); zero unless the driver negotiated it.
+    #[serde(default)]
+    pub attach_table: StatusCounts,
+    #[serde(default)]
+    pub detach_table: StatusCounts,
+    #[serde(default)]
+    pub invalidate: StatusCounts,
+    #[serde(default)]
+    pub attach_pasid: StatusCounts,
+    #[serde(default)]
+    pub detach_pasid: StatusCounts,
+    #[serde(default)]
+    pub page_resp: StatusCounts,
 }
 
 /// Requests of one type per virtio-iommu status.

@@ -346,6 +346,12 @@ fn counters_reply() {
                 map: zero,
                 unmap: zero,
                 probe: n,
+                attach_table: zero,
+                detach_table: zero,
+                invalidate: n,
+                attach_pasid: zero,
+                detach_pasid: zero,
+                page_resp: zero,
             },
             bad_buffers: 11,
             faults: FaultCounters {
@@ -354,10 +360,10 @@ fn counters_reply() {
             },
         },
         &format!(
-            r#"{{"ok":true,"result":{{"bad_buffers":11,"faults":{{"delivered":12,"dropped":13}},"requests":{{"attach":{counts},"detach":{zeros},"map":{zeros},"probe":{counts},"unmap":{zeros}}}}}}}"#
+            r#"{{"ok":true,"result":{{"bad_buffers":11,"faults":{{"delivered":12,"dropped":13}},"requests":{{"attach":{counts},"attach_pasid":{zeros},"attach_table":{zeros},"detach":{zeros},"detach_pasid":{zeros},"detach_table":{zeros},"invalidate":{counts},"map":{zeros},"page_resp":{zeros},"probe":{counts},"unmap":{zeros}}}}}}}"#
         ),
         &Request::Counters,
-        Response::Counters,
+        |c| Response::Counters(Box::new(c)),
     );
 }
 

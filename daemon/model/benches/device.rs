@@ -188,6 +188,7 @@ fn table_translate_rates(pages: u64, lookups: u64) -> (f64, f64) {
     desc[0..4].copy_from_slice(&48u32.to_le_bytes());
     desc[8..16].copy_from_slice(&b.pgtbl().to_le_bytes());
     req.extend(desc);
+    req.extend([0u8; 4]);
     let mut none = [];
     assert_eq!(d.handle_request(&req, &mut none), Reply::Status(Status::Ok));
     let mut inv = vec![T_INVALIDATE, 0, 0, 0];
@@ -195,7 +196,7 @@ fn table_translate_rates(pages: u64, lookups: u64) -> (f64, f64) {
     inv.extend(INV_CACHE_IOTLB.to_le_bytes());
     inv.extend([0u8; 4]);
     inv.extend(1u32.to_le_bytes());
-    inv.extend([0u8; 48]);
+    inv.extend([0u8; 44]);
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
     let mut next = || {
         x ^= x << 13;

@@ -118,7 +118,7 @@ pub fn decode(
     caps: &SoftCaps,
     mem: &impl GuestMemoryRead,
 ) -> Result<Binding, Status> {
-    if body.flags.get() != 0 || !zero(&body.reserved) {
+    if body.flags.get() != 0 || !zero(&body.reserved) || !zero(&body.reserved2) {
         return Err(Status::Inval);
     }
     let d = &body.desc;
@@ -146,9 +146,15 @@ pub fn decode(
             if ttbr >> 48 != 0 {
                 return Err(Status::Inval);
             }
+            // HA [39] / HD [40]: hardware access-flag and dirty updates, which PROBE never
+            // offers (the device does not write guest tables).
+            if tcr & ((1 << 39) | (1 << 40)) != 0 {
+                return Err(Status::Unsupp);
+            }
             let (params, _) = Stage1Params::from_tcr_el1(tcr, ttbr, mair, caps.stage1)
                 .map_err(|_| Status::Inval)?;
-            let stage1 = Stage1::new(params).map_err(|_| Status::Range)?;
+            // T0SZ, IPS: fields out of their architectural range.
+            let stage1 = Stage1::new(params).map_err(|_| Status::Inval)?;
             mem.check_range(params.ttb0, 8).map_err(|_| Status::Range)?;
             Ok(Binding::Vmsa { stage1, asid })
         }
@@ -479,14 +485,20 @@ pub fn probe_properties(
         off += 4 + value.len();
         Some(())
     };
-    let fmt = |format: u16, bits: u32| {
-        let mut v = [0u8; 8];
+    // PAGE_TABLE_FMT: le16 format, 2 reserved, le32 caps, u8 asid_bits, 3 reserved (a
+    // 16-byte property: every property keeps the 8-byte multiple the standard's are).
+    let fmt = |format: u16, bits: u32, asid_bits: u8| {
+        let mut v = [0u8; 12];
         v[0..2].copy_from_slice(&format.to_le_bytes());
         v[4..8].copy_from_slice(&bits.to_le_bytes());
+        v[8] = asid_bits;
         v
     };
     let vtd_bits = |v: &VtdHostCaps| {
         let mut b = 0b01u32 | if v.five_level { 0b10 } else { 0 };
+        if v.pages_1g {
+            b |= VTD_CAP_1G;
+        }
         if v.srs && v.grant_supervisor {
             b |= (1 << 8) | (1 << 10);
         }
@@ -540,7 +552,10 @@ pub fn probe_properties(
                 PROBE_T_PASID_SIZE,
                 &u32::from(pasid_bits.min(v.pasid_bits)).to_le_bytes(),
             )?;
-            put(PROBE_T_PAGE_TABLE_FMT, &fmt(FMT_INTEL_VTD_S1, vtd_bits(&v)))?;
+            put(
+                PROBE_T_PAGE_TABLE_FMT,
+                &fmt(FMT_INTEL_VTD_S1, vtd_bits(&v), 0),
+            )?;
         }
         // The software walkers (and the selftest mock, which checks the uAPI whatever the
         // format): every format.
@@ -550,11 +565,11 @@ pub fn probe_properties(
                 &u32::from(caps.stage1.max_oas).to_le_bytes(),
             )?;
             put(PROBE_T_PASID_SIZE, &u32::from(pasid_bits).to_le_bytes())?;
-            // ARM_VMSA_S1: 4K/16K/64K granules; no hardware A/D update.
-            put(PROBE_T_PAGE_TABLE_FMT, &fmt(FMT_ARM_VMSA_S1, 0b111))?;
+            // ARM_VMSA_S1: 4K/16K/64K granules, 16-bit ASIDs; no hardware A/D update.
+            put(PROBE_T_PAGE_TABLE_FMT, &fmt(FMT_ARM_VMSA_S1, 0b111, 16))?;
             put(
                 PROBE_T_PAGE_TABLE_FMT,
-                &fmt(FMT_INTEL_VTD_S1, vtd_bits(&caps.vtd)),
+                &fmt(FMT_INTEL_VTD_S1, vtd_bits(&caps.vtd), 0),
             )?;
             put(PROBE_T_PASID_TABLE_FMT, &pasid_table(0b111, pasid_bits))?;
         }
@@ -628,9 +643,18 @@ mod tests {
         assert_eq!(p[3].1[0..2], FMT_INTEL_VTD_S1.to_le_bytes());
         assert_eq!(
             u32_at(&p[3].1, 4),
-            0b11,
-            "48- and 57-bit, no SRE/EAFE/WPE granted"
+            0b111,
+            "48- and 57-bit, 1 GiB pages, no SRE/EAFE/WPE granted"
         );
+        assert_eq!((p[2].1.len(), p[2].1[8]), (12, 16), "VMSA: 16-bit ASIDs");
+        assert_eq!((p[3].1.len(), p[3].1[8]), (12, 0), "VT-d: no ASID");
+        for (t, v) in &p {
+            assert_eq!(
+                (4 + v.len()) % 8,
+                0,
+                "property {t} is a multiple of 8 bytes"
+            );
+        }
         assert_eq!(u32_at(&p[4].1, 4), 0b111, "LINEAR, 4KL2, 64KL2");
         assert_eq!(
             p[5].1,

@@ -234,6 +234,8 @@ pub const T_DETACH_PASID: u8 = 11;
 pub const FMT_ARM_VMSA_S1: u16 = 1;
 pub const FMT_ARM_SMMUV3: u16 = 2;
 pub const FMT_INTEL_VTD_S1: u16 = 4;
+/// PAGE_TABLE_FMT caps of INTEL_VTD_S1: 1 GiB pages (bit 0/1: 4/5 levels, 8 SRE, 9 EAFE, 10 WPE).
+pub const VTD_CAP_1G: u32 = 1 << 2;
 
 /// INVALIDATE scopes, caches and flags.
 pub const INV_SCOPE_DOMAIN: u16 = 1;
@@ -268,7 +270,8 @@ pub const PROBE_T_PASID_TABLE_FMT: u16 = 7;
 pub const PROBE_T_HOST_IOMMU: u16 = 8;
 pub const PROBE_T_PAGE_REQUEST: u16 = 9;
 
-/// ATTACH_TABLE body (after the head): 60 bytes, tail at 64.
+/// ATTACH_TABLE body (after the head): 64 bytes, tail at 68 (a 72-byte request: the C struct
+/// with the descriptors' 64-bit fields naturally aligned).
 #[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
 #[repr(C)]
 pub struct AttachTableBody {
@@ -277,6 +280,7 @@ pub struct AttachTableBody {
     pub flags: U16,
     pub reserved: [u8; 4],
     pub desc: [u8; 48],
+    pub reserved2: [u8; 4],
 }
 
 /// DETACH_TABLE body: tail at 16.
@@ -297,7 +301,7 @@ pub struct PasidAttachBody {
     pub reserved: [u8; 8],
 }
 
-/// INVALIDATE body (offsets as in docs/PASID.md, from the start of the request): tail at 64.
+/// INVALIDATE body (offsets as in docs/PASID.md, from the start of the request): tail at 60, as in the drafts.
 #[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
 #[repr(C)]
 pub struct InvalidateBody {
@@ -312,7 +316,7 @@ pub struct InvalidateBody {
     pub virt_start: U64,
     pub nr_pages: U64,
     pub granule: u8,
-    pub reserved2: [u8; 15],
+    pub reserved2: [u8; 11],
 }
 
 /// PAGE_RESP body: tail at 32.
@@ -345,7 +349,7 @@ pub struct PageRequestRecord {
 /// software set, with an SMMUv3 host's 32 bytes of registers in HOST_IOMMU); the smallest
 /// probe size the configuration accepts.
 pub const PROBE_PROPERTIES_SIZE: usize =
-    (4 + 4) * 2 + (4 + 8) * 2 + (4 + 12) + (4 + 4 + 32) + (4 + 4);
+    (4 + 4) * 2 + (4 + 12) * 2 + (4 + 12) + (4 + 4 + 32) + (4 + 4);
 
 #[cfg(test)]
 mod tests {
@@ -366,10 +370,10 @@ mod tests {
         assert_eq!(size_of::<FaultRecord>(), FAULT_RECORD_SIZE);
         assert_eq!(size_of::<ConfigSpace>(), CONFIG_SIZE);
         // The extension's requests (docs/PASID.md).
-        assert_eq!(HEAD_SIZE + size_of::<AttachTableBody>(), 64);
+        assert_eq!(HEAD_SIZE + size_of::<AttachTableBody>() + TAIL_SIZE, 72);
         assert_eq!(HEAD_SIZE + size_of::<DetachTableBody>(), 16);
         assert_eq!(HEAD_SIZE + size_of::<PasidAttachBody>(), 24);
-        assert_eq!(HEAD_SIZE + size_of::<InvalidateBody>(), 64);
+        assert_eq!(HEAD_SIZE + size_of::<InvalidateBody>() + TAIL_SIZE, 64);
         assert_eq!(HEAD_SIZE + size_of::<PageRespBody>(), 32);
         assert_eq!(size_of::<PageRequestRecord>(), PAGE_REQUEST_RECORD_SIZE);
     }
@@ -388,7 +392,7 @@ mod tests {
             virt_start: U64::new(0x20),
             nr_pages: U64::new(0x28),
             granule: 0x30,
-            reserved2: [0; 15],
+            reserved2: [0; 11],
         };
         let mut req = vec![T_INVALIDATE, 0, 0, 0];
         req.extend_from_slice(b.as_bytes());

@@ -291,20 +291,26 @@ fn execute(req: Request, shared: &Shared, conn: &ConnectionInfo) -> Result<Respo
             let dev = shared.device();
             let s = dev.stats();
             let row = |type_: u8| status_counts(&s.requests[usize::from(type_)]);
-            Ok(Response::Counters(api::Counters {
+            Ok(Response::Counters(Box::new(api::Counters {
                 requests: api::RequestCounters {
                     attach: row(model::protocol::T_ATTACH),
                     detach: row(model::protocol::T_DETACH),
                     map: row(model::protocol::T_MAP),
                     unmap: row(model::protocol::T_UNMAP),
                     probe: row(model::protocol::T_PROBE),
+                    attach_table: row(model::protocol::T_ATTACH_TABLE),
+                    detach_table: row(model::protocol::T_DETACH_TABLE),
+                    invalidate: row(model::protocol::T_INVALIDATE),
+                    attach_pasid: row(model::protocol::T_ATTACH_PASID),
+                    detach_pasid: row(model::protocol::T_DETACH_PASID),
+                    page_resp: row(model::protocol::T_PAGE_RESP),
                 },
                 bad_buffers: s.ignored,
                 faults: api::FaultCounters {
                     delivered: s.faults_delivered,
                     dropped: s.faults_dropped,
                 },
-            }))
+            })))
         }
         Request::Faults => {
             let dev = shared.device();

@@ -60,14 +60,28 @@ impl Device {
 
     fn attach_table(&mut self, b: &AttachTableBody) -> Status {
         let domain = b.domain.get();
+        // docs/PASID.md §4.1, in order: the request's own reserved fields, the domain id, the
+        // domain's kind, then the descriptor.
+        if b.flags.get() != 0 || !zero(&b.reserved) || !zero(&b.reserved2) {
+            return Status::Inval;
+        }
         if !self.domain_in_range(domain) {
             return Status::Range;
         }
-        let Some(d) = self.domains.get(&domain) else {
-            return Status::NoEnt;
-        };
-        if d.bypass || (d.table.is_none() && !d.mappings.is_empty()) {
-            return Status::Inval;
+        match self.domains.get(&domain) {
+            Some(d) if d.bypass || (d.table.is_none() && !d.mappings.is_empty()) => {
+                return Status::Inval;
+            }
+            Some(_) => {}
+            // A new domain, with nothing attached yet (an SVA domain before ATTACH_PASID).
+            // The iommufd backend allocates a nested HWPT for a domain its endpoints made.
+            None if self.backend.nesting().is_some() => return Status::Unsupp,
+            None if self.domains.len()
+                >= MAX_TABLE_ONLY_DOMAINS + self.endpoints.len() + self.pasid_attach.len() =>
+            {
+                return Status::NoMem;
+            }
+            None => {}
         }
         // A PASID table takes over every PASID of its endpoints: none may have ATTACH_PASIDs.
         let binding = {
@@ -81,6 +95,8 @@ impl Device {
                 Err(s) => return s,
             }
         };
+        let empty = Domain::default();
+        let d = self.domains.get(&domain).unwrap_or(&empty);
         if binding.is_pasid_table()
             && d.endpoints.iter().any(|e| {
                 self.pasid_attach
@@ -97,9 +113,7 @@ impl Device {
         if let Err(e) = self.on_host(|h| h.attach_table(domain, &binding)) {
             return self.backend_failed("ATTACH_TABLE", e);
         }
-        let Some(d) = self.domains.get_mut(&domain) else {
-            return Status::NoEnt;
-        };
+        let d = self.domains.entry(domain).or_default();
         // Replacing a table drops everything cached from the old one.
         d.table = Some(Box::new(TableDomain::new(binding)));
         d.table_req = Some(*b);
@@ -133,6 +147,8 @@ impl Device {
         for endpoint in endpoints {
             self.invalidate(|| Invalidation::Endpoint { endpoint });
         }
+        // A domain ATTACH_TABLE created, with nothing attached, ends here.
+        self.end_domain_if_unused(domain);
         Status::Ok
     }
 
@@ -269,6 +285,11 @@ impl Device {
             }
         }
         self.page_requests.remove(&(endpoint, grpid));
+        if code == PAGE_RESP_FAILURE {
+            // PCIe Response Failure: the function stops issuing page requests; its misses are
+            // faults until the driver ATTACHes it again.
+            self.pri_stopped.insert(endpoint);
+        }
         self.stats.page_responses[usize::from(code)] += 1;
         Status::Ok
     }
@@ -309,7 +330,10 @@ impl Device {
             None => Translation::Fault {
                 reason: FaultReason::Domain,
             },
-            Some(domain) => self.translate_in(domain, pasid, iova, access, privileged),
+            Some(domain) => {
+                let pri = !self.pri_stopped.contains(&endpoint);
+                self.translate_in(domain, pasid, iova, access, privileged, pri)
+            }
         };
         match result {
             Translation::Fault { reason } => {
@@ -330,6 +354,7 @@ impl Device {
         iova: u64,
         access: Access,
         privileged: bool,
+        pri: bool,
     ) -> Translation {
         let mapping_fault = Translation::Fault {
             reason: FaultReason::Mapping,
@@ -365,10 +390,12 @@ impl Device {
                 mapping: None,
             },
             Ok(Walked::Bypass(phys)) => Translation::Bypass { phys },
-            Err(f) if f.recoverable() && self.acked(F_PAGE_REQUEST) => match self.alloc_grpid() {
-                Some(grpid) => Translation::PageRequest { grpid },
-                None => mapping_fault,
-            },
+            Err(f) if pri && f.recoverable() && self.acked(F_PAGE_REQUEST) => {
+                match self.alloc_grpid() {
+                    Some(grpid) => Translation::PageRequest { grpid },
+                    None => mapping_fault,
+                }
+            }
             Err(_) => mapping_fault,
         }
     }

@@ -342,7 +342,13 @@ fn attach_table_vtd(domain: u32, pgd: u64) -> Vec<u8> {
     desc[8..16].copy_from_slice(&pgd.to_le_bytes());
     req(
         T_ATTACH_TABLE,
-        &[&domain.to_le_bytes(), &4u16.to_le_bytes(), &[0; 6], &desc],
+        &[
+            &domain.to_le_bytes(),
+            &4u16.to_le_bytes(),
+            &[0; 6],
+            &desc,
+            &[0; 4],
+        ],
     )
 }
 
@@ -511,6 +517,48 @@ fn without_a_nesting_host_extension_requests_change_the_model_only() {
     assert_eq!(d.host_events(), 0);
     assert_eq!(d.host_page_request_fd(), None);
     assert!(take(&log).is_empty());
+}
+
+#[test]
+fn attach_table_creates_domains_within_bounds() {
+    // A nesting host allocates a nested HWPT for an endpoint's device: no domain without one.
+    let (mut d, log, _, _) = ext_device();
+    assert_eq!(
+        status(&mut d, &attach_table_vtd(9, 0x10000)),
+        Status::Unsupp
+    );
+    assert_eq!(d.domain_list().count(), 0);
+    assert!(take(&log).is_empty(), "the host saw nothing");
+
+    // The software walkers: ATTACH_TABLE creates the domain; DETACH_TABLE ends it while
+    // nothing is attached; super::MAX_TABLE_ONLY_DOMAINS of them at most (NOMEM after, nothing made).
+    let (mut d, _, _, _) = ext_device_of(Recorder {
+        no_nesting: true,
+        ..Recorder::default()
+    });
+    assert_eq!(status(&mut d, &attach_table_vtd(9, 0x10000)), Status::Ok);
+    assert_eq!(d.domain_list().count(), 1);
+    let detach_table = |dom: u32| req(T_DETACH_TABLE, &[&dom.to_le_bytes(), &[0; 8]]);
+    assert_eq!(status(&mut d, &detach_table(9)), Status::Ok);
+    assert_eq!(
+        d.domain_list().count(),
+        0,
+        "an unused domain ends at DETACH_TABLE"
+    );
+    let max = u32::try_from(super::MAX_TABLE_ONLY_DOMAINS).unwrap();
+    for dom in 0..max {
+        assert_eq!(status(&mut d, &attach_table_vtd(dom, 0x10000)), Status::Ok);
+    }
+    assert_eq!(
+        status(&mut d, &attach_table_vtd(max, 0x10000)),
+        Status::NoMem
+    );
+    assert_eq!(d.domain_list().count(), super::MAX_TABLE_ONLY_DOMAINS);
+    // An endpoint joining one of them makes room (it now holds an endpoint), and rebinding
+    // an existing domain is not creating one.
+    assert_eq!(status(&mut d, &attach(3, 3, 0)), Status::Ok);
+    assert_eq!(status(&mut d, &attach_table_vtd(3, 0x11000)), Status::Ok);
+    assert_eq!(status(&mut d, &attach_table_vtd(max, 0x10000)), Status::Ok);
 }
 
 #[test]

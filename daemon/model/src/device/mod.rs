@@ -28,6 +28,9 @@ const PENDING_EVENTS_MAX: usize = 1024;
 /// endpoints (and as many domains); past it ATTACH and ATTACH_PASID of a new endpoint are
 /// NOMEM and a PROBE of one is answered without being recorded.
 pub const MAX_ENDPOINT_RECORDS: usize = 65536;
+/// Domains ATTACH_TABLE may create beyond those endpoints and PASID pairs hold (docs/PASID.md
+/// §4.1): each domain holds at least one of them, or is one of these.
+pub const MAX_TABLE_ONLY_DOMAINS: usize = 4096;
 /// (endpoint, PASID) attachments of the PASID extension, over all endpoints; past it
 /// ATTACH_PASID of a new pair is NOMEM.
 pub const MAX_PASID_ATTACHMENTS: usize = 65536;
@@ -164,8 +167,8 @@ struct Domain {
 /// Per request type and status counters, plus transport-level counters.
 #[derive(Clone, Debug, Default)]
 pub struct Stats {
-    /// Indexed by request type (1..=5) and status code.
-    pub requests: [[u64; 9]; 6],
+    /// Indexed by request type (1..=5, the extension's 6..=11) and status code.
+    pub requests: [[u64; 9]; 12],
     /// Buffers returned unwritten: unknown types, no room for a tail, unreadable chains.
     pub ignored: u64,
     pub faults_delivered: u64,
@@ -207,6 +210,8 @@ pub struct Device {
     soft: SoftCaps,
     /// ATTACH_PASID: (endpoint, pasid) -> domain.
     pasid_attach: BTreeMap<(u32, u32), u32>,
+    /// Endpoints whose page requests stopped (PAGE_RESP FAILURE) until their next ATTACH.
+    pri_stopped: BTreeSet<u32>,
     /// Outstanding page-request groups: (endpoint, grpid).
     page_requests: BTreeMap<(u32, u32), PageRequest>,
     /// Host page-request groups still open (no LAST record yet): (endpoint, host grpid) to the
@@ -252,6 +257,7 @@ impl Device {
             mem: None,
             soft,
             pasid_attach: BTreeMap::new(),
+            pri_stopped: BTreeSet::new(),
             page_requests: BTreeMap::new(),
             host_groups: BTreeMap::new(),
             next_grpid: 0,
@@ -393,6 +399,7 @@ impl Device {
     /// over (a guest reset) without the frontend saying so.
     pub fn reset_guest_state(&mut self) {
         self.pasid_attach.clear();
+        self.pri_stopped.clear();
         self.page_requests.clear();
         self.host_groups.clear();
         self.endpoints.clear();
@@ -524,6 +531,8 @@ impl Device {
             return Status::NoMem;
         }
         // All checks passed: from here on the request applies completely.
+        // An ATTACH (re-)enables the endpoint's page requests (docs/PASID.md §4.5).
+        self.pri_stopped.remove(&endpoint);
         let current = self.endpoints.get(&endpoint).copied().flatten();
         if current == Some(domain) {
             return Status::Ok;

@@ -374,9 +374,12 @@ impl Device {
             }
         };
         // Domains only (endpoint, PASID) pairs hold: created through one of those endpoints,
-        // which leaves again once the pairs hold the domain.
+        // which leaves again once the pairs hold the domain. Domains nothing holds (ATTACH_TABLE
+        // made them): their ATTACH_TABLE alone.
         for (&id, d) in self.domains.iter().filter(|(_, d)| d.endpoints.is_empty()) {
             let Some(&(holder, _)) = d.pasid_endpoints.iter().next() else {
+                // A domain ATTACH_TABLE made, nothing attached yet: ATTACH_TABLE makes it again.
+                content(&mut req, id, d);
                 continue;
             };
             req(attach_req(id, holder, 0));
