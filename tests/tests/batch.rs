@@ -328,3 +328,54 @@ fn polling_mode_never_strands_requests() {
 fn polling_mode_with_event_idx_never_strands_requests() {
     requests_around_the_poll_window(&["--poll-us", "100"], true);
 }
+
+#[test]
+fn adaptive_polling_by_default_never_strands_requests() {
+    // The default: an adaptive window up to 50 us. The pauses straddle it on both sides, so the
+    // window grows, is caught short and shrinks to zero while requests keep coming.
+    requests_around_the_poll_window(&[], false);
+    requests_around_the_poll_window(&[], true);
+}
+
+#[test]
+fn polling_off_never_strands_requests() {
+    requests_around_the_poll_window(&["--poll-us", "0"], false);
+    requests_around_the_poll_window(&["--poll-us", "0"], true);
+}
+
+/// CPU time (ns) a thread has run, from /proc/PID/task/TID/schedstat.
+fn thread_cpu_ns(pid: i32, tid: i32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/schedstat")).unwrap();
+    s.split_whitespace().next().unwrap().parse().unwrap()
+}
+
+/// With polling on by default, a guest that stops sending costs the worker no CPU: after at
+/// most one window it sleeps on the kick eventfd (re-armed), and the next request still gets
+/// through.
+#[test]
+fn an_idle_guest_costs_the_polling_worker_nothing() {
+    let daemon = Daemon::start(&["--poll-us", "1000"]);
+    let mut d = daemon.connect();
+    assert_eq!(d.attach(1, 3), OK);
+    // Back-to-back requests open the window wide.
+    for i in 0..2000u64 {
+        let s = 0x100_0000 + i * 0x1000;
+        assert_eq!(d.map(1, s, s + 0xfff, 0, RW), OK, "MAP {i}");
+    }
+    let tid = daemon.ctl().status()["worker"]["tid"]
+        .as_i64()
+        .expect("the worker's thread id") as i32;
+    // Past any window (1 ms), then an idle stretch 300 times as long.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let before = thread_cpu_ns(daemon.pid(), tid);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let spent = thread_cpu_ns(daemon.pid(), tid) - before;
+    assert!(
+        spent < 1_000_000,
+        "the worker ran {spent} ns while the guest was idle"
+    );
+    // Asleep with notifications on: the next request kicks and is served.
+    let s = 0x8000_0000;
+    assert_eq!(d.map(1, s, s + 0xfff, 0, RW), OK, "MAP after idling");
+    assert_eq!(daemon.ctl().mappings(1).unwrap().len(), 2001);
+}

@@ -32,10 +32,12 @@ use model::device::Device;
 use model::queue::{handle_chain, skip_bad_head};
 pub mod memory;
 pub mod migration;
+pub mod poll;
 pub mod vring;
 
 use crate::os::sched::WorkerSched;
 use migration::{load_limit, Finished, Pending, Transfer};
+use poll::PollWindow;
 use model::protocol::*;
 
 /// Epoll id of the wake notifier: fault records are waiting, or a polling burst yielded (ids
@@ -192,8 +194,11 @@ pub struct VhostDevice {
     /// is refused.
     mem: Mem,
     event_idx: bool,
-    /// Request-queue polling window, if enabled.
-    poll: Option<Duration>,
+    /// The request-queue polling window (adaptive, up to `--poll-us`).
+    poll: PollWindow,
+    /// When the worker last went to sleep on the kick eventfd after a pass that handled
+    /// requests: the next request's wait feeds the polling window.
+    idle_since: Option<Instant>,
     /// Scheduling policy of the worker thread, applied at its first event.
     sched: WorkerSched,
     /// (head, written length) of the chains of the pass being processed, published together
@@ -214,12 +219,14 @@ pub struct VhostDevice {
 }
 
 impl VhostDevice {
-    pub fn new(shared: Arc<Shared>, poll: Option<Duration>, sched: WorkerSched) -> Self {
+    /// `poll_max`: the longest polling window (zero: never poll).
+    pub fn new(shared: Arc<Shared>, poll_max: Duration, sched: WorkerSched) -> Self {
         let resume_pending = shared.device().has_resume_state();
         VhostDevice {
             mem: GuestMemoryAtomic::new(GuestMemoryMmap::new()),
             event_idx: false,
-            poll: poll.filter(|d| !d.is_zero()),
+            poll: PollWindow::new(poll_max),
+            idle_since: None,
             sched,
             completed: Vec::with_capacity(MAX_QUEUE_SIZE),
             last_avail: 0,
@@ -268,31 +275,46 @@ impl VhostDevice {
         }
     }
 
-    /// Drain the request queue. With polling configured, keep looking for new requests (with
-    /// driver notifications suppressed, so the guest need not kick) until the queue has been
-    /// idle for the poll window, then re-enable notifications and go back to sleep on the kick
-    /// eventfd. A busy queue yields after `MAX_POLL_BURST` so the event queue is served too.
+    /// Drain the request queue, then poll it for the adaptive window (with driver
+    /// notifications suppressed, so the guest need not kick) until it has been idle that long,
+    /// then re-enable notifications, look once more and go back to sleep on the kick eventfd.
+    /// A busy queue yields after `MAX_POLL_BURST` so the event queue is served too.
     fn process_requests(&mut self, vring: &vring::Vring) -> Result<(), VhostError> {
         let mut completed = std::mem::take(&mut self.completed);
-        let r = self.drain_requests(vring, &mut completed);
+        let mut pass = Pass {
+            window: self.poll,
+            idle_since: self.idle_since.take(),
+        };
+        let r = self.drain_requests(vring, &mut completed, &mut pass);
         self.completed = completed;
+        self.poll = pass.window;
+        self.idle_since = match r {
+            Ok(Drained::Asleep) => pass.idle_since,
+            Ok(Drained::Yielded) | Err(_) => None,
+        };
         self.last_avail = vring.queue_next_avail();
-        r
+        r.map(|_| ())
     }
 
     fn drain_requests(
         &self,
         vring: &vring::Vring,
         completed: &mut Vec<(u16, u32)>,
-    ) -> Result<(), VhostError> {
+        pass: &mut Pass,
+    ) -> Result<Drained, VhostError> {
         let qerr = |err| VhostError::Queue {
             queue: REQUEST_QUEUE,
             err,
         };
         let guard = self.mem.memory();
         let mem: &GuestMemoryMmap = &guard;
-        let suppress = self.event_idx || self.poll.is_some();
         let started = Instant::now();
+        // A pass that finds a request first thing ends the wait since the last pass: the
+        // window learns from it. A pass that finds nothing (a kick for requests a poll already
+        // took) leaves that wait running.
+        let mut first = true;
+        let mut window = pass.window.current();
+        let mut suppress = self.event_idx || !window.is_zero();
         let mut last_work = started;
         // Notifications are turned off once per pass, not on every polling round: each turn-off
         // writes the ring's flags / avail_event, a cache line the spinning driver reads.
@@ -324,6 +346,18 @@ impl VhostDevice {
             }
             if n > 0 {
                 last_work = Instant::now();
+                if first {
+                    if let Some(since) = pass.idle_since {
+                        pass.window.observe(started.saturating_duration_since(since));
+                        window = pass.window.current();
+                        if !window.is_zero() && !suppress {
+                            // The window opened: poll from the next round on (notifications
+                            // are turned off then, and back on before sleeping).
+                            suppress = true;
+                        }
+                    }
+                }
+                pass.idle_since = Some(last_work);
                 if wants_interrupt(state.get_queue_mut(), mem, self.event_idx).map_err(qerr)? {
                     self::vring::signal(&state).map_err(|err| VhostError::Signal {
                         queue: REQUEST_QUEUE,
@@ -331,14 +365,15 @@ impl VhostDevice {
                     })?;
                 }
             }
-            if let Some(window) = self.poll {
+            first = false;
+            if !window.is_zero() {
                 let now = Instant::now();
                 if now.duration_since(started) >= MAX_POLL_BURST {
                     // Yield to the other events of this thread; come back through the wake
                     // notifier (re-enabling notifications here could lose a kick already
                     // skipped by the driver).
                     self.shared.wake();
-                    return Ok(());
+                    return Ok(Drained::Yielded);
                 }
                 if now.duration_since(last_work) < window {
                     drop(state);
@@ -346,13 +381,17 @@ impl VhostDevice {
                     continue;
                 }
             }
-            if !suppress
-                || !state
-                    .get_queue_mut()
-                    .enable_notification(mem)
-                    .map_err(qerr)?
+            if !suppress || notifying {
+                return Ok(Drained::Asleep);
+            }
+            // Re-arm: notifications back on, then one more look (a request made available
+            // while they were off would otherwise wait for a kick that never comes).
+            if !state
+                .get_queue_mut()
+                .enable_notification(mem)
+                .map_err(qerr)?
             {
-                return Ok(());
+                return Ok(Drained::Asleep);
             }
             notifying = true;
         }
@@ -417,6 +456,23 @@ impl VhostDevice {
         }
         Ok(())
     }
+}
+
+/// The polling state one pass over the request queue reads and updates.
+struct Pass {
+    window: PollWindow,
+    /// When the last request was handled (the previous pass's, until this one handles one).
+    idle_since: Option<Instant>,
+}
+
+/// How a pass over the request queue ended.
+enum Drained {
+    /// Notifications are on (or never were off) and the ring was empty after them: the next
+    /// request kicks.
+    Asleep,
+    /// A polling burst gave the thread back with notifications still off; the wake notifier
+    /// brings it back.
+    Yielded,
 }
 
 /// The end of a frontend connection (it went away, or its session failed). The connection's
