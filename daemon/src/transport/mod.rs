@@ -37,8 +37,8 @@ pub mod vring;
 
 use crate::os::sched::WorkerSched;
 use migration::{load_limit, Finished, Pending, Transfer};
-use poll::PollWindow;
 use model::protocol::*;
+use poll::PollWindow;
 
 /// Epoll id of the wake notifier: fault records are waiting, or a polling burst yielded (ids
 /// 0..=NUM_QUEUES are taken by the queues and the exit event).
@@ -48,6 +48,9 @@ pub const WAKE_EVENT_ID: u16 = NUM_QUEUES as u16 + 1;
 pub const PAGE_REQUEST_EVENT_ID: u16 = NUM_QUEUES as u16 + 2;
 /// Longest a polling burst keeps the worker thread before yielding to its other events.
 const MAX_POLL_BURST: Duration = Duration::from_millis(2);
+/// A polling round that took this long lost its CPU in between (a round is well under a
+/// microsecond): the worker was preempted.
+const PREEMPTED: Duration = Duration::from_micros(30);
 /// Queue size offered to the frontend.
 pub const MAX_QUEUE_SIZE: usize = 1024;
 
@@ -196,9 +199,10 @@ pub struct VhostDevice {
     event_idx: bool,
     /// The request-queue polling window (adaptive, up to `--poll-us`).
     poll: PollWindow,
-    /// When the worker last went to sleep on the kick eventfd after a pass that handled
-    /// requests: the next request's wait feeds the polling window.
+    /// When the worker last handled a request before going to sleep on the kick eventfd: the
+    /// next request's wait feeds the polling window.
     idle_since: Option<Instant>,
+
     /// Scheduling policy of the worker thread, applied at its first event.
     sched: WorkerSched,
     /// (head, written length) of the chains of the pass being processed, published together
@@ -227,6 +231,7 @@ impl VhostDevice {
             event_idx: false,
             poll: PollWindow::new(poll_max),
             idle_since: None,
+
             sched,
             completed: Vec::with_capacity(MAX_QUEUE_SIZE),
             last_avail: 0,
@@ -281,16 +286,21 @@ impl VhostDevice {
     /// A busy queue yields after `MAX_POLL_BURST` so the event queue is served too.
     fn process_requests(&mut self, vring: &vring::Vring) -> Result<(), VhostError> {
         let mut completed = std::mem::take(&mut self.completed);
+        let slept = self.idle_since.take();
         let mut pass = Pass {
             window: self.poll,
-            idle_since: self.idle_since.take(),
+            slept,
+            last_request: None,
         };
         let r = self.drain_requests(vring, &mut completed, &mut pass);
         self.completed = completed;
         self.poll = pass.window;
-        self.idle_since = match r {
-            Ok(Drained::Asleep) => pass.idle_since,
-            Ok(Drained::Yielded) | Err(_) => None,
+        self.idle_since = match (r.as_ref(), pass.last_request) {
+            // Asleep after handling requests: the next request's wait counts from the last.
+            (Ok(Drained::Asleep), Some(at)) => Some(at),
+            // Asleep without a request this time: the wait goes on.
+            (Ok(Drained::Asleep), None) => slept,
+            _ => None,
         };
         self.last_avail = vring.queue_next_avail();
         r.map(|_| ())
@@ -309,10 +319,12 @@ impl VhostDevice {
         let guard = self.mem.memory();
         let mem: &GuestMemoryMmap = &guard;
         let started = Instant::now();
-        // A pass that finds a request first thing ends the wait since the last pass: the
-        // window learns from it. A pass that finds nothing (a kick for requests a poll already
-        // took) leaves that wait running.
+        // A pass that finds a request first thing after a sleep ends the wait since the last
+        // request: the window learns from it. A pass that finds nothing (a kick for requests a
+        // poll already took) leaves that wait running.
         let mut first = true;
+        // When the last polling round that found nothing ran (preemption shows as a gap).
+        let mut last_spin: Option<Instant> = None;
         let mut window = pass.window.current();
         let mut suppress = self.event_idx || !window.is_zero();
         let mut last_work = started;
@@ -346,9 +358,10 @@ impl VhostDevice {
             }
             if n > 0 {
                 last_work = Instant::now();
+                last_spin = None;
                 if first {
-                    if let Some(since) = pass.idle_since {
-                        pass.window.observe(started.saturating_duration_since(since));
+                    if let Some(since) = pass.slept {
+                        pass.window.missed(started.saturating_duration_since(since));
                         window = pass.window.current();
                         if !window.is_zero() && !suppress {
                             // The window opened: poll from the next round on (notifications
@@ -357,7 +370,11 @@ impl VhostDevice {
                         }
                     }
                 }
-                pass.idle_since = Some(last_work);
+                if !first {
+                    // Found by polling, without a kick.
+                    pass.window.caught();
+                }
+                pass.last_request = Some(last_work);
                 if wants_interrupt(state.get_queue_mut(), mem, self.event_idx).map_err(qerr)? {
                     self::vring::signal(&state).map_err(|err| VhostError::Signal {
                         queue: REQUEST_QUEUE,
@@ -368,6 +385,15 @@ impl VhostDevice {
             first = false;
             if !window.is_zero() {
                 let now = Instant::now();
+                if n == 0 {
+                    if last_spin.is_some_and(|t| now.duration_since(t) >= PREEMPTED) {
+                        // The worker lost its CPU while polling: whatever needed the core
+                        // (perhaps the vCPU about to send) gets it back sooner next time.
+                        pass.window.preempted();
+                        window = pass.window.current();
+                    }
+                    last_spin = Some(now);
+                }
                 if now.duration_since(started) >= MAX_POLL_BURST {
                     // Yield to the other events of this thread; come back through the wake
                     // notifier (re-enabling notifications here could lose a kick already
@@ -461,8 +487,10 @@ impl VhostDevice {
 /// The polling state one pass over the request queue reads and updates.
 struct Pass {
     window: PollWindow,
-    /// When the last request was handled (the previous pass's, until this one handles one).
-    idle_since: Option<Instant>,
+    /// The worker slept after the last request, which it handled then.
+    slept: Option<Instant>,
+    /// When this pass handled its last request.
+    last_request: Option<Instant>,
 }
 
 /// How a pass over the request queue ended.
