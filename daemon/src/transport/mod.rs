@@ -334,11 +334,16 @@ impl VhostDevice {
         loop {
             let mut state = vring.get_mut();
             if suppress && notifying {
-                state
-                    .get_queue_mut()
-                    .disable_notification(mem)
-                    .map_err(qerr)?;
-                notifying = false;
+                if let Err(e) = state.get_queue_mut().disable_notification(mem) {
+                    // The ring is not in guest RAM (a frontend took the region away): no
+                    // polling and no re-arming this pass; an error here would end the worker
+                    // thread and the queue with it. A new memory table wakes the worker.
+                    debug!("request queue: cannot turn notifications off: {e}");
+                    suppress = false;
+                    window = Duration::ZERO;
+                } else {
+                    notifying = false;
+                }
             }
             completed.clear();
             {
@@ -412,14 +417,16 @@ impl VhostDevice {
             }
             // Re-arm: notifications back on, then one more look (a request made available
             // while they were off would otherwise wait for a kick that never comes).
-            if !state
-                .get_queue_mut()
-                .enable_notification(mem)
-                .map_err(qerr)?
-            {
-                return Ok(Drained::Asleep);
+            match state.get_queue_mut().enable_notification(mem) {
+                Ok(true) => notifying = true,
+                Ok(false) => return Ok(Drained::Asleep),
+                Err(e) => {
+                    // As above: the ring left guest RAM; the next memory table wakes the worker
+                    // and the pass then re-arms.
+                    debug!("request queue: cannot turn notifications back on: {e}");
+                    return Ok(Drained::Asleep);
+                }
             }
-            notifying = true;
         }
     }
 
@@ -767,6 +774,9 @@ impl VhostUserBackendMut for VhostDevice {
                 return Err(refuse(io::Error::other(e)));
             }
             publish(&self.mem, new);
+            // A worker that could not re-arm the ring's notifications while it was outside
+            // guest RAM does it now (a spurious wake-up finds nothing).
+            self.shared.wake();
             // The software backend walks guest tables in the same memory.
             dev.set_walk_memory(self.mem.clone());
             let deferred = self
