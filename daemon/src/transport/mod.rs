@@ -208,6 +208,9 @@ pub struct VhostDevice {
     /// (head, written length) of the chains of the pass being processed, published together
     /// once the journal has their records (kept to reuse its allocation).
     completed: Vec<(u16, u32)>,
+    /// A pass could not turn the request queue's notifications off or on (its ring outside
+    /// guest RAM): the next memory table wakes the worker to re-arm them.
+    rearm: bool,
     /// The request queue's next available index after the last processing pass.
     last_avail: u16,
     /// Where the request queue stood when the frontend stopped it (GET_VRING_BASE), until the
@@ -234,6 +237,7 @@ impl VhostDevice {
 
             sched,
             completed: Vec::with_capacity(MAX_QUEUE_SIZE),
+            rearm: false,
             last_avail: 0,
             stopped_at: None,
             transfer: Mutex::new(None),
@@ -291,10 +295,12 @@ impl VhostDevice {
             window: self.poll,
             slept,
             last_request: None,
+            rearm: false,
         };
         let r = self.drain_requests(vring, &mut completed, &mut pass);
         self.completed = completed;
         self.poll = pass.window;
+        self.rearm |= pass.rearm;
         self.idle_since = match (r.as_ref(), pass.last_request) {
             // Asleep after handling requests: the next request's wait counts from the last.
             (Ok(Drained::Asleep), Some(at)) => Some(at),
@@ -339,6 +345,7 @@ impl VhostDevice {
                     // polling and no re-arming this pass; an error here would end the worker
                     // thread and the queue with it. A new memory table wakes the worker.
                     debug!("request queue: cannot turn notifications off: {e}");
+                    pass.rearm = true;
                     suppress = false;
                     window = Duration::ZERO;
                 } else {
@@ -424,6 +431,7 @@ impl VhostDevice {
                     // As above: the ring left guest RAM; the next memory table wakes the worker
                     // and the pass then re-arms.
                     debug!("request queue: cannot turn notifications back on: {e}");
+                    pass.rearm = true;
                     return Ok(Drained::Asleep);
                 }
             }
@@ -498,6 +506,8 @@ struct Pass {
     slept: Option<Instant>,
     /// When this pass handled its last request.
     last_request: Option<Instant>,
+    /// The ring's notifications could not be turned off or on.
+    rearm: bool,
 }
 
 /// How a pass over the request queue ended.
@@ -774,9 +784,11 @@ impl VhostUserBackendMut for VhostDevice {
                 return Err(refuse(io::Error::other(e)));
             }
             publish(&self.mem, new);
-            // A worker that could not re-arm the ring's notifications while it was outside
-            // guest RAM does it now (a spurious wake-up finds nothing).
-            self.shared.wake();
+            if std::mem::take(&mut self.rearm) {
+                // The worker could not re-arm the ring's notifications while the ring was
+                // outside guest RAM: it does now.
+                self.shared.wake();
+            }
             // The software backend walks guest tables in the same memory.
             dev.set_walk_memory(self.mem.clone());
             let deferred = self
