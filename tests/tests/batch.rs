@@ -379,3 +379,56 @@ fn an_idle_guest_costs_the_polling_worker_nothing() {
     assert_eq!(d.map(1, s, s + 0xfff, 0, RW), OK, "MAP after idling");
     assert_eq!(daemon.ctl().mappings(1).unwrap().len(), 2001);
 }
+
+/// A driver that sends request after request for far longer than a polling burst (2 ms): the
+/// worker yields with the notifications off again and again, its window shrinking when it is
+/// preempted; every pass after a yield must turn them back on before the worker sleeps, or the
+/// driver (told not to kick) waits for good. Found by vui-bench at batch 1.
+fn a_long_stream(event_idx: bool) {
+    use vhost_user_iommu_tests::proto::feature;
+    let daemon = Daemon::start(&[]);
+    let mut d = daemon.connect_with(&Options {
+        features: Some(if event_idx {
+            feature::MODERN | feature::RING_EVENT_IDX
+        } else {
+            feature::MODERN
+        }),
+        requestq_size: 64,
+        ..Options::default()
+    });
+    assert_eq!(d.attach(1, 3), OK);
+    let start = std::time::Instant::now();
+    let mut i = 0u64;
+    while start.elapsed() < std::time::Duration::from_millis(700) {
+        let s = 0x100_0000 + (i % 512) * 0x1000;
+        let r = d.run_timeout(
+            &Request::map(1, s, s + 0xfff, 0, RW),
+            std::time::Duration::from_secs(5),
+        );
+        r.expect(OK, &format!("MAP {i}"));
+        let r = d.run_timeout(
+            &Request::unmap(1, s, s + 0xfff),
+            std::time::Duration::from_secs(5),
+        );
+        r.expect(OK, &format!("UNMAP {i}"));
+        i += 1;
+        if i % 997 == 0 {
+            // Now and then a pause past the window, so it closes and reopens.
+            std::thread::sleep(std::time::Duration::from_micros(300));
+        }
+    }
+    eprintln!(
+        "event_idx={event_idx}: {i} MAP+UNMAP pairs, {} kicks",
+        d.reqq.kicks
+    );
+}
+
+#[test]
+fn a_long_stream_of_requests_is_never_stranded() {
+    a_long_stream(false);
+}
+
+#[test]
+fn a_long_stream_of_requests_with_event_idx_is_never_stranded() {
+    a_long_stream(true);
+}

@@ -211,6 +211,9 @@ pub struct VhostDevice {
     /// A pass could not turn the request queue's notifications off or on (its ring outside
     /// guest RAM): the next memory table wakes the worker to re-arm them.
     rearm: bool,
+    /// The last pass yielded with the driver's notifications still off: the next pass turns
+    /// them back on before sleeping, whatever its window.
+    notifications_off: bool,
     /// The request queue's next available index after the last processing pass.
     last_avail: u16,
     /// Where the request queue stood when the frontend stopped it (GET_VRING_BASE), until the
@@ -238,6 +241,7 @@ impl VhostDevice {
             sched,
             completed: Vec::with_capacity(MAX_QUEUE_SIZE),
             rearm: false,
+            notifications_off: false,
             last_avail: 0,
             stopped_at: None,
             transfer: Mutex::new(None),
@@ -296,8 +300,10 @@ impl VhostDevice {
             slept,
             last_request: None,
             rearm: false,
+            notifications_off: self.notifications_off,
         };
         let r = self.drain_requests(vring, &mut completed, &mut pass);
+        self.notifications_off = matches!(r, Ok(Drained::Yielded));
         self.completed = completed;
         self.poll = pass.window;
         self.rearm |= pass.rearm;
@@ -332,11 +338,13 @@ impl VhostDevice {
         // When the last polling round that found nothing ran (preemption shows as a gap).
         let mut last_spin: Option<Instant> = None;
         let mut window = pass.window.current();
-        let mut suppress = self.event_idx || !window.is_zero();
+        // A pass after a yield finds the notifications off, and must turn them back on
+        // before it sleeps even if its window has closed meanwhile.
+        let mut suppress = self.event_idx || !window.is_zero() || pass.notifications_off;
         let mut last_work = started;
         // Notifications are turned off once per pass, not on every polling round: each turn-off
         // writes the ring's flags / avail_event, a cache line the spinning driver reads.
-        let mut notifying = true;
+        let mut notifying = !pass.notifications_off;
         loop {
             let mut state = vring.get_mut();
             if suppress && notifying {
@@ -508,6 +516,8 @@ struct Pass {
     last_request: Option<Instant>,
     /// The ring's notifications could not be turned off or on.
     rearm: bool,
+    /// The previous pass yielded with the notifications off.
+    notifications_off: bool,
 }
 
 /// How a pass over the request queue ended.
