@@ -412,7 +412,7 @@ fn a_long_stream(event_idx: bool) {
         );
         r.expect(OK, &format!("UNMAP {i}"));
         i += 1;
-        if i % 997 == 0 {
+        if i.is_multiple_of(997) {
             // Now and then a pause past the window, so it closes and reopens.
             std::thread::sleep(std::time::Duration::from_micros(300));
         }
