@@ -130,7 +130,7 @@ fn print_settings(s: &Settings) {
         "bypass": d.boot_bypass,
         "legacy-bypass": d.legacy_bypass,
         "max-mappings": d.max_mappings,
-        "poll-us": s.poll.map_or(0, |p| p.as_micros()),
+        "poll-us": s.poll.as_micros(),
         "worker-sched": s.worker_sched.to_string(),
         "pasid-bits": d.pasid_bits,
         "user": s.user,

@@ -56,7 +56,11 @@ fn avail_entry_beyond_queue_size_is_skipped() {
     let mem = sealed_memory(0x10000);
     let atomic = GuestMemoryAtomic::new(mem.clone());
     let shared = Arc::new(Shared::new(Device::new(DeviceConfig::default())).unwrap());
-    let mut backend = VhostDevice::new(shared.clone(), None, Default::default());
+    let mut backend = VhostDevice::new(
+        shared.clone(),
+        std::time::Duration::ZERO,
+        Default::default(),
+    );
     backend.update_memory(atomic.clone()).unwrap();
     shared.device().set_acked_features(u64::MAX);
 

@@ -328,3 +328,107 @@ fn polling_mode_never_strands_requests() {
 fn polling_mode_with_event_idx_never_strands_requests() {
     requests_around_the_poll_window(&["--poll-us", "100"], true);
 }
+
+#[test]
+fn adaptive_polling_by_default_never_strands_requests() {
+    // The default: an adaptive window up to 50 us. The pauses straddle it on both sides, so the
+    // window grows, is caught short and shrinks to zero while requests keep coming.
+    requests_around_the_poll_window(&[], false);
+    requests_around_the_poll_window(&[], true);
+}
+
+#[test]
+fn polling_off_never_strands_requests() {
+    requests_around_the_poll_window(&["--poll-us", "0"], false);
+    requests_around_the_poll_window(&["--poll-us", "0"], true);
+}
+
+/// CPU time (ns) a thread has run, from /proc/PID/task/TID/schedstat.
+fn thread_cpu_ns(pid: i32, tid: i32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/schedstat")).unwrap();
+    s.split_whitespace().next().unwrap().parse().unwrap()
+}
+
+/// With polling on by default, a guest that stops sending costs the worker no CPU: after at
+/// most one window it sleeps on the kick eventfd (re-armed), and the next request still gets
+/// through.
+#[test]
+fn an_idle_guest_costs_the_polling_worker_nothing() {
+    let daemon = Daemon::start(&["--poll-us", "1000"]);
+    let mut d = daemon.connect();
+    assert_eq!(d.attach(1, 3), OK);
+    // Back-to-back requests open the window wide.
+    for i in 0..2000u64 {
+        let s = 0x100_0000 + i * 0x1000;
+        assert_eq!(d.map(1, s, s + 0xfff, 0, RW), OK, "MAP {i}");
+    }
+    let tid = daemon.ctl().status()["worker"]["tid"]
+        .as_i64()
+        .expect("the worker's thread id") as i32;
+    // Past any window (1 ms), then an idle stretch 300 times as long.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let before = thread_cpu_ns(daemon.pid(), tid);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let spent = thread_cpu_ns(daemon.pid(), tid) - before;
+    assert!(
+        spent < 1_000_000,
+        "the worker ran {spent} ns while the guest was idle"
+    );
+    // Asleep with notifications on: the next request kicks and is served.
+    let s = 0x8000_0000;
+    assert_eq!(d.map(1, s, s + 0xfff, 0, RW), OK, "MAP after idling");
+    assert_eq!(daemon.ctl().mappings(1).unwrap().len(), 2001);
+}
+
+/// A driver that sends request after request for far longer than a polling burst (2 ms): the
+/// worker yields with the notifications off again and again, its window shrinking when it is
+/// preempted; every pass after a yield must turn them back on before the worker sleeps, or the
+/// driver (told not to kick) waits for good. Found by vui-bench at batch 1.
+fn a_long_stream(event_idx: bool) {
+    use vhost_user_iommu_tests::proto::feature;
+    let daemon = Daemon::start(&[]);
+    let mut d = daemon.connect_with(&Options {
+        features: Some(if event_idx {
+            feature::MODERN | feature::RING_EVENT_IDX
+        } else {
+            feature::MODERN
+        }),
+        requestq_size: 64,
+        ..Options::default()
+    });
+    assert_eq!(d.attach(1, 3), OK);
+    let start = std::time::Instant::now();
+    let mut i = 0u64;
+    while start.elapsed() < std::time::Duration::from_millis(700) {
+        let s = 0x100_0000 + (i % 512) * 0x1000;
+        let r = d.run_timeout(
+            &Request::map(1, s, s + 0xfff, 0, RW),
+            std::time::Duration::from_secs(5),
+        );
+        r.expect(OK, &format!("MAP {i}"));
+        let r = d.run_timeout(
+            &Request::unmap(1, s, s + 0xfff),
+            std::time::Duration::from_secs(5),
+        );
+        r.expect(OK, &format!("UNMAP {i}"));
+        i += 1;
+        if i.is_multiple_of(997) {
+            // Now and then a pause past the window, so it closes and reopens.
+            std::thread::sleep(std::time::Duration::from_micros(300));
+        }
+    }
+    eprintln!(
+        "event_idx={event_idx}: {i} MAP+UNMAP pairs, {} kicks",
+        d.reqq.kicks
+    );
+}
+
+#[test]
+fn a_long_stream_of_requests_is_never_stranded() {
+    a_long_stream(false);
+}
+
+#[test]
+fn a_long_stream_of_requests_with_event_idx_is_never_stranded() {
+    a_long_stream(true);
+}

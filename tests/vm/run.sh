@@ -180,24 +180,54 @@ BENCH_GRANULE=1
 bench_parse() {
     sed -n 's/^VUI-BENCH map_100ns=\([0-9]*\) map_stddev=\([0-9]*\) unmap_100ns=\([0-9]*\) unmap_stddev=\([0-9]*\) .*/\1 \3 \2 \4/p' "$1" | head -n 1
 }
+# cpu_mark PID: "TICKS NANOSECONDS", the CPU time of process PID (all threads: utime + stime
+# of /proc/PID/stat, in clock ticks) and the wall clock.
+cpu_mark() {
+    local f
+    f=$(cut -d')' -f2- "/proc/$1/stat" 2>/dev/null) || { echo "0 $(date +%s%N)"; return; }
+    # After "(comm)": state is field 1, utime field 12, stime field 13.
+    awk -v now="$(date +%s%N)" '{ print $12 + $13, now }' <<<"$f"
+}
+# cpu_per_second "TICKS NS" "TICKS NS": CPU seconds per wall-clock second between two marks.
+cpu_per_second() {
+    awk -v a="$1" -v b="$2" -v hz="$(getconf CLK_TCK)" 'BEGIN {
+        split(a, x, " "); split(b, y, " ");
+        printf "%.3f", ((y[1] - x[1]) / hz) / ((y[2] - x[2]) / 1e9) }'
+}
+# Seconds the daemon's CPU is measured with the guest idle (booted, its benchmark not started).
+BENCH_IDLE_SECONDS=${VUI_BENCH_IDLE_SECONDS:-5}
+
 # bench_daemon NAME ARGS...: one benchmark boot against a fresh daemon started with ARGS; the
-# daemon must have served every MAP/UNMAP. Sets BENCH_RESULT (empty on failure).
+# daemon must have served every MAP/UNMAP. Sets BENCH_RESULT (empty on failure): bench_parse's
+# fields, then the daemon's CPU per second with the guest idle and during the benchmark.
 bench_daemon() {
     local name=$1; shift
     BENCH_RESULT=""
     # shellcheck disable=SC2086 # VUI_BENCH_DAEMON_ARGS: extra daemon options, split on spaces
     daemon_start "$name" "$@" ${VUI_BENCH_DAEMON_ARGS:-} || return
     viot_args "$name" 0000:00:00.0-00:1f.7
-    eval "sync_before-bench() { dcheck $name/host/counters-before save-counters \"\$DCTL\" \"\$RUN/$name.counters.json\"; }"
-    eval "sync_after-bench() { dcheck $name/host/daemon-served-all counters-delta \"\$DCTL\" \"\$RUN/$name.counters.json\" 1000; }"
-    boot_guest "$name" "$G/bench.sh" "$((BENCH_SECONDS + 90))" "vui.bench=$BENCH_SECONDS,$BENCH_GRANULE,${BENCH_THREADS:-1}" -- \
+    BENCH_IDLE_CPU="" BENCH_LOAD_CPU=""
+    # The guest waits for the host here with its devices set up and nothing mapping: the
+    # daemon's idle cost. Then the benchmark runs between the two syncs.
+    eval "sync_before-bench() {
+        local a b
+        a=\$(cpu_mark $DAEMON_PID); sleep $BENCH_IDLE_SECONDS; b=\$(cpu_mark $DAEMON_PID)
+        BENCH_IDLE_CPU=\$(cpu_per_second \"\$a\" \"\$b\")
+        dcheck $name/host/counters-before save-counters \"\$DCTL\" \"\$RUN/$name.counters.json\"
+        BENCH_MARK=\$(cpu_mark $DAEMON_PID)
+    }"
+    eval "sync_after-bench() {
+        BENCH_LOAD_CPU=\$(cpu_per_second \"\$BENCH_MARK\" \"\$(cpu_mark $DAEMON_PID)\")
+        dcheck $name/host/daemon-served-all counters-delta \"\$DCTL\" \"\$RUN/$name.counters.json\" 1000
+    }"
+    boot_guest "$name" "$G/bench.sh" "$((BENCH_SECONDS + BENCH_IDLE_SECONDS + 90))" "vui.bench=$BENCH_SECONDS,$BENCH_GRANULE,${BENCH_THREADS:-1}" -- \
         "${QARGS[@]}" -device "edu,addr=$EDU_ADDR"
     unset -f sync_before-bench sync_after-bench
     BENCH_RESULT=$(bench_parse "$RUN/$name.log")
+    [ -z "$BENCH_RESULT" ] || BENCH_RESULT="$BENCH_RESULT ${BENCH_IDLE_CPU:--} ${BENCH_LOAD_CPU:--}"
     stop_pid "$DAEMON_PID"
 }
 
-BENCH_POLL_US=50
 BENCH_ROUNDS=${VUI_BENCH_ROUNDS:-1 2 2:single}
 BENCH_REPEAT=${VUI_BENCH_REPEAT:-1}
 # The daemon configurations compared with QEMU's device, one "LABEL|OPTIONS" per line
@@ -208,13 +238,13 @@ bench_variants() {
         tr ';' '\n' <<<"$VUI_BENCH_VARIANTS"
         return
     fi
-    echo "kick per request|"
+    echo "defaults|"
     "$DAEMON" --help 2>/dev/null | grep -q -- --poll-us || return 0
-    echo "--poll-us $BENCH_POLL_US|--poll-us $BENCH_POLL_US"
+    echo "--poll-us 0 (kick per request)|--poll-us 0"
     "$DAEMON" --help 2>/dev/null | grep -q -- --worker-sched || return 0
     if chrt -f 10 true 2>/dev/null; then
         echo "--worker-sched fifo:10|--worker-sched fifo:10"
-        echo "--poll-us $BENCH_POLL_US --worker-sched fifo:10|--poll-us $BENCH_POLL_US --worker-sched fifo:10"
+        echo "--poll-us 0 --worker-sched fifo:10|--poll-us 0 --worker-sched fifo:10"
     fi
 }
 
@@ -235,7 +265,9 @@ bench_round() {
     boot_guest "$prefix-builtin" "$G/bench.sh" "$((BENCH_SECONDS + 90))" "vui.bench=$BENCH_SECONDS,$BENCH_GRANULE,$threads" -- \
         -object memory-backend-memfd,id=mem,size=512M,share=on -m 512M -machine q35,memory-backend=mem \
         -device virtio-iommu-pci -device "edu,addr=$EDU_ADDR"
-    echo "QEMU built-in virtio-iommu-pci|$(bench_parse "$RUN/$prefix-builtin.log")" >"$rows"
+    local builtin
+    builtin=$(bench_parse "$RUN/$prefix-builtin.log")
+    echo "QEMU built-in virtio-iommu-pci|${builtin:+$builtin - -}" >"$rows"
     while IFS='|' read -r -u 3 label opts; do
         [ -n "$label" ] || continue
         n=$((n + 1))
@@ -290,6 +322,10 @@ kernel's averages per dma_map/dma_unmap call (it reports units of 100 ns), in mi
 guest's default domain is DMA-FQ, so unmaps are mostly deferred and batched. Each ratio is against
 QEMU's built-in device booted in the same round of the same repeat; every round ran
 ${BENCH_REPEAT} time(s), interleaved, and the table gives medians with the range over the repeats.
+The daemon's CPU per second (all its threads, utime + stime from /proc/PID/stat) is measured for
+${BENCH_IDLE_SECONDS} s while the booted guest waits with nothing mapping ("idle"), then over the
+benchmark itself. "defaults" is the daemon with no options (adaptive polling up to 50 us,
+\`--worker-sched other:100\`).
 
 DOC
     python3 - "$RUN" "$BENCH_REPEAT" $BENCH_ROUNDS <<'PY'
@@ -299,24 +335,34 @@ def us(v): return f"{v / 10:.1f}"
 def spread(vals):
     m = statistics.median(vals)
     return f"{m:.2f}" if len(vals) == 1 else f"{m:.2f} ({min(vals):.2f}-{max(vals):.2f})"
-print("| guest threads | configuration | map, us | unmap, us | map ratio | unmap ratio |")
-print("|---|---|---:|---:|---|---|")
+def cpu(vals):
+    vals = [float(v) for v in vals if v != "-"]
+    if not vals:
+        return "-"
+    m = statistics.median(vals)
+    return f"{m:.2f}" if len(vals) == 1 else f"{m:.2f} ({min(vals):.2f}-{max(vals):.2f})"
+print("| guest threads | configuration | map, us | unmap, us | map ratio | unmap ratio | daemon CPU/s idle | daemon CPU/s benchmark |")
+print("|---|---|---:|---:|---|---|---:|---:|")
 for rnd in rounds:
     runs = []
     for rep in range(1, repeats + 1):
         rows = []
         for line in open(f"{run}/bench-{rnd}.{rep}.rows"):
             label, _, res = line.rstrip("\n").partition("|")
-            m, u = (int(x) for x in res.split()[:2])
-            rows.append((label, m, u))
+            f = res.split()
+            m, u = int(f[0]), int(f[1])
+            idle, load = (f[4], f[5]) if len(f) >= 6 else ("-", "-")
+            rows.append((label, m, u, idle, load))
         runs.append(rows)
     threads = rnd.replace(":single", " (1 TCG thread)")
-    for i, (label, _, _) in enumerate(runs[0]):
+    for i, (label, *_) in enumerate(runs[0]):
         maps = [r[i][1] for r in runs]
         unmaps = [r[i][2] for r in runs]
         mr = [r[i][1] / r[0][1] for r in runs if r[0][1] > 0]
         ur = [r[i][2] / r[0][2] for r in runs if r[0][2] > 0]
-        print(f"| {threads} | {label} | {us(statistics.median(maps))} | {us(statistics.median(unmaps))} | {spread(mr)} | {spread(ur)} |")
+        idle = cpu([r[i][3] for r in runs])
+        load = cpu([r[i][4] for r in runs])
+        print(f"| {threads} | {label} | {us(statistics.median(maps))} | {us(statistics.median(unmaps))} | {spread(mr)} | {spread(ur)} | {idle} | {load} |")
 PY
     cat <<DOC
 

@@ -3,30 +3,89 @@
 //! A mapping is exactly what one MAP request created: `[virt_start, virt_end]` (inclusive) to
 //! `phys_start`, with permissions. Mappings never overlap and can only be removed whole.
 //!
-//! The table is an ordered map keyed by `virt_start`. Every operation is a logarithmic search plus
-//! work proportional to what it changes:
-//! - insert: one predecessor search decides overlap;
-//! - remove a range: two boundary checks decide whether a mapping would be split, then each
-//!   covered mapping is removed individually;
-//! - lookup: one predecessor search.
+//! Layout: the mappings, in address order, live in chunks of at most [`CHUNK`] 16-byte slots;
+//! an ordered map from each chunk's lower bound to the chunk finds the chunk of an address (the
+//! chunks' bounds partition the address space: the first chunk starts at 0). Inside a chunk a
+//! binary search finds the slot. A slot is two words:
+//! - the start address, whose low 12 bits (zero in any page-aligned start) carry the low 12
+//!   bits of the mapping's size in 4 KiB pages, minus one;
+//! - the physical address, whose low 12 bits carry the three permission flags, a "wide" bit and
+//!   the size's next 8 bits.
 //!
-//! Memory: each entry stores the key and 16 bytes of value (the permission flags live in the low
-//! bits of the page-aligned physical address), so a live mapping costs the B-tree's 24-byte slot
-//! plus node overhead.
+//! So a page-aligned mapping of up to 4 GiB (2^20 pages) takes 16 bytes plus its share of a
+//! chunk's slack; a chunk splits where it fills, and appending (what an IOVA allocator mostly
+//! does) leaves full chunks behind. Any other mapping (unaligned, larger) is "wide": its slot
+//! holds the exact start and the wide bit, and its end, address and flags live in a side table.
+//!
+//! Every operation is two logarithmic searches (the chunk map, then the chunk) plus work
+//! proportional to what it changes: moving at most a chunk's slots, a few KiB.
 
 use std::collections::BTreeMap;
-use std::ops::Bound;
 
 use crate::protocol::{MAP_F_MMIO, MAP_F_READ, MAP_F_WRITE};
 
-/// Low bits of the physical address used to store the flags. Requires a granule of at least 8
-/// bytes, which configuration validation guarantees (the smallest granule accepted is 4 KiB).
+/// Most slots per chunk (1 KiB of slots): small enough that moving slots on an insert or a
+/// removal costs little, large enough that the chunk map stays small.
+const CHUNK: usize = 64;
+/// A chunk this empty after a removal is merged with a neighbour that has the room.
+const MERGE_BELOW: usize = CHUNK / 4;
+
+const PAGE_SHIFT: u32 = 12;
+const LOW: u64 = (1 << PAGE_SHIFT) - 1;
+/// Permission flags in the physical word.
 const FLAG_BITS: u64 = 0x7;
+/// The slot's mapping is in the side table.
+const WIDE: u64 = 0x8;
+/// Size bits (pages - 1) held in the start word and in the physical word.
+const SIZE_LOW_BITS: u32 = PAGE_SHIFT;
+const SIZE_HIGH_SHIFT: u32 = 4;
+const SIZE_HIGH_BITS: u32 = PAGE_SHIFT - SIZE_HIGH_SHIFT;
+/// Largest pages - 1 a compact slot holds.
+const MAX_COMPACT_PAGES_M1: u64 = (1 << (SIZE_LOW_BITS + SIZE_HIGH_BITS)) - 1;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Entry {
+struct Slot {
+    key: u64,
+    phys: u64,
+}
+
+impl Slot {
+    fn wide(&self) -> bool {
+        self.phys & WIDE != 0
+    }
+
+    fn start(&self) -> u64 {
+        if self.wide() {
+            self.key
+        } else {
+            self.key & !LOW
+        }
+    }
+
+    /// A compact slot for the mapping, if it has one.
+    fn compact(virt_start: u64, virt_end: u64, phys_start: u64, flags: u32) -> Option<Slot> {
+        if virt_start & LOW != 0 || phys_start & LOW != 0 || virt_end & LOW != LOW {
+            return None;
+        }
+        let pages_m1 = (virt_end - virt_start) >> PAGE_SHIFT;
+        if pages_m1 > MAX_COMPACT_PAGES_M1 {
+            return None;
+        }
+        Some(Slot {
+            key: virt_start | (pages_m1 & LOW),
+            phys: phys_start
+                | (u64::from(flags) & FLAG_BITS)
+                | ((pages_m1 >> SIZE_LOW_BITS) << SIZE_HIGH_SHIFT),
+        })
+    }
+}
+
+/// A mapping too wide (or not page-aligned) for a compact slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Wide {
     virt_end: u64,
-    phys_and_flags: u64,
+    phys_start: u64,
+    flags: u32,
 }
 
 /// A mapping as the guest created it.
@@ -58,13 +117,16 @@ pub enum MappingError {
     Overlap(u64),
     #[error("range would split the mapping starting at {0:#x}")]
     Split(u64),
-    #[error("physical address {0:#x} is not aligned for the flag encoding")]
-    Unaligned(u64),
 }
 
 #[derive(Debug, Default)]
 pub struct MappingTable {
-    map: BTreeMap<u64, Entry>,
+    /// Chunk lower bound -> the chunk's slots in address order (never empty; the first bound
+    /// is 0).
+    chunks: BTreeMap<u64, Vec<Slot>>,
+    /// Start -> the rest of every wide mapping.
+    wide: BTreeMap<u64, Wide>,
+    len: usize,
 }
 
 impl MappingTable {
@@ -73,26 +135,36 @@ impl MappingTable {
     }
 
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.len == 0
     }
 
-    fn decode(virt_start: u64, e: &Entry) -> Mapping {
-        Mapping {
-            virt_start,
-            virt_end: e.virt_end,
-            phys_start: e.phys_and_flags & !FLAG_BITS,
-            // Only three bits are stored.
-            flags: (e.phys_and_flags & FLAG_BITS) as u32,
+    fn decode(&self, s: &Slot) -> Mapping {
+        decode(&self.wide, s)
+    }
+
+    /// The end of the mapping in `s`.
+    fn end_of(&self, s: &Slot) -> u64 {
+        self.decode(s).virt_end
+    }
+
+    /// The bound of the chunk whose range holds `addr`.
+    fn chunk_of(&self, addr: u64) -> Option<u64> {
+        self.chunks.range(..=addr).next_back().map(|(k, _)| *k)
+    }
+
+    /// The slot of the mapping with the greatest start <= `addr`, if any.
+    fn predecessor(&self, addr: u64) -> Option<&Slot> {
+        let (bound, chunk) = self.chunks.range(..=addr).next_back()?;
+        let i = chunk.partition_point(|s| s.start() <= addr);
+        if i > 0 {
+            return chunk.get(i - 1);
         }
-    }
-
-    /// The mapping with the greatest start <= `iova`, if any.
-    fn predecessor(&self, iova: u64) -> Option<(u64, &Entry)> {
-        self.map.range(..=iova).next_back().map(|(k, e)| (*k, e))
+        // Everything in this chunk starts above `addr`: the previous chunk's last slot.
+        self.chunks.range(..*bound).next_back()?.1.last()
     }
 
     /// Insert `[virt_start, virt_end] -> phys_start`. `virt_start <= virt_end` is the caller's
@@ -104,23 +176,97 @@ impl MappingTable {
         phys_start: u64,
         flags: u32,
     ) -> Result<(), MappingError> {
-        if phys_start & FLAG_BITS != 0 {
-            return Err(MappingError::Unaligned(phys_start));
-        }
         // The only candidate for overlap is the last mapping starting at or before virt_end.
-        if let Some((start, e)) = self.predecessor(virt_end) {
-            if e.virt_end >= virt_start {
-                return Err(MappingError::Overlap(start));
+        // Its chunk is also where the new mapping goes, unless a chunk starts inside
+        // [virt_start, virt_end] (then `place` finds the chunk again).
+        let mut direct = None;
+        if let Some((&bound, chunk)) = self.chunks.range(..=virt_end).next_back() {
+            let pos = chunk.partition_point(|s| s.start() <= virt_end);
+            let candidate = match pos.checked_sub(1) {
+                Some(i) => chunk.get(i),
+                None => self
+                    .chunks
+                    .range(..bound)
+                    .next_back()
+                    .and_then(|(_, c)| c.last()),
+            };
+            if let Some(p) = candidate {
+                if self.end_of(p) >= virt_start {
+                    return Err(MappingError::Overlap(p.start()));
+                }
+            }
+            if bound <= virt_start && chunk.len() < CHUNK {
+                direct = Some((bound, pos));
             }
         }
-        self.map.insert(
-            virt_start,
-            Entry {
-                virt_end,
-                phys_and_flags: phys_start | (u64::from(flags) & FLAG_BITS),
-            },
-        );
+        let slot = match Slot::compact(virt_start, virt_end, phys_start, flags) {
+            Some(s) => s,
+            None => {
+                self.wide.insert(
+                    virt_start,
+                    Wide {
+                        virt_end,
+                        phys_start,
+                        flags: flags & FLAG_BITS as u32,
+                    },
+                );
+                Slot {
+                    key: virt_start,
+                    phys: WIDE,
+                }
+            }
+        };
+        match direct.and_then(|(bound, pos)| Some((self.chunks.get_mut(&bound)?, pos))) {
+            // Nothing starts in [virt_start, virt_end]: `pos` is the new slot's place.
+            Some((chunk, pos)) => chunk.insert(pos, slot),
+            None => self.place(slot),
+        }
+        self.len += 1;
         Ok(())
+    }
+
+    /// Put `slot` (overlapping nothing) into its chunk, splitting a full one.
+    fn place(&mut self, slot: Slot) {
+        let start = slot.start();
+        let Some(bound) = self.chunk_of(start) else {
+            let mut chunk = Vec::with_capacity(CHUNK);
+            chunk.push(slot);
+            self.chunks.insert(0, chunk);
+            return;
+        };
+        let Some(chunk) = self.chunks.get_mut(&bound) else {
+            return;
+        };
+        let pos = chunk.partition_point(|s| s.start() < start);
+        if chunk.len() < CHUNK {
+            chunk.insert(pos, slot);
+            return;
+        }
+        // Full: split. Appending (or prepending) leaves the full chunk whole and starts a new
+        // one, so that ascending (descending) inserts fill chunks completely.
+        if pos == chunk.len() {
+            let mut next = Vec::with_capacity(CHUNK);
+            next.push(slot);
+            self.chunks.insert(start, next);
+        } else if pos == 0 {
+            // The old slots move to a chunk bounded at their first start; the new one stays.
+            let first = chunk[0].start();
+            let mut fresh = Vec::with_capacity(CHUNK);
+            fresh.push(slot);
+            let old = std::mem::replace(chunk, fresh);
+            self.chunks.insert(first, old);
+        } else {
+            let mut upper = Vec::with_capacity(CHUNK);
+            upper.extend_from_slice(&chunk[CHUNK / 2..]);
+            chunk.truncate(CHUNK / 2);
+            let upper_bound = upper[0].start();
+            if pos <= CHUNK / 2 {
+                chunk.insert(pos, slot);
+            } else {
+                upper.insert(pos - CHUNK / 2, slot);
+            }
+            self.chunks.insert(upper_bound, upper);
+        }
     }
 
     /// Check that removing `[start, end]` would not split a mapping.
@@ -128,18 +274,51 @@ impl MappingTable {
         if start > end {
             return Ok(());
         }
-        // A mapping starting before `start` and reaching into the range would be split.
-        if start > 0 {
-            if let Some((s, e)) = self.predecessor(start - 1) {
-                if e.virt_end >= start {
-                    return Err(MappingError::Split(s));
-                }
-            }
+        // The last mapping starting at or before `end`: it must end inside the range, or (if
+        // it starts before the range) before it.
+        let Some((&bound, chunk)) = self.chunks.range(..=end).next_back() else {
+            return Ok(());
+        };
+        let hi = chunk.partition_point(|s| s.start() <= end);
+        let last = match hi.checked_sub(1) {
+            Some(i) => chunk.get(i),
+            None => self
+                .chunks
+                .range(..bound)
+                .next_back()
+                .and_then(|(_, c)| c.last()),
+        };
+        let Some(last) = last else {
+            return Ok(());
+        };
+        let (last_start, last_end) = (last.start(), self.end_of(last));
+        if last_start < start {
+            return if last_end >= start {
+                Err(MappingError::Split(last_start))
+            } else {
+                Ok(())
+            };
         }
-        // The last mapping starting inside the range must end inside it.
-        if let Some((s, e)) = self.map.range(start..=end).next_back() {
-            if e.virt_end > end {
-                return Err(MappingError::Split(*s));
+        if last_end > end {
+            return Err(MappingError::Split(last_start));
+        }
+        // A mapping starting before `start` and reaching into the range would be split: the
+        // last one starting before `start`, mostly in the same chunk.
+        let before = if bound < start {
+            match chunk.partition_point(|s| s.start() < start).checked_sub(1) {
+                Some(i) => chunk.get(i),
+                None => self
+                    .chunks
+                    .range(..bound)
+                    .next_back()
+                    .and_then(|(_, c)| c.last()),
+            }
+        } else {
+            start.checked_sub(1).and_then(|b| self.predecessor(b))
+        };
+        if let Some(p) = before {
+            if self.end_of(p) >= start {
+                return Err(MappingError::Split(p.start()));
             }
         }
         Ok(())
@@ -151,54 +330,173 @@ impl MappingTable {
         &mut self,
         start: u64,
         end: u64,
-        mut removed: impl FnMut(&Mapping),
+        removed: impl FnMut(&Mapping),
     ) -> Result<usize, MappingError> {
         self.check_remove(start, end)?;
-        let mut count = 0;
+        Ok(self.remove_checked(start, end, removed))
+    }
+
+    /// [`MappingTable::remove_range`] once [`MappingTable::check_remove`] accepted the range
+    /// (and the table did not change since): every mapping starting in `[start, end]` goes.
+    pub fn remove_checked(
+        &mut self,
+        start: u64,
+        end: u64,
+        mut removed: impl FnMut(&Mapping),
+    ) -> usize {
         if start > end {
-            return Ok(0);
+            return 0;
         }
+        let mut count = 0;
         let mut from = start;
-        loop {
-            let next = self
-                .map
-                .range((Bound::Included(from), Bound::Included(end)))
-                .next()
-                .map(|(k, _)| *k);
-            let Some(key) = next else { break };
-            if let Some(e) = self.map.remove(&key) {
-                removed(&Self::decode(key, &e));
-                count += 1;
-                // Stop past the range (BTreeMap::range panics on an inverted range).
-                match e.virt_end.checked_add(1) {
-                    Some(n) if n <= end => from = n,
-                    _ => break,
+        while let Some(bound) = self.chunk_of(from) {
+            let Self { chunks, wide, len } = self;
+            let Some(chunk) = chunks.get_mut(&bound) else {
+                break;
+            };
+            let lo = chunk.partition_point(|s| s.start() < from);
+            let hi = chunk.partition_point(|s| s.start() <= end);
+            if lo < hi {
+                for s in &chunk[lo..hi] {
+                    removed(&decode(wide, s));
                 }
+                for s in chunk.drain(lo..hi) {
+                    if s.wide() {
+                        wide.remove(&s.key);
+                    }
+                }
+                count += hi - lo;
+                *len -= hi - lo;
+                // A slot left past the removed ones starts after `end`: the range is done.
+                let done = lo < chunk.len();
+                if chunk.len() < MERGE_BELOW {
+                    self.tidy(bound);
+                }
+                if done {
+                    break;
+                }
+                // Tidying may have merged the next chunk into this one (or this one into the
+                // previous): look at the same place again.
+                continue;
+            }
+            // Nothing (more) here: the next chunk, if it starts inside the range.
+            match self
+                .chunks
+                .range((
+                    std::ops::Bound::Excluded(bound),
+                    std::ops::Bound::Included(end),
+                ))
+                .next()
+            {
+                Some((k, _)) => from = *k,
+                None => break,
             }
         }
-        Ok(count)
+        count
+    }
+
+    /// After a removal from chunk `bound`: drop it if empty, merge it with a neighbour if
+    /// nearly empty (keeping the first chunk's bound at 0).
+    fn tidy(&mut self, bound: u64) {
+        let Some(len) = self.chunks.get(&bound).map(Vec::len) else {
+            return;
+        };
+        if len >= MERGE_BELOW {
+            return;
+        }
+        // Into the previous chunk if there is room (this chunk's range becomes its).
+        if let Some((_, prev)) = self.chunks.range_mut(..bound).next_back() {
+            if prev.len() + len <= CHUNK / 2 {
+                if let Some(mine) = self.chunks.remove(&bound) {
+                    if let Some((_, prev)) = self.chunks.range_mut(..bound).next_back() {
+                        prev.extend_from_slice(&mine);
+                    }
+                }
+                return;
+            }
+        }
+        // Or take in the next chunk.
+        let next = self
+            .chunks
+            .range((std::ops::Bound::Excluded(bound), std::ops::Bound::Unbounded))
+            .next()
+            .map(|(k, v)| (*k, v.len()));
+        if let Some((nb, nlen)) = next {
+            if len + nlen <= CHUNK / 2 || len == 0 {
+                if let Some(theirs) = self.chunks.remove(&nb) {
+                    if let Some(mine) = self.chunks.get_mut(&bound) {
+                        if len == 0 {
+                            // Keep their allocation; this bound covers both ranges.
+                            *mine = theirs;
+                        } else {
+                            mine.extend_from_slice(&theirs);
+                        }
+                    }
+                }
+                return;
+            }
+        }
+        if len == 0 {
+            // Empty with no neighbour to take in: the first chunk (bound 0) is the only one left.
+            self.chunks.remove(&bound);
+        }
     }
 
     /// The mapping containing `iova`.
     pub fn lookup(&self, iova: u64) -> Option<Mapping> {
-        let (start, e) = self.predecessor(iova)?;
-        (e.virt_end >= iova).then(|| Self::decode(start, e))
+        let m = self.decode(self.predecessor(iova)?);
+        (m.virt_end >= iova).then_some(m)
     }
 
     /// Up to `limit` mappings with `virt_start >= from`, in address order.
     pub fn page(&self, from: u64, limit: usize) -> impl Iterator<Item = Mapping> + '_ {
-        self.map
-            .range(from..)
+        let first = self.chunk_of(from).unwrap_or(0);
+        self.chunks
+            .range(first..)
+            .flat_map(|(_, c)| c.iter())
+            .skip_while(move |s| s.start() < from)
             .take(limit)
-            .map(|(k, e)| Self::decode(*k, e))
+            .map(|s| self.decode(s))
     }
 
     pub fn iter(&self) -> impl Iterator<Item = Mapping> + '_ {
-        self.map.iter().map(|(k, e)| Self::decode(*k, e))
+        self.chunks
+            .values()
+            .flat_map(|c| c.iter())
+            .map(|s| self.decode(s))
     }
 
     pub fn clear(&mut self) {
-        self.map.clear();
+        self.chunks.clear();
+        self.wide.clear();
+        self.len = 0;
+    }
+}
+
+/// The mapping in slot `s` (`wide`: the side table of wide mappings).
+fn decode(wide: &BTreeMap<u64, Wide>, s: &Slot) -> Mapping {
+    if s.wide() {
+        // Every wide slot has its side entry (inserted and removed together).
+        let w = wide.get(&s.key).copied().unwrap_or(Wide {
+            virt_end: s.key,
+            phys_start: 0,
+            flags: 0,
+        });
+        return Mapping {
+            virt_start: s.key,
+            virt_end: w.virt_end,
+            phys_start: w.phys_start,
+            flags: w.flags,
+        };
+    }
+    let start = s.key & !LOW;
+    let pages_m1 = (s.key & LOW) | (((s.phys & LOW) >> SIZE_HIGH_SHIFT) << SIZE_LOW_BITS);
+    Mapping {
+        virt_start: start,
+        virt_end: start + ((pages_m1 << PAGE_SHIFT) | LOW),
+        phys_start: s.phys & !LOW,
+        // Only three bits are stored.
+        flags: (s.phys & FLAG_BITS) as u32,
     }
 }
 
@@ -327,5 +625,165 @@ mod tests {
         );
         assert_eq!(seen, 10);
         assert_eq!(t.len(), n as usize - 10);
+    }
+
+    /// The table against a plain list, under a deterministic random mix of inserts (compact
+    /// and wide, page-aligned and not), removals and lookups, small enough that chunks split,
+    /// empty and merge all the time.
+    #[test]
+    fn matches_a_plain_list_under_random_operations() {
+        #[derive(Clone, Copy)]
+        struct M {
+            s: u64,
+            e: u64,
+            p: u64,
+            f: u32,
+        }
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut rnd = move |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        let mut t = MappingTable::new();
+        let mut list: Vec<M> = Vec::new();
+        for round in 0..60_000u32 {
+            let op = rnd(10);
+            if op < 5 {
+                // Mostly single pages in a small space (dense, so overlaps happen), sometimes
+                // big, unaligned or at the top of the address space.
+                let (s, e) = match rnd(20) {
+                    0 => {
+                        let s = rnd(1 << 20) * 7 + 3;
+                        (s, s + rnd(1 << 14))
+                    }
+                    1 => (rnd(4) << 32, (rnd(4) << 32) + (5 << 32) - 1),
+                    2 => (u64::MAX - (rnd(4) << 12) - 0xfff, u64::MAX),
+                    _ => {
+                        let s = rnd(4096) << 12;
+                        (s, s + (rnd(3) + 1) * 0x1000 - 1)
+                    }
+                };
+                let p = if rnd(10) == 0 {
+                    rnd(1 << 30)
+                } else {
+                    rnd(1 << 30) << 12
+                };
+                let f = rnd(8) as u32;
+                let overlap = list
+                    .iter()
+                    .filter(|m| m.s <= e && m.e >= s)
+                    .map(|m| m.s)
+                    .max();
+                let got = t.insert(s, e, p, f);
+                match overlap {
+                    Some(_) => assert!(got.is_err(), "round {round}: insert {s:#x}-{e:#x}"),
+                    None => {
+                        assert_eq!(got, Ok(()), "round {round}");
+                        list.push(M { s, e, p, f });
+                    }
+                }
+            } else if op < 8 {
+                let s = rnd(4096) << 12;
+                // Now and then a wide sweep across many chunks.
+                let pages = if rnd(50) == 0 {
+                    rnd(1024) + 1
+                } else {
+                    rnd(16) + 1
+                };
+                let e = s + pages * 0x1000 - 1;
+                let split = list
+                    .iter()
+                    .any(|m| m.s <= e && m.e >= s && (m.s < s || m.e > e));
+                let inside = list.iter().filter(|m| m.s >= s && m.s <= e).count();
+                let mut seen = Vec::new();
+                let got = t.remove_range(s, e, |m| seen.push(m.virt_start));
+                if split {
+                    assert!(got.is_err(), "round {round}: remove {s:#x}-{e:#x}");
+                    assert!(seen.is_empty());
+                } else {
+                    assert_eq!(got, Ok(inside), "round {round}: remove {s:#x}-{e:#x}");
+                    let mut want: Vec<u64> = list
+                        .iter()
+                        .filter(|m| m.s >= s && m.s <= e)
+                        .map(|m| m.s)
+                        .collect();
+                    want.sort_unstable();
+                    assert_eq!(seen, want);
+                    list.retain(|m| !(m.s >= s && m.s <= e));
+                }
+            } else {
+                let iova = if rnd(2) == 0 {
+                    rnd(1 << 24)
+                } else {
+                    rnd(u64::MAX)
+                };
+                let want = list.iter().find(|m| m.s <= iova && m.e >= iova);
+                let got = t.lookup(iova);
+                match want {
+                    Some(m) => assert_eq!(
+                        got,
+                        Some(Mapping {
+                            virt_start: m.s,
+                            virt_end: m.e,
+                            phys_start: m.p,
+                            flags: m.f,
+                        }),
+                        "round {round}: lookup {iova:#x}"
+                    ),
+                    None => assert_eq!(got, None, "round {round}: lookup {iova:#x}"),
+                }
+            }
+            assert_eq!(t.len(), list.len());
+            if round % 5000 == 0 {
+                let mut want: Vec<(u64, u64, u64, u32)> =
+                    list.iter().map(|m| (m.s, m.e, m.p, m.f)).collect();
+                want.sort_unstable();
+                let got: Vec<(u64, u64, u64, u32)> = t
+                    .iter()
+                    .map(|m| (m.virt_start, m.virt_end, m.phys_start, m.flags))
+                    .collect();
+                assert_eq!(got, want, "round {round}");
+                let from = rnd(1 << 24);
+                let page: Vec<u64> = t.page(from, 7).map(|m| m.virt_start).collect();
+                let want: Vec<u64> = want
+                    .iter()
+                    .map(|m| m.0)
+                    .filter(|&s| s >= from)
+                    .take(7)
+                    .collect();
+                assert_eq!(page, want);
+            }
+        }
+        t.clear();
+        assert!(t.is_empty() && t.iter().next().is_none());
+    }
+
+    #[test]
+    fn ascending_and_descending_fill_leave_full_chunks() {
+        for descending in [false, true] {
+            let mut t = MappingTable::new();
+            let n = 100 * CHUNK as u64;
+            for i in 0..n {
+                let i = if descending { n - 1 - i } else { i };
+                t.insert(i << 12, (i << 12) | 0xfff, i << 12, RW).unwrap();
+            }
+            assert_eq!(t.len() as u64, n);
+            assert!(t.chunks.len() <= 101, "{} chunks", t.chunks.len());
+            // Remove every other page: chunks half empty, none merged (still above a quarter).
+            for i in (0..n).step_by(2) {
+                assert_eq!(t.remove_range(i << 12, (i << 12) | 0xfff, |_| {}), Ok(1));
+            }
+            // Remove all but one in 16: chunks merge, and stay within a chunk's worth.
+            for i in (1..n).step_by(2).filter(|i| i % 16 != 1) {
+                assert_eq!(t.remove_range(i << 12, (i << 12) | 0xfff, |_| {}), Ok(1));
+            }
+            assert_eq!(t.len() as u64, n / 16);
+            let per_chunk = t.len() / t.chunks.len();
+            assert!(per_chunk >= CHUNK / 8, "{per_chunk} mappings per chunk");
+            assert_eq!(t.remove_range(0, u64::MAX, |_| {}), Ok(n as usize / 16));
+            assert!(t.chunks.is_empty() && t.is_empty());
+        }
     }
 }

@@ -267,9 +267,7 @@ pub fn run(cfg: Settings) -> Result<(), ServerError> {
     let shared = Arc::new(Shared::new(device)?);
     let conn = Arc::new(ConnectionInfo {
         worker_sched: cfg.worker_sched,
-        poll_us: cfg
-            .poll
-            .map_or(0, |p| u64::try_from(p.as_micros()).unwrap_or(u64::MAX)),
+        poll_us: u64::try_from(cfg.poll.as_micros()).unwrap_or(u64::MAX),
         ..ConnectionInfo::default()
     });
     shared

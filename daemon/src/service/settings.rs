@@ -93,6 +93,12 @@ impl Number {
 }
 
 /// The keys of the config file: the long option names (docs/OPERATORS.md, "Configuration file").
+/// The longest polling window when `poll-us` is not set: measured in docs/BENCHMARKS.md (the
+/// window adapts below it; an idle guest costs nothing).
+pub const DEFAULT_POLL_US: u64 = 50;
+/// The longest `poll-us` accepted.
+const MAX_POLL_US: u64 = 1_000_000;
+
 const KEYS: &[&str] = &[
     "socket",
     "control-socket",
@@ -216,9 +222,10 @@ pub struct Layer {
     /// Maximum number of live mappings; a MAP beyond it fails with NOMEM [default: 16777216].
     #[arg(long, value_name = "N", value_parser = parse_u64)]
     pub max_mappings: Option<u64>,
-    /// Poll the request queue for this many microseconds after the last request before going
-    /// back to sleep on the kick eventfd (0: no polling) [default: 0]. Trades a busy core for
-    /// fewer guest kicks and lower latency.
+    /// Longest request-queue polling window, in microseconds: after a request the worker
+    /// keeps watching the queue (the guest need not kick) for an adaptive window that grows
+    /// while requests keep coming within it and shrinks to nothing when they do not, up to
+    /// this (0: never poll, sleep on the kick eventfd) [default: 50].
     #[arg(long, value_name = "US", value_parser = parse_u64)]
     pub poll_us: Option<u64>,
     /// CPU scheduling of the request-queue worker thread: `other[:SLICE_US]` (time-sharing
@@ -282,8 +289,9 @@ pub struct Settings {
     /// Owner, group and mode of the vhost-user socket when the daemon binds it.
     pub socket_access: SocketOwner,
     pub seccomp: bool,
-    /// Request-queue polling window (None: sleep on the kick eventfd).
-    pub poll: Option<std::time::Duration>,
+    /// Longest request-queue polling window (zero: sleep on the kick eventfd after every
+    /// pass).
+    pub poll: std::time::Duration,
     /// Scheduling policy of the request-queue worker thread.
     pub worker_sched: WorkerSched,
     pub backend: BackendConfig,
@@ -588,6 +596,14 @@ pub fn resolve(flags: Layer, file: Option<(&Path, Layer)>) -> Result<Settings, F
     if let Some(v) = merged.pasid_bits {
         device.pasid_bits = v;
     }
+    if merged.poll_us.is_some_and(|us| us > MAX_POLL_US) {
+        errors.push(FileError::Flag {
+            key: "poll-us",
+            why: format!(
+                "a polling window longer than {MAX_POLL_US} us (one second) keeps a core busy for nothing; use 0 to 1000000"
+            ),
+        });
+    }
     for err in device.validate_all() {
         let key = error_key(&err);
         let origin = match file_path {
@@ -626,10 +642,7 @@ pub fn resolve(flags: Layer, file: Option<(&Path, Layer)>) -> Result<Settings, F
             mode: merged.socket_mode,
         },
         seccomp: merged.seccomp.unwrap_or(true),
-        poll: merged
-            .poll_us
-            .filter(|&us| us > 0)
-            .map(std::time::Duration::from_micros),
+        poll: std::time::Duration::from_micros(merged.poll_us.unwrap_or(DEFAULT_POLL_US)),
         worker_sched: merged.worker_sched.unwrap_or_default(),
         backend,
     })
@@ -661,6 +674,28 @@ seccomp = false
 
     fn p() -> &'static Path {
         Path::new("vm.toml")
+    }
+
+    #[test]
+    fn polling_window_default_off_and_limit() {
+        let s = resolve(Layer::default(), None).unwrap();
+        assert_eq!(s.poll, std::time::Duration::from_micros(DEFAULT_POLL_US));
+        let off = Layer {
+            poll_us: Some(0),
+            ..Layer::default()
+        };
+        assert!(resolve(off, None).unwrap().poll.is_zero());
+        let max = Layer {
+            poll_us: Some(MAX_POLL_US),
+            ..Layer::default()
+        };
+        assert_eq!(resolve(max, None).unwrap().poll.as_micros(), 1_000_000);
+        let over = Layer {
+            poll_us: Some(MAX_POLL_US + 1),
+            ..Layer::default()
+        };
+        let e = resolve(over, None).unwrap_err().to_string();
+        assert!(e.contains("poll-us"), "{e}");
     }
 
     #[test]

@@ -32,11 +32,13 @@ use model::device::Device;
 use model::queue::{handle_chain, skip_bad_head};
 pub mod memory;
 pub mod migration;
+pub mod poll;
 pub mod vring;
 
 use crate::os::sched::WorkerSched;
 use migration::{load_limit, Finished, Pending, Transfer};
 use model::protocol::*;
+use poll::PollWindow;
 
 /// Epoll id of the wake notifier: fault records are waiting, or a polling burst yielded (ids
 /// 0..=NUM_QUEUES are taken by the queues and the exit event).
@@ -46,6 +48,9 @@ pub const WAKE_EVENT_ID: u16 = NUM_QUEUES as u16 + 1;
 pub const PAGE_REQUEST_EVENT_ID: u16 = NUM_QUEUES as u16 + 2;
 /// Longest a polling burst keeps the worker thread before yielding to its other events.
 const MAX_POLL_BURST: Duration = Duration::from_millis(2);
+/// A polling round that took this long lost its CPU in between (a round is well under a
+/// microsecond): the worker was preempted.
+const PREEMPTED: Duration = Duration::from_micros(30);
 /// Queue size offered to the frontend.
 pub const MAX_QUEUE_SIZE: usize = 1024;
 
@@ -192,13 +197,23 @@ pub struct VhostDevice {
     /// is refused.
     mem: Mem,
     event_idx: bool,
-    /// Request-queue polling window, if enabled.
-    poll: Option<Duration>,
+    /// The request-queue polling window (adaptive, up to `--poll-us`).
+    poll: PollWindow,
+    /// When the worker last handled a request before going to sleep on the kick eventfd: the
+    /// next request's wait feeds the polling window.
+    idle_since: Option<Instant>,
+
     /// Scheduling policy of the worker thread, applied at its first event.
     sched: WorkerSched,
     /// (head, written length) of the chains of the pass being processed, published together
     /// once the journal has their records (kept to reuse its allocation).
     completed: Vec<(u16, u32)>,
+    /// A pass could not turn the request queue's notifications off or on (its ring outside
+    /// guest RAM): the next memory table wakes the worker to re-arm them.
+    rearm: bool,
+    /// The last pass yielded with the driver's notifications still off: the next pass turns
+    /// them back on before sleeping, whatever its window.
+    notifications_off: bool,
     /// The request queue's next available index after the last processing pass.
     last_avail: u16,
     /// Where the request queue stood when the frontend stopped it (GET_VRING_BASE), until the
@@ -216,14 +231,19 @@ pub struct VhostDevice {
 }
 
 impl VhostDevice {
-    pub fn new(shared: Arc<Shared>, poll: Option<Duration>, sched: WorkerSched) -> Self {
+    /// `poll_max`: the longest polling window (zero: never poll).
+    pub fn new(shared: Arc<Shared>, poll_max: Duration, sched: WorkerSched) -> Self {
         let resume_pending = shared.device().has_resume_state();
         VhostDevice {
             mem: GuestMemoryAtomic::new(GuestMemoryMmap::new()),
             event_idx: false,
-            poll: poll.filter(|d| !d.is_zero()),
+            poll: PollWindow::new(poll_max),
+            idle_since: None,
+
             sched,
             completed: Vec::with_capacity(MAX_QUEUE_SIZE),
+            rearm: false,
+            notifications_off: false,
             last_avail: 0,
             stopped_at: None,
             transfer: Mutex::new(None),
@@ -322,43 +342,77 @@ impl VhostDevice {
         }
     }
 
-    /// Drain the request queue. With polling configured, keep looking for new requests (with
-    /// driver notifications suppressed, so the guest need not kick) until the queue has been
-    /// idle for the poll window, then re-enable notifications and go back to sleep on the kick
-    /// eventfd. A busy queue yields after `MAX_POLL_BURST` so the event queue is served too.
+    /// Drain the request queue, then poll it for the adaptive window (with driver
+    /// notifications suppressed, so the guest need not kick) until it has been idle that long,
+    /// then re-enable notifications, look once more and go back to sleep on the kick eventfd.
+    /// A busy queue yields after `MAX_POLL_BURST` so the event queue is served too.
     fn process_requests(&mut self, vring: &vring::Vring) -> Result<(), VhostError> {
         let mut completed = std::mem::take(&mut self.completed);
-        let r = self.drain_requests(vring, &mut completed);
+        let slept = self.idle_since.take();
+        let mut pass = Pass {
+            window: self.poll,
+            slept,
+            last_request: None,
+            rearm: false,
+            notifications_off: self.notifications_off,
+        };
+        let r = self.drain_requests(vring, &mut completed, &mut pass);
+        self.notifications_off = matches!(r, Ok(Drained::Yielded));
         self.completed = completed;
+        self.poll = pass.window;
+        self.rearm |= pass.rearm;
+        self.idle_since = match (r.as_ref(), pass.last_request) {
+            // Asleep after handling requests: the next request's wait counts from the last.
+            (Ok(Drained::Asleep), Some(at)) => Some(at),
+            // Asleep without a request this time: the wait goes on.
+            (Ok(Drained::Asleep), None) => slept,
+            _ => None,
+        };
         self.last_avail = vring.queue_next_avail();
-        r
+        r.map(|_| ())
     }
 
     fn drain_requests(
         &self,
         vring: &vring::Vring,
         completed: &mut Vec<(u16, u32)>,
-    ) -> Result<(), VhostError> {
+        pass: &mut Pass,
+    ) -> Result<Drained, VhostError> {
         let qerr = |err| VhostError::Queue {
             queue: REQUEST_QUEUE,
             err,
         };
         let guard = self.mem.memory();
         let mem: &GuestMemoryMmap = &guard;
-        let suppress = self.event_idx || self.poll.is_some();
         let started = Instant::now();
+        // A pass that finds a request first thing after a sleep ends the wait since the last
+        // request: the window learns from it. A pass that finds nothing (a kick for requests a
+        // poll already took) leaves that wait running.
+        let mut first = true;
+        // When the last polling round that found nothing ran (preemption shows as a gap).
+        let mut last_spin: Option<Instant> = None;
+        let mut window = pass.window.current();
+        // A pass after a yield finds the notifications off, and must turn them back on
+        // before it sleeps even if its window has closed meanwhile.
+        let mut suppress = self.event_idx || !window.is_zero() || pass.notifications_off;
         let mut last_work = started;
         // Notifications are turned off once per pass, not on every polling round: each turn-off
         // writes the ring's flags / avail_event, a cache line the spinning driver reads.
-        let mut notifying = true;
+        let mut notifying = !pass.notifications_off;
         loop {
             let mut state = vring.get_mut();
             if suppress && notifying {
-                state
-                    .get_queue_mut()
-                    .disable_notification(mem)
-                    .map_err(qerr)?;
-                notifying = false;
+                if let Err(e) = state.get_queue_mut().disable_notification(mem) {
+                    // The ring is not in guest RAM (a frontend took the region away): no
+                    // polling and no re-arming this pass; an error here would end the worker
+                    // thread and the queue with it. A new memory table wakes the worker.
+                    debug!("request queue: cannot turn notifications off: {e}");
+                    pass.rearm = true;
+                    suppress = false;
+                    window = Duration::ZERO;
+                } else {
+                    notifying = false;
+                }
             }
             completed.clear();
             {
@@ -379,6 +433,23 @@ impl VhostDevice {
             }
             if n > 0 {
                 last_work = Instant::now();
+                last_spin = None;
+                if first {
+                    if let Some(since) = pass.slept {
+                        pass.window.missed(started.saturating_duration_since(since));
+                        window = pass.window.current();
+                        if !window.is_zero() && !suppress {
+                            // The window opened: poll from the next round on (notifications
+                            // are turned off then, and back on before sleeping).
+                            suppress = true;
+                        }
+                    }
+                }
+                if !first {
+                    // Found by polling, without a kick.
+                    pass.window.caught();
+                }
+                pass.last_request = Some(last_work);
                 if wants_interrupt(state.get_queue_mut(), mem, self.event_idx).map_err(qerr)? {
                     self::vring::signal(&state).map_err(|err| VhostError::Signal {
                         queue: REQUEST_QUEUE,
@@ -386,14 +457,24 @@ impl VhostDevice {
                     })?;
                 }
             }
-            if let Some(window) = self.poll {
+            first = false;
+            if !window.is_zero() {
                 let now = Instant::now();
+                if n == 0 {
+                    if last_spin.is_some_and(|t| now.duration_since(t) >= PREEMPTED) {
+                        // The worker lost its CPU while polling: whatever needed the core
+                        // (perhaps the vCPU about to send) gets it back sooner next time.
+                        pass.window.preempted();
+                        window = pass.window.current();
+                    }
+                    last_spin = Some(now);
+                }
                 if now.duration_since(started) >= MAX_POLL_BURST {
                     // Yield to the other events of this thread; come back through the wake
                     // notifier (re-enabling notifications here could lose a kick already
                     // skipped by the driver).
                     self.shared.wake();
-                    return Ok(());
+                    return Ok(Drained::Yielded);
                 }
                 if now.duration_since(last_work) < window {
                     drop(state);
@@ -401,15 +482,22 @@ impl VhostDevice {
                     continue;
                 }
             }
-            if !suppress
-                || !state
-                    .get_queue_mut()
-                    .enable_notification(mem)
-                    .map_err(qerr)?
-            {
-                return Ok(());
+            if !suppress || notifying {
+                return Ok(Drained::Asleep);
             }
-            notifying = true;
+            // Re-arm: notifications back on, then one more look (a request made available
+            // while they were off would otherwise wait for a kick that never comes).
+            match state.get_queue_mut().enable_notification(mem) {
+                Ok(true) => notifying = true,
+                Ok(false) => return Ok(Drained::Asleep),
+                Err(e) => {
+                    // As above: the ring left guest RAM; the next memory table wakes the worker
+                    // and the pass then re-arms.
+                    debug!("request queue: cannot turn notifications back on: {e}");
+                    pass.rearm = true;
+                    return Ok(Drained::Asleep);
+                }
+            }
         }
     }
 
@@ -472,6 +560,29 @@ impl VhostDevice {
         }
         Ok(())
     }
+}
+
+/// The polling state one pass over the request queue reads and updates.
+struct Pass {
+    window: PollWindow,
+    /// The worker slept after the last request, which it handled then.
+    slept: Option<Instant>,
+    /// When this pass handled its last request.
+    last_request: Option<Instant>,
+    /// The ring's notifications could not be turned off or on.
+    rearm: bool,
+    /// The previous pass yielded with the notifications off.
+    notifications_off: bool,
+}
+
+/// How a pass over the request queue ended.
+enum Drained {
+    /// Notifications are on (or never were off) and the ring was empty after them: the next
+    /// request kicks.
+    Asleep,
+    /// A polling burst gave the thread back with notifications still off; the wake notifier
+    /// brings it back.
+    Yielded,
 }
 
 /// The end of a frontend connection (it went away, or its session failed). The connection's
@@ -746,6 +857,11 @@ impl VhostUserBackendMut for VhostDevice {
                 return Err(refuse(io::Error::other(e)));
             }
             publish(&self.mem, new);
+            if std::mem::take(&mut self.rearm) {
+                // The worker could not re-arm the ring's notifications while the ring was
+                // outside guest RAM: it does now.
+                self.shared.wake();
+            }
             // The software backend walks guest tables in the same memory.
             dev.set_walk_memory(self.mem.clone());
             let deferred = self

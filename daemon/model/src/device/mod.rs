@@ -682,23 +682,20 @@ impl Device {
         let Some(d) = self.domains.get_mut(&domain) else {
             return Status::NoEnt;
         };
-        match d.mappings.remove_range(start, end, |_| {}) {
-            Ok(n) => {
-                self.total_mappings = self.total_mappings.saturating_sub(n as u64);
-                if n > 0 {
-                    if let Some(sink) = self.invalidation_sink.as_ref().filter(|s| s.is_active()) {
-                        sink.invalidate(&Invalidation::Range {
-                            domain,
-                            endpoints: d.endpoints.iter().copied().collect(),
-                            start,
-                            end,
-                        });
-                    }
-                }
-                Status::Ok
+        // check_remove accepted the range above, and nothing changed the table since.
+        let n = d.mappings.remove_checked(start, end, |_| {});
+        self.total_mappings = self.total_mappings.saturating_sub(n as u64);
+        if n > 0 {
+            if let Some(sink) = self.invalidation_sink.as_ref().filter(|s| s.is_active()) {
+                sink.invalidate(&Invalidation::Range {
+                    domain,
+                    endpoints: d.endpoints.iter().copied().collect(),
+                    start,
+                    end,
+                });
             }
-            Err(_) => Status::Range,
         }
+        Status::Ok
     }
 
     fn probe(&mut self, b: &ProbeBody, props: &mut [u8]) -> Status {
