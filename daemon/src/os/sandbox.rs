@@ -188,8 +188,10 @@ pub fn role_calls(role: Role) -> Vec<Call> {
                 libc::SYS_connect,
                 // Worker threads add their own, narrower filter (filters only ever restrict).
                 libc::SYS_seccomp,
-                // ... after setting their own scheduling policy (--worker-sched; pid 0 only).
+                // ... after setting their own scheduling policy (--worker-sched; pid 0 only),
+                // which keeps the thread's nice value (getpriority, read-only).
                 libc::SYS_sched_setattr,
+                libc::SYS_getpriority,
             ]);
             #[cfg(target_arch = "x86_64")]
             v.extend(sys![libc::SYS_epoll_wait, libc::SYS_poll]);

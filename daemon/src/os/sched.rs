@@ -166,6 +166,7 @@ impl WorkerSched {
         match *self {
             WorkerSched::Other { slice_us } => {
                 a.policy = SCHED_OTHER;
+                a.nice = current_nice();
                 a.runtime = ns(slice_us);
             }
             WorkerSched::Fifo { priority } => {
@@ -264,6 +265,20 @@ impl WorkerSched {
             .map_err(|e| SchedError::Probe(spec, e))?
             .join()
             .unwrap_or_else(|_| Err(SchedError::Probe(spec, io::Error::other("probe panicked"))))
+    }
+}
+
+/// The calling thread's nice value. sched_setattr sets the nice value along with the policy,
+/// and raising a thread's priority (a lower nice value) needs privilege: a daemon started under
+/// `nice` or with systemd's `Nice=` keeps its niceness instead of being refused.
+fn current_nice() -> i32 {
+    // SAFETY: getpriority(PRIO_PROCESS, 0) reads the calling thread's nice value; no memory is
+    // passed. The raw syscall returns 20 - nice (1..=40) so that no valid value looks like an
+    // error.
+    let r = unsafe { libc::syscall(libc::SYS_getpriority, libc::PRIO_PROCESS, 0) };
+    match r {
+        1..=40 => 20 - r as i32,
+        _ => 0,
     }
 }
 
@@ -367,5 +382,24 @@ mod tests {
         // Custom slices need no capability; a kernel without them ignores the field.
         WorkerSched::default().probe().unwrap();
         WorkerSched::Other { slice_us: 0 }.probe().unwrap();
+    }
+
+    #[test]
+    fn the_default_policy_keeps_the_threads_nice_value() {
+        // Run in a thread of its own: nice is per thread on Linux.
+        std::thread::spawn(|| {
+            // SAFETY: setpriority on the calling thread (who = 0); raising nice needs no privilege.
+            let r = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 7) };
+            assert_eq!(r, 0, "{}", io::Error::last_os_error());
+            assert_eq!(current_nice(), 7);
+            WorkerSched::default().apply_to_current_thread().unwrap();
+            assert_eq!(
+                current_nice(),
+                7,
+                "sched_setattr must not reset the nice value"
+            );
+        })
+        .join()
+        .unwrap();
     }
 }
