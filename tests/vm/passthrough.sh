@@ -69,6 +69,15 @@ def census(name):
     words = open(f"{share}/census-{name}.txt").read().split()
     h = words.index("hwpt")
     return [int(w) for w in words[1:h]], [int(w) for w in words[h + 1:]]
+def census_is_daemons(name, step):
+    """The census `name` is exactly the objects of the daemon running at `step` (its blocked,
+    stage-2 and domain IOASes, edu's HWPT; none adopted any more) and QEMU's (one IOAS, the
+    HWPT of its trace): nothing of a previous daemon is left, nothing is missing."""
+    b = load(step, "backend")
+    mine = {b["blocked_ioas"], b["stage2_ioas"]} | {d["ioas"] for d in b["domains"] if d.get("ioas")}
+    ioas, hw = census(name)
+    return (b["adopting"] is None and mine <= set(ioas) and len(set(ioas) - mine) == 1
+            and set(hw) == {hwpt(step)} | set(qemu_hwpts()))
 def log_count(text):
     return open(f"{share}/l2.log", errors="replace").read().count(text)
 def dom(step):
@@ -117,7 +126,9 @@ t_passthrough() {
     pt_check passthrough/restart/mapped-loop-done "the loop stopped: edu's domain maps exactly the guest's live mappings" \
         'maps("loop-done") == expected()'
     pt_check passthrough/restart/census "the launcher's iommufd holds as many IOASes and HWPTs after the restarts as before (the old ones adopted, then released)" \
-        'len(census("before")[0]) == len(census("after")[0]) == len(census("loop-done")[0]) and len(census("before")[1]) == len(census("after")[1]) == len(census("loop-done")[1]) and census("before") != census("after")'
+        'len(census("before")[0]) == len(census("after")[0]) == len(census("loop-done")[0]) and len(census("before")[1]) == len(census("after")[1]) == len(census("loop-done")[1])'
+    pt_check passthrough/restart/census-exact "before, after the restarts and at the end the iommufd holds exactly the running daemon's objects and QEMU's" \
+        'census_is_daemons("before", "restarts-before") and census_is_daemons("after", "restarts-after") and census_is_daemons("loop-done", "loop-done")'
     pt_check passthrough/restart/adopted "each of the 4 new daemons adopted edu on the previous daemon's HWPT and moved it with one replace" \
         'log_count("adopted the VFIO device the VMM bound") == 4 and log_count("moved from the previous process") == 4 and log_count("objects released") == 4'
     pt_check passthrough/restart/resumed "the journal was resumed 4 times, never refused" \

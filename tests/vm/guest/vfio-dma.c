@@ -377,8 +377,8 @@ static long now_ms(void)
  *   1. edu reads a new pattern through EDU_IOVA (B page 0, the held mapping) and writes it
  *      through EDU_IOVA + 4K: B page 1 must hold it;
  *   2. C is mapped at EDU_LOOP_IOVA (a MAP request), edu writes the pattern there: C must
- *      hold it; C is unmapped (an UNMAP request) and cleared, edu writes again: C must stay
- *      clear (the UNMAP reached the host IOMMU).
+ *      hold it; C is unmapped (an UNMAP request) and cleared, edu writes 8 bytes again: C
+ *      must stay clear (the UNMAP reached the host IOMMU).
  * Each round's MAP and UNMAP wait while no daemon serves; a round fails only on wrong data or
  * a failed ioctl. Then a VUI-RESULT with the rounds, failures and the longest round, and a
  * "loop-done" sync with B still mapped.
@@ -446,7 +446,8 @@ static int edu_loop(int iommufd, uint32_t ioas, uint8_t *held)
 			}
 			memset(C, 0, PAGE);
 			u.length = PAGE;
-			edu_dma(EDU_BUF, EDU_LOOP_IOVA, PAGE, 1);
+			/* 8 bytes: each faulting word is a fault record in the test VM's log. */
+			edu_dma(EDU_BUF, EDU_LOOP_IOVA, 8, 1);
 			if (!all(C, 0)) {
 				ok = 0;
 				if (!first[0])
