@@ -6,8 +6,10 @@
 //! the daemon's configuration, starts the daemon and hands it the fds over the daemon's
 //! `fd-socket` (the `vhost-user-iommu-fdpass` wire format), then starts QEMU with the same fds:
 //! `-object iommufd,fd=` and `-device vfio-pci,fd=,iommufd=` at the guest addresses the VIOT
-//! covers, the vhost-user device, memfd guest memory and `-acpitable` ([`run`]). Everything it
-//! started is stopped when QEMU exits, when the daemon dies, and on SIGINT/SIGTERM/SIGHUP.
+//! covers, the vhost-user device, memfd guest memory and `-acpitable` ([`run`]). With `restart`
+//! (the default) QEMU attaches through `vhost-user-iommu proxy` and a daemon that exits is
+//! started again with the same fds. Everything it started is stopped when QEMU exits (or the
+//! proxy, or without `restart` the daemon, dies) and on SIGINT/SIGTERM/SIGHUP.
 
 pub mod host;
 pub mod run;
