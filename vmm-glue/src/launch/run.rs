@@ -653,6 +653,8 @@ pub fn launch(l: &Launch) -> Result<i32, LaunchError> {
                     daemon_path.display()
                 );
                 daemon.stop();
+                // Asked for: the start it replaces does not count towards the limit.
+                starts.pop_back();
             }
             Some(libc::SIGUSR1) => log::warn!("SIGUSR1: ignored (restart = false)"),
             Some(sig) => {
