@@ -25,14 +25,22 @@ live_restored() {
 # SIGKILLed and restarted three times, then upgraded (SIGTERM, a second build of the binary):
 # the benchmark finishes without error, the guest logs no IOMMU error, and the daemon's table
 # for the held device equals the guest's mappings before and after.
-t_live_restart() {
-    local upgrade=${VUI_DAEMON_UPGRADE:-$VUI_REPO/target/release/vhost-user-iommu}
-    if [ -z "${VUI_DAEMON_UPGRADE:-}" ] && { [ ! -x "$upgrade" ] || [ "$DAEMON" -nt "$upgrade" ]; }; then
+# upgrade_binary: set UPGRADE to the daemon an upgrade installs (VUI_DAEMON_UPGRADE, else a
+# release build, made if it is missing or older than $DAEMON); never $DAEMON itself.
+upgrade_binary() {
+    UPGRADE=${VUI_DAEMON_UPGRADE:-$VUI_REPO/target/release/vhost-user-iommu}
+    if [ -z "${VUI_DAEMON_UPGRADE:-}" ] && { [ ! -x "$UPGRADE" ] || [ "$DAEMON" -nt "$UPGRADE" ]; }; then
         log "building the upgrade: a release build of the daemon"
         (cd "$VUI_REPO" && cargo build --release -q -p vhost-user-iommu --bin vhost-user-iommu) ||
-            die "cannot build $upgrade"
+            die "cannot build $UPGRADE"
     fi
-    cmp -s "$DAEMON" "$upgrade" && die "the upgrade $upgrade is the same binary as $DAEMON"
+    cmp -s "$DAEMON" "$UPGRADE" && die "the upgrade $UPGRADE is the same binary as $DAEMON"
+}
+
+t_live_restart() {
+    local upgrade
+    upgrade_binary
+    upgrade=$UPGRADE
     LIVE_SOCK=$RUN/live.sock DCTL=$RUN/live.ctl
     rm -rf "$RUN/live.state" "$RUN/live.daemon.log"
     live_daemon "$DAEMON"

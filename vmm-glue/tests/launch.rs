@@ -16,6 +16,14 @@ use std::time::{Duration, Instant};
 
 const FAKE_DAEMON: &str = r#"#!/usr/bin/env python3
 import json, os, re, signal, socket, sys
+if sys.argv[1] == "proxy":
+    # `vhost-user-iommu proxy --socket VM --backend DAEMON`: make the VMM's socket, wait.
+    l = socket.socket(socket.AF_UNIX)
+    l.bind(sys.argv[sys.argv.index("--socket") + 1])
+    with open(os.environ["FAKE_DAEMON_REPORT"] + ".proxy", "w") as f:
+        f.write("%d %s\n" % (os.getpid(), sys.argv[sys.argv.index("--backend") + 1]))
+    while True:
+        signal.pause()
 cfg = open(sys.argv[sys.argv.index("--config") + 1]).read()
 def get(key):
     return re.search(r'^%s = "(.*)"$' % re.escape(key), cfg, re.M).group(1)
@@ -33,9 +41,12 @@ s.sendall(b'{"ok":true}\n')
 s.close()
 with open(os.environ["FAKE_DAEMON_REPORT"], "w") as f:
     json.dump(report, f)
+with open(os.environ["FAKE_DAEMON_REPORT"] + ".starts", "a") as f:
+    f.write("%d\n" % os.getpid())
+starts = len(open(os.environ["FAKE_DAEMON_REPORT"] + ".starts").read().split())
 l = socket.socket(socket.AF_UNIX)
 l.bind(get("socket"))
-if mode == "die-later":
+if mode == "die-later" or (mode == "die-once" and starts == 1):
     import time
     while not os.path.exists(os.environ["FAKE_QEMU_REPORT"] + ".fds"):
         time.sleep(0.05)
@@ -81,13 +92,17 @@ impl Host {
         Host { dir }
     }
 
-    fn config(&self, run: &str) -> PathBuf {
+    /// The launcher's configuration for run directory `run`; FAKE_RESTART=false in `env`
+    /// sets `restart = false`.
+    fn config(&self, run: &str, env: &[(&str, &str)]) -> PathBuf {
         let p = self.dir.join(format!("{run}.toml"));
+        let restart = env.contains(&("FAKE_RESTART", "false"));
         std::fs::write(
             &p,
             format!(
-                "run-dir = \"{}\"\ndevices = [{{ host = \"0000:01:00.0\", guest = \"00:05.0\" }}]\n",
-                self.dir.join(run).display()
+                "run-dir = \"{}\"\n{}devices = [{{ host = \"0000:01:00.0\", guest = \"00:05.0\" }}]\n",
+                self.dir.join(run).display(),
+                if restart { "restart = false\n" } else { "" }
             ),
         )
         .unwrap();
@@ -98,7 +113,7 @@ impl Host {
         let mut c = Command::new(env!("CARGO_BIN_EXE_vhost-user-iommu-glue"));
         c.arg("launch")
             .arg("--config")
-            .arg(self.config(run))
+            .arg(self.config(run, env))
             .arg("--daemon")
             .arg(self.dir.join("fake-daemon"))
             .arg("--sysfs-root")
@@ -268,12 +283,104 @@ fn a_daemon_that_dies_under_a_running_qemu_stops_it() {
     let h = Host::new("late");
     let out = h.launch(
         "run",
-        &[("FAKE_DAEMON", "die-later"), ("FAKE_QEMU_SLEEP", "60")],
+        &[
+            ("FAKE_DAEMON", "die-later"),
+            ("FAKE_QEMU_SLEEP", "60"),
+            ("FAKE_RESTART", "false"),
+        ],
     );
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("the daemon exited"), "{err}");
     assert!(err.contains("stopping QEMU"), "{err}");
+    assert!(gone(&h.read("run.qemu.pid")), "QEMU still runs");
+    assert!(h.device_free());
+    assert_eq!(h.run_dir_empty("run"), Vec::<String>::new());
+}
+
+#[test]
+fn without_restart_qemu_attaches_to_the_daemon_directly() {
+    let h = Host::new("direct");
+    let out = h.launch("run", &[("FAKE_RESTART", "false")]);
+    assert_eq!(out.status.code(), Some(0));
+    let args = h.read("run.qemu.args");
+    assert!(args.contains("run/vhost-user.sock"), "{args}");
+    assert!(!h.dir.join("run.daemon.json.proxy").exists(), "a proxy ran");
+    assert!(!h.read("run/daemon.toml").contains("state-dir"));
+}
+
+#[test]
+fn a_daemon_that_dies_under_a_running_qemu_is_started_again_behind_the_proxy() {
+    let h = Host::new("again");
+    let mut child: Child = h
+        .command(
+            "run",
+            &[("FAKE_DAEMON", "die-once"), ("FAKE_QEMU_SLEEP", "60")],
+        )
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let until = Instant::now() + Duration::from_secs(30);
+    while h.read("run.daemon.json.starts").lines().count() < 2 {
+        assert!(Instant::now() < until, "the daemon was not started again");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    // QEMU was attached to the proxy, which serves the daemon's socket, and still runs.
+    let qemu_pid = h.read("run.qemu.pid");
+    assert!(!gone(&qemu_pid), "QEMU was stopped");
+    let args = h.read("run.qemu.args");
+    assert!(args.contains("run/vm.sock"), "{args}");
+    let proxy = h.read("run.daemon.json.proxy");
+    let (proxy_pid, backend) = proxy.trim().split_once(' ').unwrap();
+    assert!(backend.ends_with("run/vhost-user.sock"), "{proxy}");
+    // The daemon keeps its state in the run directory, and the second one got the same files.
+    assert!(h.read("run/daemon.toml").contains("state-dir"));
+    let r = report(&h, "run");
+    assert_eq!(
+        r["inodes"],
+        serde_json::json!([h.ino("dev/iommu"), h.ino("dev/vfio/devices/vfio0")])
+    );
+    let starts = h.read("run.daemon.json.starts");
+    let second = starts.lines().nth(1).unwrap();
+    assert_eq!(h.read("run/daemon.pid").trim(), second);
+    // SIGUSR1: the daemon is stopped and started again (an upgrade).
+    // SAFETY: kill on our own child.
+    unsafe { libc::kill(i32::try_from(child.id()).unwrap(), libc::SIGUSR1) };
+    while h.read("run.daemon.json.starts").lines().count() < 3 {
+        assert!(Instant::now() < until, "SIGUSR1 did not restart the daemon");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(gone(second), "the daemon SIGUSR1 replaced still runs");
+    assert!(!gone(&qemu_pid), "QEMU was stopped");
+    // SAFETY: kill on our own child.
+    unsafe { libc::kill(i32::try_from(child.id()).unwrap(), libc::SIGTERM) };
+    let st = child.wait().unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(st.code(), Some(128 + libc::SIGTERM), "{err}");
+    assert!(err.contains("starting it again"), "{err}");
+    assert!(gone(&qemu_pid), "QEMU still runs");
+    assert!(gone(proxy_pid), "the proxy still runs");
+    assert!(
+        gone(&report(&h, "run")["pid"].to_string()),
+        "the daemon still runs"
+    );
+    assert!(h.device_free());
+    assert_eq!(h.run_dir_empty("run"), Vec::<String>::new());
+}
+
+#[test]
+fn a_daemon_that_keeps_dying_stops_the_vm() {
+    let h = Host::new("crashloop");
+    let out = h.launch(
+        "run",
+        &[("FAKE_DAEMON", "die-later"), ("FAKE_QEMU_SLEEP", "60")],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("giving up, stopping QEMU"), "{err}");
+    assert_eq!(h.read("run.daemon.json.starts").lines().count(), 5, "{err}");
     assert!(gone(&h.read("run.qemu.pid")), "QEMU still runs");
     assert!(h.device_free());
     assert_eq!(h.run_dir_empty("run"), Vec::<String>::new());

@@ -40,6 +40,12 @@ expect man-pages "$(ls /usr/share/man/man1/vhost-user-iommu* 2>&1)" \
 expect glue-installed "$(vhost-user-iommu-glue --version 2>&1)" vhost-user-iommu-glue --version
 out=$(systemd-analyze verify --man=no /usr/lib/systemd/system/$SVC /usr/lib/systemd/system/$SOCKU 2>&1)
 expect units-verify "${out:-clean}" test -z "$out"
+# A shorter watchdog than the unit's 30 s (an operator's drop-in), so that the test sees many
+# watchdog periods and a hung daemon is found within seconds (section 2b).
+WD=10
+mkdir -p /etc/systemd/system/$SVC.d
+printf '[Service]\nWatchdogSec=%ss\n' $WD >/etc/systemd/system/$SVC.d/watchdog.conf
+systemctl daemon-reload
 out=$(systemctl enable --now $SOCKU 2>&1)
 expect enable-now "$out" systemctl is-active --quiet $SOCKU
 expect socket-listening "$(ls -l $SOCK 2>&1)" test -S $SOCK
@@ -55,6 +61,9 @@ expect service-active "$(systemctl is-active $SVC)" test "$(systemctl is-active 
 pid=$(systemctl show -p MainPID --value $SVC)
 user=$(ps -o user= -p "$pid" 2>/dev/null | tr -d ' ')
 expect runs-as-own-user "pid $pid user $user" test "$user" = vhost-user-iommu
+out=$(journalctl --no-pager -u $SVC | grep 'watchdog enabled')
+expect watchdog-enabled "WatchdogUSec $(systemctl show -p WatchdogUSec --value $SVC); $out" \
+    sh -c "echo \"\$1\" | grep -q 'pinging every 5s'" _ "$out"
 out=$(systemctl status --no-pager $SVC 2>&1)
 expect systemctl-status "$(echo "$out" | grep -E 'Active:|Status:')" \
     sh -c "echo \"\$1\" | grep -q 'active (running)' && echo \"\$1\" | grep -q 'serving a frontend'" _ "$out"
@@ -75,9 +84,11 @@ kill $FE 2>/dev/null; wait $FE 2>/dev/null
 # 2b. (VUI_SYSTEMD_QEMU=1) A real QEMU attaches through the proxy and the service, as the
 # operator guide says (the glue's qemu-args on the proxy's socket), running as a VMM user in group
 # vhost-user-iommu, and the stock guest driver probes the device. While the nested guest runs the
-# DMA map benchmark, the daemon is restarted with `systemctl restart` and killed with
-# `systemctl kill -s KILL` (Restart=on-failure): the proxy carries the connection over, the
-# journal is resumed, and the nested guest's benchmark finishes without an IOMMU error. QEMU is the host chroot's, shared read-only: chroot into it with
+# DMA map benchmark, the daemon is restarted with `systemctl restart`, killed with
+# `systemctl kill -s KILL` (Restart=on-failure), and hung (SIGSTOP) until the watchdog
+# (WatchdogSec) kills it: each time the proxy carries the connection over, the journal is
+# resumed, the new daemon pings the watchdog, and the nested guest's benchmark finishes
+# without an IOMMU error. QEMU is the host chroot's, shared read-only: chroot into it with
 # this guest's /dev, /proc, /run and the share bound in.
 if [ -f $H/nested.cpio.gz ] && mkdir -p /mnt/qemuroot &&
     mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000,ro qemuroot /mnt/qemuroot; then
@@ -99,7 +110,7 @@ if [ -f $H/nested.cpio.gz ] && mkdir -p /mnt/qemuroot &&
         --groups="$(getent group vhost-user-iommu | cut -d: -f3)" $R qemu-system-x86_64 \
         -accel tcg -cpu max -smp 1 -nographic -no-reboot -net none \
         -kernel /mnt/bzImage -initrd /mnt/nested.cpio.gz \
-        -append "console=ttyS0 quiet panic=-1 noapic vui.bench=90,1" \
+        -append "console=ttyS0 quiet panic=-1 noapic vui.bench=150,1" \
         "${QA[@]}" -device edu,addr=0x4 </dev/null >$H/nested.log 2>&1 &
     qpid=$!
     restored() { [ "$(journalctl --no-pager -u $PSVC | grep -c 'daemon connection restored')" -ge "$1" ]; }
@@ -118,13 +129,38 @@ if [ -f $H/nested.cpio.gz ] && mkdir -p /mnt/qemuroot &&
         pid3=$(systemctl show -p MainPID --value $SVC)
         expect kill-restarted "systemctl kill -s KILL: pid $pid2 -> $pid3 ($(systemctl show -p NRestarts $SVC)), the proxy restored the connection" \
             sh -c "[ $rc = 0 ] && [ $pid2 != $pid3 ] && [ $pid3 != 0 ]"
+        # The watchdog across restarts: the restarted daemon pings (systemd's last ping time
+        # moves on after its start, and on again one ping interval later) and nothing tripped it.
+        started=$(systemctl show -p ExecMainStartTimestampMonotonic --value $SVC)
+        sleep $((WD / 2 + 1))
+        w1=$(systemctl show -p WatchdogTimestampMonotonic --value $SVC)
+        sleep $((WD / 2 + 1))
+        w2=$(systemctl show -p WatchdogTimestampMonotonic --value $SVC)
+        expect watchdog-pinged-after-restart "pid $pid3 started at $started us; last watchdog pings at $w1, then $w2 us" \
+            sh -c "[ ${w1:-0} -gt ${started:-0} ] && [ ${w2:-0} -gt ${w1:-0} ]"
+        out=$(journalctl --no-pager -u $SVC | grep -E 'watchdog enabled|Watchdog timeout')
+        expect watchdog-not-tripped "$out" \
+            sh -c "[ \"\$(echo \"\$1\" | grep -c 'watchdog enabled: pinging every 5s')\" -ge 3 ] && ! echo \"\$1\" | grep -q 'Watchdog timeout'" _ "$out"
+        # A hung daemon (SIGSTOP): systemd's watchdog kills it, Restart=on-failure starts it
+        # again, the proxy carries the connection over.
+        n1=$(systemctl show -p NRestarts --value $SVC)
+        t0=$(date +%s)
+        kill -STOP "$pid3"
+        wait_for $((WD * 6)) restored 3
+        rc=$?
+        wait_for 30 systemctl is-active --quiet $SVC
+        pid4=$(systemctl show -p MainPID --value $SVC)
+        n2=$(systemctl show -p NRestarts --value $SVC)
+        out=$(journalctl --no-pager -u $SVC | grep -E 'Watchdog timeout|with result' | tail -n 2)
+        expect watchdog-restarted-hung "SIGSTOP to pid $pid3; $(($(date +%s) - t0)) s later pid $pid4, NRestarts $n1 -> $n2, restored ($rc); $out" \
+            sh -c "[ $rc = 0 ] && [ $pid4 != $pid3 ] && [ $pid4 != 0 ] && [ $n2 -gt $n1 ] && echo \"\$1\" | grep -q 'Watchdog timeout' && ! kill -0 $pid3 2>/dev/null" _ "$out"
     else
         result nested-busy FAIL "the nested guest never started its DMA load: $(tail -n 2 $H/nested.log | tr -d '\r')"
     fi
     wait $qpid
     out=$(journalctl --no-pager -u $SVC 2>&1)
-    expect journal-resumed-twice "$(echo "$out" | grep -c 'journaled state resumed') resumes" \
-        test "$(echo "$out" | grep -c 'journaled state resumed')" = 2
+    expect journal-resumed-3-times "$(echo "$out" | grep -c 'journaled state resumed') resumes (restart, kill, watchdog)" \
+        test "$(echo "$out" | grep -c 'journaled state resumed')" = 3
     out=$(journalctl --no-pager -u $PSVC 2>&1)
     expect proxy-log "$(echo "$out" | grep -E 'restored|ERROR' | cut -c1-160)" \
         sh -c "! echo \"\$1\" | grep -q ERROR" _ "$out"

@@ -2,7 +2,8 @@
  * Guest program: map and unmap DMA buffers for a PCI function bound to vfio-pci, through the
  * VFIO device cdev + iommufd, so that every map/unmap becomes a virtio-iommu MAP/UNMAP request.
  *
- * usage: vfio-dma BDF OUTDIR [hold|edu|edu-hold|bind|bypass]
+ * usage: vfio-dma BDF OUTDIR [hold|edu|edu-hold|edu-loop|bind|bypass]
+ *        vfio-dma PID OUTFILE census
  * With "hold" it stops after the "mapped" step and keeps the mappings until it is killed (or
  * the guest reboots under it). With "edu" (the device must be QEMU's edu) it proves each step
  * with edu's DMA engine instead (see edu_steps). With "bind" it only binds the device to a new
@@ -13,6 +14,9 @@
  * OUTDIR/vfio-expected.txt (one line per 4 KiB page while mapped: "iova phys r w", phys from
  * /proc/self/pagemap). Between steps it prints "VUI-SYNC <name>" and waits (bounded) for
  * OUTDIR/ack-<name>: attached, mapped, unmapped. Prints VUI-RESULT lines for its own checks.
+ * With "edu-loop", after the edu steps, it keeps edu's DMA going until told to stop (see
+ * edu_loop). "census" lists the IOASes and paging HWPTs alive in the iommufd process PID holds
+ * (its copy taken with pidfd_getfd) into OUTFILE.
  * The uAPI structs are declared here (the build host's headers predate the VFIO cdev).
  */
 #define _GNU_SOURCE
@@ -25,7 +29,10 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <dirent.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 #define IOMMUFD_TYPE ';'
@@ -33,6 +40,7 @@
 #define IOMMU_IOAS_IOVA_RANGES _IO(IOMMUFD_TYPE, 0x84)
 #define IOMMU_IOAS_MAP _IO(IOMMUFD_TYPE, 0x85)
 #define IOMMU_IOAS_UNMAP _IO(IOMMUFD_TYPE, 0x86)
+#define IOMMU_HWPT_SET_DIRTY_TRACKING _IO(IOMMUFD_TYPE, 0x8b)
 #define VFIO_DEVICE_BIND_IOMMUFD _IO(IOMMUFD_TYPE, 118)
 #define VFIO_DEVICE_ATTACH_IOMMUFD_PT _IO(IOMMUFD_TYPE, 119)
 #define VFIO_DEVICE_GET_REGION_INFO _IO(IOMMUFD_TYPE, 100 + 8)
@@ -56,6 +64,7 @@ struct ioas_unmap { uint32_t size, ioas_id; uint64_t iova, length; };
 struct bind_iommufd { uint32_t argsz, flags; int32_t iommufd; uint32_t out_devid; };
 struct attach_pt { uint32_t argsz, flags, pt_id, pasid; };
 struct region_info { uint32_t argsz, flags, index, cap_offset; uint64_t size, offset; };
+struct hwpt_dirty { uint32_t size, flags, hwpt_id, reserved; };
 
 #define PAGE 4096ul
 
@@ -264,6 +273,8 @@ static int ioas_map(int iommufd, uint32_t ioas, void *va, uint64_t iova, uint64_
  *   replaced   IOAS 2 maps buffer B at EDU_IOVA; ATTACH replaces: the same IOVA reaches B
  * "hold" after the last step keeps everything until the program is killed.
  */
+static int edu_loop(int iommufd, uint32_t ioas, uint8_t *held);
+
 static int edu_steps(int dev, int iommufd, int hold)
 {
 	struct ioas_alloc a1 = { sizeof(a1), 0, 0 }, a2 = { sizeof(a2), 0, 0 };
@@ -343,10 +354,177 @@ static int edu_steps(int dev, int iommufd, int hold)
 	       a2.out_ioas_id, r);
 	if (sync_host("replaced"))
 		return 1;
+	if (hold == 2 && edu_loop(iommufd, a2.out_ioas_id, B))
+		return 1;
 	if (hold)
 		for (;;)
 			pause();
 	return failures ? 1 : 0;
+}
+
+static long now_ms(void)
+{
+	struct timeval tv;
+
+	gettimeofday(&tv, NULL);
+	return tv.tv_sec * 1000L + tv.tv_usec / 1000;
+}
+
+/*
+ * The DMA load of a restart: B (2 pages) stays mapped at EDU_IOVA in `ioas`, edu's domain.
+ * Writes OUTDIR/edu-expected.txt (B's pages as vfio-expected.txt has them), prints
+ * "VUI-SYNC restarts" and, until OUTDIR/ack-restarts exists (at most 1500 s), repeats rounds:
+ *   1. edu reads a new pattern through EDU_IOVA (B page 0, the held mapping) and writes it
+ *      through EDU_IOVA + 4K: B page 1 must hold it;
+ *   2. C is mapped at EDU_LOOP_IOVA (a MAP request), edu writes the pattern there: C must
+ *      hold it; C is unmapped (an UNMAP request) and cleared, edu writes 8 bytes again: C
+ *      must stay clear (the UNMAP reached the host IOMMU).
+ * Each round's MAP and UNMAP wait while no daemon serves; a round fails only on wrong data or
+ * a failed ioctl. Then a VUI-RESULT with the rounds, failures and the longest round, and a
+ * "loop-done" sync with B still mapped.
+ */
+#define EDU_LOOP_IOVA 0x800000ull
+static int edu_loop(int iommufd, uint32_t ioas, uint8_t *held)
+{
+	struct ioas_unmap u = { sizeof(u), ioas, EDU_LOOP_IOVA, PAGE };
+	char path[512], first[256] = "";
+	long rounds = 0, bad = 0, longest = 0, t0, t, i;
+	int pagemap, r, ok;
+	uint8_t *C;
+	FILE *f;
+
+	pagemap = open("/proc/self/pagemap", O_RDONLY);
+	snprintf(path, sizeof(path), "%s/edu-expected.txt", outdir);
+	f = fopen(path, "w");
+	C = mmap(NULL, PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE,
+		 -1, 0);
+	if (pagemap < 0 || !f || C == MAP_FAILED) {
+		result("edu-loop-setup", 0, "pagemap, %s or mmap: %s", path, strerror(errno));
+		return 1;
+	}
+	for (i = 0; i < 2; i++)
+		fprintf(f, "%#llx %#" PRIx64 " 1 1\n", EDU_IOVA + i * PAGE,
+			phys_of(pagemap, held + i * PAGE));
+	fclose(f);
+	snprintf(path, sizeof(path), "%s/ack-restarts", outdir);
+	printf("VUI-SYNC restarts\n");
+	fflush(stdout);
+	t0 = now_ms();
+	while (access(path, F_OK) != 0 && now_ms() - t0 < 1500 * 1000L) {
+		uint8_t seed = (uint8_t)(rounds * 7 + 1);
+
+		t = now_ms();
+		ok = 1;
+		for (i = 0; i < (long)PAGE; i++)
+			held[i] = (uint8_t)(seed ^ i);
+		memset(held + PAGE, 0, PAGE);
+		r = edu_dma(EDU_IOVA, EDU_BUF, PAGE, 0);
+		if (!r)
+			r = edu_dma(EDU_BUF, EDU_IOVA + PAGE, PAGE, 1);
+		if (r || !same_as_pattern(held + PAGE, seed)) {
+			ok = 0;
+			if (!first[0])
+				snprintf(first, sizeof(first), "round %ld: held mapping (dma %d)", rounds, r);
+		}
+		memset(C, 0, PAGE);
+		if (ioas_map(iommufd, ioas, C, EDU_LOOP_IOVA, PAGE)) {
+			ok = 0;
+			if (!first[0])
+				snprintf(first, sizeof(first), "round %ld: MAP: %s", rounds, strerror(errno));
+		} else {
+			r = edu_dma(EDU_BUF, EDU_LOOP_IOVA, PAGE, 1);
+			if (r || !same_as_pattern(C, seed)) {
+				ok = 0;
+				if (!first[0])
+					snprintf(first, sizeof(first), "round %ld: mapped C (dma %d)", rounds, r);
+			}
+			if (ioctl(iommufd, IOMMU_IOAS_UNMAP, &u)) {
+				ok = 0;
+				if (!first[0])
+					snprintf(first, sizeof(first), "round %ld: UNMAP: %s", rounds,
+						 strerror(errno));
+			}
+			memset(C, 0, PAGE);
+			u.length = PAGE;
+			/* 8 bytes: each faulting word is a fault record in the test VM's log. */
+			edu_dma(EDU_BUF, EDU_LOOP_IOVA, 8, 1);
+			if (!all(C, 0)) {
+				ok = 0;
+				if (!first[0])
+					snprintf(first, sizeof(first), "round %ld: write after UNMAP landed",
+						 rounds);
+			}
+		}
+		rounds++;
+		bad += !ok;
+		t = now_ms() - t;
+		if (t > longest)
+			longest = t;
+		if (rounds % 20 == 0) {
+			printf("VUI-NOTE edu-loop: %ld rounds, %ld failed, longest %ld ms\n", rounds, bad,
+			       longest);
+			fflush(stdout);
+		}
+	}
+	result("edu-dma-loop", rounds > 0 && bad == 0 && access(path, F_OK) == 0,
+	       "%ld rounds of edu DMA (held mapping + MAP/DMA/UNMAP/DMA) in %ld s, %ld failed%s%s; longest round %ld ms",
+	       rounds, (now_ms() - t0) / 1000, bad, first[0] ? ", first: " : "", first, longest);
+	return sync_host("loop-done");
+}
+
+/*
+ * The IOASes (IOAS_IOVA_RANGES answers, ENOENT otherwise) and paging HWPTs
+ * (HWPT_SET_DIRTY_TRACKING(off) answers ENOENT for anything else) with ids 1-1023 in the iommufd
+ * that process `pid` holds, taken with pidfd_getfd; one line to `out`: "ioas ID... hwpt ID...".
+ */
+static int census(const char *pid, const char *out)
+{
+	char path[300], link[64];
+	struct dirent *e;
+	int pidfd, fd = -1, n;
+	uint32_t id;
+	DIR *d;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/proc/%s/fd", pid);
+	pidfd = (int)syscall(SYS_pidfd_open, atoi(pid), 0);
+	d = opendir(path);
+	while (d && pidfd >= 0 && fd < 0 && (e = readdir(d))) {
+		char p[600];
+
+		snprintf(p, sizeof(p), "%s/%s", path, e->d_name);
+		n = (int)readlink(p, link, sizeof(link) - 1);
+		if (n <= 0)
+			continue;
+		link[n] = 0;
+		if (strcmp(link, "/dev/iommu") == 0)
+			fd = (int)syscall(SYS_pidfd_getfd, pidfd, atoi(e->d_name), 0);
+	}
+	if (d)
+		closedir(d);
+	f = fopen(out, "w");
+	if (fd < 0 || !f) {
+		fprintf(stderr, "census: no /dev/iommu fd of process %s, or %s: %s\n", pid, out,
+			strerror(errno));
+		return 1;
+	}
+	fprintf(f, "ioas");
+	for (id = 1; id < 1024; id++) {
+		struct ioas_iova_ranges rq = { sizeof(rq), id, 0, 0, 0, 0 };
+
+		if (ioctl(fd, IOMMU_IOAS_IOVA_RANGES, &rq) == 0 || errno != ENOENT)
+			fprintf(f, " %u", id);
+	}
+	fprintf(f, " hwpt");
+	for (id = 1; id < 1024; id++) {
+		struct hwpt_dirty h = { sizeof(h), 0, id, 0 };
+
+		if (ioctl(fd, IOMMU_HWPT_SET_DIRTY_TRACKING, &h) == 0 || errno != ENOENT)
+			fprintf(f, " %u", id);
+	}
+	fprintf(f, "\n");
+	fclose(f);
+	return 0;
 }
 
 /* pagemap: the physical address of a resident page of this process (0 if none). */
@@ -427,10 +605,14 @@ int main(int argc, char **argv)
 
 	if (argc != 3 && !(argc == 4 && (strcmp(mode, "hold") == 0 || strcmp(mode, "edu") == 0 ||
 					 strcmp(mode, "edu-hold") == 0 || strcmp(mode, "bind") == 0 ||
+					 strcmp(mode, "edu-loop") == 0 || strcmp(mode, "census") == 0 ||
 					 strcmp(mode, "bypass") == 0))) {
-		fprintf(stderr, "usage: %s BDF OUTDIR [hold|edu|edu-hold|bind|bypass]\n", argv[0]);
+		fprintf(stderr, "usage: %s BDF OUTDIR [hold|edu|edu-hold|edu-loop|bind|bypass]\n"
+			"       %s PID OUTFILE census\n", argv[0], argv[0]);
 		return 2;
 	}
+	if (strcmp(mode, "census") == 0)
+		return census(argv[1], argv[2]);
 	outdir = argv[2];
 	if (strcmp(mode, "bypass") == 0)
 		return edu_bypass(argv[1]);
@@ -450,7 +632,9 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	if (strncmp(mode, "edu", 3) == 0)
-		return edu_steps(dev, iommufd, strcmp(mode, "edu-hold") == 0);
+		return edu_steps(dev, iommufd, strcmp(mode, "edu-hold") == 0   ? 1
+					       : strcmp(mode, "edu-loop") == 0 ? 2
+									 : 0);
 	if (ioctl(iommufd, IOMMU_IOAS_ALLOC, &alloc)) {
 		result("vfio-ioas", 0, "IOMMU_IOAS_ALLOC: %s", strerror(errno));
 		return 1;

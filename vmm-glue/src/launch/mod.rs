@@ -6,8 +6,10 @@
 //! the daemon's configuration, starts the daemon and hands it the fds over the daemon's
 //! `fd-socket` (the `vhost-user-iommu-fdpass` wire format), then starts QEMU with the same fds:
 //! `-object iommufd,fd=` and `-device vfio-pci,fd=,iommufd=` at the guest addresses the VIOT
-//! covers, the vhost-user device, memfd guest memory and `-acpitable` ([`run`]). Everything it
-//! started is stopped when QEMU exits, when the daemon dies, and on SIGINT/SIGTERM/SIGHUP.
+//! covers, the vhost-user device, memfd guest memory and `-acpitable` ([`run`]). With `restart`
+//! (the default) QEMU attaches through `vhost-user-iommu proxy` and a daemon that exits is
+//! started again with the same fds. Everything it started is stopped when QEMU exits (or the
+//! proxy, or without `restart` the daemon, dies) and on SIGINT/SIGTERM/SIGHUP.
 
 pub mod host;
 pub mod run;
@@ -50,6 +52,18 @@ pub struct LaunchConfig {
     /// guest driver only.
     #[serde(default)]
     pub emulated: Vec<String>,
+    /// Keep the VM's IOMMU across daemon restarts (default): QEMU attaches through
+    /// `vhost-user-iommu proxy`, the daemon keeps its state in `RUN-DIR/state`, and a daemon
+    /// that exits while QEMU runs (a crash, SIGKILL, SIGTERM, SIGUSR1 to the launcher) is
+    /// started again and handed the same fds: it adopts the host objects and resumes the
+    /// guest's domains (docs/STATE.md). `false`: QEMU attaches to the daemon directly and is
+    /// stopped when the daemon dies.
+    #[serde(default = "default_restart")]
+    pub restart: bool,
+}
+
+fn default_restart() -> bool {
+    true
 }
 
 /// One passthrough device.
@@ -311,6 +325,18 @@ impl RunPaths {
     pub fn lock(&self) -> PathBuf {
         self.dir.join("launch.lock")
     }
+    /// The proxy's vhost-user socket (QEMU's, with `restart`).
+    pub fn vm_socket(&self) -> PathBuf {
+        self.dir.join("vm.sock")
+    }
+    /// The daemon's state directory (with `restart`).
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.join("state")
+    }
+    /// The running daemon's process id.
+    pub fn daemon_pid(&self) -> PathBuf {
+        self.dir.join("daemon.pid")
+    }
 
     /// `p` as QEMU sees it (inside its chroot).
     pub fn for_qemu(&self, p: &Path) -> Result<PathBuf, LaunchError> {
@@ -330,13 +356,16 @@ impl RunPaths {
 
 /// The daemon's configuration (TOML): the iommufd backend, the hand-over socket and one
 /// `fd = true, bind = false` device per passthrough device (QEMU binds it), the endpoints of
-/// the VIOT.
-pub fn daemon_config(plan: &Plan, paths: &RunPaths) -> String {
+/// the VIOT; with `restart`, the state directory.
+pub fn daemon_config(plan: &Plan, paths: &RunPaths, restart: bool) -> String {
     use toml::{Table, Value};
     let s = |p: PathBuf| Value::String(p.display().to_string());
     let mut top = Table::new();
     top.insert("socket".into(), s(paths.socket()));
     top.insert("control-socket".into(), s(paths.control()));
+    if restart {
+        top.insert("state-dir".into(), s(paths.state_dir()));
+    }
     top.insert("backend".into(), Value::String("iommufd".into()));
     top.insert("endpoints".into(), Value::String(plan.endpoints()));
     let mut iommufd = Table::new();
@@ -364,18 +393,19 @@ pub fn daemon_config(plan: &Plan, paths: &RunPaths) -> String {
 /// The QEMU id of the shared iommufd object.
 pub const IOMMUFD_ID: &str = "vui-iommufd";
 
-/// The QEMU arguments the launcher appends: guest memory, the vhost-user device, the VIOT,
-/// the iommufd object on fd `iommufd_fd` and one vfio-pci device per passthrough device on
-/// the fds `device_fds` (in plan order).
+/// The QEMU arguments the launcher appends: guest memory, the vhost-user device on `socket`
+/// (the daemon's, or the proxy's), the VIOT, the iommufd object on fd `iommufd_fd` and one
+/// vfio-pci device per passthrough device on the fds `device_fds` (in plan order).
 pub fn qemu_args(
     plan: &Plan,
     paths: &RunPaths,
+    socket: &Path,
     viot_file: &Path,
     iommufd_fd: i32,
     device_fds: &[i32],
 ) -> Result<Vec<String>, LaunchError> {
     let q = QemuArgs {
-        socket: paths.for_qemu(&paths.socket())?,
+        socket: paths.for_qemu(socket)?,
         viot: paths.for_qemu(viot_file)?,
         memory: plan.memory,
         slot: plan.iommu_slot,

@@ -6,11 +6,18 @@
 //! and taken with `sigtimedwait` (children start with them unblocked), so a signal at any point
 //! stops what was started: QEMU first, then the daemon (SIGTERM, SIGKILL after a grace
 //! period), then the fds are closed and the run directory's files removed.
+//!
+//! With `restart` (the default) QEMU attaches through `vhost-user-iommu proxy` and the daemon
+//! keeps its state in the run directory: a daemon that exits while QEMU runs is started
+//! again (SIGUSR1 to the launcher stops and starts it: an upgrade to the binary now at its
+//! path) and handed the same fds, so it adopts the host objects and resumes the guest's
+//! domains. More than [`RESTART_BURST`] starts within [`RESTART_WINDOW`] stop the VM.
 
+use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::net::UnixListener;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -28,6 +35,11 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 const STOP_GRACE: Duration = Duration::from_secs(10);
 /// The daemon binary's name.
 pub const DAEMON_NAME: &str = "vhost-user-iommu";
+/// At most this many daemon starts within [`RESTART_WINDOW`]; one more stops the VM (a
+/// daemon that cannot run is not restarted for ever).
+pub const RESTART_BURST: usize = 5;
+/// See [`RESTART_BURST`].
+pub const RESTART_WINDOW: Duration = Duration::from_secs(60);
 
 /// Why running failed.
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +92,9 @@ pub enum RunError {
         /// Why.
         err: io::Error,
     },
+    /// The proxy exited early.
+    #[error("the proxy exited ({0}) before it created its socket; its messages are above")]
+    ProxyExited(ExitStatus),
     /// The daemon did not start.
     #[error("cannot start the daemon {path:?}: {err}")]
     SpawnDaemon {
@@ -169,7 +184,8 @@ fn resolve_daemon(given: Option<&Path>) -> Result<PathBuf, RunError> {
     resolve_program(Path::new(DAEMON_NAME)).ok_or_else(|| not_found(DAEMON_NAME.into()))
 }
 
-/// SIGINT, SIGTERM and SIGHUP, blocked while this lives and taken with [`Signals::poll`].
+/// SIGINT, SIGTERM, SIGHUP and SIGUSR1 (restart the daemon), blocked while this lives and
+/// taken with [`Signals::poll`].
 struct Signals {
     set: libc::sigset_t,
     old: libc::sigset_t,
@@ -183,7 +199,7 @@ impl Signals {
             let mut set: libc::sigset_t = std::mem::zeroed();
             let mut old: libc::sigset_t = std::mem::zeroed();
             libc::sigemptyset(&mut set);
-            for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGUSR1] {
                 libc::sigaddset(&mut set, s);
             }
             libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old);
@@ -339,13 +355,136 @@ fn wait_for(
         if let Some(status) = daemon.try_wait()? {
             return Err(RunError::DaemonExited { status, when: what });
         }
-        if let Some(sig) = signals.poll(Duration::from_millis(100)) {
-            return Err(RunError::Signal(sig));
+        match signals.poll(Duration::from_millis(100)) {
+            Some(libc::SIGUSR1) => log::warn!("SIGUSR1 while the daemon starts: ignored"),
+            Some(sig) => return Err(RunError::Signal(sig)),
+            None => {}
         }
         if Instant::now() > until {
             return Err(RunError::Timeout(what));
         }
     }
+}
+
+/// What every start of the daemon needs: its command, the hand-over (listener, message, fds)
+/// and where its process id is written.
+struct DaemonStart<'a> {
+    path: &'a Path,
+    args: Vec<OsString>,
+    paths: &'a RunPaths,
+    listener: &'a UnixListener,
+    msg: fdpass::Message,
+    fds: Vec<BorrowedFd<'a>>,
+}
+
+impl DaemonStart<'_> {
+    /// Start the daemon, hand it the iommufd and the devices (the same open files every time:
+    /// a restarted daemon adopts what the previous one left in the iommufd), wait for its
+    /// vhost-user socket.
+    fn start(&self, signals: &Signals) -> Result<Started, RunError> {
+        let socket = self.paths.socket();
+        // A killed daemon leaves its socket file behind: its successor's shows it is ready.
+        let _ = std::fs::remove_file(&socket);
+        let mut cmd = Command::new(self.path);
+        cmd.args(&self.args);
+        prepare_child(&mut cmd, Vec::new());
+        log::info!(
+            "starting the daemon: {} --config {}",
+            self.path.display(),
+            self.paths.daemon_config().display()
+        );
+        let child = cmd.spawn().map_err(|err| RunError::SpawnDaemon {
+            path: self.path.to_path_buf(),
+            err,
+        })?;
+        let mut daemon = Started {
+            what: "the daemon",
+            child,
+            status: None,
+        };
+        let fd_socket = self.paths.fd_socket();
+        let sock_err = |err| RunError::Listen {
+            path: fd_socket.clone(),
+            err,
+        };
+        // The hand-over: the iommufd first, then the devices in plan order.
+        let mut conn = None;
+        wait_for(
+            "connect for the fd hand-over",
+            signals,
+            &mut daemon,
+            || match self.listener.accept() {
+                Ok((s, _)) => {
+                    conn = Some(s);
+                    Ok(true)
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+                Err(err) => Err(sock_err(err)),
+            },
+        )?;
+        let conn = conn.ok_or(RunError::Timeout("connect for the fd hand-over"))?;
+        conn.set_nonblocking(false).map_err(sock_err)?;
+        conn.set_read_timeout(Some(START_TIMEOUT))
+            .map_err(sock_err)?;
+        fdpass::send(&conn, &self.msg, &self.fds).map_err(RunError::Handover)?;
+        drop(conn);
+        log::info!(
+            "the daemon (pid {}) took /dev/iommu and {} device fd(s)",
+            daemon.child.id(),
+            self.fds.len() - 1
+        );
+        let pid_file = self.paths.daemon_pid();
+        std::fs::write(&pid_file, format!("{}\n", daemon.child.id())).map_err(|err| {
+            RunError::Write {
+                path: pid_file,
+                err,
+            }
+        })?;
+        wait_for("create its vhost-user socket", signals, &mut daemon, || {
+            Ok(socket.exists())
+        })?;
+        Ok(daemon)
+    }
+}
+
+/// Start `vhost-user-iommu proxy` (the daemon binary) between QEMU and the daemon; wait for
+/// its socket.
+fn start_proxy(
+    daemon_path: &Path,
+    paths: &RunPaths,
+    signals: &Signals,
+) -> Result<Started, RunError> {
+    let socket = paths.vm_socket();
+    let mut cmd = Command::new(daemon_path);
+    cmd.arg("proxy")
+        .arg("--socket")
+        .arg(&socket)
+        .arg("--backend")
+        .arg(paths.socket());
+    prepare_child(&mut cmd, Vec::new());
+    log::info!(
+        "starting the proxy: {} proxy --socket {} --backend {}",
+        daemon_path.display(),
+        socket.display(),
+        paths.socket().display()
+    );
+    let child = cmd.spawn().map_err(|err| RunError::SpawnDaemon {
+        path: daemon_path.to_path_buf(),
+        err,
+    })?;
+    let mut proxy = Started {
+        what: "the proxy",
+        child,
+        status: None,
+    };
+    wait_for("create its socket", signals, &mut proxy, || {
+        Ok(socket.exists())
+    })
+    .map_err(|e| match e {
+        RunError::DaemonExited { status, .. } => RunError::ProxyExited(status),
+        e => e,
+    })?;
+    Ok(proxy)
 }
 
 fn exit_code(st: ExitStatus) -> i32 {
@@ -404,7 +543,7 @@ pub fn launch(l: &Launch) -> Result<i32, LaunchError> {
     write_file(
         &mut files,
         paths.daemon_config(),
-        daemon_config(&plan, &paths).as_bytes(),
+        daemon_config(&plan, &paths, cfg.restart).as_bytes(),
     )?;
     for s in [paths.socket(), paths.control(), paths.fd_socket()] {
         let _ = std::fs::remove_file(&s);
@@ -421,84 +560,60 @@ pub fn launch(l: &Launch) -> Result<i32, LaunchError> {
             err,
         })?;
 
-    let mut cmd = Command::new(&daemon_path);
-    cmd.arg("--config")
-        .arg(paths.daemon_config())
-        .args(&cfg.daemon_args);
-    prepare_child(&mut cmd, Vec::new());
-    log::info!(
-        "starting the daemon: {} --config {}",
-        daemon_path.display(),
-        paths.daemon_config().display()
-    );
-    let child = cmd.spawn().map_err(|err| RunError::SpawnDaemon {
-        path: daemon_path.clone(),
-        err,
-    })?;
-    let mut daemon = Started {
-        what: "the daemon",
-        child,
-        status: None,
-    };
-
-    // The hand-over: the iommufd first, then the devices in plan order.
-    let mut conn = None;
-    wait_for(
-        "connect for the fd hand-over",
-        &signals,
-        &mut daemon,
-        || match listener.accept() {
-            Ok((s, _)) => {
-                conn = Some(s);
-                Ok(true)
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
-            Err(err) => Err(RunError::Listen {
-                path: paths.fd_socket(),
-                err,
-            }),
-        },
-    )?;
-    let conn = conn.ok_or(RunError::Timeout("connect for the fd hand-over"))?;
-    let sock_err = |err| RunError::Listen {
-        path: paths.fd_socket(),
-        err,
-    };
-    conn.set_nonblocking(false).map_err(sock_err)?;
-    conn.set_read_timeout(Some(START_TIMEOUT))
-        .map_err(sock_err)?;
-    let msg = fdpass::Message {
-        version: 1,
-        iommufd: Some(0),
-        devices: plan
-            .devices
-            .iter()
-            .enumerate()
-            .map(|(i, d)| fdpass::DeviceFd {
-                endpoint: d.endpoint,
-                fd: i + 1,
-            })
-            .collect(),
-    };
     let mut fds = vec![iommufd.as_fd()];
     fds.extend(devices.iter().map(|d| d.fd.as_fd()));
-    fdpass::send(&conn, &msg, &fds).map_err(RunError::Handover)?;
-    drop(conn);
-    drop(listener);
-    log::info!(
-        "the daemon took /dev/iommu and {} device fd(s)",
-        devices.len()
-    );
-    let socket = paths.socket();
-    wait_for(
-        "create its vhost-user socket",
-        &signals,
-        &mut daemon,
-        || Ok(socket.exists()),
-    )?;
+    let mut args: Vec<OsString> = vec!["--config".into(), paths.daemon_config().into()];
+    args.extend(cfg.daemon_args.iter().map(OsString::from));
+    let start = DaemonStart {
+        path: &daemon_path,
+        args,
+        paths: &paths,
+        listener: &listener,
+        msg: fdpass::Message {
+            version: 1,
+            iommufd: Some(0),
+            devices: plan
+                .devices
+                .iter()
+                .enumerate()
+                .map(|(i, d)| fdpass::DeviceFd {
+                    endpoint: d.endpoint,
+                    fd: i + 1,
+                })
+                .collect(),
+        },
+        fds,
+    };
+    files.files.push(paths.daemon_pid());
+    if cfg.restart {
+        // Left by a previous launch that did not end cleanly: not this VM's state.
+        let _ = std::fs::remove_dir_all(paths.state_dir());
+        let _ = std::fs::remove_file(paths.vm_socket());
+        files.files.push(paths.vm_socket());
+    }
+    let _state = StateDir(cfg.restart.then(|| paths.state_dir()));
+    let mut daemon = start.start(&signals)?;
+    let mut starts = VecDeque::from([Instant::now()]);
+    let mut proxy = if cfg.restart {
+        Some(start_proxy(&daemon_path, &paths, &signals)?)
+    } else {
+        None
+    };
 
     let raw: Vec<RawFd> = devices.iter().map(|d| d.fd.as_raw_fd()).collect();
-    let args = qemu_args(&plan, &paths, &viot_file, iommufd.as_raw_fd(), &raw)?;
+    let socket = if cfg.restart {
+        paths.vm_socket()
+    } else {
+        paths.socket()
+    };
+    let args = qemu_args(
+        &plan,
+        &paths,
+        &socket,
+        &viot_file,
+        iommufd.as_raw_fd(),
+        &raw,
+    )?;
     let mut cmd = Command::new(&qemu_path);
     cmd.args(qemu_rest).args(&args);
     let mut inherit = raw.clone();
@@ -524,20 +639,81 @@ pub fn launch(l: &Launch) -> Result<i32, LaunchError> {
             log::info!("QEMU exited ({st})");
             break exit_code(st);
         }
-        if let Some(st) = daemon.try_wait()? {
-            log::error!("the daemon exited ({st}) while QEMU runs; stopping QEMU");
+        if let Some(st) = proxy.as_mut().map(Started::try_wait).transpose()?.flatten() {
+            log::error!(
+                "the proxy exited ({st}): QEMU lost its vhost-user connection; stopping QEMU"
+            );
             qemu.stop();
             break 1;
         }
-        if let Some(sig) = signals.poll(Duration::from_millis(200)) {
-            log::info!("signal {sig}: stopping QEMU and the daemon");
-            qemu.stop();
-            break 128 + sig;
+        match signals.poll(Duration::from_millis(200)) {
+            Some(libc::SIGUSR1) if cfg.restart => {
+                log::info!(
+                    "SIGUSR1: stopping the daemon; it is started again from {}",
+                    daemon_path.display()
+                );
+                daemon.stop();
+                // Asked for: the start it replaces does not count towards the limit.
+                starts.pop_back();
+            }
+            Some(libc::SIGUSR1) => log::warn!("SIGUSR1: ignored (restart = false)"),
+            Some(sig) => {
+                log::info!("signal {sig}: stopping QEMU and the daemon");
+                qemu.stop();
+                break 128 + sig;
+            }
+            None => {}
+        }
+        if let Some(st) = daemon.try_wait()? {
+            if !cfg.restart {
+                log::error!("the daemon exited ({st}) while QEMU runs; stopping QEMU");
+                qemu.stop();
+                break 1;
+            }
+            starts.retain(|t| t.elapsed() < RESTART_WINDOW);
+            if starts.len() >= RESTART_BURST {
+                log::error!(
+                    "the daemon exited ({st}); it was started {} times within {} s: giving up, stopping QEMU",
+                    starts.len(),
+                    RESTART_WINDOW.as_secs()
+                );
+                qemu.stop();
+                break 1;
+            }
+            log::warn!("the daemon exited ({st}) while QEMU runs; starting it again (the proxy keeps QEMU's connection)");
+            match start.start(&signals) {
+                Ok(d) => daemon = d,
+                Err(RunError::Signal(sig)) => {
+                    log::info!("signal {sig} while the daemon starts: stopping QEMU");
+                    qemu.stop();
+                    break 128 + sig;
+                }
+                Err(e) => {
+                    log::error!("cannot start the daemon again: {e}; stopping QEMU");
+                    qemu.stop();
+                    break 1;
+                }
+            }
+            starts.push_back(Instant::now());
         }
     };
     drop(qemu);
+    if let Some(mut p) = proxy.take() {
+        p.stop();
+    }
     if let Some(st) = daemon.stop() {
         log::info!("the daemon exited ({st})");
     }
     Ok(code)
+}
+
+/// The daemon's state directory, removed when the launch ends (after the daemon).
+struct StateDir(Option<PathBuf>);
+
+impl Drop for StateDir {
+    fn drop(&mut self) {
+        if let Some(d) = &self.0 {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
 }

@@ -50,8 +50,15 @@ fn daemon_config_and_qemu_arguments() {
         dir: cfg.run_dir.clone(),
         qemu_root: cfg.qemu_root.clone(),
     };
-    let text = daemon_config(&plan, &paths);
+    assert!(cfg.restart, "restart is the default");
+    let text = daemon_config(&plan, &paths, false);
     let t: toml::Table = toml::from_str(&text).unwrap();
+    assert!(t.get("state-dir").is_none());
+    let with_state: toml::Table = toml::from_str(&daemon_config(&plan, &paths, true)).unwrap();
+    assert_eq!(
+        with_state["state-dir"].as_str(),
+        Some("/srv/root/run/vm1/state")
+    );
     assert_eq!(t["backend"].as_str(), Some("iommufd"));
     assert_eq!(t["endpoints"].as_str(), Some("40,48"));
     assert_eq!(
@@ -68,7 +75,9 @@ fn daemon_config_and_qemu_arguments() {
         Some("/srv/root/run/vm1/fd.sock")
     );
 
-    let args = qemu_args(&plan, &paths, &paths.viot(), 5, &[7, 9]).unwrap();
+    let args = qemu_args(&plan, &paths, &paths.socket(), &paths.viot(), 5, &[7, 9]).unwrap();
+    let proxied = qemu_args(&plan, &paths, &paths.vm_socket(), &paths.viot(), 5, &[7]).unwrap();
+    assert!(proxied.join(" ").contains("path=/run/vm1/vm.sock"));
     let joined = args.join(" ");
     for want in [
         "-object memory-backend-memfd,id=mem,size=1G,share=on",
@@ -86,7 +95,15 @@ fn daemon_config_and_qemu_arguments() {
         dir: PathBuf::from("/run/vm1"),
         qemu_root: cfg.qemu_root.clone(),
     };
-    let e = qemu_args(&plan, &outside, &outside.viot(), 5, &[7, 9]).unwrap_err();
+    let e = qemu_args(
+        &plan,
+        &outside,
+        &outside.socket(),
+        &outside.viot(),
+        5,
+        &[7, 9],
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("outside qemu-root"), "{e}");
 }
 

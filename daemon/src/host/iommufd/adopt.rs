@@ -26,8 +26,15 @@ pub const OBJECTS_FILE: &str = "iommufd-objects";
 /// A host device as the file records it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SavedDevice {
-    Mock { stdev: MockId, idev: DevId },
-    Vfio { dev_id: DevId },
+    Mock {
+        stdev: MockId,
+        idev: DevId,
+    },
+    Vfio {
+        dev_id: DevId,
+    },
+    /// A VFIO device the VMM bound (no device id here), on the cdev file the launcher keeps.
+    Vmm,
 }
 
 /// An endpoint's device and the HWPT it was attached to.
@@ -63,6 +70,8 @@ impl Saved {
                     "kind": "mock", "stdev_id": stdev, "dev_id": idev, "hwpt": e.hwpt}),
                 SavedDevice::Vfio { dev_id } => json!({"endpoint": e.endpoint,
                     "kind": "vfio", "dev_id": dev_id, "hwpt": e.hwpt}),
+                SavedDevice::Vmm => json!({"endpoint": e.endpoint,
+                    "kind": "vmm", "hwpt": e.hwpt}),
             })
             .collect();
         json!({"version": 1, "blocked_ioas": self.blocked, "endpoints": eps,
@@ -85,6 +94,7 @@ impl Saved {
                 "vfio" => SavedDevice::Vfio {
                     dev_id: DevId(u(e, "dev_id")?),
                 },
+                "vmm" => SavedDevice::Vmm,
                 _ => return None,
             };
             endpoints.push(SavedEndpoint {
@@ -278,6 +288,11 @@ mod tests {
                     endpoint: EndpointId(2),
                     dev: SavedDevice::Vfio { dev_id: DevId(6) },
                     hwpt: HwptId(7),
+                },
+                SavedEndpoint {
+                    endpoint: EndpointId(0x28),
+                    dev: SavedDevice::Vmm,
+                    hwpt: HwptId(10),
                 },
             ],
             objects: [9, 8, 2, 1].map(ObjId).to_vec(),

@@ -89,7 +89,7 @@ impl IommufdBackend {
             let orphans: Vec<ObjId> = orphans
                 .filter_map(|e| match e.dev {
                     SavedDevice::Mock { stdev, .. } => Some(stdev.into()),
-                    SavedDevice::Vfio { .. } => None,
+                    SavedDevice::Vfio { .. } | SavedDevice::Vmm => None,
                 })
                 .collect();
             a.old.splice(0..0, orphans);
@@ -254,12 +254,13 @@ impl IommufdBackend {
         if let Some(a) = &self.adopting {
             objects.extend(a.old.iter().copied());
         }
-        let endpoints = self.endpoints.iter().filter_map(|(&endpoint, e)| {
-            Some(SavedEndpoint {
-                endpoint,
-                dev: e.dev.saved()?,
-                hwpt: e.hwpt,
-            })
+        // A device the VMM binds is recorded once the daemon attached it (before that it is on
+        // the VMM's own HWPT, and a successor claims it as this process would have).
+        let endpoints = self.endpoints.iter().filter(|(_, e)| e.claimed);
+        let endpoints = endpoints.map(|(&endpoint, e)| SavedEndpoint {
+            endpoint,
+            dev: e.dev.saved(),
+            hwpt: e.hwpt,
         });
         Saved {
             blocked: self.blocked.id(),

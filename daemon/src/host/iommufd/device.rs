@@ -34,9 +34,8 @@ pub trait HostDevice: fmt::Debug + Send {
     fn detach_pasid(&self, pasid: u32) -> Result<(), sys::SysError>;
     /// The control socket's view of the device.
     fn describe(&self) -> Value;
-    /// The device as the objects file records it (adopt.rs); None: not recorded (a device the
-    /// VMM bound is taken over afresh by a restarted daemon).
-    fn saved(&self) -> Option<SavedDevice>;
+    /// The device as the objects file records it (adopt.rs).
+    fn saved(&self) -> SavedDevice;
     /// The ioctls serving this device needs (the seccomp filter allows them).
     fn serving_ioctls(&self) -> &'static [u64];
     /// Let go of the device without unbinding or destroying it: a successor adopts it.
@@ -94,10 +93,10 @@ impl HostDevice for VfioDevice {
     fn describe(&self) -> Value {
         json!({"kind": "vfio", "dev_id": self.dev_id})
     }
-    fn saved(&self) -> Option<SavedDevice> {
-        Some(SavedDevice::Vfio {
+    fn saved(&self) -> SavedDevice {
+        SavedDevice::Vfio {
             dev_id: self.dev_id,
-        })
+        }
     }
     fn serving_ioctls(&self) -> &'static [u64] {
         &sys::SERVING_IOCTLS
@@ -139,8 +138,10 @@ impl HostDevice for SharedVfioDevice {
     fn describe(&self) -> Value {
         json!({"kind": "vfio", "bound_by": "vmm", "dev_id": null})
     }
-    fn saved(&self) -> Option<SavedDevice> {
-        None
+    /// Recorded once the daemon attached it: a restarted daemon handed the same file adopts
+    /// it on the HWPT it left it on.
+    fn saved(&self) -> SavedDevice {
+        SavedDevice::Vmm
     }
     fn serving_ioctls(&self) -> &'static [u64] {
         &sys::SERVING_IOCTLS

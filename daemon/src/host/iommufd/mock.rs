@@ -78,11 +78,11 @@ impl HostDevice for MockDevice {
     fn describe(&self) -> Value {
         json!({"kind": "mock", "stdev_id": self.stdev.id(), "dev_id": self.idev})
     }
-    fn saved(&self) -> Option<SavedDevice> {
-        Some(SavedDevice::Mock {
+    fn saved(&self) -> SavedDevice {
+        SavedDevice::Mock {
             stdev: self.stdev.id(),
             idev: self.idev,
-        })
+        }
     }
     /// IOMMU_TEST_CMD besides the VFIO set.
     fn serving_ioctls(&self) -> &'static [u64] {

@@ -126,6 +126,13 @@ fn adopt(
             info!("endpoint {endpoint}: adopted VFIO device (dev_id {dev_id}), on hwpt {hwpt}");
             Some(Box::new(VfioDevice::adopted(file, dev_id)))
         }
+        (DeviceSource::Shared, SavedDevice::Vmm) => {
+            // The launcher's copy of the file QEMU bound: still bound, still on the HWPT the
+            // previous process attached it to.
+            let file = handover.devices.remove(&endpoint.0)?;
+            info!("endpoint {endpoint}: adopted the VFIO device the VMM bound, on hwpt {hwpt}");
+            Some(Box::new(SharedVfioDevice::new(file)))
+        }
         _ => None,
     }
 }
