@@ -129,6 +129,18 @@ pub struct MappingTable {
     len: usize,
 }
 
+/// Result of [`MappingTable::locate`].
+struct Place<'a> {
+    /// Key of the chunk `addr` falls in.
+    bound: u64,
+    /// Index in that chunk of the first slot starting above `addr`.
+    pos: usize,
+    /// That chunk.
+    chunk: &'a [Slot],
+    /// The mapping with the greatest start <= `addr`.
+    pred: Option<&'a Slot>,
+}
+
 impl MappingTable {
     pub fn new() -> Self {
         Self::default()
@@ -158,13 +170,30 @@ impl MappingTable {
 
     /// The slot of the mapping with the greatest start <= `addr`, if any.
     fn predecessor(&self, addr: u64) -> Option<&Slot> {
-        let (bound, chunk) = self.chunks.range(..=addr).next_back()?;
-        let i = chunk.partition_point(|s| s.start() <= addr);
-        if i > 0 {
-            return chunk.get(i - 1);
-        }
-        // Everything in this chunk starts above `addr`: the previous chunk's last slot.
-        self.chunks.range(..*bound).next_back()?.1.last()
+        self.locate(addr)?.pred
+    }
+
+    /// Where `addr` falls: the chunk that would hold a mapping starting there, the position in
+    /// it, and the mapping with the greatest start <= `addr`. None when no chunk starts at or
+    /// below `addr`.
+    fn locate(&self, addr: u64) -> Option<Place<'_>> {
+        let (&bound, chunk) = self.chunks.range(..=addr).next_back()?;
+        let pos = chunk.partition_point(|s| s.start() <= addr);
+        let pred = match pos.checked_sub(1) {
+            Some(i) => chunk.get(i),
+            // Everything in this chunk starts above `addr`: the previous chunk's last slot.
+            None => self
+                .chunks
+                .range(..bound)
+                .next_back()
+                .and_then(|(_, c)| c.last()),
+        };
+        Some(Place {
+            bound,
+            pos,
+            chunk,
+            pred,
+        })
     }
 
     /// Insert `[virt_start, virt_end] -> phys_start`. `virt_start <= virt_end` is the caller's
@@ -180,23 +209,14 @@ impl MappingTable {
         // Its chunk is also where the new mapping goes, unless a chunk starts inside
         // [virt_start, virt_end] (then `place` finds the chunk again).
         let mut direct = None;
-        if let Some((&bound, chunk)) = self.chunks.range(..=virt_end).next_back() {
-            let pos = chunk.partition_point(|s| s.start() <= virt_end);
-            let candidate = match pos.checked_sub(1) {
-                Some(i) => chunk.get(i),
-                None => self
-                    .chunks
-                    .range(..bound)
-                    .next_back()
-                    .and_then(|(_, c)| c.last()),
-            };
-            if let Some(p) = candidate {
+        if let Some(at) = self.locate(virt_end) {
+            if let Some(p) = at.pred {
                 if self.end_of(p) >= virt_start {
                     return Err(MappingError::Overlap(p.start()));
                 }
             }
-            if bound <= virt_start && chunk.len() < CHUNK {
-                direct = Some((bound, pos));
+            if at.bound <= virt_start && at.chunk.len() < CHUNK {
+                direct = Some((at.bound, at.pos));
             }
         }
         let slot = match Slot::compact(virt_start, virt_end, phys_start, flags) {
@@ -276,19 +296,13 @@ impl MappingTable {
         }
         // The last mapping starting at or before `end`: it must end inside the range, or (if
         // it starts before the range) before it.
-        let Some((&bound, chunk)) = self.chunks.range(..=end).next_back() else {
-            return Ok(());
-        };
-        let hi = chunk.partition_point(|s| s.start() <= end);
-        let last = match hi.checked_sub(1) {
-            Some(i) => chunk.get(i),
-            None => self
-                .chunks
-                .range(..bound)
-                .next_back()
-                .and_then(|(_, c)| c.last()),
-        };
-        let Some(last) = last else {
+        let Some(Place {
+            bound,
+            chunk,
+            pred: Some(last),
+            ..
+        }) = self.locate(end)
+        else {
             return Ok(());
         };
         let (last_start, last_end) = (last.start(), self.end_of(last));
