@@ -173,21 +173,26 @@ impl MappingTable {
         self.locate(addr)?.pred
     }
 
+    /// The slot just before position `pos` of the chunk keyed `bound`: `chunk[pos - 1]`, or
+    /// the previous chunk's last slot when `pos` is 0.
+    fn before<'a>(&'a self, bound: u64, chunk: &'a [Slot], pos: usize) -> Option<&'a Slot> {
+        match pos.checked_sub(1) {
+            Some(i) => chunk.get(i),
+            None => self
+                .chunks
+                .range(..bound)
+                .next_back()
+                .and_then(|(_, c)| c.last()),
+        }
+    }
+
     /// Where `addr` falls: the chunk that would hold a mapping starting there, the position in
     /// it, and the mapping with the greatest start <= `addr`. None when no chunk starts at or
     /// below `addr`.
     fn locate(&self, addr: u64) -> Option<Place<'_>> {
         let (&bound, chunk) = self.chunks.range(..=addr).next_back()?;
         let pos = chunk.partition_point(|s| s.start() <= addr);
-        let pred = match pos.checked_sub(1) {
-            Some(i) => chunk.get(i),
-            // Everything in this chunk starts above `addr`: the previous chunk's last slot.
-            None => self
-                .chunks
-                .range(..bound)
-                .next_back()
-                .and_then(|(_, c)| c.last()),
-        };
+        let pred = self.before(bound, chunk, pos);
         Some(Place {
             bound,
             pos,
@@ -319,14 +324,7 @@ impl MappingTable {
         // A mapping starting before `start` and reaching into the range would be split: the
         // last one starting before `start`, mostly in the same chunk.
         let before = if bound < start {
-            match chunk.partition_point(|s| s.start() < start).checked_sub(1) {
-                Some(i) => chunk.get(i),
-                None => self
-                    .chunks
-                    .range(..bound)
-                    .next_back()
-                    .and_then(|(_, c)| c.last()),
-            }
+            self.before(bound, chunk, chunk.partition_point(|s| s.start() < start))
         } else {
             start.checked_sub(1).and_then(|b| self.predecessor(b))
         };
